@@ -1,0 +1,128 @@
+"""What every dataset shares: the item format, class/prompt bookkeeping and folder lookup.
+
+Datasets only differ in where files live and how a mask file becomes class indices, so each
+loader builds a list of ``(image_path, mask_path, meta)`` records and implements
+``decode_mask``; reading, size checks and the item dict are here, once.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import SegclipError
+from .imageio import image_size, read_rgb
+
+IGNORE_INDEX = 255
+DEFAULT_PROMPT_TEMPLATE = "a photo with a {}"
+
+
+def make_prompts(classes: Sequence[str], prompts: Optional[Mapping[str, str]] = None,
+                 prompt_template: Optional[str] = None, defaults: Optional[Mapping[str, str]] = None,
+                 where: str = "dataset") -> tuple:
+    """One prompt per class: explicit override > dataset default (e.g. classes.yaml) > template.
+
+    The template gets the class name with ``_`` replaced by a space, via ``{}`` or ``{name}``.
+    """
+    template = DEFAULT_PROMPT_TEMPLATE if prompt_template is None else str(prompt_template)
+    if "{}" not in template and "{name}" not in template:
+        raise SegclipError(f"{where}: prompt_template {template!r} has no '{{}}' placeholder for the class name; "
+                           f"use e.g. 'a satellite image of {{}}'")
+    prompts = dict(prompts or {})
+    unknown = [k for k in prompts if k not in classes]
+    if unknown:
+        raise SegclipError(f"{where}: unknown class {unknown[0]!r} in prompt overrides; valid names: {', '.join(classes)}")
+    out = []
+    for c in classes:
+        text = prompts.get(c) or (defaults or {}).get(c)
+        if not text:
+            name = c.replace("_", " ")
+            text = template.replace("{name}", name).replace("{}", name)
+        out.append(str(text))
+    return tuple(out)
+
+
+def find_child(parent: Path, name: str, what: str, hint: str) -> Path:
+    """``parent/name`` matched case-insensitively (LoveDA ships ``Train``, users type ``train``)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        raise SegclipError(f"{what}: folder {parent} does not exist; {hint}")
+    hits = [p for p in parent.iterdir() if p.name.lower() == name.lower()]
+    if not hits:
+        found = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+        raise SegclipError(f"{what}: no {name!r} in {parent} (found: {', '.join(found) or 'nothing'}); {hint}")
+    return hits[0]
+
+
+def check_split(split: str, valid: Sequence[str], what: str) -> str:
+    s = str(split).lower()
+    if s not in valid:
+        raise SegclipError(f"{what}: unknown split {split!r}; valid splits: {', '.join(valid)}")
+    return s
+
+
+def natural_key(p: Path):
+    """Sort 2.png before 10.png (LoveDA and UAVid number their files)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def list_images(folder: Path, exts=(".png",)) -> list:
+    return sorted((p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts), key=natural_key)
+
+
+def pair_masks(records: list, what: str) -> None:
+    """Fail early, naming a file, when an image has no mask (instead of crashing mid-epoch)."""
+    missing = [(img, m) for img, m, _ in records if m is not None and not m.is_file()]
+    if missing:
+        img, m = missing[0]
+        raise SegclipError(f"{what}: {len(missing)} image(s) have no mask, e.g. {img} (expected {m}); "
+                           f"restore the mask or remove the image")
+
+
+class SegDataset:
+    """Indexable dataset of ``{"image", "mask", "meta"}`` dicts (see package docstring)."""
+
+    name = "dataset"
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, classes, palette, records, has_labels, prompts=None, prompt_template=None,
+                 prompt_defaults=None):
+        self.classes = tuple(classes)
+        self.palette = tuple(tuple(int(v) for v in c) for c in palette)
+        self.prompts = make_prompts(self.classes, prompts, prompt_template, prompt_defaults, self.name)
+        self.records = list(records)
+        self.has_labels = bool(has_labels)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _record(self, i: int):
+        n = len(self.records)
+        if not -n <= i < n:
+            raise IndexError(f"{self.name}: index {i} out of range for {n} items")
+        return self.records[i]
+
+    def image_size(self, i: int) -> tuple:
+        """(h, w) from the file header only: tiling plans tiles without decoding huge images."""
+        return image_size(self._record(i)[0])
+
+    def decode_mask(self, path: Path) -> np.ndarray:  # pragma: no cover - every loader overrides
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict:
+        img_path, mask_path, meta = self._record(i)
+        image = read_rgb(img_path)
+        item = {"image": image, "meta": {"path": str(img_path), **meta}}
+        if self.has_labels:
+            mask = self.decode_mask(mask_path)
+            if mask.shape != image.shape[:2]:
+                raise SegclipError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} "
+                                   f"is {image.shape[1]}x{image.shape[0]}; masks must match their image size")
+            item["mask"] = mask.astype(np.int64)
+            item["meta"]["mask_path"] = str(mask_path)
+        return item
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}: {len(self)} items, {len(self.classes)} classes>"

@@ -1,0 +1,115 @@
+"""Checkpoints: atomic writes, ``weights_only=True`` loads, and a model rebuilt without CLIP.
+
+A checkpoint holds the weights, the model/train configs, class names, palette, prompts and the
+cached CLIP text embeddings, so loading a trained model never needs open_clip or the internet.  A
+training checkpoint adds optimizer, scheduler, step and RNG state for bit-exact resume.
+
+Run directory layout::
+
+    RUN_DIR/config.json                 resolved configs, dataset, classes
+    RUN_DIR/checkpoints/step_0000300.pt periodic, full training state
+    RUN_DIR/model_final.pt              end of training, full training state
+    RUN_DIR/metrics.csv, RUN_DIR/tb/    logs
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig, model_config_from_dict
+from ..errors import SegclipError
+
+FORMAT = "segclip-checkpoint"
+FORMAT_VERSION = 1
+FINAL_NAME = "model_final.pt"
+_STEP_RE = re.compile(r"step_(\d+)\.pt$")
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves a
+    half-written checkpoint under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def step_checkpoints(run_dir: str | os.PathLike) -> list:
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | os.PathLike, prefer_final: bool = True) -> Path:
+    """RUN_DIR or checkpoint file -> checkpoint file (the final model, else the latest step)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        final = p / FINAL_NAME
+        steps = step_checkpoints(p)
+        if prefer_final and final.is_file():
+            return final
+        if steps:
+            return steps[-1]
+        if final.is_file():
+            return final
+        raise SegclipError(f"{p}: no checkpoint found (expected {FINAL_NAME} or checkpoints/step_*.pt); is this a segclip run directory?")
+    raise SegclipError(f"{p}: no such checkpoint file or run directory")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load (weights_only=True) and validate a segclip checkpoint; one-line errors for bad files."""
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise SegclipError(f"{p}: cannot read checkpoint ({msg}); the file is truncated or not a segclip checkpoint, re-copy it or use an earlier one") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise SegclipError(f"{p}: not a segclip checkpoint (no '{FORMAT}' marker)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise SegclipError(f"{p}: checkpoint format v{ckpt['format_version']} is newer than this segclip reads (v{FORMAT_VERSION}); upgrade segclip")
+    ckpt["path"] = str(p)
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict | str | os.PathLike):
+    """Rebuild the SegCLIP model from a checkpoint (dict or path); no CLIP, no downloads."""
+    from ..modeling import SegCLIP
+
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    cfg: ModelConfig = model_config_from_dict(dict(ckpt["model_config"]))
+    cfg.backbone_weights = "none"  # the weights come from the checkpoint
+    model = SegCLIP(cfg, ckpt["classes"], ckpt["prompts"], ckpt["text_embeddings"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise SegclipError(f"{ckpt.get('path', 'checkpoint')}: weights do not match its config ({str(e).splitlines()[0][:160]})") from None
+    return model.eval()
+
+
+def check_classes(ckpt: dict, classes, where: str) -> None:
+    """A checkpoint trained on another class list must not be silently evaluated/fine-tuned here."""
+    if tuple(ckpt["classes"]) != tuple(classes):
+        raise SegclipError(
+            f"{ckpt.get('path', 'checkpoint')}: trained on classes {list(ckpt['classes'])} but {where} has {list(classes)}; "
+            f"use a checkpoint for this dataset or retrain"
+        )

@@ -1,0 +1,24 @@
+"""SegCLIP modelling: one role per module, built from a ``ModelConfig`` by ``build_model``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..config import ModelConfig
+from .inference import SegCLIPInference
+from .segclip import SegCLIP, semantic_scores, semantic_targets
+from .text import build_prompts, encode_prompts
+
+__all__ = ["SegCLIP", "SegCLIPInference", "build_model", "build_prompts", "semantic_scores", "semantic_targets"]
+
+
+def build_model(cfg: ModelConfig, classes: Sequence[str], prompts: Sequence[str] | None = None,
+                text_embeddings: torch.Tensor | None = None) -> SegCLIP:
+    """Build SegCLIP for ``classes``.  Without ``text_embeddings`` the prompts are encoded once with
+    the configured frozen open_clip text encoder (this is the only place CLIP runs)."""
+    cfg.validate()
+    prompts = list(prompts) if prompts is not None else build_prompts(classes, cfg.prompt_template)
+    if text_embeddings is None:
+        text_embeddings = encode_prompts(prompts, cfg.clip_model, cfg.clip_pretrained)
+    return SegCLIP(cfg, classes, prompts, text_embeddings)

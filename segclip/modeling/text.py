@@ -1,0 +1,90 @@
+"""TMP: text mapping prompts.
+
+A frozen open_clip text encoder turns one prompt per class ("a photo with a {class}", or a user's
+own description) into an embedding, once; the embeddings are cached in the model (and so in every
+checkpoint) and never recomputed per step.  A learnable mapping plus a set of learnable context
+embeddings turn the K class embeddings into the N text queries of the decoder.  The N - K queries
+beyond the classes start from context alone (the "blank" text information CFF learns to suppress).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import SegclipError
+from .layers import MLP
+
+
+def build_prompts(classes: Sequence[str], template: str = "a photo with a {}", overrides: dict | None = None) -> list:
+    """One prompt per class; ``overrides`` maps class name -> full description (the paper's linguistic descriptions)."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(classes)
+    if unknown:
+        raise SegclipError(f"prompts: unknown class(es) {sorted(unknown)}; classes are: {', '.join(classes)}")
+    if "{}" not in template and "{class}" not in template:
+        raise SegclipError(f"prompts: template {template!r} has no '{{}}' or '{{class}}' placeholder for the class name")
+    out = []
+    for c in classes:
+        if c in overrides:
+            out.append(overrides[c])
+        else:
+            name = c.replace("_", " ")
+            out.append(template.replace("{class}", name) if "{class}" in template else template.format(name))
+    return out
+
+
+def load_clip(model_name: str, pretrained: str | None):
+    """Create an open_clip model and tokenizer; weights by tag (online), local file, or none (explicit)."""
+    import open_clip  # only training and model building need CLIP; export/runtimes never import it
+
+    if model_name not in open_clip.list_models():
+        raise SegclipError(f"CLIP: unknown open_clip model {model_name!r} (e.g. ViT-B-16, ViT-B-32, RN50)")
+    tag = None if pretrained in (None, "", "none") else pretrained
+    if tag is not None and (os.sep in tag or tag.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not os.path.isfile(tag):
+        raise SegclipError(f"CLIP: checkpoint file {tag} not found; pass --clip-checkpoint PATH to an open_clip {model_name} checkpoint")
+    try:
+        model = open_clip.create_model(model_name, pretrained=tag, device="cpu")
+    except SegclipError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        if tag is not None and os.path.isfile(tag):
+            raise SegclipError(f"CLIP: cannot load checkpoint {tag} into {model_name}: {first}") from None
+        raise SegclipError(
+            f"CLIP: could not get weights {model_name}/{tag} ({first}); offline, pass --clip-checkpoint PATH "
+            f"(a saved open_clip {model_name} state dict) or --clip-checkpoint none for random init"
+        ) from None
+    model.eval().requires_grad_(False)
+    return model, open_clip.get_tokenizer(model_name)
+
+
+@torch.no_grad()
+def encode_prompts(prompts: Sequence[str], model_name: str, pretrained: str | None) -> torch.Tensor:
+    """K x D L2-normalised CLIP text embeddings (float32, CPU)."""
+    model, tokenizer = load_clip(model_name, pretrained)
+    emb = model.encode_text(tokenizer(list(prompts)))
+    return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+
+class TextMappingPrompts(nn.Module):
+    """Cached CLIP embeddings (K x D) -> N text queries (N x C) with learnable context."""
+
+    def __init__(self, text_dim: int, dim: int, num_queries: int, num_classes: int):
+        super().__init__()
+        if num_queries < num_classes:
+            raise SegclipError(f"config: num_queries ({num_queries}) must be >= the number of classes ({num_classes})")
+        self.num_queries = num_queries
+        self.text_proj = MLP(text_dim, dim, dim, 2)
+        self.context = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+
+    def forward(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        t = self.text_proj(text_embeddings)
+        pad = t.new_zeros(self.num_queries - t.shape[0], t.shape[1])
+        return torch.cat([t, pad], 0) + self.context
+
+    def ground_truth_queries(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """GTG: queries from the texts of the classes present in the ground truth (no context)."""
+        return self.text_proj(text_embeddings)
