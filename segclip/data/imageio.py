@@ -101,3 +101,14 @@ def decode_colors(rgb: np.ndarray, colors: Sequence, where: str, chunk_rows: int
         warnings.warn(f"{where}: {unmatched} pixel(s) have a colour that matches no class; labelled ignore (255)",
                       stacklevel=3)
     return out
+
+
+def read_mask(path: Path, colors=None) -> tuple:
+    """``(array, decoded)``: raw index values (``decoded=False``), or -- when class colours are
+    known and the file is RGB -- class indices decoded by colour (``decoded=True``)."""
+    if colors is None:
+        return read_index_mask(path), False
+    im = _open(path)
+    if im.mode in INDEX_MODES:
+        return np.asarray(im), False
+    return decode_colors(np.asarray(im.convert("RGB")), colors, str(path)), True

@@ -113,3 +113,27 @@ def check_classes(ckpt: dict, classes, where: str) -> None:
             f"{ckpt.get('path', 'checkpoint')}: trained on classes {list(ckpt['classes'])} but {where} has {list(classes)}; "
             f"use a checkpoint for this dataset or retrain"
         )
+
+
+def checkpoint_dict(model, palette, dataset: str | None = None, train_config: dict | None = None, **state) -> dict:
+    """Everything needed to rebuild and deploy ``model`` (plus any training ``state``), as plain
+    tensors/containers so ``torch.load(weights_only=True)`` reads it."""
+    from dataclasses import asdict
+
+    from .. import __version__
+
+    model = model.module if hasattr(model, "module") else model  # DDP
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "segclip_version": __version__,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": asdict(model.cfg),
+        "train_config": train_config,
+        "classes": list(model.classes),
+        "palette": [list(map(int, p)) for p in palette],
+        "prompts": list(model.prompts),
+        "text_embeddings": model.text_embeddings.detach().cpu().clone(),
+        "dataset": dataset,
+        **state,
+    }
