@@ -129,7 +129,7 @@ PRESETS = {
         TrainConfig(
             crop_size=128,
             batch_size=8,
-            max_steps=1200,
+            max_steps=300,
             lr=4e-4,
             backbone_lr_mult=1.0,  # no pretrained backbone to protect on the offline quickstart
             warmup_steps=50,

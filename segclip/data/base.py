@@ -111,17 +111,25 @@ class SegDataset:
     def decode_mask(self, path: Path) -> np.ndarray:  # pragma: no cover - every loader overrides
         raise NotImplementedError
 
-    def __getitem__(self, i: int) -> dict:
+    def read(self, i: int) -> tuple:
+        """``(image uint8 HxWx3, mask uint8 HxW or None, meta)``: the compact form, for patching."""
         img_path, mask_path, meta = self._record(i)
         image = read_rgb(img_path)
-        item = {"image": image, "meta": {"path": str(img_path), **meta}}
+        meta = {"path": str(img_path), **meta}
+        mask = None
         if self.has_labels:
             mask = self.decode_mask(mask_path)
             if mask.shape != image.shape[:2]:
                 raise SegclipError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} "
                                    f"is {image.shape[1]}x{image.shape[0]}; masks must match their image size")
+            meta["mask_path"] = str(mask_path)
+        return image, mask, meta
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask, meta = self.read(i)
+        item = {"image": image, "meta": meta}
+        if mask is not None:
             item["mask"] = mask.astype(np.int64)
-            item["meta"]["mask_path"] = str(mask_path)
         return item
 
     def __repr__(self) -> str:

@@ -1,0 +1,216 @@
+"""``segclip train``, ``segclip eval`` and ``segclip quickstart``."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import SegclipError
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _parse_prompts(items) -> dict:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise SegclipError(f"--prompt {it!r}: expected CLASS=TEXT, e.g. --prompt 'road=an asphalt road seen from above'")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=False, max_steps=None, batch_size=None,
+                 lr=None, crop_size=None, backbone_weights=None, clip_checkpoint=None, device=None, seed=None,
+                 checkpoint_every=None, gtg=True, prompts=None, prompt_template=None, num_workers=None,
+                 progress=True, stop_after=None):
+    """Build datasets and model from a preset and train; returns (trainer, fit result)."""
+    from ..config import get_preset
+    from ..data import build_dataset
+    from ..engine.trainer import Trainer
+
+    p = get_preset(preset)
+    m, t = p.model, p.train
+    for obj, key, val in ((t, "max_steps", max_steps), (t, "batch_size", batch_size), (t, "lr", lr),
+                          (t, "crop_size", crop_size), (t, "seed", seed), (t, "checkpoint_every", checkpoint_every),
+                          (t, "num_workers", num_workers), (m, "backbone_weights", backbone_weights),
+                          (m, "clip_pretrained", clip_checkpoint), (m, "prompt_template", prompt_template)):
+        if val is not None:
+            setattr(obj, key, val)
+    m.gtg = gtg
+    opts = {}
+    if prompts:
+        opts["prompts"] = prompts
+    if prompt_template:
+        opts["prompt_template"] = prompt_template
+    train_ds = build_dataset(dataset, data_root, "train", **opts)
+    try:
+        val_ds = build_dataset(dataset, data_root, "val", **opts)
+    except SegclipError:
+        val_ds = None
+    trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device or _default_device(),
+                      resume=resume, prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after)
+    return trainer, trainer.fit()
+
+
+@click.command()
+@click.option("--dataset", required=True, help="loveda, isaid, uavid, folder or sample.")
+@click.option("--data-root", required=True, type=click.Path(), help="Dataset root as downloaded/extracted.")
+@click.option("--preset", default="segclip-r50", show_default=True, help="Named preset (segclip-r50, segclip-r50-fpn, segclip-small).")
+@click.option("--out", required=True, type=click.Path(), help="Run directory (checkpoints, logs, config).")
+@click.option("--resume", is_flag=True, help="Continue bit-for-bit from the last checkpoint in --out.")
+@click.option("--max-steps", type=int, help="Total optimisation steps (overrides the preset).")
+@click.option("--batch-size", type=int, help="Images per process per step.")
+@click.option("--lr", type=float, help="Base learning rate (AdamW).")
+@click.option("--crop-size", type=int, help="Training crop size in pixels.")
+@click.option("--backbone-weights", help="'imagenet' (download by name), a local torchvision state-dict PATH, or 'none' (random init).")
+@click.option("--clip-checkpoint", help="open_clip tag (e.g. 'openai', online), a local checkpoint PATH, or 'none' (random init).")
+@click.option("--prompt", "prompt_items", multiple=True, help="Per-class description CLASS=TEXT (repeatable).")
+@click.option("--prompt-template", help="Prompt template with {} for the class name (default 'a photo with a {}').")
+@click.option("--no-gtg", is_flag=True, help="Disable ground-truth text guidance queries.")
+@click.option("--checkpoint-every", type=int, help="Save a checkpoint every N steps.")
+@click.option("--device", help="cpu, cuda (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
+@click.option("--seed", type=int)
+@click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate on the val split at the end.")
+def train(dataset, data_root, preset, out, resume, max_steps, batch_size, lr, crop_size, backbone_weights, clip_checkpoint,
+          prompt_items, prompt_template, no_gtg, checkpoint_every, device, seed, do_eval):
+    """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
+    from ..engine import distributed as D
+
+    trainer, res = run_training(dataset, data_root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch_size,
+                                lr=lr, crop_size=crop_size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
+                                device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
+                                prompts=_parse_prompts(prompt_items), prompt_template=prompt_template)
+    if D.is_main():
+        click.echo(f"trained {res['step']} steps in {res['train_seconds']:.0f} s -> {out}")
+        if do_eval and trainer.val_dataset is not None:
+            metrics = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device)
+            _write_json(Path(out) / "eval_val.json", metrics)
+            click.echo(f"val mIoU {metrics['miou']:.4f}  OA {metrics['overall_accuracy']:.4f}  -> {Path(out) / 'eval_val.json'}")
+    D.cleanup()
+
+
+def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, progress=True) -> dict:
+    from ..engine.evaluate import evaluate, torch_scores_fn
+
+    window = tcfg.eval_size or tcfg.crop_size
+    return evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
+                    progress=progress, limit=limit)
+
+
+@click.command("eval")
+@click.argument("source", type=click.Path())
+@click.option("--dataset", required=True, help="loveda, isaid, uavid, folder or sample.")
+@click.option("--data-root", required=True, type=click.Path())
+@click.option("--split", default="val", show_default=True)
+@click.option("--window", type=int, help="Sliding-window size (default: the checkpoint's eval size).")
+@click.option("--batch-size", default=4, show_default=True, help="Windows per forward pass.")
+@click.option("--device", help="cpu or cuda.")
+@click.option("--limit", type=int, help="Only the first N images.")
+@click.option("--out", "out_json", type=click.Path(), help="Write metrics JSON here (default: RUN_DIR/eval_<split>.json).")
+def eval_cmd(source, dataset, data_root, split, window, batch_size, device, limit, out_json):
+    """Evaluate a run directory or checkpoint: mIoU, per-class IoU, F1, overall accuracy."""
+    from ..config import train_config_from_dict
+    from ..data import build_dataset
+    from ..engine.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(source)
+    ds = build_dataset(dataset, data_root, split)
+    check_classes(ckpt, ds.classes, f"dataset {dataset}")
+    device = device or _default_device()
+    model = model_from_checkpoint(ckpt).to(device)
+    tcfg = train_config_from_dict(dict(ckpt.get("train_config") or {}))
+    if window:
+        tcfg.eval_size = window
+    metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch_size, limit=limit)
+    metrics.update({"checkpoint": ckpt["path"], "dataset": dataset, "split": split})
+    dest = Path(out_json) if out_json else (Path(source) / f"eval_{split}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".eval_{split}.json"))
+    _write_json(dest, metrics)
+    click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}")
+    for name, v in metrics["per_class_iou"].items():
+        click.echo(f"  {name:<20} IoU {'-' if v is None else f'{v:.4f}'}")
+    click.echo(f"-> {dest}")
+
+
+@click.command()
+@click.option("--out", default="quickstart", show_default=True, type=click.Path(), help="Output directory.")
+@click.option("--steps", type=int, help="Training steps (default: the small preset's).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--pretrained", is_flag=True, help="Use ImageNet/CLIP weights by name (needs internet); default is explicit random init.")
+@click.option("--export/--no-export", "do_export", default=True, show_default=True)
+@click.option("--benchmark/--no-benchmark", "do_bench", default=True, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing quickstart directory.")
+def quickstart(out, steps, seed, pretrained, do_export, do_bench, force):
+    """Generate the sample dataset, train the small preset, evaluate, export and benchmark."""
+    from ..data.sample import generate_sample_dataset
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise SegclipError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
+        shutil.rmtree(out)
+    t_start = time.time()
+    summary = {"preset": "segclip-small", "dataset": "sample", "seed": seed, "pretrained": pretrained, "artifacts": {}}
+    data = generate_sample_dataset(out / "data", seed=seed)
+    summary["artifacts"]["data"] = str(data)
+    weights = {} if pretrained else {"backbone_weights": "none", "clip_checkpoint": "none"}
+    if not pretrained:
+        click.echo("quickstart: random init for backbone and CLIP text encoder (offline); --pretrained uses ImageNet/CLIP weights")
+    run = out / "run"
+    trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=steps, seed=seed, device=_default_device(), **weights)
+    summary["train_seconds"] = round(res["train_seconds"], 1)
+    summary["train_steps"] = res["step"]
+    summary["artifacts"]["run_dir"] = str(run)
+    summary["artifacts"]["checkpoint"] = str(run / "model_final.pt")
+    metrics = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device)
+    _write_json(run / "eval_val.json", metrics)
+    summary["val_miou"] = round(metrics["miou"], 4)
+    summary["val_overall_accuracy"] = round(metrics["overall_accuracy"], 4)
+    summary["per_class_iou"] = metrics["per_class_iou"]
+    summary["artifacts"]["eval"] = str(run / "eval_val.json")
+    click.echo(f"val mIoU {metrics['miou']:.4f} after {res['step']} steps ({res['train_seconds']:.0f} s)")
+    for step_name, enabled, fn in (("export", do_export, _quickstart_export), ("benchmark", do_bench, _quickstart_benchmark)):
+        if not enabled:
+            continue
+        try:
+            fn(run, out, summary)
+        except ImportError as e:  # that part of the toolkit is not installed in this environment
+            summary[f"{step_name}_status"] = f"skipped: {e}"
+            click.echo(f"quickstart: {step_name} skipped ({e})")
+    summary["total_seconds"] = round(time.time() - t_start, 1)
+    _write_json(out / "summary.json", summary)
+    click.echo(f"summary -> {out / 'summary.json'} (total {summary['total_seconds']:.0f} s)")
+
+
+def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
+    from ..export import export
+
+    manifest = export(run, out / "export", onnx=True, fp16=True, batch=(1, 1, 4), data=f"sample:{out / 'data'}:val")
+    summary["artifacts"]["export"] = str(out / "export")
+    summary["export"] = {k: {"status": v.get("status"), "path": v.get("path")} for k, v in manifest.get("artifacts", {}).items()}
+
+
+def _quickstart_benchmark(run: Path, out: Path, summary: dict) -> None:
+    from ..benchmarks import run_benchmark
+
+    report = run_benchmark(out / "export", out=out / "benchmark", data=f"sample:{out / 'data'}:val", quick=True)
+    summary["artifacts"]["benchmark"] = str(out / "benchmark")
+    summary["benchmark"] = report.get("summary", report) if isinstance(report, dict) else None
+
+
+COMMANDS = [train, eval_cmd, quickstart]

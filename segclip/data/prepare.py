@@ -1,0 +1,137 @@
+"""Offline patching of huge scenes (``segclip prepare isaid|uavid SRC DST``) and the reader of the
+patch folder it writes.
+
+Output layout (read back by ``build_dataset(name, DST, split)``, which notices the manifest)::
+
+    DST/prepare_manifest.json              dataset, tile, stride, classes (index order), splits
+    DST/<split>/images/<stem>_<y0>_<x0>.png
+    DST/<split>/masks/<stem>_<y0>_<x0>.png  mode L, class index per pixel, 255 = ignore/padding
+
+Patches are cut by :func:`segclip.data.tiling.iter_patches` (the same rule as on-the-fly tiling);
+the whole DST is written to a temporary sibling and renamed at the end, so it is never half there.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import SegclipError
+from .atomic import atomic_dir
+from .base import IGNORE_INDEX, SegDataset, list_images, pair_masks
+from .imageio import read_index_mask
+from .tiling import iter_patches
+
+MANIFEST = "prepare_manifest.json"
+
+
+def _split_present(name: str, src: Path, split: str) -> bool:
+    folder = f"uavid_{split}" if name == "uavid" else split
+    return src.is_dir() and any(p.name.lower() == folder for p in src.iterdir())
+
+
+def prepare_patches(name, src, dst, tile=None, stride=None, splits=None, force=False, progress=True,
+                    **options) -> dict:
+    """Cut every image (and mask) of ``splits`` of dataset ``name`` at ``src`` into patches in ``dst``.
+
+    ``tile``/``stride`` default to the dataset's standard (iSAID 896/512, UAVid 1024/1024).
+    ``splits=None`` takes every split present in ``src``.  Returns the manifest.
+    """
+    from . import PATCH_DEFAULTS, build_dataset  # the registry imports this module
+
+    src, dst = Path(src), Path(dst)
+    if name not in PATCH_DEFAULTS:
+        raise SegclipError(f"prepare: cannot patch {name!r}; supported: {', '.join(PATCH_DEFAULTS)}")
+    tile = tile or PATCH_DEFAULTS[name][0]
+    stride = stride or (PATCH_DEFAULTS[name][1] if tile == PATCH_DEFAULTS[name][0] else tile)
+    if not src.is_dir():
+        raise SegclipError(f"prepare: source folder {src} does not exist")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise SegclipError(f"prepare: destination {dst} is inside the source {src}; choose a folder outside it")
+    if dst.exists() and any(dst.iterdir()) and not force:
+        raise SegclipError(f"prepare: {dst} already exists; pass --force to replace it")
+    if splits is None:
+        splits = [s for s in ("train", "val", "test") if _split_present(name, src, s)]
+        if not splits:
+            build_dataset(name, src, "train", patched=False, **options)  # raises, naming what is missing
+    datasets = {s: build_dataset(name, src, s, patched=False, **options) for s in splits}
+    first = next(iter(datasets.values()))
+    manifest = {"dataset": name, "tile": int(tile), "stride": int(stride), "classes": list(first.classes),
+                "source": str(src), "splits": {}}
+    with atomic_dir(dst, replace=force) as tmp:
+        for split, ds in datasets.items():
+            img_dir, mask_dir = tmp / split / "images", tmp / split / "masks"
+            img_dir.mkdir(parents=True)
+            if ds.has_labels:
+                mask_dir.mkdir()
+            seen, n = set(), 0
+            for i in tqdm(range(len(ds)), desc=f"prepare {name} {split}", unit="img", disable=not progress):
+                image, mask, meta = ds.read(i)
+                stem = "_".join(x for x in (meta.get("sequence"), Path(meta["path"]).stem) if x)
+                if stem in seen:
+                    raise SegclipError(f"prepare: two source images are both named {stem!r} ({meta['path']}); rename one")
+                seen.add(stem)
+                for y0, x0, img, m in iter_patches(image, mask, tile, stride):
+                    out = f"{stem}_{y0}_{x0}.png"
+                    Image.fromarray(img).save(img_dir / out)
+                    if m is not None:
+                        Image.fromarray(m.astype(np.uint8), "L").save(mask_dir / out)
+                    n += 1
+            manifest["splits"][split] = {"images": len(ds), "patches": n, "labels": ds.has_labels}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(root) -> dict | None:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SegclipError(f"{path}: unreadable prepare manifest ({e}); re-run segclip prepare with --force") from None
+
+
+class PatchedDataset(SegDataset):
+    """The patch folder written by :func:`prepare_patches`; indices are remapped by class name,
+    so e.g. UAVid patches prepared in one ``label_order`` can be read in the other."""
+
+    def __init__(self, root, split, name, classes, palette, prompts=None, prompt_template=None):
+        self.name = name
+        root = Path(root)
+        m = read_manifest(root)
+        if m is None:
+            raise SegclipError(f"{name}: {root} has no {MANIFEST}; create patches with 'segclip prepare {name} SRC {root}' "
+                               f"or pass patched=False for the original layout")
+        if m.get("dataset") != name:
+            raise SegclipError(f"{name}: {root} holds patches of {m.get('dataset')!r}, not {name!r}")
+        if split not in m.get("splits", {}):
+            raise SegclipError(f"{name}: no split {split!r} in {root} (found: {', '.join(m.get('splits', {})) or 'none'})")
+        self.tile, self.stride = m["tile"], m["stride"]
+        missing = [c for c in m["classes"] if c not in classes]
+        if missing:
+            raise SegclipError(f"{name}: {root} was prepared with class {missing[0]!r} unknown here; re-run segclip prepare")
+        self._lut = np.full(256, IGNORE_INDEX, np.uint8)
+        self._lut[:len(m["classes"])] = [classes.index(c) for c in m["classes"]]
+        has_labels = bool(m["splits"][split].get("labels", True))
+        img_dir = root / split / "images"
+        records = []
+        for p in list_images(img_dir) if img_dir.is_dir() else []:
+            try:
+                source, y0, x0 = p.stem.rsplit("_", 2)
+                y0, x0 = int(y0), int(x0)
+            except ValueError:
+                raise SegclipError(f"{p}: not a patch written by segclip prepare (<stem>_<y0>_<x0>.png); "
+                                   f"remove it or re-run prepare with --force") from None
+            records.append((p, root / split / "masks" / p.name if has_labels else None,
+                            {"source": source, "origin": (y0, x0)}))
+        if not records:
+            raise SegclipError(f"{name}: no patches in {img_dir}; re-run segclip prepare with --force")
+        pair_masks(records, name)
+        super().__init__(classes, palette, records, has_labels, prompts, prompt_template)
+
+    def decode_mask(self, path: Path) -> np.ndarray:
+        return self._lut[read_index_mask(path)]

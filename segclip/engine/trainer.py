@@ -1,0 +1,258 @@
+"""The training loop: AdamW + warm-up/poly schedule, gradient clipping, AMP on GPU, DDP via torchrun,
+progress bar, CSV/TensorBoard logs, atomic checkpoints and bit-exact resume.
+
+Determinism for resume: the data order of epoch e is a permutation seeded by (seed, e); every sample's
+augmentation is seeded by (seed, e, index); the torch RNG state of every rank (used by point
+sampling) is saved in each checkpoint.  Resuming from step s therefore replays exactly what an
+uninterrupted run would have done from step s.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
+from ..errors import SegclipError
+from ..modeling import build_model, build_prompts, semantic_targets
+from ..modeling.criterion import SetCriterion
+from ..modeling.matcher import HungarianMatcher
+from . import distributed as D
+from .checkpoint import FINAL_NAME, atomic_save, check_classes, checkpoint_dict, load_checkpoint, step_checkpoints
+
+
+def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
+    matcher = HungarianMatcher(cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.train_num_points)
+    return SetCriterion(num_classes, matcher, cfg.class_weight, cfg.mask_weight, cfg.dice_weight,
+                        cfg.no_object_weight, cfg.train_num_points, cfg.oversample_ratio, cfg.importance_sample_ratio)
+
+
+def param_groups(model, tcfg: TrainConfig) -> list:
+    """Backbone at lr x backbone_lr_mult; no weight decay on norms, biases and embeddings (Mask2Former)."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        backbone = name.startswith("backbone.")
+        no_decay = p.ndim <= 1 or name.endswith(("context", "query_pos", "gtg_pos", "level_embed"))
+        key = (backbone, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": tcfg.lr * (tcfg.backbone_lr_mult if backbone else 1.0),
+                           "weight_decay": 0.0 if no_decay else tcfg.weight_decay}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_lambda(tcfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < tcfg.warmup_steps:
+            return (step + 1) / tcfg.warmup_steps
+        return (1 - min(step, tcfg.max_steps - 1) / tcfg.max_steps) ** tcfg.poly_power
+    return f
+
+
+class EpochBatches:
+    """Deterministic, resumable batch order: epoch e is a permutation seeded by (seed, e), split
+    across ranks; incomplete trailing batches are dropped so every rank takes the same steps."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
+        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch == 0:
+            raise SegclipError(
+                f"train: {n} training images are fewer than one global batch ({batch_size} x {world} processes); lower --batch-size"
+            )
+
+    def batch(self, step: int) -> tuple:
+        epoch, i = divmod(step, self.per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        start = (i * self.world + self.rank) * self.bs
+        return epoch, perm[start : start + self.bs]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, dataset, val_dataset, out: str | os.PathLike, mcfg: ModelConfig, tcfg: TrainConfig, *,
+                 dataset_name: str, device: str = "cpu", resume: bool = False, prompts=None, progress: bool = True,
+                 stop_after: int | None = None):
+        self.out = Path(out)
+        self.rank, self.world, self.device = D.init_distributed(device)
+        self.dataset, self.val_dataset = dataset, val_dataset
+        self.dataset_name = dataset_name
+        self.progress = progress and D.is_main()
+        self.stop_after = stop_after  # stop (as if interrupted) after this many steps: tests and time budgets
+        classes = tuple(dataset.classes)
+        self.palette = tuple(dataset.palette)
+
+        ckpt = None
+        if resume:
+            steps = step_checkpoints(self.out)
+            final = self.out / FINAL_NAME
+            if not steps and not final.is_file():
+                raise SegclipError(f"--resume: no checkpoint in {self.out}; start without --resume")
+            ckpt = load_checkpoint(final if final.is_file() and (not steps or final.stat().st_mtime >= steps[-1].stat().st_mtime) else steps[-1])
+            check_classes(ckpt, classes, f"dataset {dataset_name}")
+            mcfg = model_config_from_dict(dict(ckpt["model_config"]))
+            saved_t = train_config_from_dict(dict(ckpt["train_config"]))
+            saved_t.max_steps = tcfg.max_steps  # a resumed run may be extended
+            tcfg = saved_t
+            prompts = ckpt["prompts"]
+        elif self.out.exists() and (step_checkpoints(self.out) or (self.out / FINAL_NAME).exists()):
+            raise SegclipError(f"{self.out} already holds a training run; pass --resume to continue it or choose a new --out")
+        self.mcfg, self.tcfg = mcfg, tcfg
+
+        torch.manual_seed(tcfg.seed)  # identical init (and random-init CLIP) on every rank
+        if ckpt is not None:
+            mcfg.backbone_weights = "none"
+            model = build_model(mcfg, classes, ckpt["prompts"], ckpt["text_embeddings"])
+            model.load_state_dict(ckpt["model"])
+        else:
+            prompts = list(prompts) if prompts is not None else list(getattr(dataset, "prompts", None) or build_prompts(classes, mcfg.prompt_template))
+            model = build_model(mcfg, classes, prompts)
+        self.model = model.to(self.device)
+        self.criterion = build_criterion(mcfg, len(classes)).to(self.device)
+        self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else None
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, tcfg), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tcfg))
+        self.use_amp = tcfg.amp and self.device.startswith("cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if "scaler" in ckpt and ckpt["scaler"]:
+                self.scaler.load_state_dict(ckpt["scaler"])
+            self.step = int(ckpt["step"])
+            states = ckpt["rng"]
+            _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
+        else:
+            torch.manual_seed(tcfg.seed + self.rank)
+
+        from ..data.transforms import TrainAugment
+
+        self.augment = TrainAugment(dataset, tcfg.crop_size, seed=tcfg.seed)
+        self.batches = EpochBatches(len(self.augment), tcfg.batch_size, tcfg.seed, self.rank, self.world)
+
+    # ---- I/O -------------------------------------------------------------------------------------
+    def _write_config(self):
+        cfg = {"dataset": self.dataset_name, "classes": list(self.model.classes), "prompts": list(self.model.prompts),
+               "model": asdict(self.mcfg), "train": asdict(self.tcfg), "world_size": self.world}
+        tmp = self.out / ".config.json.tmp"
+        tmp.write_text(json.dumps(cfg, indent=2))
+        os.replace(tmp, self.out / "config.json")
+
+    def _state(self) -> dict:
+        rng = D.all_gather_object(_rng_state())
+        return checkpoint_dict(self.model, self.palette, dataset=self.dataset_name, train_config=asdict(self.tcfg),
+                               optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                               scaler=self.scaler.state_dict() if self.use_amp else None, step=self.step, rng=rng,
+                               world_size=self.world)
+
+    def save(self, final: bool = False) -> Path | None:
+        state = self._state()  # collective: every rank takes part
+        if not D.is_main():
+            return None
+        path = self.out / (FINAL_NAME if final else f"checkpoints/step_{self.step:07d}.pt")
+        return atomic_save(state, path)
+
+    # ---- loop ------------------------------------------------------------------------------------
+    def _load_batch(self, step: int):
+        from ..data.transforms import collate
+
+        epoch, idx = self.batches.batch(step)
+        self.augment.set_epoch(epoch)
+        b = collate([self.augment[i] for i in idx])
+        return b["image"].to(self.device), b["mask"].to(self.device)
+
+    def train_step(self, images, masks) -> dict:
+        targets = semantic_targets(masks, self.model.num_classes)
+        num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=self.device)
+        num_masks = D.all_reduce_mean(num_masks).clamp(min=1.0).item()
+        net = self.ddp or self.model
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            stages = net(images, targets)
+        losses = self.criterion([(l.float(), m.float()) for l, m in stages], targets, self.mcfg.num_queries, num_masks)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise SegclipError(f"train: loss became {loss.item()} at step {self.step}; lower --lr or check the data (mask values)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        main = {k: v.item() for k, v in losses.items() if not k.rsplit("_", 1)[-1].isdigit()}
+        return {"loss": loss.item(), "grad_norm": float(gnorm), **main}
+
+    def fit(self) -> dict:
+        if D.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        D.barrier()
+        writer = csv_file = None
+        if D.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tb"))
+            new = not (self.out / "metrics.csv").exists()
+            csv_file = open(self.out / "metrics.csv", "a", newline="")
+        self.model.train()
+        t0 = time.time()
+        end = self.tcfg.max_steps if self.stop_after is None else min(self.tcfg.max_steps, self.step + self.stop_after)
+        bar = tqdm(total=self.tcfg.max_steps, initial=self.step, disable=not self.progress, desc="train", unit="step", dynamic_ncols=True)
+        log = None
+        fields = None
+        try:
+            while self.step < end:
+                images, masks = self._load_batch(self.step)
+                rec = self.train_step(images, masks)
+                self.step += 1
+                lr = self.optimizer.param_groups[-1]["lr"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
+                if D.is_main() and (self.step % self.tcfg.log_every == 0 or self.step == end):
+                    log = {"step": self.step, "lr": lr, "time": round(time.time() - t0, 2), **rec}
+                    if fields is None:
+                        fields = list(log)
+                        if new:
+                            csv.writer(csv_file).writerow(fields)
+                    csv.writer(csv_file).writerow([log.get(k, "") for k in fields])
+                    csv_file.flush()
+                    for k, v in rec.items():
+                        writer.add_scalar(f"train/{k}", v, self.step)
+                    writer.add_scalar("train/lr", lr, self.step)
+                if self.step % self.tcfg.checkpoint_every == 0 and self.step < self.tcfg.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+                csv_file.close()
+        if self.step >= self.tcfg.max_steps:
+            self.save(final=True)
+        elif self.step % self.tcfg.checkpoint_every:
+            self.save()  # stopped early: keep the state so --resume continues from here
+        return {"step": self.step, "train_seconds": time.time() - t0, "last": log}

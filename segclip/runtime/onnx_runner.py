@@ -1,0 +1,164 @@
+"""ONNX Runtime runner: CPU, CUDA or TensorRT execution provider.
+
+The signature comes from the model's own metadata (``segclip.signature``, written by
+``segclip export``), so a bare ``.onnx`` file is self-describing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import SegclipError
+from ..signature import Signature
+from .base import Runner, one_line
+
+META_SIGNATURE = "segclip.signature"
+META_PRECISION = "segclip.precision"
+
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+
+def corrupt_onnx_error(path, e: BaseException) -> SegclipError:
+    return SegclipError(
+        f"{path}: cannot load ONNX model ({one_line(e, 120)}): the file is truncated or corrupt; re-export with segclip export"
+    )
+
+
+def read_onnx_metadata(path) -> dict:
+    """``metadata_props`` of an ONNX file as a dict (one-line error for a missing/corrupt file)."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise SegclipError(f"{p}: no such ONNX file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:
+        raise corrupt_onnx_error(p, e) from None
+    if len(model.graph.node) == 0 or not model.graph.input:
+        raise corrupt_onnx_error(p, ValueError("empty graph"))
+    return {m.key: m.value for m in model.metadata_props}
+
+
+def signature_from_onnx(path) -> Signature:
+    meta = read_onnx_metadata(path)
+    if META_SIGNATURE not in meta:
+        raise SegclipError(f"{path}: no '{META_SIGNATURE}' in the ONNX metadata: not a segclip export; export it with segclip export")
+    try:
+        return Signature.from_json(meta[META_SIGNATURE])
+    except (ValueError, TypeError, KeyError) as e:
+        raise SegclipError(f"{path}: unreadable '{META_SIGNATURE}' metadata ({one_line(e)}); re-export with segclip export") from None
+
+
+def resolve_providers(providers=None, device_id: int = 0, cache_dir: Optional[str] = None) -> list:
+    """"cpu" | "cuda" | "tensorrt" | list of names/(name, options) -> ORT providers list, checked
+    against what this onnxruntime build offers.  ``None``: CUDA when available, else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers is None:
+        providers = ["cuda"] if "CUDAExecutionProvider" in available else ["cpu"]
+    if isinstance(providers, (str, tuple)):
+        providers = [providers]
+    out = []
+    for p in providers:
+        name, opts = (p if isinstance(p, tuple) else (p, None))
+        name = _PROVIDER_ALIASES.get(str(name).lower(), name)
+        if name not in available:
+            hint = "install onnxruntime-gpu (pip install segclip[gpu])" if name != "CPUExecutionProvider" else ""
+            raise SegclipError(f"onnxruntime {ort.__version__} here offers {available}, not {name}; {hint or 'use providers=cpu'}")
+        if opts is None:
+            if name == "CUDAExecutionProvider":
+                opts = {"device_id": device_id}
+            elif name == "TensorrtExecutionProvider":
+                opts = {"device_id": device_id, "trt_engine_cache_enable": True, "trt_timing_cache_enable": True}
+                if cache_dir:
+                    opts.update(trt_engine_cache_path=cache_dir, trt_timing_cache_path=cache_dir)
+        out.append((name, opts) if opts else name)
+    names = [p[0] if isinstance(p, tuple) else p for p in out]
+    # GPU providers fall back node by node: keep CUDA behind TensorRT and CPU last.
+    if "TensorrtExecutionProvider" in names and "CUDAExecutionProvider" not in names and "CUDAExecutionProvider" in available:
+        out.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        names.append("CUDAExecutionProvider")
+    if "CPUExecutionProvider" not in names:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+class OnnxRunner(Runner):
+    """Options: ``providers`` ("cpu", "cuda", "tensorrt" or an ORT providers list; default CUDA when
+    available else CPU), ``threads`` (intra-op threads), ``device_id``, ``signature`` (override the
+    metadata), ``name``, ``precision`` (default: from metadata), ``optimization`` ("all", "extended",
+    "basic", "disable")."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path, *, providers=None, threads: Optional[int] = None, device_id: int = 0,
+                 signature: Optional[Signature] = None, name: Optional[str] = None, precision: Optional[str] = None,
+                 optimization: str = "all"):
+        self.path = Path(path)
+        meta = read_onnx_metadata(self.path)
+        if signature is None:
+            signature = signature_from_onnx(self.path)
+        precision = precision or meta.get(META_PRECISION, "fp32")
+        self.providers = resolve_providers(providers, device_id, cache_dir=str(self.path.parent / "ort_trt_cache"))
+        self.threads = threads
+        self.optimization = optimization
+        super().__init__(signature, name=name or f"onnx-{precision}", precision=precision, artifact=self.path)
+        self._session = None
+        self._outputs = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if self.threads:
+            so.intra_op_num_threads = int(self.threads)
+            so.inter_op_num_threads = 1
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }
+        so.graph_optimization_level = levels[self.optimization]
+        try:
+            sess = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
+        except Exception as e:
+            raise corrupt_onnx_error(self.path, e) from None
+        inp = self.signature.inputs[0]
+        got = {i.name: i.type for i in sess.get_inputs()}
+        if list(got) != [inp.name] or got[inp.name] != "tensor(uint8)":
+            raise SegclipError(f"{self.path}: inputs {got} do not match the signature ('{inp.name}': tensor(uint8)); re-export with segclip export")
+        outs = [o.name for o in sess.get_outputs()]
+        want = [t.name for t in self.signature.outputs]
+        if sorted(outs) != sorted(want):
+            raise SegclipError(f"{self.path}: outputs {outs} do not match the signature {want}; re-export with segclip export")
+        self._session, self._outputs = sess, outs
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def _infer(self, images: np.ndarray) -> dict:
+        res = self._session.run(self._outputs, {self.signature.inputs[0].name: images})
+        return dict(zip(self._outputs, res))
+
+    def _providers(self) -> list:
+        if self._session is not None:
+            return list(self._session.get_providers())
+        return [p[0] if isinstance(p, tuple) else p for p in self.providers]
+
+    def _device(self) -> str:
+        provs = self._providers()
+        if provs and provs[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            return "cuda"
+        return "cpu"

@@ -1,0 +1,88 @@
+"""PyTorch runner: a checkpoint (or run directory) through ``SegCLIPInference``, the same module
+that is exported, so it is the reference every exported artifact is compared with."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import SegclipError
+from ..signature import MASK_NAME, SCORES_NAME, Signature, default_palette
+from .base import Runner
+
+
+def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=True, max_batch=8) -> Signature:
+    classes = list(ckpt["classes"])
+    palette = ckpt.get("palette") or default_palette(len(classes))
+    return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch)
+
+
+class TorchRunner(Runner):
+    """Options: ``device`` ("cpu", "cuda", "cuda:1"), ``precision`` ("fp32"; "fp16" = CUDA autocast),
+    ``scores`` (default True: a checkpoint can always give scores), ``size`` ((h, w) to pin the
+    signature to a fixed input size, default any size)."""
+
+    backend = "torch"
+
+    def __init__(self, checkpoint, *, device: str = "cpu", precision: str = "fp32", scores: bool = True,
+                 size: Optional[tuple] = None, name: Optional[str] = None, max_batch: int = 8, threads: Optional[int] = None):
+        from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
+
+        self.checkpoint_path = resolve_checkpoint(checkpoint)
+        self._ckpt = load_checkpoint(self.checkpoint_path)
+        if precision not in ("fp32", "fp16"):
+            raise SegclipError(f"torch runner: precision must be fp32 or fp16, got {precision!r}")
+        if precision == "fp16" and not str(device).startswith("cuda"):
+            raise SegclipError("torch runner: precision fp16 needs device='cuda' (CPU runs fp32)")
+        self.device = str(device)
+        self.threads = threads
+        h, w = (size if size is not None else (None, None))
+        sig = signature_from_checkpoint(self._ckpt, height=h, width=w, scores=scores, max_batch=max_batch)
+        super().__init__(sig, name=name or f"torch-{precision}", precision=precision, artifact=self.checkpoint_path)
+        self._module = None
+
+    def _activate(self) -> None:
+        import torch
+
+        from ..engine.checkpoint import model_from_checkpoint
+        from ..modeling import SegCLIPInference
+
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SegclipError(f"{self.name}: device {self.device!r} requested but no CUDA GPU is visible; use device='cpu'")
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        model = model_from_checkpoint(self._ckpt)
+        self._module = SegCLIPInference(model, scores=self.signature.scores).to(self.device).eval()
+
+    def _deactivate(self) -> None:
+        self._module = None
+
+    def _infer(self, images: np.ndarray) -> dict:
+        import torch
+
+        x = torch.from_numpy(images).to(self.device)
+        with torch.inference_mode():
+            if self.precision == "fp16":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    out = self._module(x)
+            else:
+                out = self._module(x)
+        if self.signature.scores:
+            mask, scores = out
+            return {MASK_NAME: mask.cpu().numpy(), SCORES_NAME: scores.float().cpu().numpy()}
+        return {MASK_NAME: out.cpu().numpy()}
+
+    def _device(self) -> str:
+        if self.device.startswith("cuda"):
+            try:
+                import torch
+
+                return f"{self.device} ({torch.cuda.get_device_name(torch.device(self.device))})"
+            except Exception:
+                return self.device
+        return self.device
+
+    @property
+    def checkpoint(self) -> dict:
+        return self._ckpt

@@ -1,0 +1,125 @@
+"""SegCLIP as a Triton python-backend model: ONNX Runtime inside Triton's python backend.
+
+This file is copied verbatim into ``<repo>/segclip_python/1/model.py`` by
+``segclip.serving.repo.build_repository``; it runs in the *server-side* environment (the one made by
+``segclip serve-env``: numpy<2, onnxruntime), never imports segclip, and takes everything it needs
+(tensor names, dtypes, the ONNX file name, thread counts) from the generated ``config.pbtxt``.
+
+Requests that arrive together (dynamic batching) are concatenated along the batch axis when their
+spatial sizes agree and run as one ONNX Runtime call; the result is split back per request.  A bad
+request gets its own error response and never fails the others in the batch.
+"""
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_NP = {
+    "TYPE_UINT8": np.uint8,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+}
+
+
+def _param(config, key, default=None):
+    v = config.get("parameters", {}).get(key)
+    return default if v is None else v.get("string_value", default)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+
+        self.config = json.loads(args["model_config"])
+        self.name = args.get("model_name", "segclip_python")
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        onnx_file = os.path.join(version_dir, _param(self.config, "onnx_file", "model.onnx"))
+        if not os.path.isfile(onnx_file):
+            raise pb_utils.TritonModelException(f"{self.name}: ONNX file {onnx_file} is missing")
+
+        self.max_batch = int(self.config.get("max_batch_size", 0))
+        self.input = self.config["input"][0]
+        self.in_name = self.input["name"]
+        self.in_dtype = _NP[self.input["data_type"]]
+        self.in_dims = [int(d) for d in self.input["dims"]]
+        self.outputs = [(o["name"], _NP[o["data_type"]]) for o in self.config["output"]]
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(_param(self.config, "intra_op_threads", "0"))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = ["CPUExecutionProvider"]
+        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = [("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))})] + providers
+        self.session = ort.InferenceSession(onnx_file, sess_options=so, providers=providers)
+        onnx_outputs = [o.name for o in self.session.get_outputs()]
+        missing = [n for n, _ in self.outputs if n not in onnx_outputs]
+        if missing:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config outputs {missing} are not in {onnx_file} (it has {onnx_outputs})"
+            )
+        self.output_names = [n for n, _ in self.outputs]
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _check(self, arr):
+        if arr.dtype != self.in_dtype:
+            return f"'{self.in_name}' must be {np.dtype(self.in_dtype).name}, got {arr.dtype}"
+        want = ([-1] if self.max_batch > 0 else []) + self.in_dims
+        if arr.ndim != len(want) or any(w != -1 and w != s for w, s in zip(want, arr.shape)):
+            return f"'{self.in_name}' must have shape {want} (-1 = any), got {list(arr.shape)}"
+        if self.max_batch > 0 and not 1 <= arr.shape[0] <= self.max_batch:
+            return f"batch size {arr.shape[0]} is outside 1..{self.max_batch}"
+        return None
+
+    def _response(self, results):
+        tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r.astype(dt, copy=False)))
+                   for (n, dt), r in zip(self.outputs, results)]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _run(self, batch):
+        return self.session.run(self.output_names, {self.in_name: batch})
+
+    # ---- Triton entry points ---------------------------------------------------------------------
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        arrays = {}
+        for i, request in enumerate(requests):
+            t = pb_utils.get_input_tensor_by_name(request, self.in_name)
+            if t is None:
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{self.name}: input '{self.in_name}' is missing"))
+                continue
+            arr = t.as_numpy()
+            err = self._check(arr)
+            if err:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {err}"))
+                continue
+            arrays[i] = arr
+
+        # group requests with the same spatial size, run each group as one batch
+        groups = {}
+        for i, arr in arrays.items():
+            groups.setdefault(arr.shape[1:], []).append(i)
+        for idx in groups.values():
+            try:
+                if len(idx) == 1:
+                    outs = [self._run(np.ascontiguousarray(arrays[idx[0]]))]
+                else:
+                    sizes = [arrays[i].shape[0] for i in idx]
+                    full = self._run(np.concatenate([arrays[i] for i in idx], axis=0))
+                    bounds = np.cumsum([0] + sizes)
+                    outs = [[o[a:b] for o in full] for a, b in zip(bounds[:-1], bounds[1:])]
+                for i, res in zip(idx, outs):
+                    responses[i] = self._response(res)
+            except Exception as e:  # an ORT failure answers these requests, the model stays up
+                msg = " ".join(str(e).split())[:500]
+                for i in idx:
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"{self.name}: inference failed: {msg}"))
+        return responses
+
+    def finalize(self):
+        self.session = None

@@ -1,0 +1,426 @@
+"""Triton model repositories, generated from an export (its manifest + artifacts), never hand-copied.
+
+    segclip triton-repo EXPORT_DIR REPO [--max-batch N] [--queue-delay-us US] [--instances N] [--kind cpu|gpu]
+
+writes, per model, ``REPO/<model>/config.pbtxt``, ``labels.txt``, ``segclip_model.json`` and
+``1/<artifact>``:
+
+* ``segclip_onnx``   platform ``onnxruntime_onnx``, ``1/model.onnx``   (NVIDIA's container)
+* ``segclip_trt``    platform ``tensorrt_plan``, ``1/model.plan`` or one plan per GPU architecture
+                     with ``cc_model_filenames``; only when the export built a passing engine
+* ``segclip_python`` backend ``python``, ``1/model.py`` + ``1/model.onnx``: ONNX Runtime inside
+                     Triton's python backend, which the pip-installed server can run
+
+Configs are built as ``ModelConfig`` protobufs (Triton's own schema, from tritonclient) and printed
+as text, so they always parse; tensor names, dtypes and dims come from ``segclip.signature`` via the
+export's manifest, and are checked against the ONNX file before anything is written.  Each model
+folder is written beside its destination and renamed into place (other models in REPO are left
+alone); an existing model is replaced only with ``force``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Optional
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from segclip.errors import SegclipError
+from segclip.signature import INPUT_NAME, MASK_NAME, Signature, triton_config_type
+
+MODEL_ONNX = "segclip_onnx"
+MODEL_TRT = "segclip_trt"
+MODEL_PYTHON = "segclip_python"
+ALL_MODELS = (MODEL_ONNX, MODEL_TRT, MODEL_PYTHON)
+SIGNATURE_PARAM = "segclip_signature"  # config parameter carrying Signature JSON (read by TritonRunner)
+MODEL_RECORD = "segclip_model.json"
+LABELS = "labels.txt"
+CONFIG = "config.pbtxt"
+VERSION = "1"
+PYTHON_BACKEND_SRC = Path(__file__).resolve().parent / "python_backend" / "model.py"
+
+# numpy dtype name <-> ONNX TensorProto elem type
+_ONNX_ELEM = {"uint8": 2, "int32": 6, "int64": 7, "float16": 10, "float32": 1}
+_ELEM_NAME = {v: k for k, v in _ONNX_ELEM.items()}
+_CONFIG_TO_NP = {triton_config_type(k): k for k in _ONNX_ELEM}
+
+
+# ---- reading an export ------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_export(export_dir) -> dict:
+    """The export's manifest (via ``segclip.export.read_manifest``) plus its Signature."""
+    export_dir = Path(export_dir)
+    try:
+        from segclip.export import read_manifest
+    except ImportError:  # TEMP until segclip.export lands
+        read_manifest = lambda d: json.loads((Path(d) / "manifest.json").read_text())  # noqa: E731
+    manifest = read_manifest(export_dir)
+    if "signature" not in manifest:
+        raise SegclipError(f"{export_dir}/manifest.json has no signature; re-export with `segclip export`")
+    return manifest
+
+
+def _artifact(manifest: dict, export_dir: Path, key: str, *, required: bool):
+    art = (manifest.get("artifacts") or {}).get(key)
+    if not art or not art.get("path"):
+        if required:
+            raise SegclipError(f"{export_dir}: the export has no '{key}' artifact; re-export with `segclip export` (ONNX on)")
+        return None
+    if art.get("status") != "passed":
+        if required:
+            raise SegclipError(
+                f"{export_dir}: the '{key}' artifact has status {art.get('status')!r} (its parity gate did not pass); "
+                f"fix the export before serving it"
+            )
+        return None
+    return art
+
+
+def _export_profile(manifest: dict) -> dict:
+    return manifest.get("profile") or {}
+
+
+def _profile_batch(value) -> Optional[int]:
+    """Batch size out of a profile entry: an int, or a shape whose first axis is the batch."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], int):
+        return value[0]
+    if isinstance(value, dict):
+        for k in ("batch", INPUT_NAME):
+            if k in value:
+                return _profile_batch(value[k])
+    return None
+
+
+def _profile_hw(value):
+    if isinstance(value, dict):
+        value = value.get(INPUT_NAME, value.get("shape"))
+    if isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, int) for v in value):
+        return int(value[1]), int(value[2])
+    return None
+
+
+def warmup_hw(manifest: dict, sig: Signature) -> tuple:
+    """The spatial size a warmup sample uses: the exported one, else the profile's opt, else 512."""
+    if not sig.dynamic_size:
+        return sig.height, sig.width
+    prof = _export_profile(manifest)
+    for key in ("opt", "max", "min"):
+        hw = _profile_hw(prof.get(key))
+        if hw and hw[0] > 0 and hw[1] > 0:
+            return hw
+    size = manifest.get("size") or (manifest.get("export") or {}).get("size")
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return 512, 512
+
+
+# ---- ONNX I/O ---------------------------------------------------------------------------------------
+def onnx_io(onnx_path) -> dict:
+    """{"inputs": {name: (dtype, dims)}, "outputs": {...}}; dims ints, None for symbolic/unknown."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:
+        raise SegclipError(f"{onnx_path}: not a readable ONNX model ({' '.join(str(e).split())[:200]})") from None
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(vi):
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        return _ELEM_NAME.get(t.elem_type, f"onnx-elem-{t.elem_type}"), dims
+
+    return {
+        "inputs": {v.name: spec(v) for v in model.graph.input if v.name not in inits},
+        "outputs": {v.name: spec(v) for v in model.graph.output},
+    }
+
+
+def check_config_against_onnx(cfg: mc.ModelConfig, onnx_path, where: str) -> None:
+    """Names, dtypes and dims (without batch) of the config's tensors must match the ONNX graph."""
+    io = onnx_io(onnx_path)
+    batched = cfg.max_batch_size > 0
+    for kind, tensors, onnx_tensors in (("input", cfg.input, io["inputs"]), ("output", cfg.output, io["outputs"])):
+        names = [t.name for t in tensors]
+        if kind == "input" and sorted(names) != sorted(onnx_tensors):
+            raise SegclipError(f"{where}: config inputs {names} do not match the ONNX inputs {sorted(onnx_tensors)} of {onnx_path}")
+        for t in tensors:
+            if t.name not in onnx_tensors:
+                raise SegclipError(f"{where}: config {kind} '{t.name}' is not an ONNX {kind} of {onnx_path} (it has {sorted(onnx_tensors)})")
+            dtype, odims = onnx_tensors[t.name]
+            cdtype = _CONFIG_TO_NP.get(mc.DataType.Name(t.data_type))
+            if cdtype != dtype:
+                raise SegclipError(
+                    f"{where}: {kind} '{t.name}' is {mc.DataType.Name(t.data_type)} in the config but {dtype} in {onnx_path}"
+                )
+            if batched:
+                if not odims:
+                    raise SegclipError(f"{where}: {kind} '{t.name}' has no batch axis in {onnx_path} but max_batch_size is {cfg.max_batch_size}")
+                b, odims = odims[0], odims[1:]
+                if b is not None and b < cfg.max_batch_size:
+                    raise SegclipError(
+                        f"{where}: {kind} '{t.name}' has a fixed batch of {b} in {onnx_path} but max_batch_size is {cfg.max_batch_size}"
+                    )
+            cdims = list(t.dims)
+            ok = len(cdims) == len(odims) and all(o is None or o == c for c, o in zip(cdims, odims))
+            if not ok:
+                shown = ["?" if o is None else o for o in odims]
+                raise SegclipError(
+                    f"{where}: {kind} '{t.name}' has dims {cdims} in the config but {shown} in {onnx_path} (batch axis excluded)"
+                )
+
+
+# ---- configs ----------------------------------------------------------------------------------------
+def config_text(cfg: mc.ModelConfig) -> str:
+    return text_format.MessageToString(cfg)
+
+
+def parse_config(path) -> mc.ModelConfig:
+    """Parse a config.pbtxt with Triton's schema; one-line error on failure."""
+    path = Path(path)
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except FileNotFoundError:
+        raise SegclipError(f"{path} is missing") from None
+    except text_format.ParseError as e:
+        raise SegclipError(f"{path}: not a valid Triton model config: {' '.join(str(e).split())}") from None
+
+
+def config_signature(cfg: mc.ModelConfig) -> Optional[Signature]:
+    p = cfg.parameters.get(SIGNATURE_PARAM)
+    if p is None or not p.string_value:
+        return None
+    return Signature.from_json(p.string_value)
+
+
+def model_config(name: str, sig: Signature, *, max_batch: int, queue_delay_us: int = 100, instances: int = 1,
+                 kind: str = "cpu", warmup: tuple = (512, 512), intra_op_threads: int = 0,
+                 cc_model_filenames: Optional[dict] = None) -> mc.ModelConfig:
+    """The ModelConfig for one of the three segclip models, from the signature only."""
+    cfg = mc.ModelConfig(name=name, max_batch_size=int(max_batch))
+    if name == MODEL_ONNX:
+        cfg.platform = "onnxruntime_onnx"
+        cfg.default_model_filename = "model.onnx"
+    elif name == MODEL_TRT:
+        cfg.platform = "tensorrt_plan"
+        cfg.default_model_filename = "model.plan"
+        for cc, fname in (cc_model_filenames or {}).items():
+            cfg.cc_model_filenames[str(cc)] = fname
+    elif name == MODEL_PYTHON:
+        cfg.backend = "python"
+        cfg.default_model_filename = "model.py"
+        cfg.parameters["onnx_file"].string_value = "model.onnx"
+        cfg.parameters["intra_op_threads"].string_value = str(int(intra_op_threads))
+    else:
+        raise SegclipError(f"unknown model {name!r}; choose from {', '.join(ALL_MODELS)}")
+    if name == MODEL_ONNX and intra_op_threads:
+        cfg.parameters["intra_op_thread_count"].string_value = str(int(intra_op_threads))
+
+    for spec in sig.inputs:
+        t = cfg.input.add(name=spec.name, data_type=mc.DataType.Value(triton_config_type(spec.dtype)))
+        t.dims.extend(spec.shape[1:])
+    for spec in sig.outputs:
+        t = cfg.output.add(name=spec.name, data_type=mc.DataType.Value(triton_config_type(spec.dtype)))
+        t.dims.extend(spec.shape[1:])
+        if spec.name == MASK_NAME:
+            t.label_filename = LABELS  # class index -> name
+    cfg.parameters[SIGNATURE_PARAM].string_value = json.dumps(replace(sig, max_batch=int(max_batch)).to_dict(), sort_keys=True)
+
+    if max_batch > 0:
+        cfg.dynamic_batching.max_queue_delay_microseconds = int(queue_delay_us)
+    gk = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}[kind]
+    cfg.instance_group.add(count=int(instances), kind=gk)
+
+    # not ready before it is warm: one sample of the exported shape through the whole model
+    w = cfg.model_warmup.add(name="sample_uint8", batch_size=1 if max_batch > 0 else 0)
+    spec = sig.inputs[0]
+    h, wd = (sig.height, sig.width) if not sig.dynamic_size else warmup
+    inp = w.inputs[spec.name]
+    inp.data_type = mc.DataType.Value(triton_config_type(spec.dtype))
+    inp.dims.extend([int(h), int(wd), 3])
+    inp.random_data = True
+    return cfg
+
+
+# ---- building a repository --------------------------------------------------------------------------
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link when possible (same filesystem, no copy of a large model), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _trt_plans(manifest: dict, export_dir: Path) -> Optional[dict]:
+    """{"model.plan": path} or {cc: (filename, path)} for the passing TensorRT engine(s), or None."""
+    art = _artifact(manifest, export_dir, "tensorrt", required=False)
+    if art is None:
+        return None
+    engines = art.get("engines")
+    if engines:  # one plan per GPU architecture
+        out = {}
+        for e in engines:
+            cc = str(e.get("compute_capability") or e.get("cc"))
+            out[cc] = (f"model_sm{cc.replace('.', '')}.plan", export_dir / e["path"])
+        return out
+    return {"": ("model.plan", export_dir / art["path"])}
+
+
+def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
+                     queue_delay_us: int = 100, instances: int = 1, kind: str = "cpu", intra_op_threads: int = 0,
+                     force: bool = False) -> dict:
+    """Generate the Triton models for an export into ``repo_dir``; returns ``{model: folder}``.
+
+    ``models`` defaults to every model the export supports (segclip_trt only with a passing engine).
+    ``max_batch`` defaults to the export's profile max (it may not exceed a TensorRT profile's max).
+    """
+    from segclip.data.atomic import atomic_dir
+
+    export_dir, repo_dir = Path(export_dir), Path(repo_dir)
+    if kind not in ("cpu", "gpu"):
+        raise SegclipError(f"--kind must be cpu or gpu, got {kind!r}")
+    if instances < 1:
+        raise SegclipError(f"--instances must be >= 1, got {instances}")
+    if queue_delay_us < 0:
+        raise SegclipError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
+    manifest = read_export(export_dir)
+    sig = Signature.from_dict(manifest["signature"])
+    onnx_art = _artifact(manifest, export_dir, "onnx", required=True)
+    onnx_path = export_dir / onnx_art["path"]
+    if not onnx_path.is_file():
+        raise SegclipError(f"{onnx_path} is missing (listed in {export_dir}/manifest.json); re-export")
+    if onnx_art.get("sha256") and _sha256(onnx_path) != onnx_art["sha256"]:
+        raise SegclipError(f"{onnx_path} does not match the sha256 in {export_dir}/manifest.json; it changed since export, re-export")
+    plans = _trt_plans(manifest, export_dir)
+
+    profile_max = _profile_batch(_export_profile(manifest).get("max")) or sig.max_batch
+    mb = int(max_batch) if max_batch is not None else int(profile_max)
+    if mb < 1:
+        raise SegclipError(f"--max-batch must be >= 1, got {mb}")
+
+    wanted = list(models) if models else [m for m in ALL_MODELS if m != MODEL_TRT or plans]
+    for m in wanted:
+        if m not in ALL_MODELS:
+            raise SegclipError(f"unknown model {m!r}; choose from {', '.join(ALL_MODELS)}")
+    if MODEL_TRT in wanted:
+        if not plans:
+            raise SegclipError(f"{export_dir}: the export has no passing TensorRT engine; re-export with --trt on a GPU machine")
+        if mb > profile_max:
+            raise SegclipError(f"--max-batch {mb} exceeds the TensorRT profile's max batch {profile_max}; re-export with a larger batch profile")
+    existing = [m for m in wanted if (repo_dir / m).exists()]
+    if existing and not force:
+        raise SegclipError(f"{repo_dir} already has {', '.join(existing)}; pass --force to replace")
+
+    hw = warmup_hw(manifest, sig)
+    record_base = {
+        "generated_by": "segclip triton-repo",
+        "export_dir": str(export_dir.resolve()),
+        "onnx_sha256": onnx_art.get("sha256"),
+        "options": {"max_batch": mb, "queue_delay_us": queue_delay_us, "instances": instances, "kind": kind,
+                    "intra_op_threads": intra_op_threads},
+    }
+    written = {}
+    for m in wanted:
+        cc_files = None
+        if m == MODEL_TRT and "" not in plans:
+            cc_files = {cc: fname for cc, (fname, _) in plans.items()}
+        cfg = model_config(m, sig, max_batch=mb, queue_delay_us=queue_delay_us, instances=instances,
+                           kind="gpu" if m == MODEL_TRT else kind, warmup=hw,
+                           intra_op_threads=intra_op_threads, cc_model_filenames=cc_files)
+        if m in (MODEL_ONNX, MODEL_PYTHON):
+            check_config_against_onnx(cfg, onnx_path, f"{m} (generated from {export_dir})")
+        with atomic_dir(repo_dir / m, replace=force) as tmp:
+            vdir = tmp / VERSION
+            vdir.mkdir()
+            if m in (MODEL_ONNX, MODEL_PYTHON):
+                _place(onnx_path, vdir / "model.onnx")
+            if m == MODEL_PYTHON:
+                shutil.copyfile(PYTHON_BACKEND_SRC, vdir / "model.py")
+            if m == MODEL_TRT:
+                for _, (fname, src) in plans.items():
+                    if not src.is_file():
+                        raise SegclipError(f"{src} is missing (listed in {export_dir}/manifest.json); re-export")
+                    _place(src, vdir / fname)
+            (tmp / LABELS).write_text("".join(f"{c}\n" for c in sig.classes))
+            (tmp / CONFIG).write_text(config_text(cfg))
+            (tmp / MODEL_RECORD).write_text(json.dumps({**record_base, "model": m}, indent=2) + "\n")
+        written[m] = repo_dir / m
+    return written
+
+
+# ---- checking a repository before serving it --------------------------------------------------------
+def list_models(repo_dir) -> list:
+    repo_dir = Path(repo_dir)
+    return sorted(p.name for p in repo_dir.iterdir() if p.is_dir() and (p / CONFIG).is_file()) if repo_dir.is_dir() else []
+
+
+def check_model(repo_dir, name: str) -> mc.ModelConfig:
+    """Check one model folder as Triton will load it; raise a one-line SegclipError naming the file."""
+    repo_dir = Path(repo_dir)
+    mdir = repo_dir / name
+    regen = f"regenerate it with `segclip triton-repo EXPORT_DIR {repo_dir} --force`"
+    if not mdir.is_dir():
+        raise SegclipError(f"repository {repo_dir} has no model '{name}' (it has: {', '.join(list_models(repo_dir)) or 'none'})")
+    if not (mdir / CONFIG).is_file():
+        raise SegclipError(f"{mdir / CONFIG} is missing; {regen}")
+    cfg = parse_config(mdir / CONFIG)
+    if cfg.name and cfg.name != name:
+        raise SegclipError(f"{mdir / CONFIG}: name '{cfg.name}' does not match its folder '{name}'")
+    versions = sorted(p.name for p in mdir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        raise SegclipError(f"{mdir} has no version folder (e.g. {mdir / VERSION}); {regen}")
+    vdir = mdir / versions[-1]
+    if cfg.backend == "python":
+        files = [cfg.default_model_filename or "model.py"]
+        p = cfg.parameters.get("onnx_file")
+        files.append(p.string_value if p is not None and p.string_value else "model.onnx")
+    elif cfg.cc_model_filenames:
+        files = list(cfg.cc_model_filenames.values())
+    else:
+        files = [cfg.default_model_filename or {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}.get(cfg.platform, "model")]
+    for f in files:
+        if not (vdir / f).is_file():
+            raise SegclipError(f"{vdir / f} is missing (model '{name}'); {regen}")
+    for out in cfg.output:
+        if out.label_filename and not (mdir / out.label_filename).is_file():
+            raise SegclipError(f"{mdir / out.label_filename} is missing (label_filename of output '{out.name}'); {regen}")
+    onnx_file = next((vdir / f for f in files if f.endswith(".onnx")), None)
+    if onnx_file is not None:
+        check_config_against_onnx(cfg, onnx_file, f"{mdir / CONFIG}")
+    try:
+        sig = config_signature(cfg)
+    except Exception as e:
+        raise SegclipError(f"{mdir / CONFIG}: parameter '{SIGNATURE_PARAM}' is not a segclip signature ({e})") from None
+    if sig is not None:
+        names = [(t.name, t.data_type) for t in cfg.input] + [(t.name, t.data_type) for t in cfg.output]
+        want = [(s.name, mc.DataType.Value(triton_config_type(s.dtype))) for s in sig.inputs + sig.outputs]
+        if sorted(names) != sorted(want):
+            raise SegclipError(f"{mdir / CONFIG}: inputs/outputs {names} do not match its segclip signature {want}")
+    return cfg
+
+
+def check_repository(repo_dir, models: Optional[Iterable[str]] = None) -> dict:
+    """Check the given (default: all) models of a repository; ``{name: ModelConfig}``."""
+    repo_dir = Path(repo_dir)
+    if not repo_dir.is_dir():
+        raise SegclipError(f"model repository {repo_dir} does not exist; create it with `segclip triton-repo EXPORT_DIR {repo_dir}`")
+    names = list(models) if models else list_models(repo_dir)
+    if not names:
+        raise SegclipError(f"model repository {repo_dir} has no models; create them with `segclip triton-repo EXPORT_DIR {repo_dir}`")
+    return {n: check_model(repo_dir, n) for n in names}
