@@ -19,7 +19,6 @@ alone); an existing model is replaced only with ``force``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError
+from segclip.export.manifest import read_manifest, sha256_file
 from segclip.signature import INPUT_NAME, MASK_NAME, Signature, triton_config_type
 
 MODEL_ONNX = "segclip_onnx"
@@ -42,6 +42,8 @@ MODEL_RECORD = "segclip_model.json"
 LABELS = "labels.txt"
 CONFIG = "config.pbtxt"
 VERSION = "1"
+PRECISION_PARAM = "segclip_precision"
+OK_STATUS = ("ok", "passed")  # an artifact that passed its export parity gate
 PYTHON_BACKEND_SRC = Path(__file__).resolve().parent / "python_backend" / "model.py"
 
 # numpy dtype name <-> ONNX TensorProto elem type
@@ -51,21 +53,9 @@ _CONFIG_TO_NP = {triton_config_type(k): k for k in _ONNX_ELEM}
 
 
 # ---- reading an export ------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_export(export_dir) -> dict:
     """The export's manifest (via ``segclip.export.read_manifest``) plus its Signature."""
     export_dir = Path(export_dir)
-    try:
-        from segclip.export import read_manifest
-    except ImportError:  # TEMP until segclip.export lands
-        read_manifest = lambda d: json.loads((Path(d) / "manifest.json").read_text())  # noqa: E731
     manifest = read_manifest(export_dir)
     if "signature" not in manifest:
         raise SegclipError(f"{export_dir}/manifest.json has no signature; re-export with `segclip export`")
@@ -74,11 +64,11 @@ def read_export(export_dir) -> dict:
 
 def _artifact(manifest: dict, export_dir: Path, key: str, *, required: bool):
     art = (manifest.get("artifacts") or {}).get(key)
-    if not art or not art.get("path"):
+    if not art or not (art.get("file") or art.get("path")):
         if required:
             raise SegclipError(f"{export_dir}: the export has no '{key}' artifact; re-export with `segclip export` (ONNX on)")
         return None
-    if art.get("status") != "passed":
+    if art.get("status") not in OK_STATUS:
         if required:
             raise SegclipError(
                 f"{export_dir}: the '{key}' artifact has status {art.get('status')!r} (its parity gate did not pass); "
@@ -88,8 +78,13 @@ def _artifact(manifest: dict, export_dir: Path, key: str, *, required: bool):
     return art
 
 
+def _file(art: dict) -> str:
+    return art.get("file") or art["path"]
+
+
 def _export_profile(manifest: dict) -> dict:
-    return manifest.get("profile") or {}
+    """The export's batch/shape profile: ``input.batch`` ({"min","opt","max"}), else ``profile``."""
+    return (manifest.get("input") or {}).get("batch") or manifest.get("profile") or {}
 
 
 def _profile_batch(value) -> Optional[int]:
@@ -117,7 +112,8 @@ def warmup_hw(manifest: dict, sig: Signature) -> tuple:
     """The spatial size a warmup sample uses: the exported one, else the profile's opt, else 512."""
     if not sig.dynamic_size:
         return sig.height, sig.width
-    prof = _export_profile(manifest)
+    trt = (manifest.get("artifacts") or {}).get("tensorrt") or {}
+    prof = {**(manifest.get("profile") or {}), **(trt.get("profile") or {})}
     for key in ("opt", "max", "min"):
         hw = _profile_hw(prof.get(key))
         if hw and hw[0] > 0 and hw[1] > 0:
@@ -211,7 +207,7 @@ def config_signature(cfg: mc.ModelConfig) -> Optional[Signature]:
 
 def model_config(name: str, sig: Signature, *, max_batch: int, queue_delay_us: int = 100, instances: int = 1,
                  kind: str = "cpu", warmup: tuple = (512, 512), intra_op_threads: int = 0,
-                 cc_model_filenames: Optional[dict] = None) -> mc.ModelConfig:
+                 cc_model_filenames: Optional[dict] = None, precision: str = "fp32") -> mc.ModelConfig:
     """The ModelConfig for one of the three segclip models, from the signature only."""
     cfg = mc.ModelConfig(name=name, max_batch_size=int(max_batch))
     if name == MODEL_ONNX:
@@ -240,6 +236,7 @@ def model_config(name: str, sig: Signature, *, max_batch: int, queue_delay_us: i
         t.dims.extend(spec.shape[1:])
         if spec.name == MASK_NAME:
             t.label_filename = LABELS  # class index -> name
+    cfg.parameters[PRECISION_PARAM].string_value = precision
     cfg.parameters[SIGNATURE_PARAM].string_value = json.dumps(replace(sig, max_batch=int(max_batch)).to_dict(), sort_keys=True)
 
     if max_batch > 0:
@@ -277,18 +274,20 @@ def _trt_plans(manifest: dict, export_dir: Path) -> Optional[dict]:
         out = {}
         for e in engines:
             cc = str(e.get("compute_capability") or e.get("cc"))
-            out[cc] = (f"model_sm{cc.replace('.', '')}.plan", export_dir / e["path"])
+            out[cc] = (f"model_sm{cc.replace('.', '')}.plan", export_dir / _file(e))
         return out
-    return {"": ("model.plan", export_dir / art["path"])}
+    return {"": ("model.plan", export_dir / _file(art))}
 
 
 def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
                      queue_delay_us: int = 100, instances: int = 1, kind: str = "cpu", intra_op_threads: int = 0,
-                     force: bool = False) -> dict:
+                     precision: str = "fp32", force: bool = False) -> dict:
     """Generate the Triton models for an export into ``repo_dir``; returns ``{model: folder}``.
 
     ``models`` defaults to every model the export supports (segclip_trt only with a passing engine).
     ``max_batch`` defaults to the export's profile max (it may not exceed a TensorRT profile's max).
+    ``precision`` picks the ONNX artifact that segclip_onnx/segclip_python serve: "fp32" (``onnx``)
+    or "fp16" (``onnx_fp16``).
     """
     from segclip.data.atomic import atomic_dir
 
@@ -301,13 +300,17 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
         raise SegclipError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
     manifest = read_export(export_dir)
     sig = Signature.from_dict(manifest["signature"])
-    onnx_art = _artifact(manifest, export_dir, "onnx", required=True)
-    onnx_path = export_dir / onnx_art["path"]
+    if precision not in ("fp32", "fp16"):
+        raise SegclipError(f"--precision must be fp32 or fp16, got {precision!r}")
+    onnx_key = "onnx" if precision == "fp32" else "onnx_fp16"
+    onnx_art = _artifact(manifest, export_dir, onnx_key, required=True)
+    onnx_path = export_dir / _file(onnx_art)
     if not onnx_path.is_file():
         raise SegclipError(f"{onnx_path} is missing (listed in {export_dir}/manifest.json); re-export")
-    if onnx_art.get("sha256") and _sha256(onnx_path) != onnx_art["sha256"]:
+    if onnx_art.get("sha256") and sha256_file(onnx_path) != onnx_art["sha256"]:
         raise SegclipError(f"{onnx_path} does not match the sha256 in {export_dir}/manifest.json; it changed since export, re-export")
     plans = _trt_plans(manifest, export_dir)
+    trt_art = _artifact(manifest, export_dir, "tensorrt", required=False)
 
     profile_max = _profile_batch(_export_profile(manifest).get("max")) or sig.max_batch
     mb = int(max_batch) if max_batch is not None else int(profile_max)
@@ -331,8 +334,9 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
     record_base = {
         "generated_by": "segclip triton-repo",
         "export_dir": str(export_dir.resolve()),
+        "onnx_artifact": onnx_key,
         "onnx_sha256": onnx_art.get("sha256"),
-        "options": {"max_batch": mb, "queue_delay_us": queue_delay_us, "instances": instances, "kind": kind,
+        "options": {"max_batch": mb, "precision": precision, "queue_delay_us": queue_delay_us, "instances": instances, "kind": kind,
                     "intra_op_threads": intra_op_threads},
     }
     written = {}
@@ -342,7 +346,8 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
             cc_files = {cc: fname for cc, (fname, _) in plans.items()}
         cfg = model_config(m, sig, max_batch=mb, queue_delay_us=queue_delay_us, instances=instances,
                            kind="gpu" if m == MODEL_TRT else kind, warmup=hw,
-                           intra_op_threads=intra_op_threads, cc_model_filenames=cc_files)
+                           intra_op_threads=intra_op_threads, cc_model_filenames=cc_files,
+                           precision=(trt_art or {}).get("precision", "fp16") if m == MODEL_TRT else onnx_art.get("precision", precision))
         if m in (MODEL_ONNX, MODEL_PYTHON):
             check_config_against_onnx(cfg, onnx_path, f"{m} (generated from {export_dir})")
         with atomic_dir(repo_dir / m, replace=force) as tmp:

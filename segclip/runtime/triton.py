@@ -1,0 +1,299 @@
+"""``TritonRunner``: a model served by Triton, behind the same interface as the local runners.
+
+    runner = load_runner("grpc://127.0.0.1:8001/segclip_python")   # or http://127.0.0.1:8000/...
+    out = runner.infer(images_uint8_nhwc)                           # {"mask": N x H x W uint8}
+
+The runner builds its ``Signature`` from the server: the model's config carries the export's
+signature (parameter ``segclip_signature``, written by ``segclip triton-repo``) and its inputs and
+outputs are checked against ``segclip.signature`` (names, dtypes, dims).  Batches larger than the
+model's ``max_batch_size`` are split into several requests.  Errors from the server or the network
+become one-line ``SegclipError``s naming the model and the server.
+
+``shm=True`` passes tensors through system shared memory instead of the socket (client and server
+on the same host, sharing /dev/shm); requests on one runner are then serialised.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import replace
+from typing import Optional
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ..errors import SegclipError
+from ..signature import MASK_NAME, Signature, triton_wire_type
+from .base import Runner
+
+SIGNATURE_PARAM = "segclip_signature"  # same key as segclip.serving.repo.SIGNATURE_PARAM
+PRECISION_PARAM = "segclip_precision"
+_WIRE_TO_NP = {"UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16, "FP32": np.float32}
+
+
+def _one_line(e) -> str:
+    msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+    return " ".join(str(msg).split())
+
+
+def parse_url(url: str):
+    """``grpc://host:port/model[/version]`` -> (protocol, "host:port", model, version)."""
+    u = urlparse(url)
+    if u.scheme not in ("grpc", "http"):
+        raise SegclipError(f"{url}: a Triton model URL starts with grpc:// or http://")
+    parts = [p for p in u.path.split("/") if p]
+    if not u.hostname or not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise SegclipError(f"{url}: expected {u.scheme}://HOST:PORT/MODEL[/VERSION], e.g. {u.scheme}://127.0.0.1:"
+                           f"{8001 if u.scheme == 'grpc' else 8000}/segclip_python")
+    port = u.port or (8001 if u.scheme == "grpc" else 8000)
+    host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+    return u.scheme, f"{host}:{port}", parts[0], parts[1] if len(parts) == 2 else ""
+
+
+class TritonRunner(Runner):
+    """Runs a segclip model on a Triton server over gRPC or HTTP."""
+
+    backend = "triton"
+
+    def __init__(self, url: str, *, timeout: float = 60.0, shm: bool = False, verbose: bool = False,
+                 name: Optional[str] = None):
+        self.url = url
+        self.protocol, self.address, self.model, self.version = parse_url(url)
+        self.timeout = float(timeout)
+        self.verbose = verbose
+        self.where = f"triton {url}"
+        if self.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        self._tc = tc
+        self.client = None
+        self._use_shm = bool(shm)
+        self._shm = None
+        self._lock = threading.Lock()
+        self._connect()
+        self.config = self._config()
+        signature = self._signature()
+        params = self.config.get("parameters", {})
+        precision = (params.get(PRECISION_PARAM) or {}).get("string_value") or "fp32"
+        # The server's max_batch_size is not a limit for callers: larger batches are split into
+        # several requests (base-class max_batch stays None).
+        self.model_max_batch = int(self.config.get("max_batch_size", 0))
+        super().__init__(signature, name=name or f"triton-{self.model}", precision=precision, artifact=url)
+
+    def _connect(self) -> None:
+        tc = self._tc
+        try:
+            if self.protocol == "grpc":
+                self.client = tc.InferenceServerClient(self.address, verbose=self.verbose)
+            else:
+                self.client = tc.InferenceServerClient(self.address, verbose=self.verbose, connection_timeout=self.timeout,
+                                                       network_timeout=self.timeout)
+        except Exception as e:
+            raise SegclipError(f"{self.where}: cannot create a client: {_one_line(e)}") from None
+        self._check_ready()
+
+    def _activate(self) -> None:
+        if self.client is None:
+            self._connect()
+        if self._use_shm and self._shm is None:
+            self._shm = _ShmRegions(self)
+
+    def _deactivate(self) -> None:
+        self.close()
+
+    # ---- discovery -------------------------------------------------------------------------------
+    def _call(self, what: str, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except self._tc.InferenceServerException as e:
+            raise SegclipError(f"{self.where}: {what} failed: {_one_line(e)}") from None
+        except Exception as e:  # connection errors from grpc / geventhttpclient
+            raise SegclipError(f"{self.where}: {what} failed: {type(e).__name__}: {_one_line(e)}") from None
+
+    def _check_ready(self) -> None:
+        try:
+            live = self.client.is_server_live()
+        except Exception as e:
+            raise SegclipError(
+                f"{self.where}: cannot reach Triton at {self.address} ({type(e).__name__}: {_one_line(e)[:200]}); "
+                f"is `segclip serve` running?") from None
+        if not live:
+            raise SegclipError(f"{self.where}: the server at {self.address} is not live")
+        if not self._call("model-ready check", self.client.is_model_ready, self.model, self.version):
+            models = []
+            try:
+                idx = self.client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
+                models = [m.get("name") for m in (idx.get("models", []) if isinstance(idx, dict) else idx)
+                          if m.get("state") == "READY"]
+            except Exception:
+                pass
+            raise SegclipError(f"{self.where}: model '{self.model}' is not ready on {self.address} "
+                               f"(ready: {', '.join(models) or 'none'})")
+
+    def _config(self) -> dict:
+        if self.protocol == "grpc":
+            cfg = self._call("get model config", self.client.get_model_config, self.model, self.version, as_json=True)
+            return cfg.get("config", cfg)
+        return self._call("get model config", self.client.get_model_config, self.model, self.version)
+
+    def _signature(self) -> Signature:
+        params = self.config.get("parameters", {})
+        raw = (params.get(SIGNATURE_PARAM) or {}).get("string_value")
+        if not raw:
+            raise SegclipError(
+                f"{self.where}: model '{self.model}' carries no segclip signature (config parameter '{SIGNATURE_PARAM}'); "
+                f"serve a repository made by `segclip triton-repo`")
+        try:
+            sig = Signature.from_json(raw)
+        except Exception as e:
+            raise SegclipError(f"{self.where}: bad '{SIGNATURE_PARAM}' in the model config: {_one_line(e)}") from None
+        max_batch = int(self.config.get("max_batch_size", 0))
+        sig = replace(sig, max_batch=max_batch)
+        # what the server says it takes/returns must be exactly the signature
+        meta = self._call("get model metadata", self.client.get_model_metadata, self.model, self.version,
+                          **({"as_json": True} if self.protocol == "grpc" else {}))
+        served = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in meta.get("inputs", []) + meta.get("outputs", [])}
+        for spec in sig.inputs + sig.outputs:
+            got = served.get(spec.name)
+            want = (triton_wire_type(spec.dtype), [int(d) for d in spec.shape] if max_batch > 0 else [int(d) for d in spec.shape[1:]])
+            if got is None:
+                raise SegclipError(f"{self.where}: model '{self.model}' has no tensor '{spec.name}' (it has {sorted(served)})")
+            if got != want:
+                raise SegclipError(f"{self.where}: tensor '{spec.name}' is {got[0]} {got[1]} on the server but the segclip "
+                                   f"signature says {want[0]} {want[1]}")
+        return sig
+
+    # ---- inference -------------------------------------------------------------------------------
+    def _infer(self, images: np.ndarray) -> dict:
+        step = self.model_max_batch if self.model_max_batch > 0 else 1
+        parts = [self._infer_batch(images[i:i + step]) for i in range(0, len(images), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+    def _infer_batch(self, x: np.ndarray) -> dict:
+        tc = self._tc
+        x = np.ascontiguousarray(x)
+        if self.model_max_batch == 0 and len(x) != 1:
+            raise SegclipError(f"{self.where}: model '{self.model}' takes no batch axis; send one image at a time")
+        shape = list(x.shape) if self.model_max_batch > 0 else list(x.shape[1:])
+        in_spec = self.signature.inputs[0]
+        inp = tc.InferInput(in_spec.name, shape, triton_wire_type(in_spec.dtype))
+        out_names = [o.name for o in self.signature.outputs]
+        if self._shm is not None:
+            with self._lock:
+                outs = self._shm.infer(inp, x, out_names)
+        else:
+            if self.protocol == "grpc":
+                inp.set_data_from_numpy(x)
+                req = [tc.InferRequestedOutput(n) for n in out_names]
+            else:
+                inp.set_data_from_numpy(x, binary_data=True)
+                req = [tc.InferRequestedOutput(n, binary_data=True) for n in out_names]
+            kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+            res = self._call("inference", self.client.infer, self.model, [inp], model_version=self.version, outputs=req, **kw)
+            outs = {n: res.as_numpy(n) for n in out_names}
+        return self._check_outputs(outs, x)
+
+    def _check_outputs(self, outs: dict, x: np.ndarray) -> dict:
+        n, h, w = x.shape[0], x.shape[1], x.shape[2]
+        for spec in self.signature.outputs:
+            a = outs.get(spec.name)
+            if a is None or a.size == 0:
+                raise SegclipError(f"{self.where}: the server returned no '{spec.name}' (an empty response: is the server "
+                                   f"env's numpy < 2? recreate it with `segclip serve-env --force`)")
+            if self.model_max_batch == 0:
+                a = outs[spec.name] = a[None]
+            want = (n, h, w) if spec.name == MASK_NAME else (n, self.signature.num_classes, h, w)
+            if a.shape != want or a.dtype != np.dtype(spec.dtype):
+                raise SegclipError(f"{self.where}: '{spec.name}' came back {a.dtype} {a.shape}, expected {spec.dtype} {want}")
+        return outs
+
+    # ---- misc ------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"url": self.url, "protocol": self.protocol, "model": self.model, "server_max_batch": self.model_max_batch,
+                  "shared_memory": self._use_shm, "platform": self.config.get("platform") or self.config.get("backend")})
+        return d
+
+    def _device(self) -> str:
+        kinds = {g.get("kind", "") for g in self.config.get("instance_group", [])}
+        return "server:" + ",".join(sorted(k.replace("KIND_", "").lower() for k in kinds if k)) if kinds else "server"
+
+    def close(self) -> None:
+        """Release shared-memory regions and the connection (``activate`` or ``infer`` reconnects)."""
+        if self._shm is not None:
+            try:
+                self._shm.close()
+            finally:
+                self._shm = None
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:
+                pass
+            self.client = None
+        self.is_active = False
+
+
+class _ShmRegions:
+    """One input and one output system-shared-memory region per runner, grown on demand."""
+
+    def __init__(self, runner: TritonRunner):
+        import tritonclient.utils.shared_memory as shm
+
+        self.r = runner
+        self.shm = shm
+        self.prefix = f"segclip_{uuid.uuid4().hex[:12]}"
+        self.regions = {}  # role -> (name, handle, size)
+        try:
+            runner.client.get_system_shared_memory_status()
+        except Exception as e:
+            raise SegclipError(f"{runner.where}: the server does not offer system shared memory ({_one_line(e)[:200]})") from None
+
+    def _region(self, role: str, size: int):
+        cur = self.regions.get(role)
+        if cur is not None and cur[2] >= size:
+            return cur
+        if cur is not None:
+            self._drop(role)
+        name = f"{self.prefix}_{role}"
+        key = f"/{name}"
+        handle = self.shm.create_shared_memory_region(name, key, size)
+        self.r._call("register shared memory", self.r.client.register_system_shared_memory, name, key, size)
+        self.regions[role] = (name, handle, size)
+        return self.regions[role]
+
+    def _drop(self, role: str):
+        name, handle, _ = self.regions.pop(role)
+        try:
+            self.r.client.unregister_system_shared_memory(name)
+        except Exception:
+            pass
+        self.shm.destroy_shared_memory_region(handle)
+
+    def infer(self, inp, x: np.ndarray, out_names: list) -> dict:
+        r, tc = self.r, self.r._tc
+        n, h, w = x.shape[:3]
+        name, handle, _ = self._region("in", x.nbytes)
+        self.shm.set_shared_memory_region(handle, [x])
+        inp.set_shared_memory(name, x.nbytes)
+        specs = {o.name: o for o in r.signature.outputs}
+        shapes = {o: (n, h, w) if o == MASK_NAME else (n, r.signature.num_classes, h, w) for o in out_names}
+        sizes = {o: int(np.prod(shapes[o])) * np.dtype(specs[o].dtype).itemsize for o in out_names}
+        oname, ohandle, _ = self._region("out", sum(sizes.values()))
+        req, offset, offsets = [], 0, {}
+        for o in out_names:
+            ro = tc.InferRequestedOutput(o) if r.protocol == "grpc" else tc.InferRequestedOutput(o, binary_data=True)
+            ro.set_shared_memory(oname, sizes[o], offset=offset)
+            offsets[o] = offset
+            offset += sizes[o]
+            req.append(ro)
+        r._call("inference", r.client.infer, r.model, [inp], model_version=r.version, outputs=req)
+        return {o: np.array(self.shm.get_contents_as_numpy(ohandle, np.dtype(specs[o].dtype), shapes[o], offset=offsets[o]))
+                for o in out_names}
+
+    def close(self):
+        for role in list(self.regions):
+            self._drop(role)

@@ -1,0 +1,160 @@
+"""Trainer: checkpoints, bit-exact resume, DDP (2 gloo processes), eval, CLI errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import LOVEDA_PALETTE, make_small_model
+from segclip.cli import main
+from segclip.engine.checkpoint import (atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
+                                       resolve_checkpoint, step_checkpoints)
+from segclip.errors import SegclipError
+
+# Tiny training runs: 64 px crops, 2 images per step, few points; random init (offline).
+TINY = dict(batch_size=2, crop_size=64, backbone_weights="none", clip_checkpoint="none", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    from segclip.data.sample import generate_sample_dataset
+
+    return generate_sample_dataset(tmp_path_factory.mktemp("sample") / "data", seed=0, num_train=8, num_val=4, size=128)
+
+
+def _train(root, out, **kw):
+    from segclip.cli.train_cmds import run_training
+
+    args = dict(TINY, checkpoint_every=2)
+    args.update(kw)
+    return run_training("sample", str(root), "segclip-small", str(out), **args)
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = make_small_model().eval()
+    path = atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample"), tmp_path / "m.pt")
+    ckpt = load_checkpoint(path)
+    assert ckpt["classes"] == list(model.classes) and ckpt["prompts"] == list(model.prompts)
+    assert torch.equal(ckpt["text_embeddings"], model.text_embeddings)
+    again = model_from_checkpoint(ckpt)
+    x = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
+    torch.testing.assert_close(again.predict_scores(x), model.predict_scores(x), rtol=0, atol=0)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_truncated_checkpoint_gives_one_line_error(tmp_path):
+    model = make_small_model()
+    path = atomic_save(checkpoint_dict(model, LOVEDA_PALETTE), tmp_path / "m.pt")
+    data = path.read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(data[: len(data) // 3])
+    with pytest.raises(SegclipError, match="truncated") as e:
+        load_checkpoint(bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SegclipError, match="no such"):
+        resolve_checkpoint(tmp_path / "nope")
+
+
+def test_resume_is_bit_exact(sample_root, tmp_path):
+    """4 steps straight == 2 steps, stop, resume to 4 (same data order, optimizer, schedule, RNG)."""
+    _train(sample_root, tmp_path / "full", max_steps=4)
+    _train(sample_root, tmp_path / "split", max_steps=4, stop_after=3)
+    assert [p.name for p in step_checkpoints(tmp_path / "split")] == ["step_0000002.pt", "step_0000003.pt"]
+    assert not (tmp_path / "split" / "model_final.pt").exists()
+    _train(sample_root, tmp_path / "split", max_steps=4, resume=True)
+    a, b = _weights(tmp_path / "full" / "model_final.pt"), _weights(tmp_path / "split" / "model_final.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 5  # header + 4 steps, no duplicates after resume
+
+
+def test_existing_run_is_not_overwritten(sample_root, tmp_path):
+    _train(sample_root, tmp_path / "run", max_steps=2)
+    before = (tmp_path / "run" / "model_final.pt").read_bytes()
+    with pytest.raises(SegclipError, match="--resume"):
+        _train(sample_root, tmp_path / "run", max_steps=2)
+    assert (tmp_path / "run" / "model_final.pt").read_bytes() == before
+
+
+def test_train_and_eval_cli(sample_root, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--dataset", "sample", "--data-root", str(sample_root), "--preset", "segclip-small",
+                                  "--out", str(out), "--max-steps", "3", "--batch-size", "2", "--crop-size", "64",
+                                  "--backbone-weights", "none", "--clip-checkpoint", "none", "--device", "cpu",
+                                  "--prompt", "road=an asphalt road seen from above"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["prompts"][2] == "an asphalt road seen from above"
+    metrics = json.loads((out / "eval_val.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["per_class_iou"]) == set(cfg["classes"])
+    r = CliRunner().invoke(main, ["eval", str(out), "--dataset", "sample", "--data-root", str(sample_root), "--split", "val",
+                                  "--out", str(tmp_path / "m.json"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again["miou"] == pytest.approx(metrics["miou"])
+    assert {"miou", "mf1", "overall_accuracy", "per_class_iou", "per_class_f1"} <= set(again)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--preset", "segclip-r51"], "unknown preset"),
+    (["--data-root", "/nonexistent/segclip-data", "--dataset", "loveda"], "/nonexistent/segclip-data"),
+    (["--prompt", "roads=x"], "unknown class"),
+])
+def test_train_bad_input_exits_2_with_one_line(sample_root, tmp_path, args, needle):
+    base = {"--dataset": "sample", "--data-root": str(sample_root), "--preset": "segclip-small", "--out": str(tmp_path / "r")}
+    for k, v in zip(args[::2], args[1::2]):
+        if k in base:
+            base[k] = v
+    extra = [a for pair in zip(args[::2], args[1::2]) if pair[0] not in base for a in pair]
+    cmd = ["train"] + [x for kv in base.items() for x in kv] + extra + ["--max-steps", "1", "--backbone-weights", "none", "--clip-checkpoint", "none"]
+    r = CliRunner().invoke(main, cmd)
+    assert r.exit_code == 2, r.output
+    lines = [l for l in r.output.strip().splitlines() if l]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
+    assert "Traceback" not in r.output
+
+
+def test_eval_checkpoint_from_other_class_list(tmp_path, sample_root):
+    model = make_small_model(classes=("a", "b", "c"))
+    path = atomic_save(checkpoint_dict(model, [(0, 0, 0)] * 3), tmp_path / "other.pt")
+    r = CliRunner().invoke(main, ["eval", str(path), "--dataset", "sample", "--data-root", str(sample_root)])
+    assert r.exit_code == 2 and "trained on classes" in r.output and "Traceback" not in r.output
+
+
+def test_ddp_two_gloo_processes_take_a_step(sample_root, tmp_path):
+    """torchrun-style launch with 2 CPU processes: both take the step and the weights stay in sync."""
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from segclip.cli.train_cmds import run_training
+        trainer, res = run_training("sample", {str(sample_root)!r}, "segclip-small", {str(tmp_path / 'ddp')!r},
+            max_steps=1, batch_size=2, crop_size=64, backbone_weights="none", clip_checkpoint="none",
+            device="cpu", progress=False)
+        assert trainer.world == 2, trainer.world
+        w = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        gathered = [torch.zeros_like(w) for _ in range(2)]
+        torch.distributed.all_gather(gathered, w)
+        assert torch.equal(gathered[0], gathered[1]), "replicas diverged"
+        print("RANK_OK", trainer.rank, res["step"])
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+                        str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert r.stdout.count("RANK_OK") == 2
+    ckpt = load_checkpoint(tmp_path / "ddp")
+    assert ckpt["step"] == 1 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
