@@ -59,6 +59,17 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create owner-only files; exports are read by servers (Triton) as other users."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write to a temp file beside ``path``, fsync, rename: never a half-written file under the name."""
     path = Path(path)
@@ -69,6 +80,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -140,6 +140,19 @@ def make_uint8_io_trt_friendly(model) -> list:
     return changes
 
 
+def ensure_node_names(model) -> None:
+    """Every node gets a unique name (the FP16 block list and the manifest refer to nodes by name)."""
+    seen = set()
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            base = n.name or f"/{n.op_type}"
+            k = i
+            while f"{base}__{k}" in seen:
+                k += 1
+            n.name = f"{base}__{k}"
+        seen.add(n.name)
+
+
 def drop_output(model, name: str):
     """The public graph without one output (e.g. ``scores`` when not asked for): same nodes, so the
     mask is computed exactly as in the scores-enabled twin the parity gate measures."""
@@ -235,6 +248,7 @@ def export_twin(module, signature: Signature, opset: int, dynamic_size: bool, lo
     n_raw = len(model.graph.node)
     model = slim(model)
     changes = make_uint8_io_trt_friendly(model)
+    ensure_node_names(model)
     ops = check_graph(model, "model.onnx")
     info = {"trace_seconds": round(t_trace, 3), "export_seconds": round(time.perf_counter() - t0, 3),
             "nodes_traced": n_raw, "nodes": len(model.graph.node), "rewrites": changes, "ops": ops}

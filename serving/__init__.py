@@ -6,12 +6,23 @@
 * ``segclip.runtime.triton`` ``TritonRunner``: the client, same interface as the local runners
 
 Triton is the engine (dynamic batching, instances, health, metrics); nothing here re-implements it.
+Names are imported lazily, so ``segclip serve-env`` needs neither tritonclient nor the exporter.
 """
-from .env import ENV_VAR, create_server_env, find_server_env
-from .repo import ALL_MODELS, MODEL_ONNX, MODEL_PYTHON, MODEL_TRT, build_repository, check_repository
-from .server import TritonServer, free_port
+from __future__ import annotations
 
-__all__ = [
-    "ALL_MODELS", "ENV_VAR", "MODEL_ONNX", "MODEL_PYTHON", "MODEL_TRT", "TritonServer", "build_repository",
-    "check_repository", "create_server_env", "find_server_env", "free_port",
-]
+import importlib
+
+_EXPORTS = {
+    "ENV_VAR": "env", "create_server_env": "env", "find_server_env": "env",
+    "ALL_MODELS": "repo", "MODEL_ONNX": "repo", "MODEL_PYTHON": "repo", "MODEL_TRT": "repo",
+    "build_repository": "repo", "check_repository": "repo",
+    "TritonServer": "server", "free_port": "server", "free_ports": "server",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{mod}", __name__), name)

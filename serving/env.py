@@ -146,21 +146,24 @@ def inspect_env(path, source: str = "") -> ServerEnv:
     return env
 
 
+def env_candidate(path=None) -> tuple:
+    """(path, where it came from) of the server env ``segclip serve`` would use; not checked."""
+    if path is not None:
+        return Path(path).expanduser(), "--env"
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser(), f"${ENV_VAR}"
+    return DEFAULT_PATH.expanduser(), f"default location; ${ENV_VAR} is not set"
+
+
 def find_server_env(path=None) -> ServerEnv:
     """The server env for ``segclip serve``: ``path``, else $SEGCLIP_TRITON_ENV, else the default.
 
     Raises a one-line SegclipError saying where it looked and how to create one.
     """
-    if path is not None:
-        return inspect_env(path, "--env")
-    if os.environ.get(ENV_VAR):
-        return inspect_env(os.environ[ENV_VAR], f"${ENV_VAR}")
-    p = DEFAULT_PATH.expanduser()
+    p, source = env_candidate(path)
     if not p.exists():
-        raise SegclipError(
-            f"no tritonserver on PATH and no Triton server environment at {p} (default; ${ENV_VAR} is not set); {CREATE_HINT}"
-        )
-    return inspect_env(p, "default location")
+        raise SegclipError(f"no tritonserver on PATH and no Triton server environment at {p} ({source}); {CREATE_HINT}")
+    return inspect_env(p, source)
 
 
 def check_stub_libraries(env: ServerEnv) -> None:

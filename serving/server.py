@@ -48,6 +48,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list:
+    """``n`` distinct free ports (all held open while choosing, so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def port_in_use(host: str, port: int) -> bool:
     """True if ``port`` cannot be bound on ``host`` (someone listens there)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -93,12 +107,16 @@ class TritonServer:
     segclip_onnx, whichever the repository has, on a native server).  ``binary``: a tritonserver to
     use instead of the one on PATH.  ``env``: the server env path (pip server), else found as
     ``segclip serve`` finds it.  ``native=False`` ignores any tritonserver on PATH.
+    ``die_with_parent``: the kernel SIGTERMs the server when the thread that started it exits
+    (PR_SET_PDEATHSIG), so a killed client never leaves an orphan; start it from a long-lived thread
+    (or pass False and call stop() yourself).
     """
 
     def __init__(self, repo, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, models: Optional[Iterable[str]] = None, env=None,
                  binary=None, native: Optional[bool] = None, startup_timeout: float = 300.0,
-                 exit_timeout: int = 10, log_file=None, log_verbose: int = 0, extra_args: Iterable[str] = ()):
+                 exit_timeout: int = 10, log_file=None, log_verbose: int = 0, extra_args: Iterable[str] = (),
+                 die_with_parent: bool = True):
         self.repo = Path(repo).resolve()
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = int(http_port), int(grpc_port), int(metrics_port)
@@ -106,6 +124,8 @@ class TritonServer:
         self.exit_timeout = int(exit_timeout)
         self.log_verbose = int(log_verbose)
         self.extra_args = list(extra_args)
+        self.die_with_parent = bool(die_with_parent)
+        self._repo_checked = False
         self._env_arg = env
         self._log_file_arg = Path(log_file) if log_file else None
         self.proc: Optional[subprocess.Popen] = None
@@ -179,8 +199,10 @@ class TritonServer:
 
     def preflight(self) -> None:
         """Everything that can be checked before starting: repository, models, ports, server env."""
-        self.models = self._resolve_models()
-        check_repository(self.repo, self.models)
+        if not self._repo_checked:
+            self.models = self._resolve_models()
+            check_repository(self.repo, self.models)
+            self._repo_checked = True
         ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
         if len(set(ports.values())) != 3:
             raise SegclipError(f"HTTP, gRPC and metrics ports must differ, got {self.http_port}, {self.grpc_port}, {self.metrics_port}")
@@ -245,7 +267,8 @@ class TritonServer:
         with open(self.log_path, "ab") as log:
             try:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                             cwd=self.workspace, start_new_session=True, preexec_fn=_set_pdeathsig)
+                                             cwd=self.workspace, start_new_session=True,
+                                             preexec_fn=_set_pdeathsig if self.die_with_parent else None)
             except OSError as e:
                 self._cleanup_workspace()
                 raise SegclipError(f"cannot start {cmd[0]}: {e.strerror}") from None

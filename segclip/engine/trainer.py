@@ -184,6 +184,14 @@ class Trainer:
         epoch, idx = self.batches.batch(step)
         self.augment.set_epoch(epoch)
         b = collate([self.augment[i] for i in idx])
+        k = self.model.num_classes
+        bad = (b["mask"] >= k) & (b["mask"] != 255)
+        if bad.any():
+            j = int(bad.flatten(1).any(1).nonzero()[0])
+            value = int(b["mask"][j][bad[j]][0])
+            path = self.dataset[idx[j]].get("meta", {}).get("path", f"item {idx[j]}")
+            raise SegclipError(f"{path}: mask value {value} is outside the {k} classes ({', '.join(self.model.classes)}) "
+                               f"and is not the ignore index 255; fix the mask or the class list")
         return b["image"].to(self.device), b["mask"].to(self.device)
 
     def train_step(self, images, masks) -> dict:

@@ -97,14 +97,18 @@ class OnnxRunner(Runner):
     """Options: ``providers`` ("cpu", "cuda", "tensorrt" or an ORT providers list; default CUDA when
     available else CPU), ``threads`` (intra-op threads), ``device_id``, ``signature`` (override the
     metadata), ``name``, ``precision`` (default: from metadata), ``optimization`` ("all", "extended",
-    "basic", "disable")."""
+    "basic", "disable"), ``device`` ("cpu"/"cuda[:i]", shorthand for ``providers``)."""
 
     backend = "onnxruntime"
 
     def __init__(self, path, *, providers=None, threads: Optional[int] = None, device_id: int = 0,
                  signature: Optional[Signature] = None, name: Optional[str] = None, precision: Optional[str] = None,
-                 optimization: str = "all"):
+                 optimization: str = "all", device: Optional[str] = None):
         self.path = Path(path)
+        if providers is None and device is not None:  # the generic option of load_runner/predict
+            providers = "cuda" if str(device).startswith("cuda") else "cpu"
+            if ":" in str(device):
+                device_id = int(str(device).split(":")[1])
         meta = read_onnx_metadata(self.path)
         if signature is None:
             signature = signature_from_onnx(self.path)

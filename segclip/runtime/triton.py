@@ -37,15 +37,17 @@ def _one_line(e) -> str:
 
 
 def parse_url(url: str):
-    """``grpc://host:port/model[/version]`` -> (protocol, "host:port", model, version)."""
+    """``grpc://host:port/model[/version]`` -> (protocol, "host:port", model, version).
+
+    ``https://`` is the HTTP protocol over TLS (see ``TritonRunner.ssl``)."""
     u = urlparse(url)
-    if u.scheme not in ("grpc", "http"):
-        raise SegclipError(f"{url}: a Triton model URL starts with grpc:// or http://")
+    if u.scheme not in ("grpc", "http", "https"):
+        raise SegclipError(f"{url}: a Triton model URL starts with grpc://, http:// or https://")
     parts = [p for p in u.path.split("/") if p]
     if not u.hostname or not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
         raise SegclipError(f"{url}: expected {u.scheme}://HOST:PORT/MODEL[/VERSION], e.g. {u.scheme}://127.0.0.1:"
                            f"{8001 if u.scheme == 'grpc' else 8000}/segclip_python")
-    port = u.port or (8001 if u.scheme == "grpc" else 8000)
+    port = u.port or {"grpc": 8001, "http": 8000, "https": 443}[u.scheme]
     host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
     return u.scheme, f"{host}:{port}", parts[0], parts[1] if len(parts) == 2 else ""
 
@@ -56,9 +58,15 @@ class TritonRunner(Runner):
     backend = "triton"
 
     def __init__(self, url: str, *, timeout: float = 60.0, shm: bool = False, verbose: bool = False,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, **opts):
+        if opts:
+            raise SegclipError(f"{url}: option(s) {', '.join(sorted(opts))} do not apply to a model served by Triton "
+                               f"(the server picks devices and providers); TritonRunner takes timeout, shm, name")
         self.url = url
         self.protocol, self.address, self.model, self.version = parse_url(url)
+        self.ssl = self.protocol == "https"
+        if self.ssl:
+            self.protocol = "http"
         self.timeout = float(timeout)
         self.verbose = verbose
         self.where = f"triton {url}"
@@ -88,7 +96,7 @@ class TritonRunner(Runner):
                 self.client = tc.InferenceServerClient(self.address, verbose=self.verbose)
             else:
                 self.client = tc.InferenceServerClient(self.address, verbose=self.verbose, connection_timeout=self.timeout,
-                                                       network_timeout=self.timeout)
+                                                       network_timeout=self.timeout, ssl=self.ssl)
         except Exception as e:
             raise SegclipError(f"{self.where}: cannot create a client: {_one_line(e)}") from None
         self._check_ready()

@@ -51,6 +51,8 @@ class TritonPythonModel:
         so.intra_op_num_threads = int(_param(self.config, "intra_op_threads", "0"))
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Busy-waiting worker threads steal cores from Triton's own threads and the other instances.
+        so.add_session_config_entry("session.intra_op.allow_spinning", _param(self.config, "allow_spinning", "0"))
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers = [("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))})] + providers

@@ -1,0 +1,21 @@
+"""``segclip benchmark``: latency, throughput and accuracy of every backend in one table.
+
+    from segclip.benchmarks import run_benchmark
+    report = run_benchmark("runs/small/export", out="runs/small/bench", data="sample:data/sample:val", quick=True)
+    report["summary"]["backends"]["onnxruntime"]["speedup_vs_torch"]
+
+Modules: ``core`` (``run_benchmark``), ``backends`` (how each backend's runner is made),
+``timing`` (latency rules, GEMM rate), ``accuracy`` (mIoU / agreement on the same tiled images),
+``triton_load`` (concurrency sweep), ``flops`` (model FLOPs), ``machine`` (machine block),
+``report`` (table, JSON schema check, CSV, PNG).  ``run_targets.py`` measures the project's
+performance targets in one run and writes ``RESULTS.md``.  The JSON schema is in ``README.md``.
+"""
+from __future__ import annotations
+
+from .backends import BACKENDS, DEFAULT_BACKENDS, QUICK_BACKENDS
+from .core import run_benchmark
+from .machine import machine_info
+from .report import SCHEMA_VERSION, check_report, format_table
+
+__all__ = ["run_benchmark", "BACKENDS", "DEFAULT_BACKENDS", "QUICK_BACKENDS", "machine_info", "check_report",
+           "format_table", "SCHEMA_VERSION"]

@@ -1,0 +1,154 @@
+"""Latency measurement done one way for every backend.
+
+* Inputs: several distinct random uint8 batches (values 1..255, never all zeros, so no backend can
+  take a shortcut on constant data), rotated call after call.
+* Warm-up calls are run first and excluded (session creation, allocator growth, cuDNN/TensorRT
+  autotuning, lazy CUDA init).
+* Each timed call is ``perf_counter`` around ``runner.infer`` (host uint8 in, host arrays out).
+  Runners return host numpy arrays, so a GPU result has been copied back - which waits for the
+  device - before the clock stops; in addition, when CUDA is initialised in this process, the device
+  is synchronised before each call starts, so no earlier queued work is billed to it.  The latency
+  is therefore end to end: input check, host->device copy, compute, device->host copy.
+* Repetitions are time-budgeted with a minimum count: at least ``min_reps`` calls, then more until
+  ``budget_s`` is spent (or ``max_reps``).  p50/p90/p99 are numpy percentiles (linear
+  interpolation) of the per-call times; with fewer than 100 reps p99 is interpolated near the max,
+  so every row also records ``reps``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+
+def random_batches(batch: int, height: int, width: int, count: int = 4, seed: int = 0) -> list:
+    """``count`` distinct uint8 batches N x H x W x 3 with values in 1..255."""
+    rng = np.random.default_rng([seed, batch, height, width])
+    return [rng.integers(1, 256, size=(batch, height, width, 3), dtype=np.uint8) for _ in range(max(1, count))]
+
+
+def set_threads(threads: Optional[int]) -> Optional[int]:
+    """Apply one CPU thread count to PyTorch in this process (ONNX Runtime gets the same number as
+    its intra-op thread count through the runner options).  Returns the count in force."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # only settable before any inter-op work started
+            pass
+    return torch.get_num_threads()
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (affinity), the default for every CPU backend."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cuda_sync() -> None:
+    """Wait for queued CUDA work, if this process has initialised CUDA (never initialises it)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    except Exception:
+        pass
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "min_ms": None, "max_ms": None}
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
+            "mean_ms": round(float(a.mean()), 3), "min_ms": round(float(a.min()), 3), "max_ms": round(float(a.max()), 3)}
+
+
+@dataclass
+class Timing:
+    batch: int
+    reps: int
+    warmup: int
+    wall_s: float
+    samples_ms: list = field(repr=False, default_factory=list)
+
+    @property
+    def stats(self) -> dict:
+        return percentiles(self.samples_ms)
+
+    @property
+    def throughput_ips(self) -> Optional[float]:
+        """Images per second of this single stream: images processed / summed call time
+        (= batch / mean latency)."""
+        if not self.reps or self.wall_s <= 0:
+            return None
+        return round(self.batch * self.reps / self.wall_s, 3)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("samples_ms")
+        d.update(self.stats)
+        d["throughput_ips"] = self.throughput_ips
+        return d
+
+
+def measure(fn: Callable, inputs: Sequence[np.ndarray], *, warmup: int = 3, min_reps: int = 10,
+            max_reps: int = 10000, budget_s: float = 5.0, sync: Callable = cuda_sync) -> Timing:
+    """Time ``fn(x)`` over ``inputs`` rotated; see the module docstring for the rules."""
+    if not inputs:
+        raise ValueError("measure: no inputs")
+    n_in = len(inputs)
+    for i in range(max(0, warmup)):
+        fn(inputs[i % n_in])
+    sync()
+    samples = []
+    deadline = time.perf_counter() + max(0.0, budget_s)
+    i = 0
+    while i < max_reps and (i < min_reps or time.perf_counter() < deadline):
+        x = inputs[(i + warmup) % n_in]
+        sync()
+        t0 = time.perf_counter()
+        fn(x)
+        t1 = time.perf_counter()
+        samples.append((t1 - t0) * 1e3)
+        i += 1
+    # throughput counts only the timed calls (not the loop's own sync/bookkeeping)
+    wall = math.fsum(samples) / 1e3
+    return Timing(batch=int(inputs[0].shape[0]), reps=len(samples), warmup=max(0, warmup), wall_s=round(wall, 4),
+                  samples_ms=samples)
+
+
+def gemm_rate(threads: Optional[int] = None, n: int = 4096, reps: int = 5, budget_s: float = 20.0) -> dict:
+    """FP32 GEMM rate of this machine with the same thread count: ``torch.mm`` of two n x n
+    matrices (MKL/oneDNN on CPU), best and median of ``reps`` timed calls after one warm-up.
+
+    This is the practical peak a dense CPU workload can reach here, the denominator of the
+    "effective FLOP rate" target."""
+    import torch
+
+    set_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    torch.mm(a, b)  # warm-up (thread pool, packing buffers)
+    times = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < reps and (len(times) < 2 or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    flops = 2.0 * n ** 3
+    best, med = min(times), float(np.median(times))
+    return {"method": f"torch.mm {n}x{n} @ {n}x{n} float32", "n": n, "threads": torch.get_num_threads(), "reps": len(times),
+            "flops": flops, "best_s": round(best, 4), "median_s": round(med, 4),
+            "gflops_best": round(flops / best / 1e9, 2), "gflops_median": round(flops / med / 1e9, 2)}

@@ -1,0 +1,116 @@
+"""Parity gate: the PyTorch runner and every exported artifact on the same images.
+
+``compare(reference, candidates, images, labels)`` loops over runners with no special cases: each
+runner is asked for its outputs on the same batches; score differences are measured where both
+sides return scores, class maps always (pixel agreement), and mIoU against the ground truth when
+labels exist (with its delta to the reference).  ``gate`` fails rows under their threshold.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..signature import MASK_NAME, SCORES_NAME
+
+IGNORE_INDEX = 255
+
+
+def run_all(runner, images: np.ndarray, batch_size: int = 4) -> dict:
+    """All images through one runner in batches (respecting its max batch); concatenated outputs."""
+    bs = max(1, min(batch_size, runner.max_batch or batch_size))
+    masks, scores, seconds = [], [], 0.0
+    with runner:
+        for i in range(0, len(images), bs):
+            out = runner.infer(images[i:i + bs])
+            seconds += runner.last_inference_time or 0.0
+            masks.append(np.asarray(out[MASK_NAME]))
+            if SCORES_NAME in out:
+                scores.append(np.asarray(out[SCORES_NAME], dtype=np.float32))
+    return {"mask": np.concatenate(masks), "scores": np.concatenate(scores) if scores else None, "seconds": seconds}
+
+
+def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    valid = (gt != ignore_index) & (gt < num_classes)
+    idx = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
+    """Mean IoU over the classes present in the ground truth or the prediction (dataset-level confusion)."""
+    cm = confusion(pred, gt, num_classes, ignore_index).astype(np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def _r(x, nd=6):
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), nd)
+
+
+def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optional[np.ndarray] = None,
+            thresholds: Optional[dict] = None, batch_size: int = 4, num_classes: Optional[int] = None) -> dict:
+    """-> {"reference": {...}, "rows": [one dict per candidate]}; ``thresholds``: name -> min agreement."""
+    thresholds = thresholds or {}
+    k = num_classes or reference.signature.num_classes
+    t0 = time.perf_counter()
+    ref = run_all(reference, images, batch_size)
+    ref_miou = miou(ref["mask"], labels, k) if labels is not None else None
+    result = {
+        "reference": {"name": reference.name, "backend": reference.backend, "precision": reference.precision,
+                      "miou": _r(ref_miou), "seconds": _r(ref["seconds"], 3)},
+        "images": int(len(images)),
+        "image_size": list(images.shape[1:3]),
+        "labels": labels is not None,
+        "rows": [],
+    }
+    for cand in candidates:
+        out = run_all(cand, images, batch_size)
+        agree = float((out["mask"].astype(np.int64) == ref["mask"].astype(np.int64)).mean())
+        max_d = mean_d = None
+        if out["scores"] is not None and ref["scores"] is not None:
+            d = np.abs(out["scores"] - ref["scores"])
+            max_d, mean_d = float(d.max()), float(d.mean())
+        m = miou(out["mask"], labels, k) if labels is not None else None
+        thr = thresholds.get(cand.name)
+        status = "ok" if thr is None or agree >= thr else "failed"
+        result["rows"].append({
+            "name": cand.name, "backend": cand.backend, "precision": cand.precision,
+            "pixel_agreement": _r(agree), "max_abs_diff": _r(max_d, 8), "mean_abs_diff": _r(mean_d, 8),
+            "miou": _r(m), "miou_delta": _r(None if m is None or ref_miou is None else m - ref_miou),
+            "threshold": thr, "status": status, "seconds": _r(out["seconds"], 3),
+        })
+    result["seconds"] = _r(time.perf_counter() - t0, 3)
+    return result
+
+
+def failed_rows(result: dict) -> list:
+    return [r for r in result["rows"] if r["status"] != "ok"]
+
+
+def format_table(result: dict) -> str:
+    """Plain aligned text (also stored in the manifest)."""
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.3f}%"
+
+    def sci(x):
+        return "n/a" if x is None else f"{x:.2e}"
+
+    def num(x, signed=False):
+        return "n/a" if x is None else (f"{x:+.4f}" if signed else f"{x:.4f}")
+
+    ref = result["reference"]
+    head = ["artifact", "backend", "precision", "pixel agree", "max|dscore|", "mean|dscore|", "mIoU", "dmIoU", "gate", "status"]
+    rows = [[ref["name"], ref["backend"], ref["precision"], "reference", "-", "-", num(ref["miou"]), "-", "-", "ref"]]
+    for r in result["rows"]:
+        rows.append([r["name"], r["backend"], r["precision"], pct(r["pixel_agreement"]), sci(r["max_abs_diff"]),
+                     sci(r["mean_abs_diff"]), num(r["miou"]), num(r["miou_delta"], True),
+                     ">= " + pct(r["threshold"]) if r["threshold"] is not None else "-", r["status"].upper()])
+    widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
+    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+    lines = [f"parity on {result['images']} image(s) of {result['image_size'][0]}x{result['image_size'][1]}"
+             + (" with labels" if result["labels"] else " (no labels: mIoU n/a)"),
+             fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    return "\n".join(lines)

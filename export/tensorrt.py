@@ -1,0 +1,133 @@
+"""ONNX -> TensorRT engine with the TensorRT Python API (strongly typed, TRT 10.x and 11.x).
+
+Precision comes from the ONNX graph itself (``model_fp16.onnx`` for FP16), built with
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: no weakly typed ``FP16`` builder flag (removed in
+TensorRT 11; Jetson's TensorRT 10 supports the same strongly typed build).  One optimisation
+profile from ``--batch MIN:OPT:MAX``; the timing cache ``DIR/timing.cache`` is loaded when present
+and saved after the build.  Where no NVIDIA GPU or no ``tensorrt`` is available, ``trtexec.sh``
+carries the exact equivalent command for the target machine (e.g. a Jetson); no engine is faked.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..errors import SegclipError
+from ..signature import INPUT_NAME
+from .manifest import atomic_write_bytes, atomic_write_text
+
+ENGINE_NAME = "model.plan"
+TIMING_CACHE_NAME = "timing.cache"
+TRTEXEC_NAME = "trtexec.sh"
+
+
+def trt_unavailable_reason() -> Optional[str]:
+    """None when an engine can be built here, else why not (one line)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no NVIDIA GPU is visible here (torch.cuda.is_available() is False)"
+    except Exception as e:  # pragma: no cover
+        return f"torch cannot query CUDA ({type(e).__name__})"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt Python package is not installed (pip install 'segclip[gpu]' or use the JetPack one)"
+    return None
+
+
+def gpu_info(device: int = 0) -> dict:
+    import torch
+
+    cc = torch.cuda.get_device_capability(device)
+    return {"gpu": torch.cuda.get_device_name(device), "compute_capability": f"{cc[0]}.{cc[1]}"}
+
+
+def profile_shapes(batch, size) -> dict:
+    h, w = size
+    return {k: [b, h, w, 3] for k, b in zip(("min", "opt", "max"), batch)}
+
+
+def _shape_arg(shape) -> str:
+    return f"{INPUT_NAME}:" + "x".join(str(d) for d in shape)
+
+
+def trtexec_command(onnx_name: str, engine_name: str, batch, size, workspace_mb: int) -> list:
+    prof = profile_shapes(batch, size)
+    return [
+        "trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--stronglyTyped",
+        f"--minShapes={_shape_arg(prof['min'])}", f"--optShapes={_shape_arg(prof['opt'])}",
+        f"--maxShapes={_shape_arg(prof['max'])}", f"--timingCacheFile={TIMING_CACHE_NAME}",
+        f"--memPoolSize=workspace:{int(workspace_mb)}M",
+    ]
+
+
+def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: int, engine_name: str = ENGINE_NAME) -> Path:
+    cmd = trtexec_command(onnx_name, engine_name, batch, size, workspace_mb)
+    text = (
+        "#!/bin/sh\n"
+        "# Build the TensorRT engine of this segclip export on the machine that will run it (GPU or Jetson,\n"
+        "# TensorRT >= 10): engines are tied to the GPU architecture and the TensorRT version.\n"
+        "# Strongly typed: the precision comes from the ONNX graph (model_fp16.onnx is FP16 with FP32 islands).\n"
+        "set -e\n"
+        'cd "$(dirname "$0")"\n'
+        + " \\\n    ".join(shlex.quote(c) for c in cmd) + "\n"
+    )
+    path = atomic_write_text(Path(directory) / TRTEXEC_NAME, text)
+    path.chmod(0o755)
+    return path
+
+
+def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 4096,
+                 timing_cache: Optional[Path] = None, log=print) -> dict:
+    """Build a strongly typed engine; returns the manifest entry fields."""
+    reason = trt_unavailable_reason()
+    if reason:
+        raise SegclipError(f"--trt: {reason}")
+    import tensorrt as trt
+
+    from .manifest import sha256_file
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    t0 = time.perf_counter()
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
+        raise SegclipError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse the ONNX graph ({errs})")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    prof = profile_shapes(batch, size)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, prof["min"], prof["opt"], prof["max"])
+    config.add_optimization_profile(profile)
+    cache_bytes = b""
+    if timing_cache is not None and Path(timing_cache).is_file():
+        cache_bytes = Path(timing_cache).read_bytes()
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise SegclipError(f"{onnx_path}: TensorRT {trt.__version__} failed to build an engine (see the TensorRT log above)")
+    atomic_write_bytes(engine_path, bytes(serialized))
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    info = {
+        "tensorrt_version": trt.__version__,
+        **gpu_info(0),
+        "onnx": Path(onnx_path).name,
+        "onnx_sha256": sha256_file(onnx_path),
+        "profile": prof,
+        "workspace_mb": int(workspace_mb),
+        "strongly_typed": True,
+        "timing_cache": TIMING_CACHE_NAME if timing_cache is not None else None,
+        "timing_cache_reused": bool(cache_bytes),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
+    log(f"tensorrt: built {Path(engine_path).name} in {info['build_seconds']} s (TensorRT {trt.__version__}, {info['gpu']})")
+    return info

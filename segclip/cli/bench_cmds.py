@@ -1,0 +1,69 @@
+"""``segclip benchmark``: every backend in one table (latency, throughput, accuracy, Triton load)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import GateFailed
+
+
+def default_out(source) -> Path:
+    """RUN_DIR/benchmark for a run directory, the export's sibling ``benchmark`` for an export
+    directory (nothing is written inside an export), ``<dir>/benchmark`` beside a checkpoint file."""
+    p = Path(source)
+    if p.is_dir():
+        return p.parent / "benchmark" if (p / "manifest.json").is_file() else p / "benchmark"
+    return p.parent / "benchmark"
+
+
+@click.command("benchmark")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--data", default=None, metavar="DATASET:ROOT:SPLIT",
+              help="Labelled images for mIoU and the deltas vs PyTorch (e.g. sample:data/sample:val); default: random images, agreement only.")
+@click.option("--backends", default=None,
+              help="Comma list of torch, onnxruntime, onnxruntime-fp16, tensorrt, triton-grpc, triton-http (default: all; --quick: the first three).")
+@click.option("--batch", "batches", default="1,4,8", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--size", "sizes", default=None, metavar="S[,S...]",
+              help="Image sizes (S or HxW, multiples of 32). Default: the export's size (a fixed-size export is re-exported from its checkpoint for other sizes).")
+@click.option("--concurrency", default="1,4,8", show_default=True, help="Triton concurrency sweep levels.")
+@click.option("--triton-url", "triton_urls", multiple=True, metavar="URL",
+              help="grpc://HOST:PORT/MODEL and/or http://HOST:PORT/MODEL of a running server (repeatable). Default: start one here.")
+@click.option("--triton-env", default=None, type=click.Path(file_okay=False),
+              help="Server env for a Triton started here (default: $SEGCLIP_TRITON_ENV, else ~/.cache/segclip/triton-env).")
+@click.option("--triton-shm", is_flag=True, help="Triton latency rows pass tensors through system shared memory (same host).")
+@click.option("--reps", type=int, default=None, help="Minimum timed calls per row (default 10, --quick 5).")
+@click.option("--warmup", type=int, default=None, help="Untimed warm-up calls per row (default 3, --quick 2).")
+@click.option("--budget", "budget_s", type=float, default=None, help="Seconds of timing per row after the minimum reps (default 3).")
+@click.option("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: usable CPUs).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device for torch / ONNX Runtime (default: cuda when visible).")
+@click.option("--limit", type=int, default=None, help="Accuracy images taken from --data (default 16, --quick 4).")
+@click.option("--quick", is_flag=True, help="Batch 1, first size, torch + onnxruntime + onnxruntime-fp16, few reps, no Triton sweep.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Where benchmark.json/.csv and latency.png go (default: RUN_DIR/benchmark, or beside an export directory).")
+def benchmark_cmd(source, data, backends, batches, sizes, concurrency, triton_urls, triton_env, triton_shm, reps, warmup,
+                  budget_s, threads, device, limit, quick, out):
+    """Benchmark RUN_DIR | EXPORT_DIR | CHECKPOINT on every backend: one table, JSON, CSV and a plot.
+
+    Backends that cannot run here (no GPU, no tensorrt, no Triton server) get a row saying why.
+    Exit code 1 if a backend failed while measuring or a Triton request failed."""
+    from segclip.benchmarks import run_benchmark
+
+    out = Path(out) if out else default_out(source)
+    report = run_benchmark(source, out=out, data=data, backends=backends, batches=batches, sizes=sizes,
+                           concurrency=concurrency, quick=quick, triton_url=list(triton_urls) or None, reps=reps,
+                           warmup=warmup, threads=threads, budget_s=budget_s, device=device, limit=limit,
+                           triton_shm=triton_shm, triton_env=triton_env, show_table=False,
+                           log=lambda m: click.echo(m, err=True))
+    click.echo(report["table"])
+    for k, v in report.get("files", {}).items():
+        click.echo(f"{k:16s} {v}")
+    failed = [f"{r['backend']} {r['height']}x{r['width']} batch {r['batch']}: {r['status']}" for r in report["rows"]
+              if r["status"].startswith("failed")]
+    failed += [f"triton {r['protocol']} concurrency {r['concurrency']}: {r['status']}" for r in report["triton_load"]
+               if r["status"] != "ok"]
+    if failed:
+        raise GateFailed("benchmark: " + "; ".join(failed[:4]) + (f" (+{len(failed) - 4} more)" if len(failed) > 4 else ""))
+
+
+COMMANDS = [benchmark_cmd]

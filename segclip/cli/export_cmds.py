@@ -1,0 +1,187 @@
+"""``segclip export`` and ``segclip predict``."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import SegclipError
+from ..runtime import _source_tree
+
+_source_tree.install()
+
+
+@click.command("export")
+@click.argument("source", type=click.Path())
+@click.option("--onnx", "onnx_", is_flag=True, help="ONNX FP32 (always written: the other formats derive from it).")
+@click.option("--fp16", is_flag=True, help="Also model_fp16.onnx: FP16 weights/ops with FP32 islands (strongly typed).")
+@click.option("--trt", is_flag=True, help="Also a TensorRT engine (needs an NVIDIA GPU + tensorrt; else writes trtexec.sh and exits 2).")
+@click.option("--batch", default="1:1:8", show_default=True, help="Batch profile MIN:OPT:MAX (dynamic batch in ONNX; TensorRT profile).")
+@click.option("--size", default=None, help="Input HxW (default: the checkpoint's training crop size, else 512).")
+@click.option("--dynamic-size", is_flag=True, help="Dynamic H/W in the ONNX (checked at a second size).")
+@click.option("--scores", is_flag=True, help="Also output the N x K x H x W FP32 class scores.")
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--data", default=None, metavar="DATASET:ROOT:SPLIT", help="Parity images (default: the rendered sample set).")
+@click.option("--parity-images", default=8, show_default=True, type=int)
+@click.option("--out", default=None, type=click.Path(), help="Export directory (default: RUN_DIR/export or next to the checkpoint).")
+@click.option("--force", is_flag=True, help="Replace an existing export.")
+@click.option("--fp32-threshold", default=0.999, show_default=True, type=float, help="Min pixel agreement, FP32 artifacts.")
+@click.option("--fp16-threshold", default=0.995, show_default=True, type=float, help="Min pixel agreement, FP16 artifacts.")
+@click.option("--workspace", default=4096, show_default=True, type=int, help="TensorRT workspace limit (MiB).")
+def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opset, data, parity_images, out, force,
+               fp32_threshold, fp16_threshold, workspace):
+    """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
+    from ..export import export
+
+    export(source, out, onnx=True, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
+           opset=opset, data=data, parity_images=parity_images, force=force, fp32_threshold=fp32_threshold,
+           fp16_threshold=fp16_threshold, workspace_mb=workspace, log=click.echo)
+
+
+# ---- predict -------------------------------------------------------------------------------------
+def _atomic_png(img, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        img.save(tmp, format="PNG")
+        from ..export.manifest import public_mode
+
+        public_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def mask_image(mask: np.ndarray, palette):
+    """Class map -> index PNG with the palette (mode P); > 255 classes -> 16-bit grey PNG."""
+    from PIL import Image
+
+    if mask.max(initial=0) > 255:
+        return Image.fromarray(mask.astype(np.uint16))
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    im = Image.frombytes("P", (m.shape[1], m.shape[0]), m.tobytes())
+    pal = np.zeros((256, 3), np.uint8)
+    pal[255] = (255, 255, 255)
+    for i, c in enumerate(list(palette)[:255]):
+        pal[i] = c
+    im.putpalette(pal.flatten().tolist())
+    return im
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5):
+    from PIL import Image
+
+    from ..signature import colorize
+
+    col = colorize(mask, palette).astype(np.float32)
+    return Image.fromarray((image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8))
+
+
+def _tile_fallback(runner, image: np.ndarray, h: int, w: int, overlap: float, batch_size: int) -> np.ndarray:
+    """Sliding window over tiles of the model's size (used when segclip.data.sliding is not
+    available): scores are averaged where tiles overlap when the model gives scores, otherwise each
+    pixel takes the class from the tile whose centre is nearest."""
+    from ..data.tiling import pad_to, tile_coords
+
+    ih, iw = image.shape[:2]
+    ph, pw = max(ih, h), max(iw, w)
+    img = pad_to(image, ph, pw, 0)
+    stride = (max(1, int(h * (1 - overlap))), max(1, int(w * (1 - overlap))))
+    coords = tile_coords(ph, pw, (h, w), stride)
+    k = runner.signature.num_classes
+    use_scores = runner.has_scores
+    acc = np.zeros((k, ph, pw), np.float32) if use_scores else None
+    best = None if use_scores else np.full((ph, pw), np.inf, np.float32)
+    out = None if use_scores else np.zeros((ph, pw), np.int32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(0, len(coords), batch_size):
+        chunk = coords[i:i + batch_size]
+        batch = np.stack([img[y0:y0 + h, x0:x0 + w] for y0, x0, _, _ in chunk])
+        res = runner.infer(batch)
+        for j, (y0, x0, _, _) in enumerate(chunk):
+            if use_scores:
+                acc[:, y0:y0 + h, x0:x0 + w] += res["scores"][j]
+            else:
+                d = np.maximum(np.abs(yy - (h - 1) / 2) / h, np.abs(xx - (w - 1) / 2) / w).astype(np.float32)
+                region = best[y0:y0 + h, x0:x0 + w]
+                take = d < region
+                region[take] = d[take]
+                out[y0:y0 + h, x0:x0 + w][take] = res["mask"][j][take]
+    full = acc.argmax(0) if use_scores else out
+    return full[:ih, :iw]
+
+
+def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: int = 4) -> tuple:
+    """One H x W x 3 uint8 image -> (H x W class map, how: "direct" | "sliding-window" | "tiled")."""
+    sig = runner.signature
+    if sig.dynamic_size or image.shape[:2] == (sig.height, sig.width):
+        return runner.infer(image[None])["mask"][0], "direct"
+    h, w = sig.height, sig.width
+    try:
+        from ..data.sliding import sliding_window_predict
+    except ImportError:
+        sliding_window_predict = None
+    if sliding_window_predict is not None:
+        k = sig.num_classes
+
+        def predict_fn(batch):
+            out = runner.infer(np.ascontiguousarray(batch, dtype=np.uint8))
+            if "scores" in out:
+                return out["scores"]
+            onehot = np.zeros((out["mask"].shape[0], k) + out["mask"].shape[1:], np.float32)
+            np.put_along_axis(onehot, out["mask"][:, None].astype(np.int64), 1.0, axis=1)
+            return onehot
+
+        res = sliding_window_predict(predict_fn, image, (h, w), overlap=overlap, batch_size=batch_size, num_classes=k)
+        mask = res[0] if isinstance(res, tuple) else res
+        return np.asarray(mask), "sliding-window"
+    return _tile_fallback(runner, image, h, w, overlap, batch_size), "tiled"
+
+
+@click.command("predict")
+@click.option("--model", "model", required=True, help="Checkpoint, run dir, .onnx, .plan, export dir or grpc://host:port/model.")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default="predictions", show_default=True, type=click.Path(), help="Output folder.")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (class colours over the image).")
+@click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "onnx_fp16", "tensorrt"]), help="Artifact of an export dir.")
+@click.option("--device", default=None, help="torch/TensorRT device (cpu, cuda, cuda:1).")
+@click.option("--providers", default=None, help="ONNX Runtime provider: cpu, cuda or tensorrt.")
+@click.option("--batch-size", default=4, show_default=True, type=int, help="Tiles per inference call.")
+@click.option("--overlap", default=0.25, show_default=True, type=float, help="Sliding-window overlap for images larger than the model.")
+def predict_cmd(model, images, out, overlay, fmt, device, providers, batch_size, overlap):
+    """Segment IMAGES with MODEL; writes <stem>_mask.png (palette PNG) [and <stem>_overlay.png]."""
+    from ..data.imageio import read_rgb
+    from ..runtime import load_runner
+
+    if not 0 <= overlap < 1:
+        raise SegclipError(f"--overlap {overlap}: must be in [0, 1)")
+    opts = {}
+    if fmt:
+        opts["format"] = fmt
+    if device:
+        opts["device"] = device
+    if providers:
+        opts["providers"] = providers
+    runner = load_runner(model, **opts)
+    out = Path(out)
+    palette = runner.signature.palette
+    with runner:
+        for p in images:
+            p = Path(p)
+            image = read_rgb(p)
+            mask, how = predict_image(runner, image, overlap=overlap, batch_size=max(1, batch_size))
+            _atomic_png(mask_image(mask, palette), out / f"{p.stem}_mask.png")
+            if overlay:
+                _atomic_png(overlay_image(image, mask, palette), out / f"{p.stem}_overlay.png")
+            classes = np.unique(mask)
+            names = ", ".join(runner.signature.classes[c] for c in classes[:6] if c < runner.signature.num_classes)
+            click.echo(f"{p.name}: {image.shape[1]}x{image.shape[0]} {how} -> {out / (p.stem + '_mask.png')} ({names})")
+
+
+COMMANDS = [export_cmd, predict_cmd]

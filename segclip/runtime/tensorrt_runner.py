@@ -1,0 +1,171 @@
+"""TensorRT engine runner: ``execute_async_v3`` with torch CUDA tensors as buffers (no pycuda).
+
+The engine's manifest entry (``manifest.json`` beside it, written by ``segclip export --trt``) is
+checked *before* deserialising: an engine built for another GPU architecture or TensorRT version
+gives a clear error saying how to rebuild, never a crash inside TensorRT.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import SegclipError
+from ..signature import Signature
+from .base import Runner, one_line
+
+_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
+                 "BOOL": "bool", "BF16": "bfloat16", "INT8": "int8"}
+
+
+def _manifest_entry(path: Path):
+    mpath = path.parent / "manifest.json"
+    if not mpath.is_file():
+        return None, None
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    for key, a in (m.get("artifacts") or {}).items():
+        if isinstance(a, dict) and a.get("file") == path.name:
+            return m, a
+    return m, None
+
+
+def _rebuild_hint(path: Path) -> str:
+    script = path.parent / "trtexec.sh"
+    alt = f" or run sh {script}" if script.is_file() else ""
+    return f"rebuild the engine on this machine with `segclip export <run dir> --trt`{alt}"
+
+
+class TensorRTRunner(Runner):
+    """Options: ``device`` (CUDA index, default 0), ``signature`` / ``manifest_entry`` (default: from
+    ``manifest.json`` beside the engine), ``name``."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path, *, device: int = 0, signature: Optional[Signature] = None,
+                 manifest_entry: Optional[dict] = None, name: Optional[str] = None, precision: Optional[str] = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SegclipError(f"{self.path}: no such TensorRT engine file")
+        manifest, entry = _manifest_entry(self.path)
+        self.entry = manifest_entry if manifest_entry is not None else (entry or {})
+        if signature is None:
+            if manifest is None or "signature" not in manifest:
+                raise SegclipError(f"{self.path}: no manifest.json beside the engine to say what it computes; "
+                                   f"keep the engine in its export directory (segclip export --trt)")
+            signature = Signature.from_dict(manifest["signature"])
+        self.device_index = int(str(device).split(":")[-1]) if str(device) not in ("cuda", "") else 0
+        prof = self.entry.get("profile") or {}
+        max_batch = prof.get("max", [None])[0] if prof else None
+        precision = precision or self.entry.get("precision", "fp16" if "fp16" in str(self.entry.get("onnx", "")) else "fp32")
+        super().__init__(signature, name=name or f"tensorrt-{precision}", precision=precision, artifact=self.path,
+                         max_batch=max_batch)
+        self._engine = self._context = None
+
+    # ---- compatibility -------------------------------------------------------------------------
+    def check_compatible(self, trt_version: str, compute_capability: str, gpu: str) -> None:
+        want_v = self.entry.get("tensorrt_version")
+        want_cc = self.entry.get("compute_capability")
+        problems = []
+        if want_v and want_v.split(".")[:3] != trt_version.split(".")[:3]:
+            problems.append(f"TensorRT {want_v} (here {trt_version})")
+        if want_cc and want_cc != compute_capability:
+            problems.append(f"compute capability {want_cc} / {self.entry.get('gpu', '?')} (here {compute_capability} / {gpu})")
+        if problems:
+            raise SegclipError(f"{self.path}: engine built for {' and '.join(problems)}; TensorRT engines are tied to the GPU "
+                               f"architecture and TensorRT version: {_rebuild_hint(self.path)}")
+
+    def _activate(self) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise SegclipError(f"{self.path}: the tensorrt Python package is not installed; pip install 'segclip[gpu]' "
+                               f"(or use the ONNX artifact: load_runner(dir, format='onnx'))") from None
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SegclipError(f"{self.path}: TensorRT engines need an NVIDIA GPU and none is visible here; "
+                               f"use the ONNX artifact on CPU (format='onnx')")
+        torch.cuda.set_device(self.device_index)
+        cc = torch.cuda.get_device_capability(self.device_index)
+        self.check_compatible(trt.__version__, f"{cc[0]}.{cc[1]}", torch.cuda.get_device_name(self.device_index))
+        data = self.path.read_bytes()
+        logger = trt.Logger(trt.Logger.ERROR)
+        self._trt_runtime = trt.Runtime(logger)
+        try:
+            engine = self._trt_runtime.deserialize_cuda_engine(data)
+        except Exception as e:
+            engine = None
+            err = one_line(e)
+        else:
+            err = "deserialize_cuda_engine returned None"
+        if engine is None:
+            raise SegclipError(f"{self.path}: cannot load TensorRT engine ({err}): the file is truncated, corrupt or built by "
+                               f"another TensorRT version; {_rebuild_hint(self.path)}")
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        want_in = self.signature.inputs[0].name
+        if self._inputs != [want_in]:
+            raise SegclipError(f"{self.path}: engine inputs {self._inputs} do not match the signature ('{want_in}'); re-export")
+        self._dtypes = {}
+        for n in names:
+            tname = str(engine.get_tensor_dtype(n)).split(".")[-1]
+            self._dtypes[n] = getattr(torch, _TORCH_DTYPES.get(tname, "float32"))
+        if self._dtypes[want_in] != torch.uint8:
+            raise SegclipError(f"{self.path}: engine input '{want_in}' is {self._dtypes[want_in]}, not uint8; re-export with segclip export")
+        try:
+            _, _, mx = engine.get_tensor_profile_shape(want_in, 0)
+            self.max_batch = int(mx[0])
+        except Exception:
+            pass
+
+    def _deactivate(self) -> None:
+        self._context = None
+        self._engine = None
+
+    def _infer(self, images: np.ndarray) -> dict:
+        import torch
+
+        dev = torch.device("cuda", self.device_index)
+        name_in = self._inputs[0]
+        x = torch.from_numpy(images).to(dev)
+        ctx = self._context
+        if not ctx.set_input_shape(name_in, tuple(x.shape)):
+            raise SegclipError(f"{self.name}: input shape {tuple(x.shape)} is outside the engine's optimisation profile; "
+                               f"re-export with a matching --batch/--size")
+        ctx.set_tensor_address(name_in, x.data_ptr())
+        outs = {}
+        for n in self._outputs:
+            shape = tuple(ctx.get_tensor_shape(n))
+            t = torch.empty(shape, dtype=self._dtypes[n], device=dev)
+            ctx.set_tensor_address(n, t.data_ptr())
+            outs[n] = t
+        stream = torch.cuda.current_stream(dev)
+        if not ctx.execute_async_v3(stream.cuda_stream):
+            raise SegclipError(f"{self.name}: TensorRT execution failed (execute_async_v3 returned False)")
+        stream.synchronize()
+        res = {}
+        for n, t in outs.items():
+            res[n] = (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
+        return res
+
+    def _device(self) -> str:
+        try:
+            import torch
+
+            return f"cuda:{self.device_index} ({torch.cuda.get_device_name(self.device_index)})"
+        except Exception:
+            return f"cuda:{self.device_index}"
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["tensorrt_version"] = self.entry.get("tensorrt_version")
+        d["compute_capability"] = self.entry.get("compute_capability")
+        return d

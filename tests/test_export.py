@@ -1,0 +1,310 @@
+"""Export: ONNX FP32/FP16 on CPU with real ONNX Runtime, parity gate, manifest, CLI errors."""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from test_export_helpers import SIZE, assert_one_error, export_dir, images, trained_ckpt  # noqa: F401
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from segclip.signature import Signature  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args):
+    from segclip.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _elem(vi):
+    return vi.type.tensor_type.elem_type
+
+
+def _dims(vi):
+    return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+# ---- the FP32 export ---------------------------------------------------------------------------
+def test_fp32_export_passes_gate_with_uint8_io(export_dir):
+    out, manifest = export_dir
+    assert manifest["status"] == "ok"
+    a = manifest["artifacts"]["onnx"]
+    assert a["status"] == "ok" and a["precision"] == "fp32"
+    p = a["parity"]
+    assert p["pixel_agreement"] >= 0.999 and p["threshold"] == 0.999
+    assert p["max_abs_diff"] < 1e-3  # scores measured through the scores-enabled twin
+    assert manifest["parity"]["images"] == 4 and "torch" in manifest["parity"]["table"]
+    m = onnx.load(str(out / "model.onnx"))
+    (inp,) = m.graph.input
+    assert inp.name == "image" and _elem(inp) == onnx.TensorProto.UINT8
+    assert _dims(inp)[1:] == [SIZE, SIZE, 3] and isinstance(_dims(inp)[0], str)  # dynamic batch, fixed size
+    assert [o.name for o in m.graph.output] == ["mask"]  # no scores unless --scores
+    assert _elem(m.graph.output[0]) == onnx.TensorProto.UINT8
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model_fp16.onnx"]
+
+
+def test_onnx_is_checked_standard_and_opset17(export_dir):
+    out, _ = export_dir
+    for name in ("model.onnx", "model_fp16.onnx"):
+        m = onnx.load(str(out / name))
+        onnx.checker.check_model(m, full_check=True)
+        onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+        assert {n.domain for n in m.graph.node} <= {"", "ai.onnx"}
+        assert all(o.domain in ("", "ai.onnx") for o in m.opset_import)
+        assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+
+
+def test_metadata_round_trips_and_hashes(export_dir):
+    from segclip.export import manifest_signature, read_manifest
+    from segclip.export.onnx_export import graph_sha256
+    from segclip.runtime.onnx_runner import signature_from_onnx
+
+    out, manifest = export_dir
+    assert read_manifest(out) == json.loads((out / "manifest.json").read_text())
+    sig_manifest = manifest_signature(manifest)
+    for key, fname in (("onnx", "model.onnx"), ("onnx_fp16", "model_fp16.onnx")):
+        sig_onnx = signature_from_onnx(out / fname)
+        assert sig_onnx == sig_manifest
+        assert sig_onnx.to_dict() == Signature.from_json(sig_manifest.to_json()).to_dict()
+        m = onnx.load(str(out / fname))
+        meta = {p.key: p.value for p in m.metadata_props}
+        assert json.loads(meta["segclip.classes"]) == list(sig_manifest.classes)
+        assert meta["segclip.input_size"] == f"{SIZE}x{SIZE}"
+        assert meta["segclip.graph_sha256"] == graph_sha256(m) == manifest["artifacts"][key]["graph_sha256"]
+        assert hashlib.sha256((out / fname).read_bytes()).hexdigest() == manifest["artifacts"][key]["sha256"]
+        assert json.loads(meta["segclip.normalization"])["mean"] == list(sig_manifest.pixel_mean)
+    assert sig_manifest.height == sig_manifest.width == SIZE and sig_manifest.max_batch == 4
+    assert manifest["input"]["batch"] == {"min": 1, "opt": 2, "max": 4}
+
+
+def test_dynamic_batch_1_and_3_match_torch(export_dir, trained_ckpt):
+    from segclip.runtime import load_runner
+
+    out, _ = export_dir
+    x = images(3)
+    with load_runner(out / "model.onnx", providers="cpu") as r, load_runner(trained_ckpt) as ref:
+        want = ref.infer(x)["mask"]
+        one = r.infer(x[:1])["mask"]
+        three = r.infer(x)["mask"]
+    assert one.shape == (1, SIZE, SIZE) and three.shape == (3, SIZE, SIZE) and three.dtype == np.uint8
+    assert np.array_equal(one[0], three[0])
+    assert (three == want).mean() >= 0.999
+
+
+def test_text_side_is_baked_no_clip_weights(export_dir, trained_ckpt):
+    from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from segclip.modeling import SegCLIPInference
+
+    out, _ = export_dir
+    ckpt = load_checkpoint(trained_ckpt)
+    k, width = ckpt["text_embeddings"].shape
+    m = onnx.load(str(out / "model.onnx"))
+    shapes = [tuple(t.dims) for t in m.graph.initializer]
+    assert (k, width) not in shapes  # the cached CLIP text embeddings are not in the graph
+    assert not any(49408 in s or 77 in s for s in shapes)  # no CLIP vocabulary / context tables
+    total = sum(int(np.prod(s)) for s in shapes)
+    image_path = sum(p.numel() for p in SegCLIPInference(model_from_checkpoint(ckpt)).parameters())
+    assert 0.9 * image_path <= total <= 1.05 * image_path, (total, image_path)
+
+
+def test_runtime_and_export_never_import_open_clip(tmp_path, trained_ckpt):
+    code = f"""
+import sys
+import numpy as np
+import segclip.runtime, segclip.export
+from segclip.runtime import load_runner
+m = segclip.export.export({str(trained_ckpt)!r}, {str(tmp_path / 'e')!r}, parity_images=1, log=lambda *a: None)
+x = np.zeros((1, {SIZE}, {SIZE}, 3), np.uint8)
+for src in ({str(tmp_path / 'e')!r}, {str(tmp_path / 'e' / 'model.onnx')!r}, {str(trained_ckpt)!r}):
+    with load_runner(src) as r:
+        r.infer(x)
+print("OPEN_CLIP_LOADED" if any(k == "open_clip" or k.startswith("open_clip.") for k in sys.modules) else "CLEAN")
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "CLEAN"
+
+
+# ---- FP16 ----------------------------------------------------------------------------------------
+def test_fp16_runs_on_ort_cpu_and_passes_gate(export_dir, trained_ckpt):
+    from segclip.runtime import load_runner
+
+    out, manifest = export_dir
+    a = manifest["artifacts"]["onnx_fp16"]
+    assert a["status"] == "ok" and a["precision"] == "fp16"
+    assert a["parity"]["pixel_agreement"] >= 0.995 and a["parity"]["threshold"] == 0.995
+    assert a["parity"]["max_abs_diff"] is not None
+    assert (out / "model_fp16.onnx").stat().st_size < 0.6 * (out / "model.onnx").stat().st_size
+    x = images(2, seed=3)
+    with load_runner(out, format="onnx_fp16", providers="cpu") as r, load_runner(trained_ckpt) as ref:
+        got = r.infer(x)
+        want = ref.infer(x)["mask"]
+    assert got["mask"].dtype == np.uint8 and (got["mask"] == want).mean() >= 0.995
+
+
+def test_fp16_keeps_listed_ops_fp32_and_io_types(export_dir):
+    from segclip.export.fp16 import FP32_OP_TYPES
+
+    out, manifest = export_dir
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(out / "model_fp16.onnx")))
+    types = {vi.name: _elem(vi) for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
+    types.update({t.name: t.data_type for t in m.graph.initializer})
+    F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    seen = collections.Counter()
+    for n in m.graph.node:
+        if n.op_type in FP32_OP_TYPES:
+            seen[n.op_type] += 1
+            float_in = [types[i] for i in n.input if i and types.get(i) in (F32, F16)]
+            assert float_in and all(t == F32 for t in float_in), (n.name, float_in)
+            if n.op_type != "ArgMax":
+                assert all(types.get(o) == F32 for o in n.output), n.name
+    assert {"LayerNormalization", "Softmax", "InstanceNormalization", "ArgMax"} <= set(seen)
+    # most of the network is FP16; I/O unchanged
+    elems = collections.Counter()
+    for t in m.graph.initializer:
+        elems[t.data_type] += int(np.prod(t.dims))
+    assert elems[F16] > 50 * max(1, elems[F32])  # FP32 keeps only norm scales/biases
+    assert _elem(m.graph.input[0]) == onnx.TensorProto.UINT8
+    assert _elem(m.graph.output[0]) == onnx.TensorProto.UINT8
+    report = manifest["artifacts"]["onnx_fp16"]["fp16"]
+    kept = {d["op_type"] for d in report["fp32_nodes"]}
+    assert {"LayerNormalization", "Softmax"} <= kept and all(d["reason"] for d in report["fp32_nodes"])
+    assert report["overflow_limit"] == 3e4 and report["calibration_images"] == 4
+
+
+def test_fp16_range_pass_keeps_overflowing_nodes_fp32():
+    """A node whose measured activation exceeds the FP16-safe range is kept FP32 with its consumers."""
+    from onnx import TensorProto, helper
+
+    from segclip.export.fp16 import activation_ranges, choose_fp32_nodes, convert_fp16
+
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["image"], ["f"], name="cast", to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["f", "big"], ["y"], name="mul_big"),
+         helper.make_node("Div", ["y", "big"], ["z"], name="div_back"),
+         helper.make_node("ReduceSum", ["z"], ["s"], name="sum", keepdims=0)],
+        "t", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4, 4, 3])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+        [helper.make_tensor("big", TensorProto.FLOAT, [], [1000.0])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.full((2, 4, 4, 3), 200, np.uint8)
+    ranges = activation_ranges(model, x)
+    assert ranges["y"]["max_abs"] == pytest.approx(200000.0)
+    keep, ops, over, _ = choose_fp32_nodes(model, ranges)
+    assert {"mul_big", "div_back"} <= set(keep) and over[0]["tensor"] == "y"
+    h = convert_fp16(model, keep, ops)
+    onnx.checker.check_model(h, full_check=True)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(h.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x[:1]})[0]
+    assert np.isfinite(got) and got == pytest.approx(200.0 * 48, rel=1e-3)
+
+
+# ---- gates, errors, CLI ----------------------------------------------------------------------------
+def test_failing_gate_exits_1_and_marks_manifest(tmp_path, trained_ckpt):
+    out = tmp_path / "gated"
+    res = _cli("export", trained_ckpt, "--out", out, "--parity-images", 1, "--fp32-threshold", 1.01)
+    assert_one_error(res, 1, "parity gate failed")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["artifacts"]["onnx"]["status"] == "failed"
+    assert (out / "model.onnx").is_file()  # kept
+    from segclip.errors import SegclipError
+    from segclip.runtime import load_runner
+
+    with pytest.raises(SegclipError, match="failed its parity gate"):
+        load_runner(out)
+    load_runner(out, allow_failed=True)
+
+
+def test_existing_export_refused_with_clear_error(export_dir, trained_ckpt):
+    out, _ = export_dir
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()}
+    res = _cli("export", trained_ckpt, "--out", out, "--fp16")
+    assert_one_error(res, 2, "already holds an export", "--force")
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()} == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_ckpt):
+    from segclip.export.tensorrt import trt_unavailable_reason
+
+    if trt_unavailable_reason() is None:
+        pytest.skip("a GPU with tensorrt is present: --trt builds an engine here (see test_runtime_gpu)")
+    out = tmp_path / "trt"
+    res = _cli("export", trained_ckpt, "--out", out, "--trt", "--parity-images", 1, "--batch", "1:2:4")
+    assert_one_error(res, 2, "--trt", "trtexec.sh")
+    script = (out / "trtexec.sh").read_text()
+    for part in ("trtexec", "--onnx=model.onnx", "--saveEngine=model.plan", "--stronglyTyped",
+                 f"--minShapes=image:1x{SIZE}x{SIZE}x3", f"--optShapes=image:2x{SIZE}x{SIZE}x3",
+                 f"--maxShapes=image:4x{SIZE}x{SIZE}x3", "--timingCacheFile=timing.cache"):
+        assert part in script, part
+    assert os.access(out / "trtexec.sh", os.X_OK)
+    assert not (out / "model.plan").exists()  # never a fake engine
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["artifacts"]["tensorrt"]["status"] == "not_built" and m["artifacts"]["onnx"]["status"] == "ok"
+
+
+def test_dynamic_size_is_real_or_refused(tmp_path, trained_ckpt):
+    """--dynamic-size either gives a graph that really runs at other sizes, or a one-line refusal."""
+    res = _cli("export", trained_ckpt, "--out", tmp_path / "dyn", "--dynamic-size", "--parity-images", 1)
+    if res.exit_code == 0:
+        from segclip.runtime import load_runner
+
+        r = load_runner(tmp_path / "dyn")
+        assert r.signature.height is None
+        assert r.infer(images(1, 96))["mask"].shape == (1, 96, 96)
+    else:
+        assert_one_error(res, 2, "--dynamic-size")
+        assert not (tmp_path / "dyn").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--batch", "4:2:8"], "--batch"),
+    (["--batch", "x"], "--batch"),
+    (["--size", "100x100"], "multiples of 32"),
+    (["--opset", "13"], "opset"),
+])
+def test_bad_arguments_one_line_exit_2(tmp_path, trained_ckpt, args, needle):
+    res = _cli("export", trained_ckpt, "--out", tmp_path / "bad", *args)
+    assert_one_error(res, 2, needle)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_predict_cli_direct_tiled_and_corrupt(tmp_path, export_dir):
+    from PIL import Image
+
+    out, manifest = export_dir
+    small = images(1)[0]
+    big = np.concatenate([images(1, seed=4)[0]] * 2, axis=1)[:50]  # 50 x 128: smaller and larger than 64
+    Image.fromarray(small).save(tmp_path / "a.png")
+    Image.fromarray(big).save(tmp_path / "b.jpg")
+    res = _cli("predict", "--model", out, tmp_path / "a.png", tmp_path / "b.jpg", "--out", tmp_path / "pred", "--overlay")
+    assert res.exit_code == 0, res.output
+    ma = Image.open(tmp_path / "pred" / "a_mask.png")
+    mb = Image.open(tmp_path / "pred" / "b_mask.png")
+    assert ma.mode == "P" and ma.size == (SIZE, SIZE) and mb.size == (128, 50)
+    pal = np.array(ma.getpalette()[:21]).reshape(7, 3)
+    assert [tuple(c) for c in pal] == [tuple(c) for c in manifest["palette"]]
+    assert Image.open(tmp_path / "pred" / "b_overlay.png").size == (128, 50)
+    # same classes as the runner gives directly
+    from segclip.runtime import load_runner
+
+    with load_runner(out) as r:
+        assert np.array_equal(np.asarray(ma), r.infer(small[None])["mask"][0])
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    res = _cli("predict", "--model", out, tmp_path / "bad.png", "--out", tmp_path / "pred")
+    assert_one_error(res, 2, "bad.png")

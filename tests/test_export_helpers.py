@@ -1,0 +1,106 @@
+"""Shared fixtures of the export/runtime tests (imported by test_export*.py and test_runtime*.py).
+
+``trained_ckpt``: the small preset fine-tuned for a few steps on rendered sample scenes, so class maps
+are decided by clear margins (an untrained model has near-ties in its argmax, which would make a
+parity test measure noise).  ``export_dir``: one FP32 + FP16 export of it at 64x64, shared.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import segclip.runtime  # noqa: F401  (maps segclip.export in a source checkout)
+
+SIZE = 64
+
+
+def rendered_scenes(n: int, size: int = 128, seed: int = 5):
+    """(images N x S x S x 3 uint8, labels N x S x S int64 with 255 = ignore) from the sample renderer,
+    or deterministic synthetic scenes with class-coloured shapes when it is not available."""
+    try:
+        from segclip.data.sample import render_scene
+
+        imgs, labs = [], []
+        for i in range(n):
+            im, lb = render_scene(np.random.default_rng([seed, i]), size, urban=i % 2 == 0)
+            imgs.append(im)
+            labs.append(lb)
+        labs = np.stack(labs).astype(np.int64)
+        return np.stack(imgs), np.where(labs == 0, 255, labs - 1)
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        colours = rng.integers(0, 256, (7, 3))
+        imgs = np.zeros((n, size, size, 3), np.uint8)
+        labs = np.zeros((n, size, size), np.int64)
+        for i in range(n):
+            for _ in range(6):
+                k = int(rng.integers(0, 7))
+                y, x = rng.integers(0, size - 8, 2)
+                hh, ww = rng.integers(8, size // 2, 2)
+                imgs[i, y:y + hh, x:x + ww] = colours[k]
+                labs[i, y:y + hh, x:x + ww] = k
+        return imgs, labs
+
+
+def finetune(model, steps: int = 20, size: int = SIZE, seed: int = 0):
+    """A few steps of per-pixel cross-entropy on the semantic scores (enough to separate classes)."""
+    import torch.nn.functional as F
+
+    from segclip.modeling import semantic_scores
+
+    imgs, labs = rendered_scenes(16)
+    imgs, labs = torch.from_numpy(imgs), torch.from_numpy(labs)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, len(imgs), (4,), generator=g)
+        y0, x0 = torch.randint(0, imgs.shape[1] - size + 1, (2,), generator=g).tolist()
+        x, y = imgs[idx, y0:y0 + size, x0:x0 + size], labs[idx, y0:y0 + size, x0:x0 + size]
+        logits, masks = model(x)[-1]
+        sc = semantic_scores(logits, masks, x.shape[1:3])
+        p = sc.clamp_min(1e-6) / sc.sum(1, keepdim=True).clamp_min(1e-6)
+        loss = F.nll_loss(torch.log(p), y, ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory):
+    from conftest import LOVEDA_PALETTE, make_small_model
+    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+
+    path = tmp_path_factory.mktemp("trained") / "small_trained.pt"
+    model = finetune(make_small_model(seed=1))
+    atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample", train_config={"crop_size": SIZE}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def export_dir(trained_ckpt, tmp_path_factory):
+    """FP32 + FP16 export (64x64, dynamic batch 1..4) of ``trained_ckpt``; returns (dir, manifest)."""
+    from segclip.export import export
+
+    out = tmp_path_factory.mktemp("export") / "export"
+    manifest = export(trained_ckpt, out, fp16=True, batch=(1, 2, 4), parity_images=4, log=lambda *a: None)
+    return out, manifest
+
+
+def assert_one_error(result, code: int, *needles: str) -> str:
+    """A CLI failure: the exit code, exactly one ``error:`` line, no traceback; returns the line."""
+    out = result.output
+    assert result.exit_code == code, (result.exit_code, out, result.exception)
+    assert "Traceback" not in out, out
+    errs = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errs) == 1, out
+    for n in needles:
+        assert n in errs[0], errs[0]
+    return errs[0]
+
+
+def images(n: int, size: int = SIZE, seed: int = 11) -> np.ndarray:
+    imgs, _ = rendered_scenes(n, 128, seed)
+    return np.ascontiguousarray(imgs[:, 20:20 + size, 30:30 + size])
