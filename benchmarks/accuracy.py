@@ -35,7 +35,10 @@ def parse_data(data):
 
 def load_items(data, limit: int, classes) -> tuple:
     """(list of {"image", "mask"}, description) for the first ``limit`` items of the split."""
-    from segclip.data import build_dataset
+    try:
+        from segclip.data import build_dataset
+    except ImportError as e:
+        raise SegclipError(f"--data: segclip.data.build_dataset is not available in this install ({e})") from None
 
     name, root, split = parse_data(data)
     ds = build_dataset(name, root, split)

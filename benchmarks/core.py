@@ -438,10 +438,11 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     names = parse_backends(backends if backends is not None else (QUICK_BACKENDS if quick else None))
     batches = parse_ints(batches, "batch") or (1,)
     if quick:
-        batches = batches[:1] if backends is not None and batches != (1, 4, 8) else (1,)
+        batches = batches[:1]
     concurrency = parse_ints(concurrency, "concurrency")
     size_list = parse_sizes(sizes)
     given_urls = parse_triton_urls(triton_url)
+    data_spec = acc.parse_data(data)
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -479,7 +480,9 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
         machine = machine_info(threads)
         log(f"machine: {describe_machine(machine)}")
 
-        data_desc = None
+        data_items = data_desc = None
+        if data_spec is not None:
+            data_items, data_desc = acc.load_items(data_spec, limit, sources.classes)
         order = sorted(names, key=lambda n: (n != REFERENCE, BACKENDS[n].source == "triton"))
         rows, load = [], []
         for si, size in enumerate(size_list):
@@ -492,8 +495,8 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                     export = sources.export_for(size)
                 except SegclipError as e:
                     export = e
-            if data is not None:
-                items, data_desc = acc.load_items(data, limit, sources.classes)
+            if data_items is not None:
+                items = data_items
             else:
                 items, data_desc = acc.random_items(min(limit, 4), h, w), "random uint8 images (no labels: pixel agreement only)"
             ref_preds = ref_miou = None
@@ -523,6 +526,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
             triton_names = [n for n in order if BACKENDS[n].source == "triton"]
             if triton_names:
                 with triton_endpoints(given_urls, export, work_dir, size, threads, log, env=triton_env) as urls:
+                    served = set()  # protocols whose latency rows ran: the sweep goes only there
                     for name in triton_names:
                         spec = BACKENDS[name]
                         runner, why = make_runner(spec, settings, sources, size, export, urls)
@@ -533,11 +537,13 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                         r_rows, preds = bench_runner(runner, spec, size, batches, timing, items, log)
                         _fill_accuracy(r_rows, preds, items, ref_preds, ref_miou, len(sources.classes), sources.classes)
                         size_rows += r_rows
+                        if any(r["status"] == "ok" for r in r_rows):
+                            served.add(spec.protocol)
                     if si == 0 and concurrency and not quick:
                         inputs = random_batches(1, h, w, count=timing["inputs"], seed=7)
                         expected = _local_masks(export, inputs, threads)
                         for proto in ("grpc", "http"):
-                            if f"triton-{proto}" in names and urls.get(proto):
+                            if proto in served:
                                 log(f"Triton {proto} concurrency sweep {','.join(map(str, concurrency))} at {h}x{w}")
                                 from .triton_load import sweep
 
@@ -557,7 +563,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                 "concurrency": list(concurrency), "quick": bool(quick), "device": device, "threads": threads,
                 "warmup": timing["warmup"], "min_reps": timing["min_reps"], "budget_s": timing["budget_s"],
                 "distinct_inputs": timing["inputs"], "triton_url": given_urls or None, "triton_shm": triton_shm,
-                "data": data if isinstance(data, (str, type(None))) else ":".join(map(str, data)),
+                "data": None if data_spec is None else ":".join(data_spec),
                 "accuracy_images": data_desc, "accuracy_method": acc.TILING,
                 "latency": "host uint8 in -> host arrays out, perf_counter around runner.infer; warm-up excluded; "
                            "CUDA synchronised before each call when initialised",

@@ -90,9 +90,10 @@ class Timing:
     def throughput_ips(self) -> Optional[float]:
         """Images per second of this single stream: images processed / summed call time
         (= batch / mean latency)."""
-        if not self.reps or self.wall_s <= 0:
+        total_s = math.fsum(self.samples_ms) / 1e3
+        if not self.reps or total_s <= 0:
             return None
-        return round(self.batch * self.reps / self.wall_s, 3)
+        return round(self.batch * self.reps / total_s, 3)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -124,7 +125,7 @@ def measure(fn: Callable, inputs: Sequence[np.ndarray], *, warmup: int = 3, min_
         i += 1
     # throughput counts only the timed calls (not the loop's own sync/bookkeeping)
     wall = math.fsum(samples) / 1e3
-    return Timing(batch=int(inputs[0].shape[0]), reps=len(samples), warmup=max(0, warmup), wall_s=round(wall, 4),
+    return Timing(batch=int(inputs[0].shape[0]), reps=len(samples), warmup=max(0, warmup), wall_s=round(wall, 6),
                   samples_ms=samples)
 
 

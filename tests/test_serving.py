@@ -8,7 +8,6 @@ there is none at all.  Small preset, 64 px, max batch 4.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal

@@ -1,0 +1,309 @@
+"""``segclip benchmark`` / ``segclip.benchmarks``: end to end on the small preset at 64 px with a tiny
+time budget.  Checks the report's documented JSON schema (benchmarks/README.md), the status rows of
+backends that cannot run here, the files, and the Triton concurrency sweep against a real server
+(skipped only when no Triton server env exists).  No timing assertions: only that numbers exist.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import segclip.runtime  # noqa: F401  (maps segclip.export/serving/benchmarks in a source checkout)
+
+SIZE = 64
+FAST = dict(reps=2, warmup=1, budget_s=0.0, threads=2, limit=2, plot=True)
+
+# the documented schema, written out independently of benchmarks/report.py
+NUM, OPT_NUM = (int, float), (int, float, type(None))
+OPT_STR, OPT_INT = (str, type(None)), (int, type(None))
+ROW_SCHEMA = {
+    "backend": str, "name": OPT_STR, "precision": OPT_STR, "status": str, "device": OPT_STR, "artifact": OPT_STR,
+    "size_mb": OPT_NUM, "batch": OPT_INT, "height": OPT_INT, "width": OPT_INT, "p50_ms": OPT_NUM, "p90_ms": OPT_NUM,
+    "p99_ms": OPT_NUM, "mean_ms": OPT_NUM, "reps": OPT_INT, "throughput_ips": OPT_NUM, "speedup_vs_torch": OPT_NUM,
+    "miou": OPT_NUM, "pixel_agreement": OPT_NUM, "miou_delta": OPT_NUM, "accuracy_images": OPT_INT, "notes": OPT_STR,
+}
+LOAD_SCHEMA = {
+    "protocol": str, "url": str, "tool": str, "status": str, "concurrency": int, "batch": int, "requests": OPT_INT,
+    "failures": int, "throughput_ips": OPT_NUM, "duration_s": OPT_NUM, "p50_ms": OPT_NUM, "p90_ms": OPT_NUM,
+    "p99_ms": OPT_NUM, "mean_ms": OPT_NUM, "server_queue_ms": OPT_NUM, "server_compute_ms": OPT_NUM,
+    "server_compute_input_ms": OPT_NUM, "server_compute_infer_ms": OPT_NUM, "server_compute_output_ms": OPT_NUM,
+    "server_batches": OPT_INT, "server_mean_batch": OPT_NUM, "output_checks": int, "output_mismatches": int,
+    "output_min_agreement": OPT_NUM, "errors": list,
+}
+
+
+def assert_schema(report: dict) -> None:
+    from segclip.benchmarks import check_report
+
+    for k in ("schema_version", "machine", "config", "rows", "triton_load", "summary", "table"):
+        assert k in report, k
+    m = report["machine"]
+    for k in ("cpu", "cpu_cores", "gpu", "threads", "versions", "load_average"):
+        assert k in m, k
+    for k in ("torch", "onnxruntime", "tensorrt", "tritonclient", "segclip", "python"):
+        assert k in m["versions"], k
+    assert m["versions"]["segclip"] and m["versions"]["torch"]
+    assert isinstance(m["cpu"], str) and m["cpu_cores"]["usable"] >= 1
+    for k in ("backends", "batches", "sizes", "threads", "warmup", "min_reps", "accuracy_method", "latency"):
+        assert k in report["config"], k
+    for i, row in enumerate(report["rows"]):
+        assert set(ROW_SCHEMA) <= set(row), (i, set(ROW_SCHEMA) - set(row))
+        for k, t in ROW_SCHEMA.items():
+            assert isinstance(row[k], t) and not isinstance(row[k], bool), (i, k, row[k])
+        st = row["status"]
+        assert st == "ok" or st.split(": ", 1)[0] in ("unavailable", "failed", "skipped") and len(st.split(": ", 1)[1]) > 5, st
+        if st == "ok":
+            for k in ("batch", "height", "width", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "reps"):
+                assert row[k] is not None and row[k] > 0, (k, row)
+            assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    for i, row in enumerate(report["triton_load"]):
+        assert set(LOAD_SCHEMA) <= set(row), (i, set(LOAD_SCHEMA) - set(row))
+        for k, t in LOAD_SCHEMA.items():
+            assert isinstance(row[k], t) and not isinstance(row[k], bool), (i, k, row[k])
+    assert check_report(report) == []
+    json.dumps(report)  # plain JSON all the way down
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def export_dir(small_checkpoint, tmp_path_factory):
+    from segclip.export import export
+
+    d = tmp_path_factory.mktemp("bench") / "export"
+    export(small_checkpoint, d, fp16=True, size=SIZE, batch=(1, 1, 4), parity_images=2, log=lambda *a, **k: None)
+    return d
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory):
+    """DATASET:ROOT:SPLIT of a tiny labelled sample set (96 px images: tiled into 64 px windows)."""
+    try:
+        from segclip.data import build_dataset  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"segclip.data.build_dataset is not available yet ({e})")
+    from segclip.data.sample import generate_sample_dataset
+
+    root = tmp_path_factory.mktemp("bench_sample") / "sample"
+    generate_sample_dataset(root, num_train=1, num_val=2, size=96)
+    return f"sample:{root}:val"
+
+
+# ---- end to end -------------------------------------------------------------------------------------
+def test_cli_end_to_end_schema_files_and_unavailable_rows(export_dir, sample_data, tmp_path):
+    from click.testing import CliRunner
+
+    from segclip.cli import main
+
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(main, [
+        "benchmark", str(export_dir), "--backends", "torch,onnxruntime,onnxruntime-fp16,tensorrt",
+        "--batch", "1,2", "--reps", "2", "--warmup", "1", "--budget", "0", "--threads", "2", "--limit", "2",
+        "--data", sample_data, "--out", str(out)])
+    assert res.exit_code == 0, res.output + str(res.exception)
+    report = json.loads((out / "benchmark.json").read_text())
+    assert_schema(report)
+    rows = report["rows"]
+    by = {}
+    for r in rows:
+        by.setdefault(r["backend"], []).append(r)
+    assert set(by) == {"torch", "onnxruntime", "onnxruntime-fp16", "tensorrt"}
+    for b in ("torch", "onnxruntime", "onnxruntime-fp16"):
+        assert [r["batch"] for r in by[b]] == [1, 2] and all(r["status"] == "ok" for r in by[b]), by[b]
+        for r in by[b]:
+            assert (r["height"], r["width"]) == (SIZE, SIZE)
+            assert 0 <= r["miou"] <= 100 and 0.9 <= r["pixel_agreement"] <= 1 and r["accuracy_images"] == 2
+            assert r["speedup_vs_torch"] > 0 and r["size_mb"] > 0
+    assert by["onnxruntime-fp16"][0]["precision"] == "fp16" and by["onnxruntime"][0]["precision"] == "fp32"
+    for r in by["torch"]:  # the reference agrees with itself
+        assert r["pixel_agreement"] == 1.0 and r["miou_delta"] == 0.0 and r["speedup_vs_torch"] == 1.0
+    if not _gpu():  # no GPU: one status row with the reason, not a crash
+        (trt,) = by["tensorrt"]
+        assert trt["status"].startswith("unavailable: ") and "GPU" in trt["status"], trt["status"]
+        assert trt["p50_ms"] is None and trt["batch"] is None
+        assert "tensorrt" in report["summary"]["unavailable"]
+    # files: CSV with the row columns, a PNG, the table on stdout
+    with open(out / "benchmark.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(rows) and set(ROW_SCHEMA) <= set(csv_rows[0])
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "onnxruntime-fp16" in res.stdout and "p50 ms" in res.stdout and "unavailable" in res.stdout
+    assert report["config"]["data"] == sample_data and report["config"]["threads"] == 2
+    s = report["summary"]
+    assert s["size"] == f"{SIZE}x{SIZE}" and s["batch"] == 1 and s["fastest"] in by
+    assert s["backends"]["onnxruntime"]["speedup_vs_torch"] > 0
+
+
+def test_quick_api_as_the_quickstart_calls_it(export_dir, sample_data, tmp_path):
+    from segclip.benchmarks import QUICK_BACKENDS, run_benchmark
+
+    report = run_benchmark(export_dir, out=tmp_path / "q", data=sample_data, quick=True, log=None)
+    assert_schema(report)
+    assert [(r["backend"], r["batch"], r["status"]) for r in report["rows"]] == [(b, 1, "ok") for b in QUICK_BACKENDS]
+    assert report["triton_load"] == [] and report["config"]["quick"] is True
+    s = report["summary"]
+    assert set(s["backends"]) == set(QUICK_BACKENDS)
+    assert all(v["miou"] is not None and v["pixel_agreement"] is not None for v in s["backends"].values())
+    json.dumps(s)
+    assert (tmp_path / "q" / "benchmark.json").is_file()
+
+
+def test_checkpoint_source_and_other_size_export_on_demand(small_checkpoint, export_dir, tmp_path):
+    """A checkpoint is exported for the benchmark; a fixed-size export is re-exported (from its
+    checkpoint) for another size; without --data accuracy is pixel agreement on random images."""
+    from segclip.benchmarks import run_benchmark
+
+    out = tmp_path / "b"
+    report = run_benchmark(export_dir, out=out, backends="onnxruntime", sizes=[SIZE, 96], batches=[1], log=None, **FAST)
+    assert_schema(report)
+    assert [(r["height"], r["status"]) for r in report["rows"]] == [(SIZE, "ok"), (96, "ok")]
+    assert (out / "exports" / "96x96" / "manifest.json").is_file() and not (out / "exports" / f"{SIZE}x{SIZE}").exists()
+    assert all(r["pixel_agreement"] is not None and r["miou"] is None for r in report["rows"])  # torch reference, no labels
+
+    out2 = tmp_path / "c"
+    report = run_benchmark(small_checkpoint, out=out2, backends="torch,onnxruntime", sizes=SIZE, batches=1, log=None, **FAST)
+    assert [r["status"] for r in report["rows"]] == ["ok", "ok"]
+    assert (out2 / "exports" / f"{SIZE}x{SIZE}" / "model.onnx").is_file()
+
+
+def test_status_rows_instead_of_crashes(export_dir, tmp_path):
+    from segclip.benchmarks import run_benchmark
+
+    # an export whose checkpoint is not on this machine: no torch reference, a reason
+    moved = tmp_path / "moved"
+    shutil.copytree(export_dir, moved)
+    m = json.loads((moved / "manifest.json").read_text())
+    m["source"]["checkpoint"] = str(tmp_path / "gone.pt")
+    (moved / "manifest.json").write_text(json.dumps(m))
+    url = "grpc://127.0.0.1:1/segclip_python"  # nothing listens on port 1
+    report = run_benchmark(moved, out=tmp_path / "o", backends="torch,onnxruntime,triton-grpc,triton-http", batches=[1, 8],
+                           triton_url=url, concurrency=[1], log=None, **FAST)
+    assert_schema(report)
+    st = {(r["backend"], r["batch"]): r["status"] for r in report["rows"]}
+    assert st[("torch", None)].startswith("unavailable: ") and "gone.pt" in st[("torch", None)]
+    assert st[("onnxruntime", 1)] == "ok"
+    assert st[("onnxruntime", 8)] == "ok"  # ONNX takes any batch
+    assert st[("triton-grpc", None)].startswith("unavailable: ") and "127.0.0.1:1" in st[("triton-grpc", None)]
+    assert st[("triton-http", None)].startswith("unavailable: ") and "http://" in st[("triton-http", None)]
+    ort = [r for r in report["rows"] if r["backend"] == "onnxruntime"]
+    assert all(r["speedup_vs_torch"] is None and r["miou_delta"] is None for r in ort)
+
+
+def test_cli_rejects_bad_arguments(export_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from segclip.cli import main
+
+    for args, words in ((["--backends", "torch,nope"], "unknown backend 'nope'"), (["--size", "100"], "multiples of 32"),
+                        (["--batch", "0"], ">= 1"), (["--data", "sample"], "DATASET:ROOT:SPLIT")):
+        res = CliRunner().invoke(main, ["benchmark", str(export_dir), "--out", str(tmp_path / "x"), *args])
+        assert res.exit_code == 2 and words in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+
+
+# ---- pieces -----------------------------------------------------------------------------------------
+def test_timing_rules():
+    from segclip.benchmarks.timing import measure, random_batches
+
+    xs = random_batches(2, 32, 32, count=3)
+    assert len({x.tobytes() for x in xs}) == 3 and all(x.min() >= 1 and x.dtype == np.uint8 for x in xs)
+    seen = []
+    t = measure(lambda x: seen.append(x), xs, warmup=2, min_reps=5, budget_s=0.0)
+    assert t.reps == 5 and len(seen) == 7 and t.warmup == 2 and t.batch == 2
+    assert {id(x) for x in seen} == {id(x) for x in xs}  # inputs rotated
+    d = t.to_dict()
+    assert d["p50_ms"] <= d["p90_ms"] <= d["p99_ms"] and d["throughput_ips"] > 0
+
+
+def test_flop_counts_agree(export_dir):
+    """The ONNX graph count (used by the targets) and torch's FlopCounterMode agree."""
+    from segclip.benchmarks.flops import onnx_flops, torch_flops
+    from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from segclip.export import read_manifest
+    from segclip.modeling import SegCLIPInference
+
+    g = onnx_flops(export_dir / "model.onnx", batch=1)
+    assert g["num_unknown"] == 0 and g["flops"] > 0 and {"Conv", "MatMul"} <= set(g["by_op_gflops"])
+    ck = load_checkpoint(read_manifest(export_dir)["source"]["checkpoint"])
+    t = torch_flops(SegCLIPInference(model_from_checkpoint(ck)), SIZE, SIZE)
+    assert abs(g["flops"] - t["flops"]) / t["flops"] < 0.02, (g, t)
+
+
+# ---- Triton -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server_env():
+    from segclip.serving.env import env_candidate, find_server_env
+
+    path, source = env_candidate()
+    if not path.exists():
+        pytest.skip(f"no Triton server env at {path} ({source}); create one with `segclip serve-env`")
+    return find_server_env()
+
+
+@pytest.fixture(scope="module")
+def triton(export_dir, server_env, tmp_path_factory):
+    from segclip.serving.repo import build_repository
+    from segclip.serving.server import TritonServer, free_ports
+
+    repo = tmp_path_factory.mktemp("bench_repo") / "repo"
+    build_repository(export_dir, repo, queue_delay_us=2000, intra_op_threads=2)
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, env=server_env.path, native=False,
+                      startup_timeout=180) as srv:
+        yield srv
+
+
+def test_triton_rows_and_concurrency_sweep(triton, export_dir, tmp_path):
+    from segclip.benchmarks import run_benchmark
+
+    model = triton.models[0]
+    urls = [triton.model_url(model, "grpc"), triton.model_url(model, "http")]
+    report = run_benchmark(export_dir, out=tmp_path / "t", backends="onnxruntime,triton-grpc,triton-http", batches=[1],
+                           concurrency=[1, 3], triton_url=urls, load_duration_s=1.0, log=None, **FAST)
+    assert_schema(report)
+    rows = {r["backend"]: r for r in report["rows"]}
+    for b in ("triton-grpc", "triton-http"):
+        assert rows[b]["status"] == "ok" and rows[b]["pixel_agreement"] == 1.0, rows[b]
+    load = report["triton_load"]
+    assert [(r["protocol"], r["concurrency"]) for r in load] == [("grpc", 1), ("grpc", 3), ("http", 1), ("http", 3)]
+    for r in load:
+        assert r["status"] == "ok" and r["failures"] == 0 and r["requests"] >= 2 * r["concurrency"], r
+        assert r["output_checks"] >= 1 and r["output_mismatches"] == 0 and r["output_min_agreement"] == 1.0, r
+        assert r["server_queue_ms"] is not None and r["server_compute_ms"] > 0 and r["server_batches"] >= 1, r
+        assert r["throughput_ips"] > 0 and r["p50_ms"] <= r["p99_ms"]
+    assert report["summary"]["triton_best"]["throughput_ips"] > 0 and report["summary"]["triton_failures"] == 0
+    assert (tmp_path / "t" / "triton_load.csv").is_file()
+
+
+def test_benchmark_starts_its_own_server(export_dir, server_env, tmp_path, monkeypatch):
+    """No --triton-url: the benchmark builds a repository from the export and serves it itself."""
+    from segclip.benchmarks import run_benchmark
+    from segclip.serving.server import process_group_pids
+
+    monkeypatch.setenv("SEGCLIP_TRITON_ENV", str(server_env.path))
+    started = []
+    import segclip.serving.server as srv_mod
+
+    orig = srv_mod.TritonServer.start
+
+    def spy(self):
+        out = orig(self)
+        started.append(self.pid)
+        return out
+
+    monkeypatch.setattr(srv_mod.TritonServer, "start", spy)
+    report = run_benchmark(export_dir, out=tmp_path / "s", backends="triton-grpc", batches=[1], concurrency=[2],
+                           load_duration_s=0.5, log=None, **FAST)
+    assert_schema(report)
+    assert report["rows"][0]["status"] == "ok" and report["rows"][0]["pixel_agreement"] == 1.0
+    assert [r["status"] for r in report["triton_load"]] == ["ok"]
+    assert started and all(process_group_pids(p) == [] for p in started)  # the server is gone afterwards
+
+
+def _gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
