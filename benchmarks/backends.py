@@ -27,6 +27,7 @@ class BackendSpec:
     protocol: Optional[str] = None  # for source == "triton"
     options: Callable = field(default=lambda ctx: {})  # ctx -> load_runner options
     cpu_threads: bool = False  # runs on this host's CPU with the benchmark's thread count
+    probe: Optional[Callable] = None  # ctx -> None, or why this backend cannot run on this machine at all
     description: str = ""
 
 
@@ -42,6 +43,12 @@ def _trt_opts(ctx) -> dict:
     return {}
 
 
+def _trt_probe(ctx) -> Optional[str]:
+    from segclip.export.tensorrt import trt_unavailable_reason
+
+    return trt_unavailable_reason()
+
+
 def _triton_opts(ctx) -> dict:
     return {"shm": ctx.triton_shm}
 
@@ -53,7 +60,7 @@ BACKENDS = {
                                description="ONNX Runtime, FP32 model.onnx"),
     "onnxruntime-fp16": BackendSpec("onnxruntime-fp16", "artifact", artifact="onnx_fp16", options=_ort_opts, cpu_threads=True,
                                     description="ONNX Runtime, mixed-precision FP16 model_fp16.onnx"),
-    "tensorrt": BackendSpec("tensorrt", "artifact", artifact="tensorrt", options=_trt_opts,
+    "tensorrt": BackendSpec("tensorrt", "artifact", artifact="tensorrt", options=_trt_opts, probe=_trt_probe,
                             description="TensorRT engine (NVIDIA GPU)"),
     "triton-grpc": BackendSpec("triton-grpc", "triton", protocol="grpc", options=_triton_opts,
                                description="Triton Inference Server over gRPC"),
@@ -94,7 +101,8 @@ def artifact_problem(manifest: Optional[dict], key: str) -> Optional[str]:
         return None
     art = (manifest.get("artifacts") or {}).get(key)
     if not isinstance(art, dict):
-        return f"the export has no {key} artifact"
+        flag = {"onnx_fp16": " --fp16", "tensorrt": " --trt"}.get(key, "")
+        return f"the export has no {key} artifact (re-export with segclip export{flag}, or benchmark the run directory)"
     status = str(art.get("status", "ok"))
     if status in ("ok", "passed", "failed"):  # failed parity: measured anyway, flagged in the notes
         return None

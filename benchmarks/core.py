@@ -235,6 +235,9 @@ def make_runner(spec, settings: Settings, sources: Sources, size, export, triton
     from segclip.runtime import load_runner
 
     try:
+        why = spec.probe(settings) if spec.probe else None
+        if why:
+            return None, why
         if spec.source == "checkpoint":
             if sources.checkpoint is None:
                 return None, sources.checkpoint_problem

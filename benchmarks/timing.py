@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
@@ -81,10 +82,21 @@ class Timing:
     warmup: int
     wall_s: float
     samples_ms: list = field(repr=False, default_factory=list)
+    foreign: list = field(repr=False, default_factory=list)  # per sample: CPU share of other processes (or None)
 
     @property
     def stats(self) -> dict:
         return percentiles(self.samples_ms)
+
+    def clean(self, max_foreign: float = 0.15, min_samples: int = 3) -> Optional[dict]:
+        """Percentiles of the samples during which other processes took at most ``max_foreign`` of
+        the machine's CPU time (None when fewer than ``min_samples`` qualify or nothing was metered)."""
+        keep = [s for s, f in zip(self.samples_ms, self.foreign) if f is not None and f <= max_foreign]
+        if len(keep) < min_samples:
+            return None
+        d = percentiles(keep)
+        d["reps"] = len(keep)
+        return d
 
     @property
     def throughput_ips(self) -> Optional[float]:
@@ -98,6 +110,8 @@ class Timing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("samples_ms")
+        fr = [f for f in d.pop("foreign") if f is not None]
+        d["foreign_cpu_mean"] = round(float(np.mean(fr)), 4) if fr else None
         d.update(self.stats)
         d["throughput_ips"] = self.throughput_ips
         return d
@@ -127,6 +141,99 @@ def measure(fn: Callable, inputs: Sequence[np.ndarray], *, warmup: int = 3, min_
     wall = math.fsum(samples) / 1e3
     return Timing(batch=int(inputs[0].shape[0]), reps=len(samples), warmup=max(0, warmup), wall_s=round(wall, 6),
                   samples_ms=samples)
+
+
+class CpuMeter:
+    """How much CPU *other* processes took while a call ran (Linux ``/proc``; None elsewhere).
+
+    ``foreign share`` = (machine busy time - time of our processes) / machine total time over the
+    call, from ``/proc/stat`` and ``/proc/<pid>/stat``.  "Our processes" are this one plus whatever
+    ``own_pids()`` returns (e.g. a Triton server doing the work).  A timed call during which other
+    jobs took a large share of the CPUs measured the neighbours as much as the code: on a shared
+    machine such samples can be reported apart (``Timing`` keeps the share per sample)."""
+
+    def __init__(self, own_pids: Optional[Callable] = None):
+        self.own_pids = own_pids or (lambda: [])
+        self.ok = os.path.exists("/proc/stat")
+
+    @staticmethod
+    def _machine():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v[:8]) - idle, sum(v[:8])
+
+    @staticmethod
+    def _proc(pid) -> int:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime (all threads)
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    def snapshot(self):
+        if not self.ok:
+            return None
+        busy, total = self._machine()
+        own = self._proc("self") + sum(self._proc(p) for p in self.own_pids())
+        return busy, total, own
+
+    @staticmethod
+    def foreign_share(a, b) -> Optional[float]:
+        if a is None or b is None:
+            return None
+        d_total = b[1] - a[1]
+        if d_total <= 0:
+            return None
+        return max(0.0, min(1.0, ((b[0] - a[0]) - (b[2] - a[2])) / d_total))
+
+
+def measure_interleaved(fns: dict, inputs: Sequence[np.ndarray], *, warmup: int = 1, min_rounds: int = 5,
+                        per_round: int = 1, budget_s: float = 0.0, gap_s: float = 0.3, sync: Callable = cuda_sync,
+                        meter: Optional[CpuMeter] = None, log=None) -> dict:
+    """Time several callables on the same inputs in alternating rounds: {name: Timing}.
+
+    For A/B ratios on a shared machine: load that comes and goes hits every contender alike instead
+    of whichever happened to run then.  Each round runs ``per_round`` calls of each callable, in an
+    order reversed every other round (no position bias); at least ``min_rounds`` rounds, then more
+    until ``budget_s`` is spent.  Warm-up calls (per callable) are excluded.  ``gap_s`` of idle time
+    precede every timed call: runtimes keep their worker threads spinning for a while after a call
+    (ONNX Runtime's intra-op pool, OpenMP), which would otherwise steal the cores from the *other*
+    runtime's next call - a penalty no single-runtime deployment pays.  Each sample also records
+    the CPU share other processes took during it (``Timing.foreign``)."""
+    names = list(fns)
+    n_in = len(inputs)
+    meter = meter or CpuMeter()
+    for name in names:
+        for i in range(max(0, warmup)):
+            fns[name](inputs[i % n_in])
+    sync()
+    samples = {n: [] for n in names}
+    foreign = {n: [] for n in names}
+    deadline = time.perf_counter() + max(0.0, budget_s)
+    r = 0
+    while r < min_rounds or time.perf_counter() < deadline:
+        for name in (names if r % 2 == 0 else names[::-1]):
+            for k in range(per_round):
+                x = inputs[(r * per_round + k) % n_in]
+                if gap_s > 0:
+                    time.sleep(gap_s)
+                sync()
+                a = meter.snapshot()
+                t0 = time.perf_counter()
+                fns[name](x)
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+                foreign[name].append(CpuMeter.foreign_share(a, meter.snapshot()))
+        r += 1
+        if log:
+            log(f"    round {r}: " + ", ".join(
+                f"{n} {samples[n][-1]:.0f} ms" + (f" (others {100 * foreign[n][-1]:.0f}% CPU)" if foreign[n][-1] is not None else "")
+                for n in names))
+    batch = int(inputs[0].shape[0])
+    return {n: Timing(batch=batch, reps=len(s), warmup=max(0, warmup), wall_s=round(math.fsum(s) / 1e3, 6), samples_ms=s,
+                      foreign=foreign[n])
+            for n, s in samples.items()}
 
 
 def gemm_rate(threads: Optional[int] = None, n: int = 4096, reps: int = 5, budget_s: float = 20.0) -> dict:

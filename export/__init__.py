@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import GateFailed, SegclipError
-from ..signature import MASK_NAME, SCORES_NAME, Signature, default_palette
+from ..signature import SCORES_NAME, Signature, default_palette
 from .manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, manifest_signature, public_mode, read_manifest,
                        sha256_file, write_manifest)
 
@@ -235,9 +235,13 @@ class Exporter:
         self.out = Path(self.out_dir) if self.out_dir else default_out_dir(self.source)
         if self.out.exists() and not self.out.is_dir():
             raise SegclipError(f"{self.out}: exists and is not a directory; choose another --out")
-        if _nonempty(self.out) and not self.force:
-            what = MANIFEST_NAME if (self.out / MANIFEST_NAME).is_file() else "files"
-            raise SegclipError(f"{self.out} already holds an export ({what}); pass --force to replace it or choose another --out")
+        if _nonempty(self.out):
+            if not (self.out / MANIFEST_NAME).is_file():
+                raise SegclipError(f"{self.out} is not empty and is not a segclip export (no {MANIFEST_NAME}); "
+                                   f"refusing to replace it{' even with --force' if self.force else ''}: choose another --out")
+            if not self.force:
+                raise SegclipError(f"{self.out} already holds an export ({MANIFEST_NAME}); pass --force to replace it "
+                                   f"or choose another --out")
         if not (self.onnx or self.fp16 or self.trt):
             raise SegclipError("nothing to export: give --onnx, --fp16 and/or --trt")
         for name in ("fp32_threshold", "fp16_threshold"):

@@ -41,6 +41,7 @@ from ..signature import INPUT_NAME
 
 OVERFLOW_LIMIT = 3.0e4
 FP16_TINY = 5.96e-8  # smallest FP16 subnormal
+RANGE_PASS_BUDGET = 2 << 30  # bytes of exposed activations per range-pass session and image
 
 FP32_OP_TYPES = {
     "LayerNormalization": "normalisation: mean/variance reductions lose precision and can overflow in FP16",
@@ -73,45 +74,69 @@ def _float_tensors(model) -> list:
     return names
 
 
-def activation_ranges(model, images: np.ndarray) -> dict:
+def _nbytes(vi, batch: int = 1) -> int:
+    dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+    if dims:
+        dims[0] = max(dims[0], batch)
+    return int(np.prod(dims, dtype=np.int64)) * 4
+
+
+def activation_ranges(model, images: np.ndarray, budget_bytes: int = RANGE_PASS_BUDGET) -> dict:
     """Run the FP32 graph on ``images`` (N x H x W x 3 uint8, one at a time) with every intermediate
-    float tensor exposed; per tensor: max |finite value|, smallest non-zero |value|, has -/+inf."""
+    float tensor exposed; per tensor: max |finite value|, smallest non-zero |value|, has -/+inf.
+
+    The exposed tensors are split into groups of at most ``budget_bytes`` per image (one ORT session
+    per group), so a large model at a large size never holds all its activations at once."""
     import onnx
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    tensors = _float_tensors(m)
-    existing = {o.name for o in m.graph.output}
+    tensors = _float_tensors(model)
+    groups, cur, size = [], [], 0
     for vi in tensors:
-        if vi.name not in existing:
-            m.graph.output.append(vi)
+        b = _nbytes(vi)
+        if cur and size + b > budget_bytes:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(vi)
+        size += b
+    if cur:
+        groups.append(cur)
+    stats = {vi.name: {"max_abs": 0.0, "min_nonzero": float("inf"), "inf": False, "nan": False, "tiny_fraction": 0.0}
+             for vi in tensors}
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    stats = {n: {"max_abs": 0.0, "min_nonzero": float("inf"), "inf": False, "nan": False, "tiny_fraction": 0.0} for n in names}
-    for img in images:
-        outs = sess.run(names, {INPUT_NAME: img[None]})
-        for n, a in zip(names, outs):
-            if a.dtype != np.float32 or a.size == 0:
-                continue
-            s = stats[n]
-            fin = np.isfinite(a)
-            if not fin.all():
-                s["inf"] |= bool(np.isinf(a).any())
-                s["nan"] |= bool(np.isnan(a).any())
-                a = a[fin]
-                if a.size == 0:
+    for group in groups:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        del m.graph.output[:]
+        m.graph.output.extend(group)
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        for img in images:
+            outs = sess.run(names, {INPUT_NAME: img[None]})
+            for n, a in zip(names, outs):
+                if a.dtype != np.float32 or a.size == 0:
                     continue
-            absa = np.abs(a)
-            s["max_abs"] = max(s["max_abs"], float(absa.max()))
-            nz = absa[absa > 0]
-            if nz.size:
-                s["min_nonzero"] = min(s["min_nonzero"], float(nz.min()))
-                s["tiny_fraction"] = max(s["tiny_fraction"], float((nz < FP16_TINY).mean()))
+                _update(stats[n], a)
+        del sess
     return stats
+
+
+def _update(s: dict, a: np.ndarray) -> None:
+    fin = np.isfinite(a)
+    if not fin.all():
+        s["inf"] |= bool(np.isinf(a).any())
+        s["nan"] |= bool(np.isnan(a).any())
+        a = a[fin]
+        if a.size == 0:
+            return
+    absa = np.abs(a)
+    s["max_abs"] = max(s["max_abs"], float(absa.max()))
+    nz = absa[absa > 0]
+    if nz.size:
+        s["min_nonzero"] = min(s["min_nonzero"], float(nz.min()))
+        s["tiny_fraction"] = max(s["tiny_fraction"], float((nz < FP16_TINY).mean()))
 
 
 def _unshare_initializers(model, blocked: set) -> int:

@@ -92,7 +92,6 @@ def make_uint8_io_trt_friendly(model) -> list:
 
     Both rewrites compute the same values.  Returns what was changed.
     """
-    onnx = _onnx()
     from onnx import TensorProto, helper
 
     g = model.graph

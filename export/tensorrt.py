@@ -98,7 +98,12 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
     parser = trt.OnnxParser(network, logger)
     t0 = time.perf_counter()
     if not parser.parse_from_file(str(onnx_path)):
-        errs = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
+        def _desc(e):
+            text = e.desc() if hasattr(e, "desc") else str(e)
+            node = e.node_name() if hasattr(e, "node_name") else ""
+            return (f"{node}: " if node else "") + (text.strip().splitlines() or ["?"])[0]
+
+        errs = "; ".join(_desc(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
         raise SegclipError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse the ONNX graph ({errs})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)

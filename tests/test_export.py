@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_export_helpers import SIZE, assert_one_error, export_dir, images, trained_ckpt  # noqa: F401
+from test_export_helpers import SIZE, assert_one_error, images
+
+pytest_plugins = ["test_export_helpers"]  # one session-wide trained checkpoint and export for all modules
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -65,6 +67,12 @@ def test_onnx_is_checked_standard_and_opset17(export_dir):
         assert {n.domain for n in m.graph.node} <= {"", "ai.onnx"}
         assert all(o.domain in ("", "ai.onnx") for o in m.opset_import)
         assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        # TensorRT converts uint8 only to/from float: the image is cast first, the mask comes from a float cast
+        (first,) = [n for n in m.graph.node if "image" in n.input]
+        assert first.op_type == "Cast"
+        prod = {o: n for n in m.graph.node for o in n.output}
+        last = prod["mask"]
+        assert last.op_type == "Cast" and prod[last.input[0]].op_type == "Cast"
 
 
 def test_metadata_round_trips_and_hashes(export_dir):
@@ -216,18 +224,33 @@ def test_fp16_range_pass_keeps_overflowing_nodes_fp32():
 
 # ---- gates, errors, CLI ----------------------------------------------------------------------------
 def test_failing_gate_exits_1_and_marks_manifest(tmp_path, trained_ckpt):
+    """(Also the --scores export: FP32 scores from both the FP32 and the FP16 graph.)"""
     out = tmp_path / "gated"
-    res = _cli("export", trained_ckpt, "--out", out, "--parity-images", 1, "--fp32-threshold", 1.01)
+    res = _cli("export", trained_ckpt, "--out", out, "--parity-images", 1, "--fp32-threshold", 1.01, "--scores", "--fp16")
     assert_one_error(res, 1, "parity gate failed")
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "failed" and m["artifacts"]["onnx"]["status"] == "failed"
+    assert m["artifacts"]["onnx_fp16"]["status"] == "ok"  # only the gate that was missed fails
     assert (out / "model.onnx").is_file()  # kept
     from segclip.errors import SegclipError
     from segclip.runtime import load_runner
 
     with pytest.raises(SegclipError, match="failed its parity gate"):
         load_runner(out)
-    load_runner(out, allow_failed=True)
+    for fname in ("model.onnx", "model_fp16.onnx"):
+        g = onnx.load(str(out / fname)).graph
+        assert [(o.name, _elem(o)) for o in g.output] == [("mask", onnx.TensorProto.UINT8), ("scores", onnx.TensorProto.FLOAT)]
+    with load_runner(out, allow_failed=True) as r:
+        res = r.infer(images(2))
+    assert r.signature.scores and res["scores"].shape == (2, 7, SIZE, SIZE) and res["scores"].dtype == np.float32
+    assert np.array_equal(res["scores"].argmax(1), res["mask"])
+
+
+def test_force_never_replaces_a_directory_that_is_not_an_export(trained_ckpt):
+    before = sorted(p.name for p in trained_ckpt.parent.iterdir())
+    res = _cli("export", trained_ckpt, "--out", trained_ckpt.parent, "--force")
+    assert_one_error(res, 2, "not a segclip export")
+    assert sorted(p.name for p in trained_ckpt.parent.iterdir()) == before
 
 
 def test_existing_export_refused_with_clear_error(export_dir, trained_ckpt):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_export_helpers import SIZE, assert_one_error, export_dir, images, trained_ckpt  # noqa: F401
+from test_export_helpers import SIZE, assert_one_error, images
+
+pytest_plugins = ["test_export_helpers"]  # one session-wide trained checkpoint and export for all modules
 
 pytest.importorskip("onnxruntime")
 

@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from test_export_helpers import SIZE, images, trained_ckpt  # noqa: F401
+from test_export_helpers import SIZE, images
+
+pytest_plugins = ["test_export_helpers"]  # one session-wide trained checkpoint and export for all modules
 
 
 def _gpu_skip_reason():
@@ -81,7 +83,10 @@ def test_engine_from_other_gpu_is_refused_with_rebuild_hint(trt_export, tmp_path
     from segclip.errors import SegclipError
     from segclip.runtime import load_runner
 
+    import copy
+
     out, m = trt_export
+    m = copy.deepcopy(m)
     d = tmp_path / "copy"
     shutil.copytree(out, d)
     m["artifacts"]["tensorrt"]["compute_capability"] = "1.0"

@@ -8,7 +8,6 @@ From a bare checkout, a meta-path finder maps exactly those three names to the f
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path

@@ -5,7 +5,6 @@ The signature comes from the model's own metadata (``segclip.signature``, writte
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 

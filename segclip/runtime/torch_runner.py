@@ -2,7 +2,6 @@
 that is exported, so it is the reference every exported artifact is compared with."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
