@@ -36,7 +36,8 @@ def _torch_opts(ctx) -> dict:
 
 
 def _ort_opts(ctx) -> dict:
-    return {"providers": ctx.device, "threads": ctx.threads}
+    # cpu: CPU only; cuda: CUDA when this onnxruntime build has it, else CPU (the row's device says which)
+    return {"providers": "cpu" if ctx.device == "cpu" else None, "threads": ctx.threads}
 
 
 def _trt_opts(ctx) -> dict:

@@ -154,7 +154,7 @@ def cpu_targets(ckpt: Path, exports: dict, threads: int, reps: int, warmup: int,
         out[size] = {"torch": tt, "onnxruntime": to, "basis": basis, "torch_p50": p_t, "ort_p50": p_o,
                      "speedup": round(speedup, 3), "pixel_agreement": round(agree, 6),
                      "flops": g, "onnx_file_mb": round((d / "model.onnx").stat().st_size / 2**20, 1),
-                     "required_speedup": ORT_SPEEDUP.get(size)}
+                     "required_speedup": ORT_SPEEDUP.get(size, 2.0)}
         log(f"  torch p50 {p_t:.0f} ms, onnxruntime p50 {p_o:.0f} ms ({basis} samples) -> {speedup:.2f}x; "
             f"{g['gflops']:.1f} GFLOPs -> {g['flops'] / p_o / 1e6:.1f} GFLOP/s")
     return out
@@ -315,8 +315,7 @@ def write_results(res: dict, path: Path) -> None:
          f"**Machine:** {describe_machine(m)}.  ",
          f"CPU flags: {', '.join(m.get('cpu_flags') or []) or 'n/a'}; load average at start {m.get('load_average')}, "
          f"at end {res.get('load_average_end')} (a shared machine: other jobs ran beside this one).", "",
-         f"**Model:** `{res['preset']}` (the paper's shape: ResNet-50, 6-layer MSDeformAttn pixel decoder, 9-layer masked-attention "
-         f"decoder), random init, {res['params_m']:.1f} M parameters, {len(LOVEDA_CLASSES)} LoveDA classes; exported by "
+         f"**Model:** `{res['preset']}` ({res['preset_description'].rstrip('.')}), random init, {res['params_m']:.1f} M parameters, {len(LOVEDA_CLASSES)} LoveDA classes; exported by "
          f"`segclip export` (opset 17, onnxslim, uint8 NHWC in, uint8 class map out, no scores), batch 1. Latency does not "
          f"depend on training.", "",
          f"**Method:** batch 1, {res['threads']} threads for PyTorch (`torch.set_num_threads`) and ONNX Runtime (intra-op; "
@@ -336,7 +335,8 @@ def write_results(res: dict, path: Path) -> None:
     g = res.get("gemm") or {}
     if g:
         L.append(f"GEMM reference: {g['method']}, {g['threads']} threads: **{g['gflops_best']:.1f} GFLOP/s** "
-                 f"(best of {g['reps']} after warm-up; measured before and after the model timings, higher kept).")
+                 f"(best of {g['reps']} after warm-up, others' CPU share {_pct(g.get('foreign_cpu_at_best'))}; measured before "
+                 f"and after the model timings: {' and '.join(f'{x:.1f}' for x in res['gemm_runs_gflops'])} GFLOP/s, higher kept).")
         L.append("")
     L += ["| size | torch p50 ms: all / clean samples | onnxruntime p50 ms: all / clean | basis | speedup | model GFLOPs | "
           "ORT GFLOP/s | % of GEMM | others' CPU share (torch / ORT) | ORT vs torch pixel agreement |",
@@ -352,6 +352,25 @@ def write_results(res: dict, path: Path) -> None:
               + ", ".join(f"{k} {v:.1f} G" for k, v in first["flops"]["by_op_gflops"].items())
               + (f". Cross-check: {res['flops_check']['method']} gives {res['flops_check']['gflops']:.1f} GFLOPs at "
                  f"{res['flops_check']['size']} px (ONNX count {res['flops_check']['onnx_gflops']:.1f})." if res.get("flops_check") else ".")]
+    for size, r in res["cpu"].items():
+        a = r["analysis"]
+        if r["speedup_verdict"]["result"] != "MISS":
+            continue
+        L += ["", f"**Why {size}x{size} misses {r['required_speedup']:g}x:** PyTorch eager already runs this model at "
+              f"{a['torch_gflops']:.1f} GFLOP/s ({100 * a['torch_share_of_gemm']:.0f}% of the GEMM rate), so {r['required_speedup']:g}x "
+              f"needs ONNX Runtime at <= {a['needed_ort_p50_ms']:.0f} ms, i.e. {100 * a['needed_ort_share_of_gemm']:.0f}% of the "
+              f"GEMM rate for the counted FLOPs (it reaches {100 * r['flop_share']:.0f}%). Even at 100% of the GEMM rate the "
+              f"speedup would be {a['ceiling_speedup_at_gemm_rate']:.2f}x"
+              + (": the target is out of reach by runtime efficiency alone; it needs fewer FLOPs or a slower baseline."
+                 if a["ceiling_speedup_at_gemm_rate"] < r["required_speedup"] else
+                 ": reachable in principle, by removing non-GEMM time (the profile below).")]
+        if r.get("variants"):
+            L += ["", f"Export/session variants at {size}x{size} (`benchmarks/variants.py`, interleaved among themselves; "
+                  f"projected speedup = measured speedup x default p50 / variant p50):", "",
+                  "| variant | p50 ms | vs default | projected speedup | pixel agreement |", "|---|---:|---:|---:|---:|"]
+            for k, v in r["variants"].items():
+                L.append(f"| {k} | {v['p50_ms']:.0f} ({v['basis']}, {v['reps']}) | {v['vs_default']:.3f} | "
+                         f"{v['projected_speedup']:.2f}x | {100 * v['pixel_agreement']:.3f}% |")
     for size, r in res["cpu"].items():
         if "profile_onnxruntime" in r:
             L += ["", f"### Profile at {size}x{size}", "", prof.format_profile(r["profile_onnxruntime"], "ONNX Runtime"), "",
@@ -387,7 +406,7 @@ def write_results(res: dict, path: Path) -> None:
               f"(interleaved, >= 20 rounds) and compares mIoU on a labelled set (`--data`, else a generated 1024 px sample set)."]
     if res.get("notes"):
         L += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
-    L += ["", f"Raw numbers: `{res['json']}` (written by the same run).", ""]
+    L += ["", f"Raw numbers, per-sample times and the profiles: `{res['json']}` (written by the same run).", ""]
     path.write_text("\n".join(L))
 
 
@@ -407,7 +426,19 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-size", type=int, default=1024)
     ap.add_argument("--data", default=None, help="DATASET:ROOT:SPLIT for the GPU mIoU delta (default: generated sample)")
     ap.add_argument("--profile", choices=["auto", "all", "none"], default="auto", help="per-op profiles: where a target is missed")
+    ap.add_argument("--render", metavar="JSON", default=None,
+                    help="only re-write --results (and its .json twin) from a targets.json of an earlier run; measures nothing")
+    ap.add_argument("--variants", choices=["auto", "all", "none"], default="auto",
+                    help="ORT session/graph variants (benchmarks/variants.py): at the largest size that misses the speedup target")
     args = ap.parse_args(argv)
+    results = Path(args.results)
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        res["json"] = str(results.with_suffix(".json").name)
+        results.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        write_results(res, results)
+        log(f"wrote {results} from {args.render}")
+        return 0
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -417,7 +448,8 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     machine = machine_info(threads)
     log(f"machine: {describe_machine(machine)}")
-    res = {"command": "cd " + str(HERE.parent) + " && " + " ".join(shlex.quote(a) for a in
+    env = f"SEGCLIP_TRITON_ENV={shlex.quote(os.environ['SEGCLIP_TRITON_ENV'])} " if os.environ.get("SEGCLIP_TRITON_ENV") else ""
+    res = {"command": "cd " + str(HERE.parent) + " && " + env + " ".join(shlex.quote(a) for a in
                                                                    [os.path.relpath(sys.executable, HERE.parent), "benchmarks/run_targets.py", *sys.argv[1:]]),
            "machine": machine, "threads": threads, "reps": args.reps, "warmup": args.warmup, "preset": args.preset,
            "notes": []}
@@ -425,6 +457,9 @@ def main(argv=None) -> int:
     ckpt = make_checkpoint(out / f"{args.preset}-random.pt", args.preset)
     import torch
 
+    from segclip.config import get_preset
+
+    res["preset_description"] = get_preset(args.preset).description
     res["params_m"] = sum(v.numel() for v in torch.load(ckpt, map_location="cpu", weights_only=True)["model"].values()) / 1e6
     exports = {s: export_at(ckpt, out, s) for s in sorted(set(sizes + ([args.triton_size] if not args.skip_triton else [])))}
 
@@ -451,8 +486,27 @@ def main(argv=None) -> int:
                               "onnx_gflops": res["cpu"][s0]["flops"]["gflops"]}
     except Exception as e:  # informative only
         res["notes"].append(f"torch FLOP cross-check failed: {e}")
+    for size, r in res["cpu"].items():  # what the speedup target asks of ONNX Runtime, against this machine's GEMM
+        req = ORT_SPEEDUP.get(size, 2.0)
+        flops = r["flops"]["flops"]
+        r["analysis"] = {"torch_gflops": round(flops / r["torch_p50"] / 1e6, 2),
+                         "torch_share_of_gemm": round(flops / r["torch_p50"] / 1e6 / peak, 4),
+                         "needed_ort_p50_ms": round(r["torch_p50"] / req, 1),
+                         "needed_ort_share_of_gemm": round(flops / (r["torch_p50"] / req) / 1e6 / peak, 4),
+                         "ceiling_speedup_at_gemm_rate": round(r["torch_p50"] / (flops / peak / 1e6), 3)}
     if args.profile != "none":
         add_profiles(res, ckpt, exports, threads, args.profile)
+    missed = [s_ for s_, r in res["cpu"].items() if r["speedup_verdict"]["result"] == "MISS"]
+    vsizes = list(res["cpu"]) if args.variants == "all" else (missed[-1:] if args.variants == "auto" else [])
+    for size in vsizes:
+        from segclip.benchmarks.variants import ort_variants
+
+        log(f"ORT variants at {size}x{size} (graph optimisation levels, Einsum -> MatMul), interleaved")
+        v = ort_variants(exports[size] / "model.onnx", size, threads, out, reps=max(3, args.reps - 2), warmup=args.warmup,
+                         gap_s=GAP_S, log=log)
+        for name, x in v.items():
+            x["projected_speedup"] = round(res["cpu"][size]["speedup"] * x["vs_default"] ** -1, 3)
+        res["cpu"][size]["variants"] = v
 
     res["triton"] = {"status": "not measured: --skip-triton"} if args.skip_triton else \
         triton_target(exports[args.triton_size], args.triton_size, threads, args.reps, args.warmup, args.budget, out)
@@ -497,12 +551,14 @@ def main(argv=None) -> int:
         res["load_average_end"] = None
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     res["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    res["json"] = str(out / "targets.json")
-    (out / "targets.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    write_results(res, Path(args.results))
+    res["json"] = str(results.with_suffix(".json").name)  # beside RESULTS.md
+    text = json.dumps(res, indent=2, default=str) + "\n"
+    (out / "targets.json").write_text(text)
+    results.with_suffix(".json").write_text(text)
+    write_results(res, results)
     for t in targets:
         log(f"target {t['id']}: {t['name']}: {t['measured_text']} (required {t['required_text']}) -> {_v(t['verdict'])}")
-    log(f"wrote {args.results} and {out / 'targets.json'} in {res['seconds'] / 60:.1f} min")
+    log(f"wrote {results} and {results.with_suffix('.json')} in {res['seconds'] / 60:.1f} min")
     return 0
 
 

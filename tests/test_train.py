@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -154,8 +155,11 @@ def test_ddp_two_gloo_processes_take_a_step(sample_root, tmp_path):
         print("RANK_OK", trainer.rank, res["step"])
     """))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-                        str(script)], capture_output=True, text=True, env=env, timeout=600)
+    with socket.socket() as s:  # torchrun's static rendezvous needs a concrete free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                        "--master_port", str(port), str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert r.stdout.count("RANK_OK") == 2
     ckpt = load_checkpoint(tmp_path / "ddp")

@@ -1,0 +1,100 @@
+"""Datasets in their native on-disk formats, one factory: ``build_dataset(name, root, split, **options)``.
+
+Every dataset yields ``{"image": uint8 HxWx3 RGB, "mask": int64 HxW (0..K-1, 255 = ignore; absent
+without labels), "meta": {"path", ["domain"], ...}}`` and exposes ``classes``, ``palette``,
+``prompts``, ``ignore_index`` and ``has_labels``.  Augmentation wraps datasets
+(``transforms.TrainAugment``); large images are tiled (``tile=``/``stride=`` here, or
+``segclip prepare``) or predicted with ``sliding.sliding_window_predict``.
+
+Options: ``prompts={class: text}``, ``prompt_template="... {} ..."`` for all; ``domains=`` (loveda,
+sample); ``label_order="paper"|"official"`` (uavid); ``patched=True|False`` (isaid, uavid: read a
+``segclip prepare`` output folder; detected automatically); ``tile=``, ``stride=`` (any: each item
+is one tile).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from ..errors import SegclipError
+
+DATASETS = ("loveda", "isaid", "uavid", "folder", "sample")
+
+
+def _classes(name: str, **options) -> tuple:
+    """(classes, palette) of a named dataset, without touching the disk (folder: reads classes.yaml)."""
+    if name in ("loveda", "sample"):
+        from .loveda import CLASSES, PALETTE
+        return CLASSES, PALETTE
+    if name == "isaid":
+        from .isaid import CLASSES, PALETTE
+        return CLASSES, PALETTE
+    if name == "uavid":
+        from .uavid import classes_for
+        return classes_for(options.get("label_order", "paper"))
+    if name == "folder":
+        from .folder import load_classes_yaml
+        info = load_classes_yaml(options["root"])
+        return info["classes"], info["palette"]
+    raise SegclipError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def dataset_info(name: str, root=None, **options) -> dict:
+    """Class names and palette of a dataset (the trainer/exporter use it to validate checkpoints)."""
+    classes, palette = _classes(str(name).lower(), root=root, **options)
+    return {"name": name, "classes": tuple(classes), "palette": tuple(tuple(c) for c in palette)}
+
+
+def _construct(cls, *args, what: str, **options):
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        valid = [p for p in params if p not in ("self", "root", "split", "name", "classes", "palette")]
+        raise SegclipError(f"{what}: unknown option {unknown[0]!r}; valid options: {', '.join(valid + ['tile', 'stride'])}")
+    return cls(*args, **options)
+
+
+def build_dataset(name: str, root, split: str, *, tile=None, stride=None, patched=None, **options):
+    name = str(name).lower()
+    if name not in DATASETS:
+        raise SegclipError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    root = Path(root)
+    if name == "sample":
+        from .loveda import LoveDADataset
+        from .sample import ensure_sample_dataset
+
+        ds = _construct(LoveDADataset, ensure_sample_dataset(root), split, what=name, **options)
+        ds.name = "sample"
+    elif name == "loveda":
+        from .loveda import LoveDADataset
+
+        ds = _construct(LoveDADataset, root, split, what=name, **options)
+    elif name == "folder":
+        from .folder import FolderDataset
+
+        ds = _construct(FolderDataset, root, split, what=name, **options)
+    else:
+        from .prepare import PatchedDataset, read_manifest
+
+        if patched is None:
+            patched = root.is_dir() and read_manifest(root) is not None
+        if patched:
+            label_order = options.pop("label_order", "paper")
+            classes, palette = _classes(name, label_order=label_order)
+            ds = _construct(PatchedDataset, root, split, name, classes, palette, what=name, **options)
+        elif name == "isaid":
+            from .isaid import ISAIDDataset
+
+            ds = _construct(ISAIDDataset, root, split, what=name, **options)
+        else:
+            from .uavid import UAVidDataset
+
+            ds = _construct(UAVidDataset, root, split, what=name, **options)
+    if tile is not None:
+        from .tiling import TiledDataset
+
+        ds = TiledDataset(ds, tile, stride)
+    return ds
+
+
+__all__ = ["DATASETS", "build_dataset", "dataset_info"]
