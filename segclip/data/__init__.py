@@ -19,6 +19,8 @@ from pathlib import Path
 from ..errors import SegclipError
 
 DATASETS = ("loveda", "isaid", "uavid", "folder", "sample")
+# standard offline patching (tile, stride): iSAID's devkit 896/512; UAVid 1024 tiles
+PATCH_DEFAULTS = {"isaid": (896, 512), "uavid": (1024, 1024)}
 
 
 def _classes(name: str, **options) -> tuple:
@@ -97,4 +99,4 @@ def build_dataset(name: str, root, split: str, *, tile=None, stride=None, patche
     return ds
 
 
-__all__ = ["DATASETS", "build_dataset", "dataset_info"]
+__all__ = ["DATASETS", "PATCH_DEFAULTS", "build_dataset", "dataset_info"]
