@@ -134,7 +134,8 @@ def pick(sides: list) -> tuple:
 
 
 # ---- targets 1 + 2: ONNX Runtime vs PyTorch eager on CPU, effective FLOP rate ------------------------------
-def cpu_targets(ckpt: Path, exports: dict, threads: int, reps: int, warmup: int, budget_s: float, profile: str) -> dict:
+def cpu_targets(ckpt: Path, exports: dict, threads: int, reps: int, warmup: int, budget_s: float, min_clean: int,
+                max_s: float) -> dict:
     from segclip.runtime import load_runner
 
     out = {}
@@ -146,7 +147,8 @@ def cpu_targets(ckpt: Path, exports: dict, threads: int, reps: int, warmup: int,
         with torch_r, ort_r:
             agree = float((torch_r.infer(inputs[0])["mask"] == ort_r.infer(inputs[0])["mask"]).mean())
             t = measure_interleaved({"torch": torch_r.infer, "onnxruntime": ort_r.infer}, inputs, warmup=warmup,
-                                    min_rounds=reps, budget_s=budget_s, gap_s=GAP_S, log=log)
+                                    min_rounds=reps, budget_s=budget_s, gap_s=GAP_S, min_clean=min_clean,
+                                    max_foreign=MAX_FOREIGN, max_s=max_s, log=log)
         tt, to = timing_summary(t["torch"]), timing_summary(t["onnxruntime"])
         basis, (p_t, p_o) = pick([tt, to])
         speedup = p_t / p_o
@@ -180,7 +182,8 @@ def add_profiles(res: dict, ckpt: Path, exports: dict, threads: int, which: str)
 
 
 # ---- target 3: Triton gRPC vs in-process ONNX Runtime -------------------------------------------------
-def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: int, budget_s: float, work: Path) -> dict:
+def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: int, budget_s: float, work: Path,
+                  min_clean: int = 0, max_s: float = 600.0) -> dict:
     from segclip.runtime import load_runner
 
     try:
@@ -222,7 +225,7 @@ def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: 
 
             meter = CpuMeter(own_pids=lambda: process_group_pids(server.pid))  # the server's work is ours
             t = measure_interleaved(fns, inputs, warmup=warmup, min_rounds=reps, budget_s=budget_s, gap_s=GAP_S, meter=meter,
-                                    log=log)
+                                    min_clean=min_clean, max_foreign=MAX_FOREIGN, max_s=max_s, log=log)
         if shm_r is not None:
             shm_r.deactivate()
         res = {"status": "measured", "size": size, "url": url, "server": server.describe(), "model": model,
@@ -326,6 +329,8 @@ def write_results(res: dict, path: Path) -> None:
          f"so neither runtime's spinning worker threads (ONNX Runtime's pool, OpenMP) steal the cores from the other's next "
          f"call.  Each sample records the CPU share other processes took while it ran (`/proc/stat` minus this process "
          f"and, for Triton, the server's process group); a sample is *clean* when that share is <= {100 * MAX_FOREIGN:.0f}%.  "
+         + (f"Rounds go on until every side has {res['reps']} clean samples (at most {res['max_minutes']:g} min per comparison).  "
+            if res.get("wait_clean") else "") +
          f"Ratios use the clean samples when both sides have >= 3 of them (basis `clean`), else all samples (basis `all`); "
          f"both p50s are shown.  (Counts of samples in parentheses.)", "",
          "## Summary", "", "| # | target | measured | required | result |", "|---|---|---:|---:|---|"]
@@ -421,6 +426,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="minimum interleaved rounds per comparison")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--budget", type=float, default=0.0, help="extra seconds of rounds per comparison after --reps")
+    ap.add_argument("--wait-clean", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep interleaving until each side has --reps clean samples (others <= 15%% CPU), up to --max-minutes")
+    ap.add_argument("--max-minutes", type=float, default=10.0, help="cap per comparison when waiting for clean samples")
     ap.add_argument("--triton-size", type=int, default=512)
     ap.add_argument("--skip-triton", action="store_true")
     ap.add_argument("--gpu-size", type=int, default=1024)
@@ -452,6 +460,7 @@ def main(argv=None) -> int:
     res = {"command": "cd " + str(HERE.parent) + " && " + env + " ".join(shlex.quote(a) for a in
                                                                    [os.path.relpath(sys.executable, HERE.parent), "benchmarks/run_targets.py", *sys.argv[1:]]),
            "machine": machine, "threads": threads, "reps": args.reps, "warmup": args.warmup, "preset": args.preset,
+           "wait_clean": args.wait_clean, "max_minutes": args.max_minutes,
            "notes": []}
 
     ckpt = make_checkpoint(out / f"{args.preset}-random.pt", args.preset)
@@ -465,7 +474,8 @@ def main(argv=None) -> int:
 
     gemm1 = gemm_rate(threads)
     log(f"GEMM {gemm1['gflops_best']:.1f} GFLOP/s ({threads} threads)")
-    res["cpu"] = cpu_targets(ckpt, {s: exports[s] for s in sizes}, threads, args.reps, args.warmup, args.budget, args.profile)
+    res["cpu"] = cpu_targets(ckpt, {s: exports[s] for s in sizes}, threads, args.reps, args.warmup, args.budget,
+                             args.reps if args.wait_clean else 0, args.max_minutes * 60)
     gemm2 = gemm_rate(threads)
     res["gemm"] = max(gemm1, gemm2, key=lambda g: g["gflops_best"])
     res["gemm_runs_gflops"] = [gemm1["gflops_best"], gemm2["gflops_best"]]
@@ -503,13 +513,15 @@ def main(argv=None) -> int:
 
         log(f"ORT variants at {size}x{size} (graph optimisation levels, Einsum -> MatMul), interleaved")
         v = ort_variants(exports[size] / "model.onnx", size, threads, out, reps=max(3, args.reps - 2), warmup=args.warmup,
-                         gap_s=GAP_S, log=log)
+                         gap_s=GAP_S, min_clean=max(3, args.reps - 2) if args.wait_clean else 0, max_s=args.max_minutes * 60,
+                         log=log)
         for name, x in v.items():
             x["projected_speedup"] = round(res["cpu"][size]["speedup"] * x["vs_default"] ** -1, 3)
         res["cpu"][size]["variants"] = v
 
     res["triton"] = {"status": "not measured: --skip-triton"} if args.skip_triton else \
-        triton_target(exports[args.triton_size], args.triton_size, threads, args.reps, args.warmup, args.budget, out)
+        triton_target(exports[args.triton_size], args.triton_size, threads, args.reps, args.warmup, args.budget, out,
+                      args.reps if args.wait_clean else 0, args.max_minutes * 60)
     res["gpu"] = gpu_target(ckpt, out, args.gpu_size, args.reps, args.warmup, args.budget, args.data)
 
     targets = []

@@ -191,7 +191,8 @@ class CpuMeter:
 
 def measure_interleaved(fns: dict, inputs: Sequence[np.ndarray], *, warmup: int = 1, min_rounds: int = 5,
                         per_round: int = 1, budget_s: float = 0.0, gap_s: float = 0.3, sync: Callable = cuda_sync,
-                        meter: Optional[CpuMeter] = None, log=None) -> dict:
+                        meter: Optional[CpuMeter] = None, min_clean: int = 0, max_foreign: float = 0.15,
+                        max_s: float = 600.0, log=None) -> dict:
     """Time several callables on the same inputs in alternating rounds: {name: Timing}.
 
     For A/B ratios on a shared machine: load that comes and goes hits every contender alike instead
@@ -201,7 +202,9 @@ def measure_interleaved(fns: dict, inputs: Sequence[np.ndarray], *, warmup: int 
     precede every timed call: runtimes keep their worker threads spinning for a while after a call
     (ONNX Runtime's intra-op pool, OpenMP), which would otherwise steal the cores from the *other*
     runtime's next call - a penalty no single-runtime deployment pays.  Each sample also records
-    the CPU share other processes took during it (``Timing.foreign``)."""
+    the CPU share other processes took during it (``Timing.foreign``); with ``min_clean`` > 0, rounds
+    go on (up to ``max_s`` seconds in all) until every callable has that many samples during which
+    other processes took at most ``max_foreign`` of the CPUs."""
     names = list(fns)
     n_in = len(inputs)
     meter = meter or CpuMeter()
@@ -211,9 +214,16 @@ def measure_interleaved(fns: dict, inputs: Sequence[np.ndarray], *, warmup: int 
     sync()
     samples = {n: [] for n in names}
     foreign = {n: [] for n in names}
-    deadline = time.perf_counter() + max(0.0, budget_s)
+    t_start = time.perf_counter()
+    deadline = t_start + max(0.0, budget_s)
+
+    def want_more_clean() -> bool:
+        if min_clean <= 0 or time.perf_counter() - t_start > max_s:
+            return False
+        return any(sum(1 for f in foreign[n] if f is not None and f <= max_foreign) < min_clean for n in names)
+
     r = 0
-    while r < min_rounds or time.perf_counter() < deadline:
+    while r < min_rounds or time.perf_counter() < deadline or want_more_clean():
         for name in (names if r % 2 == 0 else names[::-1]):
             for k in range(per_round):
                 x = inputs[(r * per_round + k) % n_in]

@@ -61,7 +61,7 @@ def einsum_as_matmul(model) -> tuple:
 
 
 def ort_variants(onnx_path, size: int, threads: int, work_dir, *, reps: int = 3, warmup: int = 1, gap_s: float = 0.3,
-                 log=None) -> dict:
+                 min_clean: int = 0, max_s: float = 600.0, log=None) -> dict:
     """Interleaved p50 of the exported graph under the default session and each variant."""
     import onnx
 
@@ -85,7 +85,8 @@ def ort_variants(onnx_path, size: int, threads: int, work_dir, *, reps: int = 3,
     try:
         ref = base.infer(x[0])["mask"]
         agree = {k: float((r.infer(x[0])["mask"] == ref).mean()) for k, r in runners.items()}
-        t = measure_interleaved({k: r.infer for k, r in runners.items()}, x, warmup=warmup, min_rounds=reps, gap_s=gap_s, log=log)
+        t = measure_interleaved({k: r.infer for k, r in runners.items()}, x, warmup=warmup, min_rounds=reps, gap_s=gap_s,
+                                min_clean=min_clean, max_s=max_s, log=log)
     finally:
         for r in runners.values():
             r.deactivate()

@@ -10,7 +10,8 @@ import torch
 from conftest import LOVEDA_CLASSES, make_small_model, small_config
 from segclip.config import PRESETS, get_preset
 from segclip.errors import SegclipError
-from segclip.modeling import SegCLIPInference, build_prompts, semantic_targets
+from segclip.modeling import SegCLIPInference, semantic_targets
+from segclip.prompts import make_prompts
 from segclip.modeling.backbone import ResNetBackbone
 from segclip.modeling.criterion import SetCriterion
 from segclip.modeling.matcher import HungarianMatcher
@@ -185,11 +186,11 @@ def test_inference_module_matches_model_and_bakes_text():
 
 
 def test_prompts_template_and_overrides():
-    assert build_prompts(["low_vegetation"])[0] == "a photo with a low vegetation"
-    p = build_prompts(["road", "water"], "an aerial image of {}", {"water": "a blue lake seen from above"})
-    assert p == ["an aerial image of road", "a blue lake seen from above"]
+    assert make_prompts(["low_vegetation"])[0] == "a photo with a low vegetation"
+    p = make_prompts(["road", "water"], {"water": "a blue lake seen from above"}, "an aerial image of {}")
+    assert p == ("an aerial image of road", "a blue lake seen from above")
     with pytest.raises(SegclipError, match="unknown class"):
-        build_prompts(["road"], overrides={"roads": "x"})
+        make_prompts(["road"], overrides={"roads": "x"})
 
 
 def test_clip_text_encoder_from_local_checkpoint(tmp_path):

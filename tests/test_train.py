@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -158,9 +159,16 @@ def test_ddp_two_gloo_processes_take_a_step(sample_root, tmp_path):
     with socket.socket() as s:  # torchrun's static rendezvous needs a concrete free port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                        "--master_port", str(port), str(script)], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.count("RANK_OK") == 2
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                             "--master_port", str(port), str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:  # never leave worker processes behind, even on a hang
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    assert out.count("RANK_OK") == 2
     ckpt = load_checkpoint(tmp_path / "ddp")
     assert ckpt["step"] == 1 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2

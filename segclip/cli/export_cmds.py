@@ -9,9 +9,6 @@ import click
 import numpy as np
 
 from ..errors import SegclipError
-from ..runtime import _source_tree
-
-_source_tree.install()
 
 
 @click.command("export")

@@ -13,37 +13,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import SegclipError
+from ..prompts import make_prompts
 from .imageio import image_size, read_rgb
 
 IGNORE_INDEX = 255
-DEFAULT_PROMPT_TEMPLATE = "a photo with a {}"
-
-
-def make_prompts(classes: Sequence[str], prompts: Optional[Mapping[str, str]] = None,
-                 prompt_template: Optional[str] = None, defaults: Optional[Mapping[str, str]] = None,
-                 where: str = "dataset") -> tuple:
-    """One prompt per class: explicit override > dataset default (e.g. classes.yaml) > template.
-
-    The template gets the class name with ``_`` replaced by a space, via ``{}`` or ``{name}``.
-    """
-    template = DEFAULT_PROMPT_TEMPLATE if prompt_template is None else str(prompt_template)
-    if "{}" not in template and "{name}" not in template:
-        raise SegclipError(f"{where}: prompt_template {template!r} has no '{{}}' placeholder for the class name; "
-                           f"use e.g. 'a satellite image of {{}}'")
-    prompts = dict(prompts or {})
-    unknown = [k for k in prompts if k not in classes]
-    if unknown:
-        raise SegclipError(f"{where}: unknown class {unknown[0]!r} in prompt overrides; valid names: {', '.join(classes)}")
-    out = []
-    for c in classes:
-        text = prompts.get(c) or (defaults or {}).get(c)
-        if not text:
-            name = c.replace("_", " ")
-            text = template.replace("{name}", name).replace("{}", name)
-        out.append(str(text))
-    return tuple(out)
-
-
 def find_child(parent: Path, name: str, what: str, hint: str) -> Path:
     """``parent/name`` matched case-insensitively (LoveDA ships ``Train``, users type ``train``)."""
     parent = Path(parent)

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from ..config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
 from ..errors import SegclipError
-from ..modeling import build_model, build_prompts, semantic_targets
+from ..modeling import build_model, semantic_targets
+from ..prompts import make_prompts
 from ..modeling.criterion import SetCriterion
 from ..modeling.matcher import HungarianMatcher
 from . import distributed as D
@@ -129,7 +130,7 @@ class Trainer:
             model = build_model(mcfg, classes, ckpt["prompts"], ckpt["text_embeddings"])
             model.load_state_dict(ckpt["model"])
         else:
-            prompts = list(prompts) if prompts is not None else list(getattr(dataset, "prompts", None) or build_prompts(classes, mcfg.prompt_template))
+            prompts = list(prompts) if prompts is not None else list(getattr(dataset, "prompts", None) or make_prompts(classes, template=mcfg.prompt_template))
             model = build_model(mcfg, classes, prompts)
         self.model = model.to(self.device)
         self.criterion = build_criterion(mcfg, len(classes)).to(self.device)

@@ -8,9 +8,10 @@ import torch
 from ..config import ModelConfig
 from .inference import SegCLIPInference
 from .segclip import SegCLIP, semantic_scores, semantic_targets
-from .text import build_prompts, encode_prompts
+from ..prompts import make_prompts
+from .text import encode_prompts
 
-__all__ = ["SegCLIP", "SegCLIPInference", "build_model", "build_prompts", "semantic_scores", "semantic_targets"]
+__all__ = ["SegCLIP", "SegCLIPInference", "build_model", "semantic_scores", "semantic_targets"]
 
 
 def build_model(cfg: ModelConfig, classes: Sequence[str], prompts: Sequence[str] | None = None,
@@ -18,7 +19,7 @@ def build_model(cfg: ModelConfig, classes: Sequence[str], prompts: Sequence[str]
     """Build SegCLIP for ``classes``.  Without ``text_embeddings`` the prompts are encoded once with
     the configured frozen open_clip text encoder (this is the only place CLIP runs)."""
     cfg.validate()
-    prompts = list(prompts) if prompts is not None else build_prompts(classes, cfg.prompt_template)
+    prompts = list(prompts) if prompts is not None else list(make_prompts(classes, template=cfg.prompt_template))
     if text_embeddings is None:
         text_embeddings = encode_prompts(prompts, cfg.clip_model, cfg.clip_pretrained)
     return SegCLIP(cfg, classes, prompts, text_embeddings)

@@ -18,24 +18,6 @@ from ..errors import SegclipError
 from .layers import MLP
 
 
-def build_prompts(classes: Sequence[str], template: str = "a photo with a {}", overrides: dict | None = None) -> list:
-    """One prompt per class; ``overrides`` maps class name -> full description (the paper's linguistic descriptions)."""
-    overrides = dict(overrides or {})
-    unknown = set(overrides) - set(classes)
-    if unknown:
-        raise SegclipError(f"prompts: unknown class(es) {sorted(unknown)}; classes are: {', '.join(classes)}")
-    if "{}" not in template and "{class}" not in template:
-        raise SegclipError(f"prompts: template {template!r} has no '{{}}' or '{{class}}' placeholder for the class name")
-    out = []
-    for c in classes:
-        if c in overrides:
-            out.append(overrides[c])
-        else:
-            name = c.replace("_", " ")
-            out.append(template.replace("{class}", name) if "{class}" in template else template.format(name))
-    return out
-
-
 def load_clip(model_name: str, pretrained: str | None):
     """Create an open_clip model and tokenizer; weights by tag (online), local file, or none (explicit)."""
     import open_clip  # only training and model building need CLIP; export/runtimes never import it

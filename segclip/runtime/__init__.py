@@ -18,10 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SegclipError
-from . import _source_tree
 from .base import Runner
-
-_source_tree.install()
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
