@@ -318,7 +318,7 @@ def write_results(res: dict, path: Path) -> None:
          f"**Machine:** {describe_machine(m)}.  ",
          f"CPU flags: {', '.join(m.get('cpu_flags') or []) or 'n/a'}; load average at start {m.get('load_average')}, "
          f"at end {res.get('load_average_end')} (a shared machine: other jobs ran beside this one).", "",
-         f"**Model:** `{res['preset']}` ({res['preset_description'].rstrip('.')}), random init, {res['params_m']:.1f} M parameters, {len(LOVEDA_CLASSES)} LoveDA classes; exported by "
+         f"**Model:** `{res['preset']}` ({res['preset_description'][:1].lower() + res['preset_description'][1:].rstrip('.')}), random init, {res['params_m']:.1f} M parameters, {len(LOVEDA_CLASSES)} LoveDA classes; exported by "
          f"`segclip export` (opset 17, onnxslim, uint8 NHWC in, uint8 class map out, no scores), batch 1. Latency does not "
          f"depend on training.", "",
          f"**Method:** batch 1, {res['threads']} threads for PyTorch (`torch.set_num_threads`) and ONNX Runtime (intra-op; "
