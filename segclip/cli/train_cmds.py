@@ -202,7 +202,8 @@ def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
 
     manifest = export(run, out / "export", onnx=True, fp16=True, batch=(1, 1, 4), data=f"sample:{out / 'data'}:val")
     summary["artifacts"]["export"] = str(out / "export")
-    summary["export"] = {k: {"status": v.get("status"), "path": v.get("path")} for k, v in manifest.get("artifacts", {}).items()}
+    summary["export"] = {k: {"status": v.get("status"), "file": str(out / "export" / v["file"]) if v.get("file") else None}
+                         for k, v in manifest.get("artifacts", {}).items()}
 
 
 def _quickstart_benchmark(run: Path, out: Path, summary: dict) -> None:

@@ -53,7 +53,9 @@ class MaskedTransformerDecoder(nn.Module):
         """Class logits B x Q x (K+1), mask logits B x Q x h x w, and the blocked-attention mask at attn_hw."""
         q = self.decoder_norm(q)
         logits = self.class_embed(q)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_features)
+        # (B x Q x C) @ (B x C x HW): a plain MatMul, which ONNX Runtime/TensorRT run faster than Einsum
+        b, _, h, w = mask_features.shape
+        masks = (self.mask_embed(q) @ mask_features.flatten(2)).reshape(b, -1, h, w)
         if attn_hw is None:
             return logits, masks, None
         small = F.interpolate(masks, size=attn_hw, mode="bilinear", align_corners=False)

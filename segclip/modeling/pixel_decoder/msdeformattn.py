@@ -19,20 +19,21 @@ def ms_deform_attn(value, shapes, sampling_locations, attention_weights):
     """value: B x S x H x d; shapes: [(h, w)] per level; sampling_locations: B x Q x H x L x P x 2 in [0, 1];
     attention_weights: B x Q x H x L x P.  Returns B x Q x (H*d)."""
     b, _, heads, d = value.shape
-    _, q, _, levels, points, _ = sampling_locations.shape
+    _, q, _, _, points, _ = sampling_locations.shape
     values = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
-    sampled = []
+    out = None
+    # Level by level: accumulating weighted samples avoids materialising all levels at once
+    # (hundreds of MB at 1024 px) and the Concat that would build it.
     for lvl, (h, w) in enumerate(shapes):
         # (B*H) x d x h x w
         v = values[lvl].flatten(2).transpose(1, 2).reshape(b * heads, d, h, w)
         # (B*H) x Q x P x 2
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # (B*H) x d x Q x L x P
-    sampled = torch.stack(sampled, dim=-2)
-    weights = attention_weights.transpose(1, 2).reshape(b * heads, 1, q, levels, points)
-    out = (sampled * weights).sum(dim=(-1, -2))  # (B*H) x d x Q
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*H) x d x Q x P
+        weights = attention_weights[:, :, :, lvl].transpose(1, 2).reshape(b * heads, 1, q, points)
+        contrib = (sampled * weights).sum(-1)  # (B*H) x d x Q
+        out = contrib if out is None else out + contrib
     return out.reshape(b, heads * d, q).transpose(1, 2)
 
 
