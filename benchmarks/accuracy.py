@@ -15,22 +15,10 @@ from typing import Optional
 import numpy as np
 
 from segclip.errors import SegclipError
+from segclip.export import parse_data  # noqa: F401 (one parser for --data everywhere)
 
 TILING = ("tiled: non-overlapping HxW windows of the benchmark size, last window aligned to the image edge, "
           "images smaller than the window reflect-padded")
-
-
-def parse_data(data):
-    """"DATASET:ROOT:SPLIT" | (name, root, split) | None (same rules as segclip export --data)."""
-    if data is None:
-        return None
-    if isinstance(data, str):
-        parts = data.split(":")
-        if len(parts) < 3 or not parts[0] or not parts[-1]:
-            raise SegclipError(f"--data {data!r}: expected DATASET:ROOT:SPLIT, e.g. sample:data/sample:val")
-        return parts[0], ":".join(parts[1:-1]), parts[-1]
-    name, root, split = data
-    return str(name), str(root), str(split)
 
 
 def load_items(data, limit: int, classes) -> tuple:

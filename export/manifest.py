@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import SegclipError
+from segclip.atomic import atomic_write_bytes, atomic_write_text, public_mode  # noqa: F401 (re-exported)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "segclip-export"
@@ -57,40 +56,6 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def public_mode(path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp create owner-only files; exports are read by servers (Triton) as other users."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write to a temp file beside ``path``, fsync, rename: never a half-written file under the name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_manifest(directory, manifest: dict) -> Path:

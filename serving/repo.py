@@ -289,7 +289,7 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
     ``precision`` picks the ONNX artifact that segclip_onnx/segclip_python serve: "fp32" (``onnx``)
     or "fp16" (``onnx_fp16``).
     """
-    from segclip.data.atomic import atomic_dir
+    from segclip.atomic import atomic_dir
 
     export_dir, repo_dir = Path(export_dir), Path(repo_dir)
     if kind not in ("cpu", "gpu"):

@@ -1,8 +1,6 @@
 """``segclip export`` and ``segclip predict``."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -40,19 +38,10 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
 
 # ---- predict -------------------------------------------------------------------------------------
 def _atomic_png(img, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        from ..export.manifest import public_mode
+    from ..atomic import atomic_file
 
-        public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def mask_image(mask: np.ndarray, palette):

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import SegclipError
-from .atomic import atomic_dir
+from ..atomic import atomic_dir
 from .base import IGNORE_INDEX, SegDataset, list_images, pair_masks
 from .imageio import read_index_mask
 from .tiling import iter_patches

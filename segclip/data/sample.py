@@ -23,7 +23,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from ..errors import SegclipError
-from .atomic import atomic_dir, is_empty_dir
+from ..atomic import atomic_dir, is_empty_dir
 
 MANIFEST = "sample_manifest.json"
 VERSION = 1
@@ -339,7 +339,7 @@ def ensure_sample_dataset(root, **given) -> Path:
 def write_preview(root, out=None, n: int = 4) -> Path:
     """A grid of ``n`` training images beside their colourised masks (no-data shown black)."""
     from ..signature import colorize
-    from .atomic import atomic_file
+    from ..atomic import atomic_file
     from .loveda import PALETTE, LoveDADataset
 
     ds = LoveDADataset(root, "train")

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_file
 from ..config import ModelConfig, model_config_from_dict
 from ..errors import SegclipError
 
@@ -30,25 +30,10 @@ _STEP_RE = re.compile(r"step_(\d+)\.pt$")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves a
-    half-written checkpoint under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """torch.save through a temp file + rename: a crash never leaves a half-written checkpoint."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def step_checkpoints(run_dir: str | os.PathLike) -> list:

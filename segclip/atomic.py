@@ -1,8 +1,10 @@
 """Write a whole output folder or file or nothing: build it beside its destination, then rename.
 
-An interrupted ``prepare`` or ``sample-data`` must never leave a folder that a later run mistakes
-for a finished one, so everything is written into a hidden temporary sibling (same filesystem,
-so the final ``os.rename`` is atomic) and only renamed into place once complete.
+An interrupted training, export, ``prepare`` or ``sample-data`` must never leave a file or folder
+that a later run mistakes for a finished one, so everything is written into a hidden temporary
+sibling (same filesystem, so the final ``os.rename`` is atomic), flushed to disk, given ordinary
+permissions (``mkstemp`` makes owner-only files; servers such as Triton may read exports as another
+user) and only then renamed into place.  Every writer in segclip goes through this module.
 """
 from __future__ import annotations
 
@@ -13,7 +15,22 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import SegclipError
+from .errors import SegclipError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path, directory: bool = False) -> None:
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def is_empty_dir(p: Path) -> bool:
@@ -39,6 +56,7 @@ def atomic_dir(dst, replace: bool = False):
     old = None
     try:
         yield tmp
+        public_mode(tmp, directory=True)
         if dst.exists() or dst.is_symlink():
             old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(dst, old)
@@ -62,7 +80,19 @@ def atomic_file(dst):
     tmp = Path(tmp)
     try:
         yield tmp
+        _fsync(tmp)
+        public_mode(tmp)
         os.replace(tmp, dst)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
