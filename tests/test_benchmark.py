@@ -81,10 +81,6 @@ def export_dir(small_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory):
     """DATASET:ROOT:SPLIT of a tiny labelled sample set (96 px images: tiled into 64 px windows)."""
-    try:
-        from segclip.data import build_dataset  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"segclip.data.build_dataset is not available yet ({e})")
     from segclip.data.sample import generate_sample_dataset
 
     root = tmp_path_factory.mktemp("bench_sample") / "sample"
