@@ -262,3 +262,10 @@ def test_prepare_isaid_patches_and_reads_back(tmp_path):
         assert (it["mask"][:, w:] == 255).all()  # padding is ignore
     r = CliRunner().invoke(main, ["prepare", "isaid", str(src), str(tmp_path / "patches")])
     assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_mask_value_outside_class_list_names_file_and_value(loveda_root):
+    _png(loveda_root / "Train" / "Rural" / "masks_png" / "2.png", np.full((6, 32), 9, np.uint8))
+    ds = build_dataset("loveda", loveda_root, "train", domains=("rural",))
+    with pytest.raises(SegclipError, match=r"Rural/masks_png/2.png: mask value 9 outside"):
+        ds[1]
