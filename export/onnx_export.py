@@ -52,7 +52,7 @@ def trace_to_onnx(module, example, opset: int, dynamic_size: bool, output_names)
     axes = {k: v for k, v in axes.items() if k in (INPUT_NAME, *output_names)}
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings about int() shapes: the spatial size is fixed unless dynamic
+        warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic: sizes stay symbolic (see modeling.layers.split_tokens)
         with torch.no_grad():
             torch.onnx.export(
                 module, (example,), buf, input_names=[INPUT_NAME], output_names=list(output_names),
@@ -276,6 +276,6 @@ def probe_dynamic_size(model, module, signature: Signature):
     if not ok:
         raise SegclipError(
             f"--dynamic-size: the traced graph is not size-independent (it fails or differs from PyTorch at {h2}x{w2}): "
-            f"this model computes spatial shapes as Python ints, which tracing freezes; export at a fixed --size "
-            f"(segclip predict tiles larger images with a sliding window)"
+            f"a spatial size was frozen during tracing (a Python int() of a shape in the model); export at a fixed "
+            f"--size (segclip predict tiles larger images with a sliding window)"
         )

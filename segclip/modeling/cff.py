@@ -13,6 +13,7 @@ from .layers import FFN, Attention
 class CrossModalFusion(nn.Module):
     def __init__(self, dim: int, heads: int, ffn: int):
         super().__init__()
+        self.dim = dim
         self.self_attn = Attention(dim, heads)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = Attention(dim, heads)

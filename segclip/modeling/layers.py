@@ -74,7 +74,8 @@ class MLP(nn.Module):
 def sine_position_embedding(h: int, w: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """DETR's normalised sine embedding for an h x w grid, as (h*w) x dim.
 
-    It depends only on the grid size, so for a fixed export size it folds into a constant.
+    It depends only on the grid size: for a fixed export size it folds into a constant; ``h``/``w``
+    may be traced sizes, for a graph that takes any input size.
     """
     npf = dim // 2
     y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * (2 * math.pi)
@@ -87,6 +88,20 @@ def sine_position_embedding(h: int, w: int, dim: int, device=None, dtype=torch.f
     px = torch.stack((px[:, 0::2].sin(), px[:, 1::2].cos()), dim=2).flatten(1)
     pos = torch.cat((py[:, None, :].expand(h, w, npf), px[None, :, :].expand(h, w, npf)), dim=2)
     return pos.reshape(h * w, dim).to(dtype)
+
+
+def split_tokens(x: torch.Tensor, shapes) -> list:
+    """Split flattened multi-level tokens (dim 1) into one chunk per (h, w) level.
+
+    Slicing by running offsets instead of ``Tensor.split(list)`` keeps the sizes symbolic when the
+    model is traced, so the ONNX graph accepts any input size (``--dynamic-size``).
+    """
+    out, start = [], 0
+    for h, w in shapes:
+        end = start + h * w
+        out.append(x[:, start:end])
+        start = end
+    return out
 
 
 def conv_gn(cin: int, cout: int, k: int, relu: bool = True) -> nn.Sequential:

@@ -40,10 +40,9 @@ def semantic_scores(logits: torch.Tensor, masks: torch.Tensor, size) -> torch.Te
 
 def fuse(cff, text_queries: torch.Tensor, query_pos: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     """CFF's image-dependent half: the N text queries attend to the stride-32 features (B x C x h x w)."""
-    b, c, h, w = top.shape
     feats = top.flatten(2).transpose(1, 2)
-    pos = sine_position_embedding(h, w, c, top.device, top.dtype)
-    return cff.image_part(text_queries[None].expand(b, -1, -1), query_pos, feats, pos)
+    pos = sine_position_embedding(top.shape[2], top.shape[3], cff.dim, top.device, top.dtype)
+    return cff.image_part(text_queries[None].expand(top.shape[0], -1, -1), query_pos, feats, pos)
 
 
 def semantic_targets(masks: torch.Tensor, num_classes: int, ignore_index: int = 255) -> list:

@@ -68,7 +68,7 @@ class MaskedTransformerDecoder(nn.Module):
         gtg_masks: B x G x H' x W' ground-truth binary masks (0 for padding slots);
         self_mask: B x 1 x Q x Q bool, True = blocked.
         Returns the list of (class logits, mask logits) for every stage (1 + layers)."""
-        shapes = [tuple(int(s) for s in f.shape[-2:]) for f in feats]
+        shapes = [(f.shape[-2], f.shape[-1]) for f in feats]  # traced sizes stay symbolic on export
         mems = [f.flatten(2).transpose(1, 2) for f in feats]
         mem_pos = [sine_position_embedding(h, w, self.dim, f.device, f.dtype) + self.level_embed[i] for i, ((h, w), f) in enumerate(zip(shapes, feats))]
         gt_blocked = None

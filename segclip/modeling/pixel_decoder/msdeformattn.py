@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import FFN, conv_gn, sine_position_embedding
+from ..layers import FFN, conv_gn, sine_position_embedding, split_tokens
 
 
 def ms_deform_attn(value, shapes, sampling_locations, attention_weights):
@@ -20,7 +20,7 @@ def ms_deform_attn(value, shapes, sampling_locations, attention_weights):
     attention_weights: B x Q x H x L x P.  Returns B x Q x (H*d)."""
     b, _, heads, d = value.shape
     _, q, _, _, points, _ = sampling_locations.shape
-    values = value.split([h * w for h, w in shapes], dim=1)
+    values = split_tokens(value, shapes)
     grids = 2 * sampling_locations - 1
     out = None
     # Level by level: accumulating weighted samples avoids materialising all levels at once
@@ -122,16 +122,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def forward(self, feats):
         c2 = feats[0]
         srcs = [proj(f) for proj, f in zip(self.input_proj, feats[1:][::-1])]  # stride 32, 16, 8
-        shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        shapes = [(s.shape[2], s.shape[3]) for s in srcs]  # traced sizes stay symbolic on export
         pos = torch.cat(
             [sine_position_embedding(h, w, self.dim, s.device, s.dtype) + self.level_embed[i] for i, ((h, w), s) in enumerate(zip(shapes, srcs))]
         )[None]
         x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1)
         ref = self._reference_points(shapes, x.device).to(x.dtype)
-        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=x.dtype, device=x.device)
+        normalizer = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in shapes]).to(x)
         for layer in self.layers:
             x = layer(x, pos, ref, shapes, normalizer)
         b = x.shape[0]
-        outs = [t.transpose(1, 2).reshape(b, self.dim, h, w) for t, (h, w) in zip(x.split([h * w for h, w in shapes], 1), shapes)]
+        outs = [t.transpose(1, 2).reshape(b, self.dim, h, w) for t, (h, w) in zip(split_tokens(x, shapes), shapes)]
         y = self.lateral(c2) + F.interpolate(outs[-1], size=c2.shape[-2:], mode="bilinear", align_corners=False)
         return self.mask_features(self.output(y)), outs
