@@ -269,3 +269,23 @@ def test_mask_value_outside_class_list_names_file_and_value(loveda_root):
     ds = build_dataset("loveda", loveda_root, "train", domains=("rural",))
     with pytest.raises(SegclipError, match=r"Rural/masks_png/2.png: mask value 9 outside"):
         ds[1]
+
+
+def test_prepare_uavid_tiles_with_custom_tile(tmp_path):
+    src = tmp_path / "uavid"
+    classes = dataset_info("uavid")["classes"]
+    mask = np.zeros((90, 150, 3), np.uint8)
+    mask[:, :] = UAVID_COLORS[classes[1]]  # road
+    mask[:, 100:] = UAVID_COLORS[classes[2]]  # tree
+    img = _rgb(90, 150, 5)
+    _png(src / "uavid_train" / "seq3" / "Images" / "000100.png", img)
+    _png(src / "uavid_train" / "seq3" / "Labels" / "000100.png", mask)
+    r = CliRunner().invoke(main, ["prepare", "uavid", str(src), str(tmp_path / "tiles"), "--tile", "64"])
+    assert r.exit_code == 0, r.output
+    ds = build_dataset("uavid", tmp_path / "tiles", "train")
+    assert ds.classes == classes and len(ds) == len(tile_coords(90, 150, 64, 64))
+    for i in range(len(ds)):
+        it = ds[i]
+        y0, x0 = it["meta"]["origin"]
+        np.testing.assert_array_equal(it["image"], img[y0:y0 + 64, x0:x0 + 64])
+        np.testing.assert_array_equal(it["mask"], np.where(np.arange(x0, x0 + 64) >= 100, 2, 1)[None].repeat(64, 0))
