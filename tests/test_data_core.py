@@ -4,8 +4,6 @@ Fixtures are tiny real PNG files with known content; decoded masks are checked p
 """
 from __future__ import annotations
 
-import json
-import warnings
 
 import numpy as np
 import pytest

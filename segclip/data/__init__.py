@@ -36,6 +36,8 @@ def _classes(name: str, **options) -> tuple:
         return classes_for(options.get("label_order", "paper"))
     if name == "folder":
         from .folder import load_classes_yaml
+        if options.get("root") is None:
+            raise SegclipError("dataset_info('folder') needs root=<dataset folder> to read its classes.yaml")
         info = load_classes_yaml(options["root"])
         return info["classes"], info["palette"]
     raise SegclipError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -44,7 +46,7 @@ def _classes(name: str, **options) -> tuple:
 def dataset_info(name: str, root=None, **options) -> dict:
     """Class names and palette of a dataset (the trainer/exporter use it to validate checkpoints)."""
     classes, palette = _classes(str(name).lower(), root=root, **options)
-    return {"name": name, "classes": tuple(classes), "palette": tuple(tuple(c) for c in palette)}
+    return {"name": str(name).lower(), "classes": tuple(classes), "palette": tuple(tuple(c) for c in palette), "ignore_index": 255}
 
 
 def _construct(cls, *args, what: str, **options):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 

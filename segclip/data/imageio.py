@@ -50,7 +50,7 @@ def read_rgb(path: Path) -> np.ndarray:
     im = _open(path)
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
 
 
 def read_index_mask(path: Path) -> np.ndarray:

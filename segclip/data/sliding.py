@@ -4,9 +4,11 @@ Windows follow the tiling rule of ``tiling.tile_coords`` (last window shifted ba
 are run in batches, and overlapping scores are blended with a separable tent weight that is
 highest at a window's centre and never zero, so seams vanish and every pixel is covered.
 
-Memory stays bounded: windows are processed one row of windows at a time, and only the rows of
-pixels that later windows can still touch are kept (K x (window_h + stride) x W floats); finished
-rows are reduced to the class map at once.  ``return_scores=True`` keeps the full K x H x W map.
+Memory stays bounded: windows are processed one row of windows at a time into a ring buffer of
+K x window_h x W floats (every window row starts where the previous one's finished pixel rows
+end); finished rows are reduced to the class map at once and their buffer rows reused.  Only
+``return_scores=True`` holds the full K x H x W map.  Weights are positive, so the argmax needs no
+normalisation; the returned scores are the weighted mean.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import SegclipError
 from .tiling import _pair, tile_coords
 
 
@@ -33,11 +36,14 @@ def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, over
                            batch_size: int = 4, num_classes: int | None = None, return_scores: bool = False):
     """``predict_fn(uint8 N x h x w x 3) -> float N x K x h x w``; returns the H x W class map
     (uint8 when K <= 255, else int32), and the K x H x W float32 scores if ``return_scores``."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise SegclipError(f"sliding window: expected one uint8 H x W x 3 RGB image, got {image.dtype} {image.shape}")
     H, W = image.shape[:2]
     wh, ww = _pair(window, "window")
     if stride is None:
         if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            raise SegclipError(f"sliding window: overlap must be in [0, 1), got {overlap}")
         stride = (max(1, int(round(wh * (1 - overlap)))), max(1, int(round(ww * (1 - overlap)))))
     sh, sw = _pair(stride, "stride")
     padded = _pad(image, wh, ww)
@@ -46,22 +52,8 @@ def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, over
     rows = sorted({c[0] for c in coords})
     weight = _tent(wh)[:, None] * _tent(ww)[None, :]
 
-    out_mask = None
-    full = None  # K x Hp x Wp when return_scores
-    band = wsum = None  # rolling accumulators for rows [base, base + band height)
-    base = 0
     k = num_classes
-
-    def emit(y_end: int):
-        """Reduce finished pixel rows [base, y_end) of the band to classes and drop them from the band."""
-        nonlocal band, wsum, base
-        n = y_end - base
-        if n <= 0:
-            return
-        out_mask[base:y_end] = band[:, :n].argmax(0)
-        band = np.concatenate([band[:, n:], np.zeros_like(band[:, :n])], axis=1)
-        wsum = np.concatenate([wsum[n:], np.zeros_like(wsum[:n])], axis=0)
-        base = y_end
+    out_mask = full = full_w = band = None
 
     for r, y0 in enumerate(rows):
         row = [c for c in coords if c[0] == y0]
@@ -72,23 +64,38 @@ def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, over
             if out_mask is None:
                 k = k or scores.shape[1]
                 out_mask = np.zeros((Hp, Wp), np.uint8 if k <= 255 else np.int32)
-                band = np.zeros((k, wh + sh, Wp), np.float32)
-                wsum = np.zeros((wh + sh, Wp), np.float32)
                 if return_scores:
-                    full = np.zeros((k, Hp, Wp), np.float32)
-                    full_w = np.zeros((Hp, Wp), np.float32)
+                    full, full_w = np.zeros((k, Hp, Wp), np.float32), np.zeros((Hp, Wp), np.float32)
+                else:  # ring buffer: pixel row y lives in band row y % wh
+                    band = np.zeros((k, wh, Wp), np.float32)
             if scores.shape != (len(chunk), k, wh, ww):
-                raise ValueError(f"predict_fn returned {scores.shape}, expected {(len(chunk), k, wh, ww)}")
-            for (y, x, y1, x1), s in zip(chunk, scores):
-                ws = s * weight
-                band[:, y - base : y1 - base, x:x1] += ws
-                wsum[y - base : y1 - base, x:x1] += weight
+                raise SegclipError(f"sliding window: predict_fn returned scores of shape {scores.shape}, "
+                                   f"expected {(len(chunk), k, wh, ww)} (N x K x window)")
+            for (y, x, y1, x1), sc in zip(chunk, scores):
+                ws = sc * weight
                 if return_scores:
                     full[:, y:y1, x:x1] += ws
                     full_w[y:y1, x:x1] += weight
-        # Pixels above the next window row are final.
-        emit(rows[r + 1] if r + 1 < len(rows) else Hp)
-    mask = out_mask[:H, :W]
+                else:
+                    for phys, j in _ring(y, wh, wh):
+                        band[:, phys, x:x1] += ws[:, j]
+        if band is not None:  # pixel rows above the next window row are final: reduce and free them
+            y_end = rows[r + 1] if r + 1 < len(rows) else Hp
+            for phys, j in _ring(y0, y_end - y0, wh):
+                out_mask[y0 + j.start : y0 + j.stop] = band[:, phys].argmax(0)
+                band[:, phys] = 0
     if return_scores:
-        return mask, (full / full_w)[:, :H, :W]
-    return mask
+        full /= full_w
+        out_mask[:] = full.argmax(0)
+        return out_mask[:H, :W], full[:, :H, :W]
+    return out_mask[:H, :W]
+
+
+def _ring(y: int, n: int, size: int) -> list:
+    """Rows y..y+n-1 of a ring buffer of ``size`` rows: [(buffer slice, slice into the n rows)], at most two."""
+    o = y % size
+    first = min(n, size - o)
+    out = [(slice(o, o + first), slice(0, first))]
+    if n > first:
+        out.append((slice(0, n - first), slice(first, n)))
+    return out

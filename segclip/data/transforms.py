@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import SegclipError
 from .base import IGNORE_INDEX
 from .tiling import _pair, pad_to
 
@@ -58,6 +59,9 @@ class TrainAugment:
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
         item = self.dataset[i]
+        if "mask" not in item:
+            raise SegclipError(f"{item.get('meta', {}).get('path', f'item {i}')}: training needs masks, but this "
+                               f"split has none; train on a labelled split")
         image, mask = item["image"], item["mask"].astype(np.uint8)  # class ids < 255 fit in uint8 for PIL
         image, mask = self._rescale(rng, image, mask)
         image, mask = self._crop(rng, image, mask)
@@ -78,7 +82,8 @@ class TrainAugment:
 
 
 def collate(batch: list) -> dict:
-    return {
-        "image": torch.from_numpy(np.stack([b["image"] for b in batch])),
-        "mask": torch.from_numpy(np.stack([b["mask"] for b in batch])),
-    }
+    """``{"image": uint8 N x H x W x 3, "mask": int64 N x H x W}`` tensors (mask only if every item has one)."""
+    out = {"image": torch.from_numpy(np.stack([b["image"] for b in batch]))}
+    if all("mask" in b for b in batch):
+        out["mask"] = torch.from_numpy(np.stack([b["mask"] for b in batch]).astype(np.int64, copy=False))
+    return out
