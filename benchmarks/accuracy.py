@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from segclip.data.tiling import tile_coords
 from segclip.errors import SegclipError
 from segclip.export import parse_data  # noqa: F401 (one parser for --data everywhere)
 
@@ -47,15 +48,6 @@ def random_items(n: int, height: int, width: int, seed: int = 1) -> list:
     return [{"image": rng.integers(1, 256, (height, width, 3), dtype=np.uint8)} for _ in range(n)]
 
 
-def _starts(length: int, tile: int) -> list:
-    if length <= tile:
-        return [0]
-    s = list(range(0, length - tile + 1, tile))
-    if s[-1] + tile < length:
-        s.append(length - tile)
-    return s
-
-
 def predict_tiled(runner, image: np.ndarray, height: int, width: int, batch: int = 4) -> np.ndarray:
     """Class map of one H x W x 3 image from ``runner`` through height x width windows."""
     ih, iw = image.shape[:2]
@@ -64,7 +56,7 @@ def predict_tiled(runner, image: np.ndarray, height: int, width: int, batch: int
         mode = "reflect" if ph < ih and pw < iw else "edge"
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
     H, W = image.shape[:2]
-    coords = [(y, x) for y in _starts(H, height) for x in _starts(W, width)]
+    coords = [(y, x) for y, x, _, _ in tile_coords(H, W, (height, width))]
     out = np.zeros((H, W), dtype=np.int64)
     step = max(1, min(batch, runner.max_batch or batch))
     for i in range(0, len(coords), step):

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from segclip.errors import GateFailed, SegclipError
+from segclip.export import parse_size
 from segclip.runtime.base import one_line
 
 from . import accuracy as acc
@@ -74,18 +75,9 @@ def parse_sizes(value) -> Optional[list]:
         value = [v for v in value.split(",") if v.strip()]
     out = []
     for v in value:
-        try:
-            if isinstance(v, (tuple, list)):
-                h, w = int(v[0]), int(v[1])
-            else:
-                parts = [int(p) for p in str(v).lower().strip().split("x")]
-                h, w = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-        except (ValueError, IndexError):
-            raise SegclipError(f"--size {v!r}: expected S or HxW, e.g. 512 or 512x768") from None
-        if h < 32 or w < 32 or h % 32 or w % 32:
-            raise SegclipError(f"--size {h}x{w}: height and width must be multiples of 32 (the backbone's stride)")
-        if (h, w) not in out:
-            out.append((h, w))
+        hw = parse_size(v.strip() if isinstance(v, str) else int(v) if isinstance(v, np.integer) else v)
+        if hw not in out:
+            out.append(hw)
     return out or None
 
 

@@ -4,11 +4,11 @@ enforces it (the tests use it, and ``run_benchmark`` runs it before writing)."""
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 from pathlib import Path
 from typing import Optional
+
+from segclip.atomic import atomic_file, atomic_write_json
 
 SCHEMA_VERSION = 1
 TOP_KEYS = ("schema_version", "machine", "config", "rows", "triton_load", "summary", "table")
@@ -123,30 +123,17 @@ def format_table(report: dict) -> str:
 
 
 # ---- files -----------------------------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(report: dict, path) -> Path:
-    path = Path(path)
-    _atomic_text(path, json.dumps(report, indent=2, default=str) + "\n")
-    return path
+    return atomic_write_json(path, report, default=str)
 
 
 def write_csv(items: list, path, columns: list) -> Path:
-    path = Path(path)
-    buf_path = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(buf_path, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in items:
             w.writerow({k: (";".join(map(str, r[k])) if isinstance(r.get(k), list) else r.get(k)) for k in columns})
-    os.replace(buf_path, path)
-    return path
+    return Path(path)
 
 
 def write_plot(report: dict, path) -> Optional[Path]:
@@ -199,13 +186,10 @@ def write_plot(report: dict, path) -> Optional[Path]:
     m = report.get("machine") or {}
     fig.suptitle(f"segclip benchmark - {m.get('cpu', '?')}, {m.get('gpu') or 'no GPU'}, {m.get('threads')} threads", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def write_all(report: dict, out_dir, plot: bool = True) -> dict:

@@ -32,9 +32,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
-import segclip.runtime  # noqa: F401  (maps segclip.export/serving/benchmarks in a source checkout)
 from segclip.benchmarks import flops as fl
 from segclip.benchmarks import profiling as prof
 from segclip.benchmarks.machine import describe as describe_machine

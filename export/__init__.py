@@ -13,11 +13,9 @@ replaced with ``force=True``.  A failed parity gate keeps the artifacts, marks t
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -25,9 +23,12 @@ from typing import Optional
 import numpy as np
 
 from ..errors import GateFailed, SegclipError
-from ..signature import SCORES_NAME, Signature, default_palette
-from .manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, manifest_signature, public_mode, read_manifest,
-                       sha256_file, write_manifest)
+from ..runtime.torch_runner import signature_from_checkpoint
+from ..signature import SCORES_NAME
+from ..atomic import atomic_dir
+from ..data import build_dataset
+from ..data.sample import generate_sample_dataset
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, manifest_signature, read_manifest, sha256_file, write_manifest
 
 __all__ = ["export", "read_manifest", "manifest_signature", "Exporter", "parse_batch", "parse_size", "parse_data"]
 
@@ -154,45 +155,26 @@ def _from_dataset(ds, n: int, h: int, w: int, classes) -> tuple:
     return np.stack(images), lab
 
 
-def _build_dataset(name: str, root, split: str):
-    try:
-        from ..data import build_dataset
-    except ImportError:  # data package without the factory: LoveDA (the sample set's format) only
-        build_dataset = None
-    if build_dataset is not None:
-        return build_dataset(name, root, split)
-    if name.lower() != "loveda":
-        raise SegclipError(f"--data {name}: segclip.data.build_dataset is not available here; only loveda can be read")
-    from ..data.loveda import LoveDADataset
-
-    return LoveDADataset(root, split)
-
-
 def parity_images(data, n: int, h: int, w: int, classes, log=print) -> tuple:
     """-> (images N x h x w x 3 uint8, labels N x h x w int64 or None, source description)."""
     if n <= 0:
         raise SegclipError("--parity-images must be at least 1")
     spec = parse_data(data)
     if spec is not None:
-        ds = _build_dataset(*spec)
+        ds = build_dataset(*spec)
         images, labels = _from_dataset(ds, n, h, w, classes)
         return images, labels, f"data:{spec[0]}:{spec[1]}:{spec[2]}"
+    tmp = Path(tempfile.mkdtemp(prefix="segclip-parity-"))
     try:
-        from ..data.sample import generate_sample_dataset
-    except ImportError:
-        generate_sample_dataset = None
-    if generate_sample_dataset is not None:
-        tmp = Path(tempfile.mkdtemp(prefix="segclip-parity-"))
-        try:
-            # the sample set's own val split (a few 256 px LoveDA-format scenes), rendered in a second
-            root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=max(2, n), size=max(256, h, w))
-            ds = _build_dataset("loveda", root, "val")
-            images, labels = _from_dataset(ds, n, h, w, classes)
-            return images, labels, "sample:loveda:val"
-        except Exception as e:  # the sample generator is a convenience; never block an export on it
-            log(f"parity: sample data unavailable ({type(e).__name__}: {str(e)[:100]}); using synthetic images")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # the sample set's own val split (a few 256 px LoveDA-format scenes), rendered in a second
+        root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=max(2, n), size=max(256, h, w))
+        ds = build_dataset("loveda", root, "val")
+        images, labels = _from_dataset(ds, n, h, w, classes)
+        return images, labels, "sample:loveda:val"
+    except Exception as e:  # the sample generator is a convenience; never block an export on it
+        log(f"parity: sample data unavailable ({type(e).__name__}: {str(e)[:100]}); using synthetic images")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return synthetic_images(n, h, w), None, "synthetic"
 
 
@@ -254,11 +236,8 @@ class Exporter:
         if self.size is None:
             crop = (self.ckpt.get("train_config") or {}).get("crop_size") or DEFAULT_SIZE
             self.size = parse_size(int(crop))
-        classes = list(self.ckpt["classes"])
-        palette = self.ckpt.get("palette") or default_palette(len(classes))
         h, w = (None, None) if self.dynamic_size else self.size
-        self.signature = Signature(classes=classes, palette=palette, height=h, width=w, scores=self.scores,
-                                   max_batch=self.batch[2])
+        self.signature = signature_from_checkpoint(self.ckpt, height=h, width=w, scores=self.scores, max_batch=self.batch[2])
         self.twin_signature = dataclasses.replace(self.signature, scores=True)
         self.trt_reason = None
         if self.trt:
@@ -301,10 +280,11 @@ class Exporter:
         self.twins[key] = tpath
         n_params = sum(int(np.prod(t.dims)) for t in pub.graph.initializer)
         self.artifacts[key] = {
+            **info,  # the twin's trace details first: the public graph's own figures below win
             "file": fname, "format": "onnx", "precision": precision, "status": "pending",
             "sha256": sha256_file(path), "graph_sha256": gh, "size_bytes": path.stat().st_size,
             "opset": self.opset, "initializer_elements": n_params, "nodes": len(pub.graph.node),
-            "export_seconds": round(time.perf_counter() - t0, 3), **info,
+            "export_seconds": round(time.perf_counter() - t0, 3),
         }
         self.log(f"{key}: wrote {fname} ({path.stat().st_size / 2**20:.1f} MB, {len(pub.graph.node)} nodes) "
                  f"in {time.perf_counter() - t0:.1f} s")
@@ -354,7 +334,7 @@ class Exporter:
         from ..runtime.torch_runner import TorchRunner
         from .parity import compare, run_all
 
-        ref = TorchRunner(self.ckpt_path, scores=True, name="torch-fp32")
+        ref = TorchRunner(self.ckpt, scores=True, name="torch-fp32")  # the loaded checkpoint: no second torch.load
         candidates, thresholds = [], {}
         for key in ("onnx", "onnx_fp16"):
             if key in self.twins:
@@ -390,10 +370,7 @@ class Exporter:
         from .parity import failed_rows, format_table
 
         t_start = time.perf_counter()
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
-        public_mode(stage, directory=True)
-        try:
+        with atomic_dir(self.out, replace=self.force) as stage:
             self.export_onnx(stage)
             h, w = self.size
             images, labels, src = parity_images(self.data, self.parity_images, h, w, self.signature.classes, log=self.log)
@@ -434,10 +411,6 @@ class Exporter:
                 manifest["trtexec"] = "trtexec.sh"
             write_manifest(stage, manifest)
             shutil.rmtree(stage / ".parity", ignore_errors=True)
-            self._commit(stage)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
         self.log(table)
         self.log(f"export: {self.out} ({', '.join(k for k, a in self.artifacts.items() if a.get('file'))}) "
                  f"in {manifest['export_seconds']} s")
@@ -448,23 +421,6 @@ class Exporter:
             raise SegclipError(f"--trt: {self.trt_reason}; the ONNX export in {self.out} is done and "
                                f"{self.out / 'trtexec.sh'} builds the engine on the target (sh {self.out / 'trtexec.sh'})")
         return manifest
-
-    def _commit(self, stage: Path) -> None:
-        old = None
-        if self.out.exists():
-            if _nonempty(self.out) and not self.force:  # appeared while we were working
-                raise SegclipError(f"{self.out} already holds an export; pass --force to replace it")
-            old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(self.out, old)
-        try:
-            os.rename(stage, self.out)
-        except BaseException:
-            if old is not None:
-                os.rename(old, self.out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
 
 def export(source, out_dir=None, *, onnx: bool = True, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,

@@ -43,7 +43,7 @@ import json
 from pathlib import Path
 
 from ..errors import SegclipError
-from segclip.atomic import atomic_write_bytes, atomic_write_text, public_mode  # noqa: F401 (re-exported)
+from ..atomic import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "segclip-export"

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import SegclipError
 from ..signature import INPUT_NAME, MASK_NAME, SCORES_NAME, Signature
-from .manifest import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 MIN_OPSET = 17  # LayerNormalization (17), GridSample (16)
 STANDARD_DOMAINS = ("", "ai.onnx")

@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..data.base import IGNORE_INDEX
+from ..engine.metrics import ConfusionMatrix
 from ..signature import MASK_NAME, SCORES_NAME
-
-IGNORE_INDEX = 255
 
 
 def run_all(runner, images: np.ndarray, batch_size: int = 4) -> dict:
@@ -31,19 +31,11 @@ def run_all(runner, images: np.ndarray, batch_size: int = 4) -> dict:
     return {"mask": np.concatenate(masks), "scores": np.concatenate(scores) if scores else None, "seconds": seconds}
 
 
-def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    valid = (gt != ignore_index) & (gt < num_classes)
-    idx = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
-    """Mean IoU over the classes present in the ground truth or the prediction (dataset-level confusion)."""
-    cm = confusion(pred, gt, num_classes, ignore_index).astype(np.float64)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
+    """mIoU exactly as ``segclip eval`` computes it (classes present in the ground truth)."""
+    cm = ConfusionMatrix(num_classes, IGNORE_INDEX)
+    cm.update(pred, gt)
+    return cm.compute()["miou"]
 
 
 def _r(x, nd=6):

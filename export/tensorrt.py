@@ -16,7 +16,7 @@ from typing import Optional
 
 from ..errors import SegclipError
 from ..signature import INPUT_NAME
-from .manifest import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text
 
 ENGINE_NAME = "model.plan"
 TIMING_CACHE_NAME = "timing.cache"

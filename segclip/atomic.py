@@ -57,6 +57,8 @@ def atomic_dir(dst, replace: bool = False):
     try:
         yield tmp
         public_mode(tmp, directory=True)
+        if not replace and dst.exists() and not is_empty_dir(dst):  # appeared while we were working
+            raise SegclipError(f"{dst} already exists; pass --force to replace it")
         if dst.exists() or dst.is_symlink():
             old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(dst, old)
@@ -96,3 +98,9 @@ def atomic_write_bytes(path, data: bytes) -> Path:
 
 def atomic_write_text(path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj, **dumps_kw) -> Path:
+    import json
+
+    return atomic_write_text(path, json.dumps(obj, **{"indent": 2, **dumps_kw}) + "\n")

@@ -178,10 +178,15 @@ def default_palette(n: int) -> list:
     return out
 
 
-def colorize(mask: np.ndarray, palette: Sequence) -> np.ndarray:
-    """Class map (H x W, ints) -> RGB image using the palette; ignore (255) stays white."""
+def palette_table(palette: Sequence) -> np.ndarray:
+    """256 x 3 uint8 colour table: class i -> palette[i], ignore (255) -> white."""
     pal = np.zeros((256, 3), np.uint8)
     pal[255] = (255, 255, 255)
-    for i, c in enumerate(palette[:255]):
+    for i, c in enumerate(list(palette)[:255]):
         pal[i] = c
-    return pal[np.clip(mask, 0, 255).astype(np.int64)]
+    return pal
+
+
+def colorize(mask: np.ndarray, palette: Sequence) -> np.ndarray:
+    """Class map (H x W, ints) -> RGB image using the palette; ignore (255) stays white."""
+    return palette_table(palette)[np.clip(mask, 0, 255).astype(np.int64)]

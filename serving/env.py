@@ -13,7 +13,6 @@ this is needed: ``tritonserver`` is on PATH with its native backends.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from segclip.atomic import atomic_write_json
 from segclip.errors import SegclipError
 
 ENV_VAR = "SEGCLIP_TRITON_ENV"
@@ -249,8 +249,6 @@ def create_server_env(path=None, *, force: bool = False, python: Optional[str] =
         "nvidia-pytriton": env.pytriton_version,
         "tritonserver": str(env.tritonserver),
     }
-    tmp = path / f".{RECORD}.partial"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path / RECORD)
+    atomic_write_json(path / RECORD, record)
     echo(f"server env ready in {time.time() - t0:.0f}s: {env.describe()}")
     return env

@@ -19,6 +19,7 @@ alone); an existing model is replaced only with ``force``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -30,19 +31,18 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError
-from segclip.export.manifest import read_manifest, sha256_file
+from segclip.export.manifest import manifest_signature, read_manifest, sha256_file
+from segclip.runtime.triton import PRECISION_PARAM, SIGNATURE_PARAM
 from segclip.signature import INPUT_NAME, MASK_NAME, Signature, triton_config_type
 
 MODEL_ONNX = "segclip_onnx"
 MODEL_TRT = "segclip_trt"
 MODEL_PYTHON = "segclip_python"
 ALL_MODELS = (MODEL_ONNX, MODEL_TRT, MODEL_PYTHON)
-SIGNATURE_PARAM = "segclip_signature"  # config parameter carrying Signature JSON (read by TritonRunner)
 MODEL_RECORD = "segclip_model.json"
 LABELS = "labels.txt"
 CONFIG = "config.pbtxt"
 VERSION = "1"
-PRECISION_PARAM = "segclip_precision"
 OK_STATUS = ("ok", "passed")  # an artifact that passed its export parity gate
 PYTHON_BACKEND_SRC = Path(__file__).resolve().parent / "python_backend" / "model.py"
 
@@ -51,15 +51,6 @@ _ONNX_ELEM = {"uint8": 2, "int32": 6, "int64": 7, "float16": 10, "float32": 1}
 _ELEM_NAME = {v: k for k, v in _ONNX_ELEM.items()}
 _CONFIG_TO_NP = {triton_config_type(k): k for k in _ONNX_ELEM}
 
-
-# ---- reading an export ------------------------------------------------------------------------------
-def read_export(export_dir) -> dict:
-    """The export's manifest (via ``segclip.export.read_manifest``) plus its Signature."""
-    export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
-    if "signature" not in manifest:
-        raise SegclipError(f"{export_dir}/manifest.json has no signature; re-export with `segclip export`")
-    return manifest
 
 
 def _artifact(manifest: dict, export_dir: Path, key: str, *, required: bool):
@@ -128,7 +119,16 @@ def warmup_hw(manifest: dict, sig: Signature) -> tuple:
 
 # ---- ONNX I/O ---------------------------------------------------------------------------------------
 def onnx_io(onnx_path) -> dict:
-    """{"inputs": {name: (dtype, dims)}, "outputs": {...}}; dims ints, None for symbolic/unknown."""
+    """{"inputs": {name: (dtype, dims)}, "outputs": {...}}; dims ints, None for symbolic/unknown.
+
+    Cached by file identity: building and pre-flighting a repository checks the same (hard-linked)
+    ONNX file for several models, and parsing a full model with its weights takes a while."""
+    st = os.stat(onnx_path)
+    return _onnx_io(str(onnx_path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _onnx_io(onnx_path, *_identity) -> dict:
     import onnx
 
     try:
@@ -298,8 +298,8 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
         raise SegclipError(f"--instances must be >= 1, got {instances}")
     if queue_delay_us < 0:
         raise SegclipError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
-    manifest = read_export(export_dir)
-    sig = Signature.from_dict(manifest["signature"])
+    manifest = read_manifest(export_dir)
+    sig = manifest_signature(manifest)
     if precision not in ("fp32", "fp16"):
         raise SegclipError(f"--precision must be fp32 or fp16, got {precision!r}")
     onnx_key = "onnx" if precision == "fp32" else "onnx_fp16"

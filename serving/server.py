@@ -211,7 +211,7 @@ class TritonServer:
                 raise SegclipError(f"{flag} {port} is not a valid port")
             if port_in_use(self.host, port):
                 raise SegclipError(f"port {port} on {self.host} is already in use ({flag}); stop what uses it or pick another {flag}")
-        if self.mode == PIP:
+        if self.mode == PIP and self.server_env is None:  # start() pre-flights again after the CLI did
             self.server_env = find_server_env(self._env_arg)
             self.binary = self.server_env.tritonserver
             check_stub_libraries(self.server_env)

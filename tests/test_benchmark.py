@@ -12,7 +12,6 @@ import shutil
 import numpy as np
 import pytest
 
-import segclip.runtime  # noqa: F401  (maps segclip.export/serving/benchmarks in a source checkout)
 
 SIZE = 64
 FAST = dict(reps=2, warmup=1, budget_s=0.0, threads=2, limit=2, plot=True)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import segclip.runtime  # noqa: F401  (maps segclip.export in a source checkout)
 
 SIZE = 64
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import segclip.runtime  # noqa: F401  (maps segclip.serving / segclip.export in a source checkout)
 from segclip.errors import SegclipError
 
 SIZE = 64

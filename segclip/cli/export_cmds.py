@@ -52,11 +52,9 @@ def mask_image(mask: np.ndarray, palette):
         return Image.fromarray(mask.astype(np.uint16))
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     im = Image.frombytes("P", (m.shape[1], m.shape[0]), m.tobytes())
-    pal = np.zeros((256, 3), np.uint8)
-    pal[255] = (255, 255, 255)
-    for i, c in enumerate(list(palette)[:255]):
-        pal[i] = c
-    im.putpalette(pal.flatten().tolist())
+    from ..signature import palette_table
+
+    im.putpalette(palette_table(palette).flatten().tolist())
     return im
 
 
@@ -69,65 +67,26 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0
     return Image.fromarray((image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8))
 
 
-def _tile_fallback(runner, image: np.ndarray, h: int, w: int, overlap: float, batch_size: int) -> np.ndarray:
-    """Sliding window over tiles of the model's size (used when segclip.data.sliding is not
-    available): scores are averaged where tiles overlap when the model gives scores, otherwise each
-    pixel takes the class from the tile whose centre is nearest."""
-    from ..data.tiling import pad_to, tile_coords
-
-    ih, iw = image.shape[:2]
-    ph, pw = max(ih, h), max(iw, w)
-    img = pad_to(image, ph, pw, 0)
-    stride = (max(1, int(h * (1 - overlap))), max(1, int(w * (1 - overlap))))
-    coords = tile_coords(ph, pw, (h, w), stride)
-    k = runner.signature.num_classes
-    use_scores = runner.has_scores
-    acc = np.zeros((k, ph, pw), np.float32) if use_scores else None
-    best = None if use_scores else np.full((ph, pw), np.inf, np.float32)
-    out = None if use_scores else np.zeros((ph, pw), np.int32)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for i in range(0, len(coords), batch_size):
-        chunk = coords[i:i + batch_size]
-        batch = np.stack([img[y0:y0 + h, x0:x0 + w] for y0, x0, _, _ in chunk])
-        res = runner.infer(batch)
-        for j, (y0, x0, _, _) in enumerate(chunk):
-            if use_scores:
-                acc[:, y0:y0 + h, x0:x0 + w] += res["scores"][j]
-            else:
-                d = np.maximum(np.abs(yy - (h - 1) / 2) / h, np.abs(xx - (w - 1) / 2) / w).astype(np.float32)
-                region = best[y0:y0 + h, x0:x0 + w]
-                take = d < region
-                region[take] = d[take]
-                out[y0:y0 + h, x0:x0 + w][take] = res["mask"][j][take]
-    full = acc.argmax(0) if use_scores else out
-    return full[:ih, :iw]
-
-
 def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: int = 4) -> tuple:
-    """One H x W x 3 uint8 image -> (H x W class map, how: "direct" | "sliding-window" | "tiled")."""
+    """One H x W x 3 uint8 image -> (H x W class map, how: "direct" | "sliding-window")."""
     sig = runner.signature
     if sig.dynamic_size or image.shape[:2] == (sig.height, sig.width):
         return runner.infer(image[None])["mask"][0], "direct"
-    h, w = sig.height, sig.width
-    try:
-        from ..data.sliding import sliding_window_predict
-    except ImportError:
-        sliding_window_predict = None
-    if sliding_window_predict is not None:
-        k = sig.num_classes
+    from ..data.sliding import sliding_window_predict
 
-        def predict_fn(batch):
-            out = runner.infer(np.ascontiguousarray(batch, dtype=np.uint8))
-            if "scores" in out:
-                return out["scores"]
-            onehot = np.zeros((out["mask"].shape[0], k) + out["mask"].shape[1:], np.float32)
-            np.put_along_axis(onehot, out["mask"][:, None].astype(np.int64), 1.0, axis=1)
-            return onehot
+    k = sig.num_classes
 
-        res = sliding_window_predict(predict_fn, image, (h, w), overlap=overlap, batch_size=batch_size, num_classes=k)
-        mask = res[0] if isinstance(res, tuple) else res
-        return np.asarray(mask), "sliding-window"
-    return _tile_fallback(runner, image, h, w, overlap, batch_size), "tiled"
+    def predict_fn(batch):
+        out = runner.infer(np.ascontiguousarray(batch, dtype=np.uint8))
+        if "scores" in out:
+            return out["scores"]
+        # mask-only artifacts (the default export): one-hot votes, blended like scores
+        onehot = np.zeros((out["mask"].shape[0], k) + out["mask"].shape[1:], np.float32)
+        np.put_along_axis(onehot, out["mask"][:, None].astype(np.int64), 1.0, axis=1)
+        return onehot
+
+    mask = sliding_window_predict(predict_fn, image, (sig.height, sig.width), overlap=overlap, batch_size=batch_size, num_classes=k)
+    return mask, "sliding-window"
 
 
 @click.command("predict")

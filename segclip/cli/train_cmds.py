@@ -1,14 +1,13 @@
 """``segclip train``, ``segclip eval`` and ``segclip quickstart``."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import click
 
+from ..atomic import atomic_write_json
 from ..errors import SegclipError
 
 
@@ -16,13 +15,6 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _parse_prompts(items) -> dict:
@@ -100,7 +92,7 @@ def train(dataset, data_root, preset, out, resume, max_steps, batch_size, lr, cr
         click.echo(f"trained {res['step']} steps in {res['train_seconds']:.0f} s -> {out}")
         if do_eval and trainer.val_dataset is not None:
             metrics = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device)
-            _write_json(Path(out) / "eval_val.json", metrics)
+            atomic_write_json(Path(out) / "eval_val.json", metrics)
             click.echo(f"val mIoU {metrics['miou']:.4f}  OA {metrics['overall_accuracy']:.4f}  -> {Path(out) / 'eval_val.json'}")
     D.cleanup()
 
@@ -140,7 +132,7 @@ def eval_cmd(source, dataset, data_root, split, window, batch_size, device, limi
     metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch_size, limit=limit)
     metrics.update({"checkpoint": ckpt["path"], "dataset": dataset, "split": split})
     dest = Path(out_json) if out_json else (Path(source) / f"eval_{split}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".eval_{split}.json"))
-    _write_json(dest, metrics)
+    atomic_write_json(dest, metrics)
     click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}")
     for name, v in metrics["per_class_iou"].items():
         click.echo(f"  {name:<20} IoU {'-' if v is None else f'{v:.4f}'}")
@@ -178,7 +170,7 @@ def quickstart(out, steps, seed, pretrained, do_export, do_bench, force):
     summary["artifacts"]["run_dir"] = str(run)
     summary["artifacts"]["checkpoint"] = str(run / "model_final.pt")
     metrics = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device)
-    _write_json(run / "eval_val.json", metrics)
+    atomic_write_json(run / "eval_val.json", metrics)
     summary["val_miou"] = round(metrics["miou"], 4)
     summary["val_overall_accuracy"] = round(metrics["overall_accuracy"], 4)
     summary["per_class_iou"] = metrics["per_class_iou"]
@@ -193,7 +185,7 @@ def quickstart(out, steps, seed, pretrained, do_export, do_bench, force):
             summary[f"{step_name}_status"] = f"skipped: {e}"
             click.echo(f"quickstart: {step_name} skipped ({e})")
     summary["total_seconds"] = round(time.time() - t_start, 1)
-    _write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     click.echo(f"summary -> {out / 'summary.json'} (total {summary['total_seconds']:.0f} s)")
 
 

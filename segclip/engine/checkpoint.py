@@ -44,20 +44,25 @@ def step_checkpoints(run_dir: str | os.PathLike) -> list:
     return [p for _, p in sorted(found)]
 
 
-def resolve_checkpoint(path: str | os.PathLike, prefer_final: bool = True) -> Path:
-    """RUN_DIR or checkpoint file -> checkpoint file (the final model, else the latest step)."""
+def has_checkpoints(run_dir: str | os.PathLike) -> bool:
+    return bool(step_checkpoints(run_dir)) or (Path(run_dir) / FINAL_NAME).is_file()
+
+
+def resolve_checkpoint(path: str | os.PathLike, latest: bool = False) -> Path:
+    """RUN_DIR or checkpoint file -> checkpoint file: the final model, else the last step; with
+    ``latest`` (resume) the newest training state, which after an extended run is a step file
+    written after the final model."""
     p = Path(path)
     if p.is_file():
         return p
     if p.is_dir():
         final = p / FINAL_NAME
         steps = step_checkpoints(p)
-        if prefer_final and final.is_file():
-            return final
-        if steps:
-            return steps[-1]
-        if final.is_file():
-            return final
+        candidates = ([final] if final.is_file() else []) + steps[-1:]
+        if latest and len(candidates) == 2:
+            return max(candidates, key=lambda c: c.stat().st_mtime)
+        if candidates:
+            return candidates[0]
         raise SegclipError(f"{p}: no checkpoint found (expected {FINAL_NAME} or checkpoints/step_*.pt); is this a segclip run directory?")
     raise SegclipError(f"{p}: no such checkpoint file or run directory")
 

@@ -9,26 +9,24 @@ uninterrupted run would have done from step s.
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..atomic import atomic_write_json
 from ..config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
 from ..errors import SegclipError
 from ..modeling import build_model, semantic_targets
-from ..prompts import make_prompts
 from ..modeling.criterion import SetCriterion
 from ..modeling.matcher import HungarianMatcher
 from . import distributed as D
-from .checkpoint import FINAL_NAME, atomic_save, check_classes, checkpoint_dict, load_checkpoint, step_checkpoints
+from .checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, has_checkpoints, load_checkpoint,
+                         resolve_checkpoint)
 
 
 def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
@@ -109,18 +107,15 @@ class Trainer:
 
         ckpt = None
         if resume:
-            steps = step_checkpoints(self.out)
-            final = self.out / FINAL_NAME
-            if not steps and not final.is_file():
+            if not has_checkpoints(self.out):
                 raise SegclipError(f"--resume: no checkpoint in {self.out}; start without --resume")
-            ckpt = load_checkpoint(final if final.is_file() and (not steps or final.stat().st_mtime >= steps[-1].stat().st_mtime) else steps[-1])
+            ckpt = load_checkpoint(resolve_checkpoint(self.out, latest=True))
             check_classes(ckpt, classes, f"dataset {dataset_name}")
             mcfg = model_config_from_dict(dict(ckpt["model_config"]))
             saved_t = train_config_from_dict(dict(ckpt["train_config"]))
             saved_t.max_steps = tcfg.max_steps  # a resumed run may be extended
             tcfg = saved_t
-            prompts = ckpt["prompts"]
-        elif self.out.exists() and (step_checkpoints(self.out) or (self.out / FINAL_NAME).exists()):
+        elif has_checkpoints(self.out):
             raise SegclipError(f"{self.out} already holds a training run; pass --resume to continue it or choose a new --out")
         self.mcfg, self.tcfg = mcfg, tcfg
 
@@ -130,8 +125,7 @@ class Trainer:
             model = build_model(mcfg, classes, ckpt["prompts"], ckpt["text_embeddings"])
             model.load_state_dict(ckpt["model"])
         else:
-            prompts = list(prompts) if prompts is not None else list(getattr(dataset, "prompts", None) or make_prompts(classes, template=mcfg.prompt_template))
-            model = build_model(mcfg, classes, prompts)
+            model = build_model(mcfg, classes, prompts if prompts is not None else getattr(dataset, "prompts", None))
         self.model = model.to(self.device)
         self.criterion = build_criterion(mcfg, len(classes)).to(self.device)
         self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else None
@@ -160,9 +154,7 @@ class Trainer:
     def _write_config(self):
         cfg = {"dataset": self.dataset_name, "classes": list(self.model.classes), "prompts": list(self.model.prompts),
                "model": asdict(self.mcfg), "train": asdict(self.tcfg), "world_size": self.world}
-        tmp = self.out / ".config.json.tmp"
-        tmp.write_text(json.dumps(cfg, indent=2))
-        os.replace(tmp, self.out / "config.json")
+        atomic_write_json(self.out / "config.json", cfg)
 
     def _state(self) -> dict:
         rng = D.all_gather_object(_rng_state())

@@ -47,8 +47,8 @@ def read_onnx_metadata(path) -> dict:
     return {m.key: m.value for m in model.metadata_props}
 
 
-def signature_from_onnx(path) -> Signature:
-    meta = read_onnx_metadata(path)
+def signature_from_onnx(path, meta: Optional[dict] = None) -> Signature:
+    meta = read_onnx_metadata(path) if meta is None else meta
     if META_SIGNATURE not in meta:
         raise SegclipError(f"{path}: no '{META_SIGNATURE}' in the ONNX metadata: not a segclip export; export it with segclip export")
     try:
@@ -110,7 +110,7 @@ class OnnxRunner(Runner):
                 device_id = int(str(device).split(":")[1])
         meta = read_onnx_metadata(self.path)
         if signature is None:
-            signature = signature_from_onnx(self.path)
+            signature = signature_from_onnx(self.path, meta)  # one parse of the file, not two
         precision = precision or meta.get(META_PRECISION, "fp32")
         self.providers = resolve_providers(providers, device_id, cache_dir=str(self.path.parent / "ort_trt_cache"))
         self.threads = threads

@@ -2,6 +2,7 @@
 that is exported, so it is the reference every exported artifact is compared with."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -26,10 +27,11 @@ class TorchRunner(Runner):
 
     def __init__(self, checkpoint, *, device: str = "cpu", precision: str = "fp32", scores: bool = True,
                  size: Optional[tuple] = None, name: Optional[str] = None, max_batch: int = 8, threads: Optional[int] = None):
-        from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
+        from ..engine.checkpoint import load_checkpoint
 
-        self.checkpoint_path = resolve_checkpoint(checkpoint)
-        self._ckpt = load_checkpoint(self.checkpoint_path)
+        # a path/run dir, or a checkpoint dict already loaded by the caller (the exporter)
+        self._ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        self.checkpoint_path = Path(self._ckpt["path"])
         if precision not in ("fp32", "fp16"):
             raise SegclipError(f"torch runner: precision must be fp32 or fp16, got {precision!r}")
         if precision == "fp16" and not str(device).startswith("cuda"):

@@ -26,9 +26,9 @@ from ..errors import SegclipError
 from ..signature import MASK_NAME, Signature, triton_wire_type
 from .base import Runner
 
-SIGNATURE_PARAM = "segclip_signature"  # same key as segclip.serving.repo.SIGNATURE_PARAM
+# config.pbtxt parameters written by segclip.serving.repo and read back by the client
+SIGNATURE_PARAM = "segclip_signature"  # the export's Signature as JSON
 PRECISION_PARAM = "segclip_precision"
-_WIRE_TO_NP = {"UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16, "FP32": np.float32}
 
 
 def _one_line(e) -> str:
