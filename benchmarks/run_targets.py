@@ -368,7 +368,7 @@ def write_results(res: dict, path: Path) -> None:
                  if a["ceiling_speedup_at_gemm_rate"] < r["required_speedup"] else
                  ": reachable in principle, by removing non-GEMM time (the profile below).")]
         if r.get("variants"):
-            L += ["", f"Export/session variants at {size}x{size} (`benchmarks/variants.py`, interleaved among themselves; "
+            L += ["", f"Export/session variants at {size}x{size} (`segclip/benchmarks/variants.py`, interleaved among themselves; "
                   f"projected speedup = measured speedup x default p50 / variant p50):", "",
                   "| variant | p50 ms | vs default | projected speedup | pixel agreement |", "|---|---:|---:|---:|---:|"]
             for k, v in r["variants"].items():

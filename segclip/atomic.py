@@ -15,7 +15,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SegclipError
+from segclip.errors import SegclipError
 
 
 def _umask() -> int:

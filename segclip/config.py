@@ -10,7 +10,7 @@ import copy
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from .errors import SegclipError
+from segclip.errors import SegclipError
 
 
 @dataclass

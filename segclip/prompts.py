@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-from .errors import SegclipError
+from segclip.errors import SegclipError
 
 DEFAULT_TEMPLATE = "a photo with a {}"
 _PLACEHOLDERS = ("{}", "{name}", "{class}")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import SegclipError
+from segclip.errors import SegclipError
 
 INPUT_NAME = "image"
 MASK_NAME = "mask"

@@ -16,7 +16,7 @@ import pytest
 SIZE = 64
 FAST = dict(reps=2, warmup=1, budget_s=0.0, threads=2, limit=2, plot=True)
 
-# the documented schema, written out independently of benchmarks/report.py
+# the documented schema, written out independently of segclip/benchmarks/report.py
 NUM, OPT_NUM = (int, float), (int, float, type(None))
 OPT_STR, OPT_INT = (str, type(None)), (int, type(None))
 ROW_SCHEMA = {

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..errors import SegclipError
+from segclip.errors import SegclipError
 
 # module (relative to this package) -> names of the click commands it defines
 COMMAND_MODULES = [

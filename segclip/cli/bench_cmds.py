@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import GateFailed
+from segclip.errors import GateFailed
 
 
 def default_out(source) -> Path:

@@ -13,7 +13,7 @@ import click
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT_DIR that is not this sample set.")
 def sample_data(out_dir, seed, num_train, num_val, size, force):
     """Render the embedded sample dataset (LoveDA format, 7 classes) into OUT_DIR, with preview.png."""
-    from ..data.sample import generate_sample_dataset, write_preview
+    from segclip.data.sample import generate_sample_dataset, write_preview
 
     root = generate_sample_dataset(out_dir, seed=seed, num_train=num_train, num_val=num_val, size=size, force=force)
     preview = write_preview(root)
@@ -32,7 +32,7 @@ def sample_data(out_dir, seed, num_train, num_val, size, force):
 def prepare(dataset, src, dst, tile, stride, splits, label_order, force):
     """Cut a large-image dataset (iSAID, UAVid) into standard patches: last patch shifted back to the
     border, small images padded (label 255).  DST is written to a temp folder and renamed."""
-    from ..data.prepare import prepare_patches
+    from segclip.data.prepare import prepare_patches
 
     opts = {"label_order": label_order} if label_order else {}
     m = prepare_patches(dataset, src, dst, tile=tile, stride=stride, splits=list(splits) or None, force=force, **opts)

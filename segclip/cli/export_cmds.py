@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..errors import SegclipError
+from segclip.errors import SegclipError
 
 
 @click.command("export")
@@ -29,7 +29,7 @@ from ..errors import SegclipError
 def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opset, data, parity_images, out, force,
                fp32_threshold, fp16_threshold, workspace):
     """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
-    from ..export import export
+    from segclip.export import export
 
     export(source, out, onnx=True, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
            opset=opset, data=data, parity_images=parity_images, force=force, fp32_threshold=fp32_threshold,
@@ -38,7 +38,7 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
 
 # ---- predict -------------------------------------------------------------------------------------
 def _atomic_png(img, path: Path) -> None:
-    from ..atomic import atomic_file
+    from segclip.atomic import atomic_file
 
     with atomic_file(path) as tmp:
         img.save(tmp, format="PNG")
@@ -52,7 +52,7 @@ def mask_image(mask: np.ndarray, palette):
         return Image.fromarray(mask.astype(np.uint16))
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     im = Image.frombytes("P", (m.shape[1], m.shape[0]), m.tobytes())
-    from ..signature import palette_table
+    from segclip.signature import palette_table
 
     im.putpalette(palette_table(palette).flatten().tolist())
     return im
@@ -61,7 +61,7 @@ def mask_image(mask: np.ndarray, palette):
 def overlay_image(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5):
     from PIL import Image
 
-    from ..signature import colorize
+    from segclip.signature import colorize
 
     col = colorize(mask, palette).astype(np.float32)
     return Image.fromarray((image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8))
@@ -72,7 +72,7 @@ def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: 
     sig = runner.signature
     if sig.dynamic_size or image.shape[:2] == (sig.height, sig.width):
         return runner.infer(image[None])["mask"][0], "direct"
-    from ..data.sliding import sliding_window_predict
+    from segclip.data.sliding import sliding_window_predict
 
     k = sig.num_classes
 
@@ -101,8 +101,8 @@ def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: 
 @click.option("--overlap", default=0.25, show_default=True, type=float, help="Sliding-window overlap for images larger than the model.")
 def predict_cmd(model, images, out, overlay, fmt, device, providers, batch_size, overlap):
     """Segment IMAGES with MODEL; writes <stem>_mask.png (palette PNG) [and <stem>_overlay.png]."""
-    from ..data.imageio import read_rgb
-    from ..runtime import load_runner
+    from segclip.data.imageio import read_rgb
+    from segclip.runtime import load_runner
 
     if not 0 <= overlap < 1:
         raise SegclipError(f"--overlap {overlap}: must be in [0, 1)")

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from ..errors import SegclipError
+from segclip.errors import SegclipError
 
 
 def _split(names) -> list:

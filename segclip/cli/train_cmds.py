@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..atomic import atomic_write_json
-from ..errors import SegclipError
+from segclip.atomic import atomic_write_json
+from segclip.errors import SegclipError
 
 
 def _default_device() -> str:
@@ -32,9 +32,9 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
                  checkpoint_every=None, gtg=True, prompts=None, prompt_template=None, num_workers=None,
                  progress=True, stop_after=None):
     """Build datasets and model from a preset and train; returns (trainer, fit result)."""
-    from ..config import get_preset
-    from ..data import build_dataset
-    from ..engine.trainer import Trainer
+    from segclip.config import get_preset
+    from segclip.data import build_dataset
+    from segclip.engine.trainer import Trainer
 
     p = get_preset(preset)
     m, t = p.model, p.train
@@ -82,7 +82,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 def train(dataset, data_root, preset, out, resume, max_steps, batch_size, lr, crop_size, backbone_weights, clip_checkpoint,
           prompt_items, prompt_template, no_gtg, checkpoint_every, device, seed, do_eval):
     """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
-    from ..engine import distributed as D
+    from segclip.engine import distributed as D
 
     trainer, res = run_training(dataset, data_root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch_size,
                                 lr=lr, crop_size=crop_size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
@@ -98,7 +98,7 @@ def train(dataset, data_root, preset, out, resume, max_steps, batch_size, lr, cr
 
 
 def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, progress=True) -> dict:
-    from ..engine.evaluate import evaluate, torch_scores_fn
+    from segclip.engine.evaluate import evaluate, torch_scores_fn
 
     window = tcfg.eval_size or tcfg.crop_size
     return evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
@@ -117,9 +117,9 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
 @click.option("--out", "out_json", type=click.Path(), help="Write metrics JSON here (default: RUN_DIR/eval_<split>.json).")
 def eval_cmd(source, dataset, data_root, split, window, batch_size, device, limit, out_json):
     """Evaluate a run directory or checkpoint: mIoU, per-class IoU, F1, overall accuracy."""
-    from ..config import train_config_from_dict
-    from ..data import build_dataset
-    from ..engine.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+    from segclip.config import train_config_from_dict
+    from segclip.data import build_dataset
+    from segclip.engine.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(source)
     ds = build_dataset(dataset, data_root, split)
@@ -149,7 +149,7 @@ def eval_cmd(source, dataset, data_root, split, window, batch_size, device, limi
 @click.option("--force", is_flag=True, help="Replace an existing quickstart directory.")
 def quickstart(out, steps, seed, pretrained, do_export, do_bench, force):
     """Generate the sample dataset, train the small preset, evaluate, export and benchmark."""
-    from ..data.sample import generate_sample_dataset
+    from segclip.data.sample import generate_sample_dataset
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -190,7 +190,7 @@ def quickstart(out, steps, seed, pretrained, do_export, do_bench, force):
 
 
 def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
-    from ..export import export
+    from segclip.export import export
 
     manifest = export(run, out / "export", onnx=True, fp16=True, batch=(1, 1, 4), data=f"sample:{out / 'data'}:val")
     summary["artifacts"]["export"] = str(out / "export")
@@ -199,7 +199,7 @@ def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
 
 
 def _quickstart_benchmark(run: Path, out: Path, summary: dict) -> None:
-    from ..benchmarks import run_benchmark
+    from segclip.benchmarks import run_benchmark
 
     report = run_benchmark(out / "export", out=out / "benchmark", data=f"sample:{out / 'data'}:val", quick=True)
     summary["artifacts"]["benchmark"] = str(out / "benchmark")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from ..errors import SegclipError
+from segclip.errors import SegclipError
 
 DATASETS = ("loveda", "isaid", "uavid", "folder", "sample")
 # standard offline patching (tile, stride): iSAID's devkit 896/512; UAVid 1024 tiles
@@ -26,16 +26,16 @@ PATCH_DEFAULTS = {"isaid": (896, 512), "uavid": (1024, 1024)}
 def _classes(name: str, **options) -> tuple:
     """(classes, palette) of a named dataset, without touching the disk (folder: reads classes.yaml)."""
     if name in ("loveda", "sample"):
-        from .loveda import CLASSES, PALETTE
+        from segclip.data.loveda import CLASSES, PALETTE
         return CLASSES, PALETTE
     if name == "isaid":
-        from .isaid import CLASSES, PALETTE
+        from segclip.data.isaid import CLASSES, PALETTE
         return CLASSES, PALETTE
     if name == "uavid":
-        from .uavid import classes_for
+        from segclip.data.uavid import classes_for
         return classes_for(options.get("label_order", "paper"))
     if name == "folder":
-        from .folder import load_classes_yaml
+        from segclip.data.folder import load_classes_yaml
         if options.get("root") is None:
             raise SegclipError("dataset_info('folder') needs root=<dataset folder> to read its classes.yaml")
         info = load_classes_yaml(options["root"])
@@ -64,21 +64,21 @@ def build_dataset(name: str, root, split: str, *, tile=None, stride=None, patche
         raise SegclipError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     root = Path(root)
     if name == "sample":
-        from .loveda import LoveDADataset
-        from .sample import ensure_sample_dataset
+        from segclip.data.loveda import LoveDADataset
+        from segclip.data.sample import ensure_sample_dataset
 
         ds = _construct(LoveDADataset, ensure_sample_dataset(root), split, what=name, **options)
         ds.name = "sample"
     elif name == "loveda":
-        from .loveda import LoveDADataset
+        from segclip.data.loveda import LoveDADataset
 
         ds = _construct(LoveDADataset, root, split, what=name, **options)
     elif name == "folder":
-        from .folder import FolderDataset
+        from segclip.data.folder import FolderDataset
 
         ds = _construct(FolderDataset, root, split, what=name, **options)
     else:
-        from .prepare import PatchedDataset, read_manifest
+        from segclip.data.prepare import PatchedDataset, read_manifest
 
         if patched is None:
             patched = root.is_dir() and read_manifest(root) is not None
@@ -87,15 +87,15 @@ def build_dataset(name: str, root, split: str, *, tile=None, stride=None, patche
             classes, palette = _classes(name, label_order=label_order)
             ds = _construct(PatchedDataset, root, split, name, classes, palette, what=name, **options)
         elif name == "isaid":
-            from .isaid import ISAIDDataset
+            from segclip.data.isaid import ISAIDDataset
 
             ds = _construct(ISAIDDataset, root, split, what=name, **options)
         else:
-            from .uavid import UAVidDataset
+            from segclip.data.uavid import UAVidDataset
 
             ds = _construct(UAVidDataset, root, split, what=name, **options)
     if tile is not None:
-        from .tiling import TiledDataset
+        from segclip.data.tiling import TiledDataset
 
         ds = TiledDataset(ds, tile, stride)
     return ds

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..prompts import make_prompts
-from .imageio import image_size, read_rgb
+from segclip.errors import SegclipError
+from segclip.prompts import make_prompts
+from segclip.data.imageio import image_size, read_rgb
 
 IGNORE_INDEX = 255
 def find_child(parent: Path, name: str, what: str, hint: str) -> Path:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..errors import SegclipError
-from ..signature import default_palette
-from .base import IGNORE_INDEX, SegDataset, list_images, pair_masks
-from .imageio import read_mask
+from segclip.errors import SegclipError
+from segclip.signature import default_palette
+from segclip.data.base import IGNORE_INDEX, SegDataset, list_images, pair_masks
+from segclip.data.imageio import read_mask
 
 EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

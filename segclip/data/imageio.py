@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import SegclipError
+from segclip.errors import SegclipError
 
 MAX_PIXELS = 20000 * 20000
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:

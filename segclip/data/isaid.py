@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SegclipError
-from .base import SegDataset, check_split, find_child, list_images, pair_masks
-from .imageio import read_color_mask
+from segclip.errors import SegclipError
+from segclip.data.base import SegDataset, check_split, find_child, list_images, pair_masks
+from segclip.data.imageio import read_color_mask
 
 CLASSES = ("background", "ship", "storage_tank", "baseball_diamond", "tennis_court", "basketball_court",
            "ground_track_field", "bridge", "large_vehicle", "small_vehicle", "helicopter", "swimming_pool",

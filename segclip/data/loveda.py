@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SegclipError
-from .base import IGNORE_INDEX, SegDataset, check_split, find_child, list_images, pair_masks
-from .imageio import read_index_mask
+from segclip.errors import SegclipError
+from segclip.data.base import IGNORE_INDEX, SegDataset, check_split, find_child, list_images, pair_masks
+from segclip.data.imageio import read_index_mask
 
 CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
 # the official LoveDA colour map

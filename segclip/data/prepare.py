@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import SegclipError
-from ..atomic import atomic_dir
-from .base import IGNORE_INDEX, SegDataset, list_images, pair_masks
-from .imageio import read_index_mask
-from .tiling import iter_patches
+from segclip.errors import SegclipError
+from segclip.atomic import atomic_dir
+from segclip.data.base import IGNORE_INDEX, SegDataset, list_images, pair_masks
+from segclip.data.imageio import read_index_mask
+from segclip.data.tiling import iter_patches
 
 MANIFEST = "prepare_manifest.json"
 
@@ -40,7 +40,7 @@ def prepare_patches(name, src, dst, tile=None, stride=None, splits=None, force=F
     ``tile``/``stride`` default to the dataset's standard (iSAID 896/512, UAVid 1024/1024).
     ``splits=None`` takes every split present in ``src``.  Returns the manifest.
     """
-    from . import PATCH_DEFAULTS, build_dataset  # the registry imports this module
+    from segclip.data import PATCH_DEFAULTS, build_dataset  # the registry imports this module
 
     src, dst = Path(src), Path(dst)
     if name not in PATCH_DEFAULTS:

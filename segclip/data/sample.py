@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from ..errors import SegclipError
-from ..atomic import atomic_dir, is_empty_dir
+from segclip.errors import SegclipError
+from segclip.atomic import atomic_dir, is_empty_dir
 
 MANIFEST = "sample_manifest.json"
 VERSION = 1
@@ -338,9 +338,9 @@ def ensure_sample_dataset(root, **given) -> Path:
 
 def write_preview(root, out=None, n: int = 4) -> Path:
     """A grid of ``n`` training images beside their colourised masks (no-data shown black)."""
-    from ..signature import colorize
-    from ..atomic import atomic_file
-    from .loveda import PALETTE, LoveDADataset
+    from segclip.signature import colorize
+    from segclip.atomic import atomic_file
+    from segclip.data.loveda import PALETTE, LoveDADataset
 
     ds = LoveDADataset(root, "train")
     pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)  # both domains

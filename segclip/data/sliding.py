@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import SegclipError
-from .tiling import _pair, tile_coords
+from segclip.errors import SegclipError
+from segclip.data.tiling import _pair, tile_coords
 
 
 def _tent(n: int) -> np.ndarray:

@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import SegclipError
-from .base import IGNORE_INDEX
+from segclip.errors import SegclipError
+from segclip.data.base import IGNORE_INDEX
 
 
 def _pair(v, what: str) -> tuple:

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import SegclipError
-from .base import IGNORE_INDEX
-from .tiling import _pair, pad_to
+from segclip.errors import SegclipError
+from segclip.data.base import IGNORE_INDEX
+from segclip.data.tiling import _pair, pad_to
 
 
 class TrainAugment:

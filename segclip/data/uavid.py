@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SegclipError
-from .base import SegDataset, check_split, find_child, list_images, natural_key, pair_masks
-from .imageio import read_color_mask
+from segclip.errors import SegclipError
+from segclip.data.base import SegDataset, check_split, find_child, list_images, natural_key, pair_masks
+from segclip.data.imageio import read_color_mask
 
 COLORS = {"building": (128, 0, 0), "road": (128, 64, 128), "tree": (0, 128, 0), "low_vegetation": (128, 128, 0),
           "moving_car": (64, 0, 128), "static_car": (192, 0, 192), "human": (64, 64, 0), "clutter": (0, 0, 0)}

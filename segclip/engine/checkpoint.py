@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_file
-from ..config import ModelConfig, model_config_from_dict
-from ..errors import SegclipError
+from segclip.atomic import atomic_file
+from segclip.config import ModelConfig, model_config_from_dict
+from segclip.errors import SegclipError
 
 FORMAT = "segclip-checkpoint"
 FORMAT_VERSION = 1
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def model_from_checkpoint(ckpt: dict | str | os.PathLike):
     """Rebuild the SegCLIP model from a checkpoint (dict or path); no CLIP, no downloads."""
-    from ..modeling import SegCLIP
+    from segclip.modeling import SegCLIP
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
@@ -113,7 +113,7 @@ def checkpoint_dict(model, palette, dataset: str | None = None, train_config: di
     tensors/containers so ``torch.load(weights_only=True)`` reads it."""
     from dataclasses import asdict
 
-    from .. import __version__
+    from segclip import __version__
 
     model = model.module if hasattr(model, "module") else model  # DDP
     return {

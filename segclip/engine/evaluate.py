@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .metrics import ConfusionMatrix
+from segclip.engine.metrics import ConfusionMatrix
 
 
 def torch_scores_fn(model, device: str = "cpu") -> Callable:
@@ -31,7 +31,7 @@ def torch_scores_fn(model, device: str = "cpu") -> Callable:
 def evaluate(scores_fn: Callable, dataset, num_classes: int, window: int, batch_size: int = 4,
              progress: bool = True, class_names=None, limit: int | None = None) -> dict:
     """mIoU, per-class IoU, F1 and overall accuracy of ``scores_fn`` on ``dataset`` (ignore 255)."""
-    from ..data.sliding import sliding_window_predict
+    from segclip.data.sliding import sliding_window_predict
 
     cm = ConfusionMatrix(num_classes, getattr(dataset, "ignore_index", 255))
     n = len(dataset) if limit is None else min(limit, len(dataset))

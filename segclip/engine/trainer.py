@@ -18,14 +18,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json
-from ..config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
-from ..errors import SegclipError
-from ..modeling import build_model, semantic_targets
-from ..modeling.criterion import SetCriterion
-from ..modeling.matcher import HungarianMatcher
-from . import distributed as D
-from .checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, has_checkpoints, load_checkpoint,
+from segclip.atomic import atomic_write_json
+from segclip.config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
+from segclip.errors import SegclipError
+from segclip.modeling import build_model, semantic_targets
+from segclip.modeling.criterion import SetCriterion
+from segclip.modeling.matcher import HungarianMatcher
+from segclip.engine import distributed as D
+from segclip.engine.checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, has_checkpoints, load_checkpoint,
                          resolve_checkpoint)
 
 
@@ -145,7 +145,7 @@ class Trainer:
         else:
             torch.manual_seed(tcfg.seed + self.rank)
 
-        from ..data.transforms import TrainAugment
+        from segclip.data.transforms import TrainAugment
 
         self.augment = TrainAugment(dataset, tcfg.crop_size, seed=tcfg.seed)
         self.batches = EpochBatches(len(self.augment), tcfg.batch_size, tcfg.seed, self.rank, self.world)
@@ -172,7 +172,7 @@ class Trainer:
 
     # ---- loop ------------------------------------------------------------------------------------
     def _load_batch(self, step: int):
-        from ..data.transforms import collate
+        from segclip.data.transforms import collate
 
         epoch, idx = self.batches.batch(step)
         self.augment.set_epoch(epoch)

@@ -5,11 +5,11 @@ from typing import Sequence
 
 import torch
 
-from ..config import ModelConfig
-from .inference import SegCLIPInference
-from .segclip import SegCLIP, semantic_scores, semantic_targets
-from ..prompts import make_prompts
-from .text import encode_prompts
+from segclip.config import ModelConfig
+from segclip.modeling.inference import SegCLIPInference
+from segclip.modeling.segclip import SegCLIP, semantic_scores, semantic_targets
+from segclip.prompts import make_prompts
+from segclip.modeling.text import encode_prompts
 
 __all__ = ["SegCLIP", "SegCLIPInference", "build_model", "semantic_scores", "semantic_targets"]
 

@@ -13,8 +13,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..config import BACKBONES
-from ..errors import SegclipError
+from segclip.config import BACKBONES
+from segclip.errors import SegclipError
 
 _IMAGENET = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import FFN, Attention
+from segclip.modeling.layers import FFN, Attention
 
 
 class CrossModalFusion(nn.Module):

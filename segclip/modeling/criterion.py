@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .point_sampling import point_sample, uncertain_point_coords
+from segclip.modeling.point_sampling import point_sample, uncertain_point_coords
 
 
 def dice_loss(inputs, targets, num_masks):

@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from .segclip import SegCLIP, fuse, preprocess, semantic_scores
+from segclip.modeling.segclip import SegCLIP, fuse, preprocess, semantic_scores
 
 
 class SegCLIPInference(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .point_sampling import point_sample
+from segclip.modeling.point_sampling import point_sample
 
 
 def pairwise_sigmoid_ce(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..signature import PIXEL_MEAN, PIXEL_STD
-from .backbone import ResNetBackbone
-from .cff import CrossModalFusion
-from .layers import sine_position_embedding
-from .pixel_decoder import build_pixel_decoder
-from .text import TextMappingPrompts
-from .transformer_decoder import MaskedTransformerDecoder
+from segclip.config import ModelConfig
+from segclip.signature import PIXEL_MEAN, PIXEL_STD
+from segclip.modeling.backbone import ResNetBackbone
+from segclip.modeling.cff import CrossModalFusion
+from segclip.modeling.layers import sine_position_embedding
+from segclip.modeling.pixel_decoder import build_pixel_decoder
+from segclip.modeling.text import TextMappingPrompts
+from segclip.modeling.transformer_decoder import MaskedTransformerDecoder
 
 
 def preprocess(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

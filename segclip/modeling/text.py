@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import SegclipError
-from .layers import MLP
+from segclip.errors import SegclipError
+from segclip.modeling.layers import MLP
 
 
 def load_clip(model_name: str, pretrained: str | None):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import FFN, MLP, Attention, sine_position_embedding
+from segclip.modeling.layers import FFN, MLP, Attention, sine_position_embedding
 
 
 class DecoderLayer(nn.Module):

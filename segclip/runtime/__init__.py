@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SegclipError
-from .base import Runner
+from segclip.errors import SegclipError
+from segclip.runtime.base import Runner
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -40,7 +40,7 @@ def _tensorrt_usable() -> bool:
 
 
 def runner_from_export_dir(directory, format: str | None = None, allow_failed: bool = False, **opts) -> Runner:
-    from ..export.manifest import manifest_signature, read_manifest
+    from segclip.export.manifest import manifest_signature, read_manifest
 
     d = Path(directory)
     m = read_manifest(d)
@@ -65,11 +65,11 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     path = d / entry["file"]
     name = opts.pop("name", format)
     if format == "tensorrt":
-        from .tensorrt_runner import TensorRTRunner
+        from segclip.runtime.tensorrt_runner import TensorRTRunner
 
         return _make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
                      precision=entry.get("precision"), **opts)
-    from .onnx_runner import OnnxRunner
+    from segclip.runtime.onnx_runner import OnnxRunner
 
     return _make(OnnxRunner, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
 
@@ -91,7 +91,7 @@ def load_runner(path_or_url, **opts) -> Runner:
     s = str(path_or_url)
     if s.startswith(("grpc://", "http://", "https://")):
         try:
-            from .triton import TritonRunner
+            from segclip.runtime.triton import TritonRunner
         except ImportError as e:
             raise SegclipError(f"{s}: the Triton client runner is not available ({e}); pip install 'tritonclient[grpc,http]'") from None
         return _make(TritonRunner, s, s, **opts)
@@ -101,22 +101,22 @@ def load_runner(path_or_url, **opts) -> Runner:
     if p.is_dir():
         if (p / "manifest.json").is_file():
             return runner_from_export_dir(p, **opts)
-        from .torch_runner import TorchRunner
+        from segclip.runtime.torch_runner import TorchRunner
 
         return _make(TorchRunner, str(p), p, **opts)
     suffix = p.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        from .onnx_runner import OnnxRunner
+        from segclip.runtime.onnx_runner import OnnxRunner
 
         opts.pop("format", None)
         return _make(OnnxRunner, str(p), p, **opts)
     if suffix in ENGINE_SUFFIXES:
-        from .tensorrt_runner import TensorRTRunner
+        from segclip.runtime.tensorrt_runner import TensorRTRunner
 
         opts.pop("format", None)
         return _make(TensorRTRunner, str(p), p, **opts)
     if suffix in CHECKPOINT_SUFFIXES:
-        from .torch_runner import TorchRunner
+        from segclip.runtime.torch_runner import TorchRunner
 
         return _make(TorchRunner, str(p), p, **opts)
     raise SegclipError(f"{p}: unknown model file type {suffix!r}; give a checkpoint (.pt), .onnx, .plan/.engine or an export directory")

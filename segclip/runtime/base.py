@@ -22,8 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..signature import MASK_NAME, SCORES_NAME, Signature
+from segclip.errors import SegclipError
+from segclip.signature import MASK_NAME, SCORES_NAME, Signature
 
 
 def one_line(e: BaseException, limit: int = 200) -> str:

@@ -10,9 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..signature import Signature
-from .base import Runner, one_line
+from segclip.errors import SegclipError
+from segclip.signature import Signature
+from segclip.runtime.base import Runner, one_line
 
 META_SIGNATURE = "segclip.signature"
 META_PRECISION = "segclip.precision"

@@ -12,9 +12,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..signature import Signature
-from .base import Runner, one_line
+from segclip.errors import SegclipError
+from segclip.signature import Signature
+from segclip.runtime.base import Runner, one_line
 
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
                  "BOOL": "bool", "BF16": "bfloat16", "INT8": "int8"}

@@ -7,9 +7,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..signature import MASK_NAME, SCORES_NAME, Signature, default_palette
-from .base import Runner
+from segclip.errors import SegclipError
+from segclip.signature import MASK_NAME, SCORES_NAME, Signature, default_palette
+from segclip.runtime.base import Runner
 
 
 def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=True, max_batch=8) -> Signature:
@@ -27,7 +27,7 @@ class TorchRunner(Runner):
 
     def __init__(self, checkpoint, *, device: str = "cpu", precision: str = "fp32", scores: bool = True,
                  size: Optional[tuple] = None, name: Optional[str] = None, max_batch: int = 8, threads: Optional[int] = None):
-        from ..engine.checkpoint import load_checkpoint
+        from segclip.engine.checkpoint import load_checkpoint
 
         # a path/run dir, or a checkpoint dict already loaded by the caller (the exporter)
         self._ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
@@ -46,8 +46,8 @@ class TorchRunner(Runner):
     def _activate(self) -> None:
         import torch
 
-        from ..engine.checkpoint import model_from_checkpoint
-        from ..modeling import SegCLIPInference
+        from segclip.engine.checkpoint import model_from_checkpoint
+        from segclip.modeling import SegCLIPInference
 
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise SegclipError(f"{self.name}: device {self.device!r} requested but no CUDA GPU is visible; use device='cpu'")

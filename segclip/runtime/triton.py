@@ -22,9 +22,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..signature import MASK_NAME, Signature, triton_wire_type
-from .base import Runner
+from segclip.errors import SegclipError
+from segclip.signature import MASK_NAME, Signature, triton_wire_type
+from segclip.runtime.base import Runner
 
 # config.pbtxt parameters written by segclip.serving.repo and read back by the client
 SIGNATURE_PARAM = "segclip_signature"  # the export's Signature as JSON

@@ -1,6 +1,6 @@
 """Pixel decoders: ``msdeformattn`` (Mask2Former, default) and ``fpn`` (light, for edge devices)."""
-from .fpn import FPNPixelDecoder
-from .msdeformattn import MSDeformAttnPixelDecoder
+from segclip.modeling.pixel_decoder.fpn import FPNPixelDecoder
+from segclip.modeling.pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 
 
 def build_pixel_decoder(cfg, in_channels):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import conv_gn
+from segclip.modeling.layers import conv_gn
 
 
 class FPNPixelDecoder(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import FFN, conv_gn, sine_position_embedding, split_tokens
+from segclip.modeling.layers import FFN, conv_gn, sine_position_embedding, split_tokens
 
 
 def ms_deform_attn(value, shapes, sampling_locations, attention_weights):

@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..signature import INPUT_NAME, MASK_NAME, SCORES_NAME, Signature
-from ..atomic import atomic_write_bytes
+from segclip.errors import SegclipError
+from segclip.signature import INPUT_NAME, MASK_NAME, SCORES_NAME, Signature
+from segclip.atomic import atomic_write_bytes
 
 MIN_OPSET = 17  # LayerNormalization (17), GridSample (16)
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -198,7 +198,7 @@ def check_graph(model, where: str) -> dict:
 def set_metadata(model, signature: Signature, *, precision: str, source_sha256: Optional[str] = None,
                  extra: Optional[dict] = None) -> str:
     """Write the segclip keys into ``metadata_props`` (replacing old ones); returns the graph hash."""
-    from .. import __version__
+    from segclip import __version__
 
     h = graph_sha256(model)
     size = "dynamic" if signature.dynamic_size else f"{signature.height}x{signature.width}"

@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..data.base import IGNORE_INDEX
-from ..engine.metrics import ConfusionMatrix
-from ..signature import MASK_NAME, SCORES_NAME
+from segclip.data.base import IGNORE_INDEX
+from segclip.engine.metrics import ConfusionMatrix
+from segclip.signature import MASK_NAME, SCORES_NAME
 
 
 def run_all(runner, images: np.ndarray, batch_size: int = 4) -> dict:

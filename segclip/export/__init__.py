@@ -22,13 +22,13 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import GateFailed, SegclipError
-from ..runtime.torch_runner import signature_from_checkpoint
-from ..signature import SCORES_NAME
-from ..atomic import atomic_dir
-from ..data import build_dataset
-from ..data.sample import generate_sample_dataset
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, manifest_signature, read_manifest, sha256_file, write_manifest
+from segclip.errors import GateFailed, SegclipError
+from segclip.runtime.torch_runner import signature_from_checkpoint
+from segclip.signature import SCORES_NAME
+from segclip.atomic import atomic_dir
+from segclip.data import build_dataset
+from segclip.data.sample import generate_sample_dataset
+from segclip.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, manifest_signature, read_manifest, sha256_file, write_manifest
 
 __all__ = ["export", "read_manifest", "manifest_signature", "Exporter", "parse_batch", "parse_size", "parse_data"]
 
@@ -209,7 +209,7 @@ class Exporter:
     log: object = print
 
     def __post_init__(self):
-        from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
+        from segclip.engine.checkpoint import load_checkpoint, resolve_checkpoint
 
         self.batch = parse_batch(self.batch)
         self.size = parse_size(self.size)
@@ -241,7 +241,7 @@ class Exporter:
         self.twin_signature = dataclasses.replace(self.signature, scores=True)
         self.trt_reason = None
         if self.trt:
-            from .tensorrt import trt_unavailable_reason
+            from segclip.export.tensorrt import trt_unavailable_reason
 
             self.trt_reason = trt_unavailable_reason()
         self.source_sha256 = sha256_file(self.ckpt_path)
@@ -250,9 +250,9 @@ class Exporter:
 
     # ---- formats -------------------------------------------------------------------------------
     def export_onnx(self, stage: Path) -> None:
-        from ..engine.checkpoint import model_from_checkpoint
-        from ..modeling import SegCLIPInference
-        from . import onnx_export as ox
+        from segclip.engine.checkpoint import model_from_checkpoint
+        from segclip.modeling import SegCLIPInference
+        from segclip.export import onnx_export as ox
 
         t0 = time.perf_counter()
         self.module = SegCLIPInference(model_from_checkpoint(self.ckpt), scores=True)
@@ -268,7 +268,7 @@ class Exporter:
 
     def _write_onnx(self, stage: Path, fname: str, pub, twin, key: str, precision: str, info: dict, t0: float,
                     extra_meta: Optional[dict] = None) -> None:
-        from . import onnx_export as ox
+        from segclip.export import onnx_export as ox
 
         gh = ox.set_metadata(pub, self.signature, precision=precision, source_sha256=self.source_sha256, extra=extra_meta)
         path = ox.save(pub, stage / fname)
@@ -290,8 +290,8 @@ class Exporter:
                  f"in {time.perf_counter() - t0:.1f} s")
 
     def export_fp16(self, stage: Path, images: np.ndarray) -> None:
-        from . import fp16 as f16
-        from . import onnx_export as ox
+        from segclip.export import fp16 as f16
+        from segclip.export import onnx_export as ox
 
         t0 = time.perf_counter()
         base = type(self.twin32)()
@@ -306,7 +306,7 @@ class Exporter:
                          extra_meta={"fp32_nodes": str(report["fp32_node_count"])})
 
     def export_tensorrt(self, stage: Path) -> None:
-        from .tensorrt import ENGINE_NAME, TIMING_CACHE_NAME, build_engine, write_trtexec_script
+        from segclip.export.tensorrt import ENGINE_NAME, TIMING_CACHE_NAME, build_engine, write_trtexec_script
 
         src_key = "onnx_fp16" if self.fp16 else "onnx"
         onnx_name = self.artifacts[src_key]["file"]
@@ -330,9 +330,9 @@ class Exporter:
 
     # ---- parity --------------------------------------------------------------------------------
     def parity(self, stage: Path, images: np.ndarray, labels) -> dict:
-        from ..runtime.onnx_runner import OnnxRunner
-        from ..runtime.torch_runner import TorchRunner
-        from .parity import compare, run_all
+        from segclip.runtime.onnx_runner import OnnxRunner
+        from segclip.runtime.torch_runner import TorchRunner
+        from segclip.export.parity import compare, run_all
 
         ref = TorchRunner(self.ckpt, scores=True, name="torch-fp32")  # the loaded checkpoint: no second torch.load
         candidates, thresholds = [], {}
@@ -342,7 +342,7 @@ class Exporter:
                 thresholds[key] = self.fp16_threshold if key == "onnx_fp16" else self.fp32_threshold
         trt = self.artifacts.get("tensorrt")
         if trt and trt.get("status") == "pending":
-            from ..runtime.tensorrt_runner import TensorRTRunner
+            from segclip.runtime.tensorrt_runner import TensorRTRunner
 
             candidates.append(TensorRTRunner(stage / trt["file"], signature=self.signature, manifest_entry=trt, name="tensorrt",
                                              precision=trt["precision"]))
@@ -366,8 +366,8 @@ class Exporter:
 
     # ---- driver --------------------------------------------------------------------------------
     def run(self) -> dict:
-        from .. import __version__
-        from .parity import failed_rows, format_table
+        from segclip import __version__
+        from segclip.export.parity import failed_rows, format_table
 
         t_start = time.perf_counter()
         with atomic_dir(self.out, replace=self.force) as stage:

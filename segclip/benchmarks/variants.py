@@ -67,7 +67,7 @@ def ort_variants(onnx_path, size: int, threads: int, work_dir, *, reps: int = 3,
 
     from segclip.runtime.onnx_runner import OnnxRunner
 
-    from .timing import measure_interleaved, random_batches
+    from segclip.benchmarks.timing import measure_interleaved, random_batches
 
     onnx_path = Path(onnx_path)
     base = OnnxRunner(onnx_path, providers="cpu", threads=threads)

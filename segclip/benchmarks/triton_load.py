@@ -28,7 +28,7 @@ import numpy as np
 from segclip.errors import SegclipError
 from segclip.signature import INPUT_NAME, MASK_NAME
 
-from .timing import percentiles
+from segclip.benchmarks.timing import percentiles
 
 AGREEMENT_MIN = 0.995  # a response whose mask agrees with the local result on fewer pixels is a mismatch
 

@@ -12,10 +12,10 @@ performance targets in one run and writes ``RESULTS.md``.  The JSON schema is in
 """
 from __future__ import annotations
 
-from .backends import BACKENDS, DEFAULT_BACKENDS, QUICK_BACKENDS
-from .core import run_benchmark
-from .machine import machine_info
-from .report import SCHEMA_VERSION, check_report, format_table
+from segclip.benchmarks.backends import BACKENDS, DEFAULT_BACKENDS, QUICK_BACKENDS
+from segclip.benchmarks.core import run_benchmark
+from segclip.benchmarks.machine import machine_info
+from segclip.benchmarks.report import SCHEMA_VERSION, check_report, format_table
 
 __all__ = ["run_benchmark", "BACKENDS", "DEFAULT_BACKENDS", "QUICK_BACKENDS", "machine_info", "check_report",
            "format_table", "SCHEMA_VERSION"]

@@ -24,12 +24,12 @@ from segclip.errors import GateFailed, SegclipError
 from segclip.export import parse_size
 from segclip.runtime.base import one_line
 
-from . import accuracy as acc
-from .backends import BACKENDS, QUICK_BACKENDS, REFERENCE, artifact_problem, parse_backends
-from .machine import describe as describe_machine
-from .machine import machine_info
-from .report import SCHEMA_VERSION, check_report, format_table, write_all, write_json
-from .timing import default_threads, measure, random_batches, set_threads
+from segclip.benchmarks import accuracy as acc
+from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, artifact_problem, parse_backends
+from segclip.benchmarks.machine import describe as describe_machine
+from segclip.benchmarks.machine import machine_info
+from segclip.benchmarks.report import SCHEMA_VERSION, check_report, format_table, write_all, write_json
+from segclip.benchmarks.timing import default_threads, measure, random_batches, set_threads
 
 MANIFEST = "manifest.json"
 
@@ -540,7 +540,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                         for proto in ("grpc", "http"):
                             if proto in served:
                                 log(f"Triton {proto} concurrency sweep {','.join(map(str, concurrency))} at {h}x{w}")
-                                from .triton_load import sweep
+                                from segclip.benchmarks.triton_load import sweep
 
                                 for r in sweep(urls[proto], concurrency, inputs, expected, duration_s=load_duration, log=log):
                                     r.update(height=h, width=w)

@@ -36,8 +36,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..errors import SegclipError
-from ..signature import INPUT_NAME
+from segclip.errors import SegclipError
+from segclip.signature import INPUT_NAME
 
 OVERFLOW_LIMIT = 3.0e4
 FP16_TINY = 5.96e-8  # smallest FP16 subnormal

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..errors import SegclipError
-from ..signature import INPUT_NAME
-from ..atomic import atomic_write_bytes, atomic_write_text
+from segclip.errors import SegclipError
+from segclip.signature import INPUT_NAME
+from segclip.atomic import atomic_write_bytes, atomic_write_text
 
 ENGINE_NAME = "model.plan"
 TIMING_CACHE_NAME = "timing.cache"
@@ -89,7 +89,7 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
         raise SegclipError(f"--trt: {reason}")
     import tensorrt as trt
 
-    from .manifest import sha256_file
+    from segclip.export.manifest import sha256_file
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -33,8 +33,8 @@ from typing import Iterable, Optional
 
 from segclip.errors import SegclipError
 
-from .env import ServerEnv, check_stub_libraries, find_server_env
-from .repo import MODEL_ONNX, MODEL_PYTHON, MODEL_TRT, check_repository, list_models
+from segclip.serving.env import ServerEnv, check_stub_libraries, find_server_env
+from segclip.serving.repo import MODEL_ONNX, MODEL_PYTHON, MODEL_TRT, check_repository, list_models
 
 NATIVE = "native"  # tritonserver from PATH (NVIDIA's container)
 PIP = "pip"  # tritonserver bundled in nvidia-pytriton, python backend only

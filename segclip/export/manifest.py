@@ -42,8 +42,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..errors import SegclipError
-from ..atomic import atomic_write_text
+from segclip.errors import SegclipError
+from segclip.atomic import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "segclip-export"
@@ -80,7 +80,7 @@ def read_manifest(directory) -> dict:
 
 
 def manifest_signature(manifest: dict):
-    from ..signature import Signature
+    from segclip.signature import Signature
 
     try:
         return Signature.from_dict(manifest["signature"])
