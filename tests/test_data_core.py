@@ -169,6 +169,64 @@ def test_sliding_window_equals_whole_image(window):
     np.testing.assert_array_equal(sliding_window_predict(_position_scores, img, window, batch_size=2), mask)
 
 
+
+def _window_origin_class(batch):
+    """Class map of a window = a code of the window's own top-left position (windows disagree)."""
+    y = batch[:, 0, 0, 0].astype(int) + 256 * (batch[:, 0, 0, 2].astype(int) // 16)
+    x = batch[:, 0, 0, 1].astype(int) + 256 * (batch[:, 0, 0, 2].astype(int) % 16)
+    return np.broadcast_to(((y * 7 + x * 3) % 251).astype(np.uint8)[:, None, None], batch.shape[:3]).copy()
+
+
+@pytest.mark.parametrize("window,stride", [((64, 64), (40, 48)), ((100, 60), (75, 45))])
+def test_mask_mode_centre_region_wins(window, stride):
+    h, w = 230, 170
+    img = _position_image(h, w)
+    got = sliding_window_predict(_window_origin_class, img, window, stride=stride, batch_size=5, mode="mask")
+    # brute force: every pixel takes the window whose centre is nearest (L-inf in tent units, product rule)
+    best = np.full((h, w), -1.0)
+    ref = np.zeros((h, w), np.uint8)
+    wh, ww = window
+    for y0, x0, y1, x1 in tile_coords(h, w, window, stride):
+        yy, xx = np.mgrid[0:wh, 0:ww]
+        wgt = (np.minimum(yy + 1, wh - yy) / ((wh + 1) // 2)) * (np.minimum(xx + 1, ww - xx) / ((ww + 1) // 2))
+        cls = (y0 * 7 + x0 * 3) % 251
+        region = best[y0:y1, x0:x1]
+        win = wgt > region
+        region[win] = wgt[win]
+        ref[y0:y1, x0:x1][win] = cls
+    np.testing.assert_array_equal(got, ref)
+    # windows that agree (a function of position) stitch to the whole-image answer in mask mode too
+    whole = _position_scores(img[None])[0].argmax(0)
+    np.testing.assert_array_equal(
+        sliding_window_predict(lambda b: _position_scores(b).argmax(1), img, window, stride=stride, mode="mask"), whole)
+
+
+def test_blender_streams_row_bands_and_skips_windows():
+    from segclip.data.sliding import Blender, SlidingPlan
+
+    img = _position_image(300, 437)
+    plan = SlidingPlan(300, 437, (64, 64), overlap=0.25)
+    blender = Blender(plan, mode="scores")
+    bands, skipped = [], {3, 4, len(plan) - 1}
+    for b in range(0, len(plan), 7):
+        ids = [i for i in range(b, min(b + 7, len(plan))) if i not in skipped]
+        if ids:
+            bands += blender.add(ids, _position_scores(np.stack([plan.crop(img, plan.coords[i]) for i in ids])))
+    bands += blender.finish()
+    assert blender.done
+    ys = [(y0, y1) for y0, y1, _ in bands]
+    assert ys[0][0] == 0 and ys[-1][1] == 300 and all(a[1] == b[0] for a, b in zip(ys, ys[1:]))
+    out = np.concatenate([r for _, _, r in bands])
+    whole = _position_scores(img[None])[0].argmax(0)
+    covered = np.zeros((300, 437), bool)
+    for i, (y0, x0, y1, x1) in enumerate(plan.coords):
+        if i not in skipped:
+            covered[y0:y1, x0:x1] = True
+    assert not covered.all()
+    np.testing.assert_array_equal(out[covered], whole[covered])
+    with pytest.raises(SegclipError, match="out of order"):
+        Blender(plan, 5).add([2, 1], np.zeros((2, 5, 64, 64), np.float32))
+
 # ---------------------------------------------------------------- sample / augment -------------
 def test_sample_dataset_is_deterministic_and_loveda_format(tmp_path):
     from segclip.data.sample import generate_sample_dataset

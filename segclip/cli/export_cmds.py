@@ -74,18 +74,13 @@ def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: 
         return runner.infer(image[None])["mask"][0], "direct"
     from segclip.data.sliding import sliding_window_predict
 
-    k = sig.num_classes
+    scores = runner.has_scores  # mask-only artifacts (the default export) blend by "centre region wins"
 
     def predict_fn(batch):
-        out = runner.infer(np.ascontiguousarray(batch, dtype=np.uint8))
-        if "scores" in out:
-            return out["scores"]
-        # mask-only artifacts (the default export): one-hot votes, blended like scores
-        onehot = np.zeros((out["mask"].shape[0], k) + out["mask"].shape[1:], np.float32)
-        np.put_along_axis(onehot, out["mask"][:, None].astype(np.int64), 1.0, axis=1)
-        return onehot
+        return runner.infer(np.ascontiguousarray(batch, dtype=np.uint8))["scores" if scores else "mask"]
 
-    mask = sliding_window_predict(predict_fn, image, (sig.height, sig.width), overlap=overlap, batch_size=batch_size, num_classes=k)
+    mask = sliding_window_predict(predict_fn, image, (sig.height, sig.width), overlap=overlap, batch_size=batch_size,
+                                  num_classes=sig.num_classes, mode="scores" if scores else "mask")
     return mask, "sliding-window"
 
 
