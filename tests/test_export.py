@@ -324,7 +324,15 @@ def test_predict_cli_direct_tiled_and_corrupt(tmp_path, export_dir):
     assert ma.mode == "P" and ma.size == (SIZE, SIZE) and mb.size == (128, 50)
     pal = np.array(ma.getpalette()[:21]).reshape(7, 3)
     assert [tuple(c) for c in pal] == [tuple(c) for c in manifest["palette"]]
-    assert Image.open(tmp_path / "pred" / "b_overlay.png").size == (128, 50)
+    ov = np.asarray(Image.open(tmp_path / "pred" / "b_overlay.png").convert("RGB"))
+    assert ov.shape[0] >= 50 and ov.shape[1] > 128  # the overlay and its legend
+    for c in np.unique(np.asarray(mb)):
+        assert np.all(ov[:, 128:] == manifest["palette"][c], axis=-1).sum() >= 25, c
+    assert (tmp_path / "pred" / "legend.png").is_file()
+    ids, counts = np.unique(np.asarray(ma), return_counts=True)  # every class present, largest share first
+    order = np.argsort(-counts, kind="stable")
+    want = ", ".join(f"{manifest['classes'][ids[i]]} {100 * counts[i] / counts.sum():.1f}%" for i in order)
+    assert f"({want})" in next(ln for ln in res.output.splitlines() if ln.startswith("a.png"))
     # same classes as the runner gives directly
     from segclip.runtime import load_runner
 

@@ -37,36 +37,6 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
 
 
 # ---- predict -------------------------------------------------------------------------------------
-def _atomic_png(img, path: Path) -> None:
-    from segclip.atomic import atomic_file
-
-    with atomic_file(path) as tmp:
-        img.save(tmp, format="PNG")
-
-
-def mask_image(mask: np.ndarray, palette):
-    """Class map -> index PNG with the palette (mode P); > 255 classes -> 16-bit grey PNG."""
-    from PIL import Image
-
-    if mask.max(initial=0) > 255:
-        return Image.fromarray(mask.astype(np.uint16))
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    im = Image.frombytes("P", (m.shape[1], m.shape[0]), m.tobytes())
-    from segclip.signature import palette_table
-
-    im.putpalette(palette_table(palette).flatten().tolist())
-    return im
-
-
-def overlay_image(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5):
-    from PIL import Image
-
-    from segclip.signature import colorize
-
-    col = colorize(mask, palette).astype(np.float32)
-    return Image.fromarray((image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8))
-
-
 def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: int = 4) -> tuple:
     """One H x W x 3 uint8 image -> (H x W class map, how: "direct" | "sliding-window")."""
     sig = runner.signature
@@ -95,9 +65,11 @@ def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: 
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Tiles per inference call.")
 @click.option("--overlap", default=0.25, show_default=True, type=float, help="Sliding-window overlap for images larger than the model.")
 def predict_cmd(model, images, out, overlay, fmt, device, providers, batch_size, overlap):
-    """Segment IMAGES with MODEL; writes <stem>_mask.png (palette PNG) [and <stem>_overlay.png]."""
+    """Segment IMAGES with MODEL; writes <stem>_mask.png (palette PNG: pixel = class id, 255 = no-data),
+    legend.png (what the mask colours mean) [and <stem>_overlay.png with a legend]."""
     from segclip.data.imageio import read_rgb
     from segclip.runtime import load_runner
+    from segclip.viz import class_shares, describe_shares, legend_image, mask_image, overlay_with_legend, save_png
 
     if not 0 <= overlap < 1:
         raise SegclipError(f"--overlap {overlap}: must be in [0, 1)")
@@ -110,18 +82,19 @@ def predict_cmd(model, images, out, overlay, fmt, device, providers, batch_size,
         opts["providers"] = providers
     runner = load_runner(model, **opts)
     out = Path(out)
-    palette = runner.signature.palette
+    sig = runner.signature
     with runner:
         for p in images:
             p = Path(p)
             image = read_rgb(p)
             mask, how = predict_image(runner, image, overlap=overlap, batch_size=max(1, batch_size))
-            _atomic_png(mask_image(mask, palette), out / f"{p.stem}_mask.png")
+            save_png(mask_image(mask, sig.palette), out / f"{p.stem}_mask.png")
             if overlay:
-                _atomic_png(overlay_image(image, mask, palette), out / f"{p.stem}_overlay.png")
-            classes = np.unique(mask)
-            names = ", ".join(runner.signature.classes[c] for c in classes[:6] if c < runner.signature.num_classes)
-            click.echo(f"{p.name}: {image.shape[1]}x{image.shape[0]} {how} -> {out / (p.stem + '_mask.png')} ({names})")
+                save_png(overlay_with_legend(image, mask, sig.classes, sig.palette), out / f"{p.stem}_overlay.png")
+            shares = describe_shares(class_shares(mask, sig.num_classes), sig.classes)
+            click.echo(f"{p.name}: {image.shape[1]}x{image.shape[0]} {how} -> {out / (p.stem + '_mask.png')} ({shares})")
+    save_png(legend_image(sig.classes, sig.palette), out / "legend.png")
+    click.echo(f"mask colours: {out / 'legend.png'}")
 
 
 COMMANDS = [export_cmd, predict_cmd]

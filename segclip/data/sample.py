@@ -337,22 +337,24 @@ def ensure_sample_dataset(root, **given) -> Path:
 
 
 def write_preview(root, out=None, n: int = 4) -> Path:
-    """A grid of ``n`` training images beside their colourised masks (no-data shown black)."""
+    """A grid of ``n`` training images beside their colourised masks (no-data shown black), with a
+    legend of the classes shown and their pixel shares."""
     from segclip.signature import colorize
-    from segclip.atomic import atomic_file
-    from segclip.data.loveda import PALETTE, LoveDADataset
+    from segclip.data.loveda import CLASSES, PALETTE, LoveDADataset
+    from segclip.viz import add_legend, legend_entries, save_png
 
     ds = LoveDADataset(root, "train")
     pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)  # both domains
-    rows = []
+    rows, masks = [], []
     for i in pick:
         item = ds[int(i)]
         col = colorize(item["mask"], PALETTE)
         col[item["mask"] == 255] = 0
         gap = np.full((item["image"].shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([item["image"], gap, col], 1))
+        masks.append(item["mask"].ravel())
     grid = np.concatenate([np.pad(r, ((2, 2), (0, 0), (0, 0)), constant_values=255) for r in rows], 0)
+    entries = legend_entries(CLASSES, PALETTE, np.concatenate(masks), ignore_color=(0, 0, 0))
     out = Path(out) if out else Path(root) / "preview.png"
-    with atomic_file(out) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+    save_png(add_legend(grid, entries), out)
     return out

@@ -1,0 +1,132 @@
+"""Pictures a person looks at: palette masks, overlays, and the one class legend drawn beside them.
+
+Every preview (``sample-data``'s preview.png, ``predict --overlay``, the predict/GeoTIFF preview,
+the legend written beside palette masks) goes through :func:`add_legend`, so class names and
+colours are shown the same way everywhere.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from segclip.signature import colorize, palette_table
+
+IGNORE = 255  # no-data / ignore label in every class map (white in colorize)
+
+
+def class_shares(mask: np.ndarray, num_classes: int, ignore: int = IGNORE) -> list:
+    """[(class id, share of pixels)] for the ids present in ``mask``, largest share first.
+
+    ``ignore`` pixels are counted too (as id ``ignore``) so the shares add up to 1."""
+    ids, counts = np.unique(np.asarray(mask), return_counts=True)
+    total = max(int(counts.sum()), 1)
+    rows = [(int(i), int(c) / total) for i, c in zip(ids, counts) if i < num_classes or i == ignore]
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+
+def describe_shares(shares, classes: Sequence[str], ignore_name: str = "no-data") -> str:
+    """``"road 48.1%, building 30.2%, ..."``: every class present, nothing cut."""
+    return ", ".join(f"{classes[i] if i < len(classes) else ignore_name} {s:.1%}" for i, s in shares)
+
+
+def legend_entries(classes: Sequence[str], palette: Sequence, mask: np.ndarray | None = None, *,
+                   ignore_name: str = "no-data", ignore_color=(255, 255, 255)) -> list:
+    """[(label, (r, g, b))]: the classes present in ``mask`` with their share (largest first), or
+    every class when no mask is given.  Ignore pixels get an ``ignore_name`` entry."""
+    pal = [tuple(int(c) for c in p) for p in palette]
+    if mask is None:
+        return list(zip(classes, pal))
+    out = []
+    for i, share in class_shares(mask, len(classes)):
+        name, col = (classes[i], pal[i]) if i < len(classes) else (ignore_name, tuple(ignore_color))
+        out.append((f"{name} {share:.1%}", col))
+    return out
+
+
+@lru_cache(maxsize=8)
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:  # matplotlib (a dependency) ships DejaVu Sans: readable at any size, unlike PIL's bitmap font
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except (ImportError, OSError, ValueError):
+        return ImageFont.load_default(size)
+
+
+def add_legend(image: np.ndarray, entries: Sequence, *, title: str | None = None) -> np.ndarray:
+    """``image`` (H x W x 3 uint8) with a white legend panel on its right: one colour swatch and
+    label per entry (``(label, (r, g, b))``).  The image is padded at the bottom, never scaled,
+    when the legend is taller than it."""
+    from PIL import Image, ImageDraw
+
+    image = np.asarray(image, dtype=np.uint8)
+    h, w = image.shape[:2]
+    fs = int(np.clip(h / 24, 11, 22))  # text size follows the picture, within readable bounds
+    font, pad, sw = _font(fs), max(4, fs // 2), fs + 2
+    line = sw + max(3, fs // 4)
+    lines = ([title] if title else []) + [str(e[0]) for e in entries]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((probe.textlength(t, font=font) for t in lines), default=0)
+    panel_w = int(pad * 3 + sw + text_w + 1)
+    panel_h = int(pad * 2 + line * len(lines))
+    H = max(h, panel_h)
+    canvas = Image.new("RGB", (w + panel_w, H), (255, 255, 255))
+    if h and w:
+        canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x, y = w + pad, pad
+    if title:
+        draw.text((x, y), title, fill=(0, 0, 0), font=font)
+        y += line
+    for label, rgb in entries:
+        draw.rectangle([x, y, x + sw - 1, y + sw - 1], fill=tuple(int(c) for c in rgb), outline=(0, 0, 0))
+        draw.text((x + sw + pad, y + (sw - fs) // 2), str(label), fill=(0, 0, 0), font=font)
+        y += line
+    return np.asarray(canvas)
+
+
+def mask_image(mask: np.ndarray, palette):
+    """Class map -> index PNG with the palette (mode P; pixel value = class id, ignore 255 white);
+    > 255 classes -> 16-bit grey PNG.  Kept a pure label map: its legend goes beside it in legend.png."""
+    from PIL import Image
+
+    if mask.max(initial=0) > 255:
+        return Image.fromarray(mask.astype(np.uint16))
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    im = Image.frombytes("P", (m.shape[1], m.shape[0]), m.tobytes())
+    im.putpalette(palette_table(palette).flatten().tolist())
+    return im
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:
+    """Class colours blended over the image (H x W x 3 uint8)."""
+    col = colorize(mask, palette).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[str], palette, alpha: float = 0.5) -> np.ndarray:
+    """The overlay with a legend of the classes present and their pixel shares."""
+    return add_legend(overlay_image(image, mask, palette, alpha), legend_entries(classes, palette, mask))
+
+
+def legend_image(classes: Sequence[str], palette, title: str | None = "class id: name") -> np.ndarray:
+    """The legend alone, every class as ``id: name`` (what the palette masks' colours mean)."""
+    labels = [f"{i}: {c}" for i, c in enumerate(classes)] + [f"{IGNORE}: no-data / ignore"]
+    pal = [tuple(p) for p in palette] + [(255, 255, 255)]
+    return add_legend(np.full((0, 0, 3), 255, np.uint8), list(zip(labels, pal)), title=title)
+
+
+def save_png(img, path) -> None:
+    """Write a PIL image or an H x W x 3 array as PNG, atomically."""
+    from PIL import Image
+
+    from segclip.atomic import atomic_file
+
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    with atomic_file(path) as tmp:
+        img.save(tmp, format="PNG")

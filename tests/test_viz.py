@@ -1,0 +1,61 @@
+"""Legends: drawn beside every preview/overlay, holding the colour of every class present."""
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from segclip.cli import main
+from segclip.viz import add_legend, class_shares, legend_entries, overlay_with_legend
+
+CLASSES = ("a", "b", "c", "d")
+PALETTE = ((200, 10, 10), (10, 200, 10), (10, 10, 200), (123, 45, 67))
+
+
+def _colour_pixels(img: np.ndarray, rgb) -> int:
+    return int(np.all(img == np.array(rgb, np.uint8), axis=-1).sum())
+
+
+def test_legend_beside_overlay_holds_every_present_class_colour():
+    h, w = 60, 80
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, 50:] = 2          # c: 30/80 of the pixels
+    mask[:10, :10] = 255      # no-data
+    image = np.full((h, w, 3), 100, np.uint8)
+    out = overlay_with_legend(image, mask, CLASSES, PALETTE)
+    assert out.shape[0] >= h and out.shape[1] > w
+    # left part is the plain alpha-0.5 blend, computed here independently
+    ref = np.where(mask[..., None] == 255, (100 + 255) / 2, (100 + np.array(PALETTE + ((0, 0, 0),) * 252)[mask]) / 2)
+    np.testing.assert_array_equal(out[:h, :w], np.round(ref + 1e-9).astype(np.uint8)[:h, :w])
+    panel = out[:, w:]
+    for cid in (0, 2):  # present: a full-colour swatch each
+        assert _colour_pixels(panel, PALETTE[cid]) >= 25, CLASSES[cid]
+    for cid in (1, 3):  # absent: not listed
+        assert _colour_pixels(panel, PALETTE[cid]) == 0, CLASSES[cid]
+
+
+def test_legend_taller_than_image_pads_it():
+    entries = [(f"class {i}", (i * 10, 0, 0)) for i in range(20)]
+    out = add_legend(np.zeros((16, 16, 3), np.uint8), entries)
+    assert out.shape[0] > 16 and out.shape[1] > 16
+    assert np.all(out[16:, :16] == 255)
+
+
+def test_class_shares_sorted_and_complete():
+    mask = np.array([[0, 1, 1, 1], [2, 2, 255, 1]], np.uint8)
+    assert class_shares(mask, 3) == [(1, 0.5), (2, 0.25), (0, 0.125), (255, 0.125)]
+    assert [e[0] for e in legend_entries(("x", "y", "z"), PALETTE[:3], mask)] == ["y 50.0%", "z 25.0%", "x 12.5%", "no-data 12.5%"]
+
+
+def test_sample_preview_has_a_legend(tmp_path):
+    from segclip.data.loveda import PALETTE as LOVEDA
+
+    r = CliRunner().invoke(main, ["sample-data", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1",
+                                  "--size", "64", "--seed", "4"])
+    assert r.exit_code == 0, r.output
+    prev = np.asarray(Image.open(tmp_path / "d" / "preview.png").convert("RGB"))
+    assert prev.shape[1] > 2 * 64 + 4
+    present = set()
+    for p in (tmp_path / "d" / "Train").rglob("masks_png/*.png"):
+        present |= {int(v) for v in np.unique(np.asarray(Image.open(p)))}
+    panel = prev[:, 2 * 64 + 4:]
+    for v in present - {0}:  # LoveDA ids 1..7 -> class v-1 (0 = no-data, shown black)
+        assert _colour_pixels(panel, LOVEDA[v - 1]) >= 25, v
