@@ -288,10 +288,10 @@ def test_colour_mask_where_index_mask_expected(loveda_root):
 
 def test_cli_bad_input_exit_2_one_line_and_nothing_written(loveda_root, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(main, ["prepare", "isaid", str(tmp_path / "nope"), str(tmp_path / "out")])
+    r = runner.invoke(main, ["prepare", "isaid", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "out").exists()
-    r = runner.invoke(main, ["sample-data", str(loveda_root)])  # a non-empty folder that is not the sample set
+    r = runner.invoke(main, ["sample-data", "--out", str(loveda_root)])  # a non-empty folder that is not the sample set
     assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
     assert (loveda_root / "Train" / "Urban" / "images_png" / "1.png").exists()
 
@@ -303,7 +303,7 @@ def test_prepare_isaid_patches_and_reads_back(tmp_path):
     img = _rgb(1000, 700)
     _png(src / "train" / "images" / "P0007.png", img)
     _png(src / "train" / "Semantic_masks" / "images" / "P0007_instance_color_RGB.png", mask)
-    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), str(tmp_path / "patches")])
+    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), "--out", str(tmp_path / "patches")])
     assert r.exit_code == 0, r.output
     ds = build_dataset("isaid", tmp_path / "patches", "train")
     coords = tile_coords(1000, 700, 896, 512)
@@ -316,7 +316,7 @@ def test_prepare_isaid_patches_and_reads_back(tmp_path):
         np.testing.assert_array_equal(it["image"][:h, :w], img[y0:y0 + h, x0:x0 + w])
         assert (it["mask"][:h, :w] == np.where(np.arange(x0, x0 + w) >= 350, 14, 0)[None]).all()
         assert (it["mask"][:, w:] == 255).all()  # padding is ignore
-    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), str(tmp_path / "patches")])
+    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), "--out", str(tmp_path / "patches")])
     assert r.exit_code == 2 and "--force" in r.output
 
 
@@ -336,7 +336,7 @@ def test_prepare_uavid_tiles_with_custom_tile(tmp_path):
     img = _rgb(90, 150, 5)
     _png(src / "uavid_train" / "seq3" / "Images" / "000100.png", img)
     _png(src / "uavid_train" / "seq3" / "Labels" / "000100.png", mask)
-    r = CliRunner().invoke(main, ["prepare", "uavid", str(src), str(tmp_path / "tiles"), "--tile", "64"])
+    r = CliRunner().invoke(main, ["prepare", "uavid", str(src), "--out", str(tmp_path / "tiles"), "--tile", "64"])
     assert r.exit_code == 0, r.output
     ds = build_dataset("uavid", tmp_path / "tiles", "train")
     assert ds.classes == classes and len(ds) == len(tile_coords(90, 150, 64, 64))

@@ -117,14 +117,14 @@ def test_prepare_failing_midway_leaves_nothing_and_force_replaces(tmp_path):
     _png(src / "train" / "images" / "P0002.png", _rgb(13, 21))
     (src / "train" / "Semantic_masks" / "images" / "P0002_instance_color_RGB.png").write_bytes(b"not a png")
     dst = tmp_path / "out" / "patches"
-    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), str(dst), "--tile", "8"])
+    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), "--out", str(dst), "--tile", "8"])
     last = r.output.strip().splitlines()[-1]  # (the lines before are the tqdm progress bar on stderr)
     assert r.exit_code == 2 and last.startswith("error: ") and "P0002_instance_color_RGB.png" in last
     assert not dst.exists() and list((tmp_path / "out").iterdir()) == []  # no temp folder left behind
     (src / "train" / "Semantic_masks" / "images" / "P0002_instance_color_RGB.png").unlink()
     (src / "train" / "images" / "P0002.png").unlink()
-    assert CliRunner().invoke(main, ["prepare", "isaid", str(src), str(dst), "--tile", "8"]).exit_code == 0
-    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), str(dst), "--tile", "16", "--force"])
+    assert CliRunner().invoke(main, ["prepare", "isaid", str(src), "--out", str(dst), "--tile", "8"]).exit_code == 0
+    r = CliRunner().invoke(main, ["prepare", "isaid", str(src), "--out", str(dst), "--tile", "16", "--force"])
     assert r.exit_code == 0, r.output
     assert json.loads((dst / "prepare_manifest.json").read_text())["tile"] == 16
     assert len(build_dataset("isaid", dst, "train")) == len(tile_coords(13, 21, 16, 16))
@@ -151,7 +151,7 @@ def test_sample_set_reuse_partial_and_force(tmp_path):
 
 
 def test_cli_sample_data_writes_preview(tmp_path):
-    r = CliRunner().invoke(main, ["sample-data", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1",
+    r = CliRunner().invoke(main, ["sample-data", "--out", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1",
                                   "--size", "64", "--seed", "4"])
     assert r.exit_code == 0, r.output
     prev = Image.open(tmp_path / "d" / "preview.png")

@@ -215,7 +215,7 @@ def test_triton_repo_and_serve_env_cli(export_dir, tmp_path, server_env):
     from segclip.cli import main
 
     out = tmp_path / "repo"
-    args = ["triton-repo", str(export_dir), str(out), "--models", "segclip_python", "--max-batch", "2", "--instances", "2"]
+    args = ["triton-repo", str(export_dir), "--out", str(out), "--models", "segclip_python", "--max-batch", "2", "--instances", "2"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     cfg = _parse(out / "segclip_python" / "config.pbtxt")
@@ -223,7 +223,7 @@ def test_triton_repo_and_serve_env_cli(export_dir, tmp_path, server_env):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and res.stderr.strip().count("\n") == 0 and "pass --force" in res.stderr
     assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
-    res = CliRunner().invoke(main, ["triton-repo", str(tmp_path / "noexport"), str(out)])
+    res = CliRunner().invoke(main, ["triton-repo", str(tmp_path / "noexport"), "--out", str(out)])
     assert res.exit_code == 2 and "manifest.json" in res.stderr
     # an existing, usable env is reused (install scripts may run serve-env again)
     res = CliRunner().invoke(main, ["serve-env", "--path", str(server_env.path)])

@@ -95,8 +95,8 @@ def test_existing_run_is_not_overwritten(sample_root, tmp_path):
 
 def test_train_and_eval_cli(sample_root, tmp_path):
     out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", "--dataset", "sample", "--data-root", str(sample_root), "--preset", "segclip-small",
-                                  "--out", str(out), "--max-steps", "3", "--batch-size", "2", "--crop-size", "64",
+    r = CliRunner().invoke(main, ["train", "--data", f"sample:{sample_root}", "--preset", "segclip-small",
+                                  "--out", str(out), "--max-steps", "3", "--batch", "2", "--size", "64",
                                   "--backbone-weights", "none", "--clip-checkpoint", "none", "--device", "cpu",
                                   "--prompt", "road=an asphalt road seen from above"])
     assert r.exit_code == 0, r.output
@@ -104,7 +104,7 @@ def test_train_and_eval_cli(sample_root, tmp_path):
     assert cfg["prompts"][2] == "an asphalt road seen from above"
     metrics = json.loads((out / "eval_val.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["per_class_iou"]) == set(cfg["classes"])
-    r = CliRunner().invoke(main, ["eval", str(out), "--dataset", "sample", "--data-root", str(sample_root), "--split", "val",
+    r = CliRunner().invoke(main, ["eval", str(out), "--data", f"sample:{sample_root}:val",
                                   "--out", str(tmp_path / "m.json"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     again = json.loads((tmp_path / "m.json").read_text())
@@ -114,11 +114,11 @@ def test_train_and_eval_cli(sample_root, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--preset", "segclip-r51"], "unknown preset"),
-    (["--data-root", "/nonexistent/segclip-data", "--dataset", "loveda"], "/nonexistent/segclip-data"),
+    (["--data", "loveda:/nonexistent/segclip-data"], "/nonexistent/segclip-data"),
     (["--prompt", "roads=x"], "unknown class"),
 ])
 def test_train_bad_input_exits_2_with_one_line(sample_root, tmp_path, args, needle):
-    base = {"--dataset": "sample", "--data-root": str(sample_root), "--preset": "segclip-small", "--out": str(tmp_path / "r")}
+    base = {"--data": f"sample:{sample_root}", "--preset": "segclip-small", "--out": str(tmp_path / "r")}
     for k, v in zip(args[::2], args[1::2]):
         if k in base:
             base[k] = v
@@ -134,7 +134,7 @@ def test_train_bad_input_exits_2_with_one_line(sample_root, tmp_path, args, need
 def test_eval_checkpoint_from_other_class_list(tmp_path, sample_root):
     model = make_small_model(classes=("a", "b", "c"))
     path = atomic_save(checkpoint_dict(model, [(0, 0, 0)] * 3), tmp_path / "other.pt")
-    r = CliRunner().invoke(main, ["eval", str(path), "--dataset", "sample", "--data-root", str(sample_root)])
+    r = CliRunner().invoke(main, ["eval", str(path), "--data", f"sample:{sample_root}"])
     assert r.exit_code == 2 and "trained on classes" in r.output and "Traceback" not in r.output
 
 

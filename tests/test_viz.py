@@ -48,7 +48,7 @@ def test_class_shares_sorted_and_complete():
 def test_sample_preview_has_a_legend(tmp_path):
     from segclip.data.loveda import PALETTE as LOVEDA
 
-    r = CliRunner().invoke(main, ["sample-data", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1",
+    r = CliRunner().invoke(main, ["sample-data", "--out", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1",
                                   "--size", "64", "--seed", "4"])
     assert r.exit_code == 0, r.output
     prev = np.asarray(Image.open(tmp_path / "d" / "preview.png").convert("RGB"))

@@ -37,11 +37,14 @@ def _torch_opts(ctx) -> dict:
 
 def _ort_opts(ctx) -> dict:
     # cpu: CPU only; cuda: CUDA when this onnxruntime build has it, else CPU (the row's device says which)
+    # cuda:N: that GPU's CUDA provider
+    if ctx.device.startswith("cuda:"):
+        return {"device": ctx.device, "threads": ctx.threads}
     return {"providers": "cpu" if ctx.device == "cpu" else None, "threads": ctx.threads}
 
 
 def _trt_opts(ctx) -> dict:
-    return {}
+    return {"device": ctx.device} if ctx.device.startswith("cuda") else {}
 
 
 def _trt_probe(ctx) -> Optional[str]:

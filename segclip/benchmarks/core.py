@@ -425,7 +425,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     is given), 2 warm-up calls, >= 5 reps in a 1 s budget, 4 accuracy images, no Triton sweep.
     ``reps``: minimum timed calls per row (default 10); ``budget_s``: time per row after that
     (default 3 s); ``threads``: CPU threads for torch and ONNX Runtime (default: usable CPUs);
-    ``device``: "cpu" or "cuda" for torch / ONNX Runtime (default: cuda when visible);
+    ``device``: "cpu", "cuda" or "cuda:N" for torch / ONNX Runtime / TensorRT (default: cuda when visible);
     ``limit``: accuracy images (default 16).
     """
     t_start = time.perf_counter()
@@ -441,8 +441,9 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise SegclipError(f"--device {device!r}: choose cpu or cuda")
+    from segclip.cli.options import parse_device
+
+    device = parse_device(device)
     threads = int(threads or default_threads())
     timing = {"warmup": 2 if quick else 3, "min_reps": 5 if quick else 10, "budget_s": 1.0 if quick else 3.0, "inputs": 3}
     if warmup is not None:

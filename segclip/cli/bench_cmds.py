@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
 from segclip.errors import GateFailed
 
 
@@ -19,13 +20,11 @@ def default_out(source) -> Path:
 
 @click.command("benchmark")
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--data", default=None, metavar="DATASET:ROOT:SPLIT",
-              help="Labelled images for mIoU and the deltas vs PyTorch (e.g. sample:data/sample:val); default: random images, agreement only.")
+@data_option(required=False, help="Labelled images for mIoU and the deltas vs PyTorch (e.g. sample:data/sample:val); default: random images, agreement only.")
 @click.option("--backends", default=None,
               help="Comma list of torch, onnxruntime, onnxruntime-fp16, tensorrt, triton-grpc, triton-http (default: all; --quick: the first three).")
-@click.option("--batch", "batches", default="1,4,8", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--size", "sizes", default=None, metavar="S[,S...]",
-              help="Image sizes (S or HxW, multiples of 32). Default: the export's size (a fixed-size export is re-exported from its checkpoint for other sizes).")
+@batch_option("list", default="1,4,8", legacy=None, help="Batch sizes.")
+@size_option(several=True, help="Image sizes, multiples of 32. Default: the export's size (a fixed-size export is re-exported from its checkpoint for other sizes).")
 @click.option("--concurrency", default="1,4,8", show_default=True, help="Triton concurrency sweep levels.")
 @click.option("--triton-url", "triton_urls", multiple=True, metavar="URL",
               help="grpc://HOST:PORT/MODEL and/or http://HOST:PORT/MODEL of a running server (repeatable). Default: start one here.")
@@ -36,12 +35,11 @@ def default_out(source) -> Path:
 @click.option("--warmup", type=int, default=None, help="Untimed warm-up calls per row (default 3, --quick 2).")
 @click.option("--budget", "budget_s", type=float, default=None, help="Seconds of timing per row after the minimum reps (default 3).")
 @click.option("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: usable CPUs).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device for torch / ONNX Runtime (default: cuda when visible).")
+@device_option(help="Device for torch / ONNX Runtime / TensorRT (default: cuda when visible).")
 @click.option("--limit", type=int, default=None, help="Accuracy images taken from --data (default 16, --quick 4).")
 @click.option("--quick", is_flag=True, help="Batch 1, first size, torch + onnxruntime + onnxruntime-fp16, few reps, no Triton sweep.")
-@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
-              help="Where benchmark.json/.csv and latency.png go (default: RUN_DIR/benchmark, or beside an export directory).")
-def benchmark_cmd(source, data, backends, batches, sizes, concurrency, triton_urls, triton_env, triton_shm, reps, warmup,
+@out_option(file_okay=False, help="Where benchmark.json/.csv and latency.png go (default: RUN_DIR/benchmark, or beside an export directory).")
+def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls, triton_env, triton_shm, reps, warmup,
                   budget_s, threads, device, limit, quick, out):
     """Benchmark RUN_DIR | EXPORT_DIR | CHECKPOINT on every backend: one table, JSON, CSV and a plot.
 
@@ -50,7 +48,7 @@ def benchmark_cmd(source, data, backends, batches, sizes, concurrency, triton_ur
     from segclip.benchmarks import run_benchmark
 
     out = Path(out) if out else default_out(source)
-    report = run_benchmark(source, out=out, data=data, backends=backends, batches=batches, sizes=sizes,
+    report = run_benchmark(source, out=out, data=data, backends=backends, batches=batch, sizes=size,
                            concurrency=concurrency, quick=quick, triton_url=list(triton_urls) or None, reps=reps,
                            warmup=warmup, threads=threads, budget_s=budget_s, device=device, limit=limit,
                            triton_shm=triton_shm, triton_env=triton_env, show_table=False,

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from segclip.cli.options import out_option
 from segclip.errors import SegclipError
 
 
@@ -18,7 +19,7 @@ def _split(names) -> list:
 
 @click.command("triton-repo")
 @click.argument("export_dir", type=click.Path(file_okay=False))
-@click.argument("repo_dir", type=click.Path(file_okay=False))
+@out_option(positional="REPO_DIR", required=True, file_okay=False, help="Model repository folder.")
 @click.option("--max-batch", type=int, default=None, help="max_batch_size (default: the export's profile max).")
 @click.option("--queue-delay-us", type=int, default=100, show_default=True,
               help="dynamic_batching max_queue_delay_microseconds: how long Triton waits to fill a batch.")
@@ -30,17 +31,17 @@ def _split(names) -> list:
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="ONNX artifact served by segclip_onnx/segclip_python.")
 @click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime intra-op threads per instance (0: its default).")
-@click.option("--force", is_flag=True, help="Replace models already in REPO_DIR.")
-def triton_repo_cmd(export_dir, repo_dir, max_batch, queue_delay_us, instances, kind, models, precision, threads, force):
-    """Generate a Triton model repository REPO_DIR from the export in EXPORT_DIR."""
+@click.option("--force", is_flag=True, help="Replace models already in --out.")
+def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind, models, precision, threads, force):
+    """Generate a Triton model repository (--out) from the export in EXPORT_DIR."""
     from segclip.serving.repo import build_repository
 
-    written = build_repository(export_dir, repo_dir, models=_split(models) or None, max_batch=max_batch,
+    written = build_repository(export_dir, out, models=_split(models) or None, max_batch=max_batch,
                                queue_delay_us=queue_delay_us, instances=instances, kind=kind, intra_op_threads=threads,
                                precision=precision, force=force)
     for name, path in written.items():
         click.echo(f"{name:15s} {path}")
-    click.echo(f"serve it: segclip serve --repo {repo_dir}   (pip server: segclip_python; NVIDIA's container: all)")
+    click.echo(f"serve it: segclip serve --repo {out}   (pip server: segclip_python; NVIDIA's container: all)")
 
 
 class _Stop(Exception):

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from segclip.atomic import atomic_write_json
+from segclip.cli.options import batch_option, data_option, device_option, max_steps_option, out_option, size_option
 from segclip.errors import SegclipError
 
 
@@ -61,31 +62,32 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 
 
 @click.command()
-@click.option("--dataset", required=True, help="loveda, isaid, uavid, folder or sample.")
-@click.option("--data-root", required=True, type=click.Path(), help="Dataset root as downloaded/extracted.")
+@data_option(default_split="train", help="Training data (the train split; val, when present, is evaluated).")
 @click.option("--preset", default="segclip-r50", show_default=True, help="Named preset (segclip-r50, segclip-r50-fpn, segclip-small).")
-@click.option("--out", required=True, type=click.Path(), help="Run directory (checkpoints, logs, config).")
+@out_option(required=True, help="Run directory (checkpoints, logs, config).")
 @click.option("--resume", is_flag=True, help="Continue bit-for-bit from the last checkpoint in --out.")
-@click.option("--max-steps", type=int, help="Total optimisation steps (overrides the preset).")
-@click.option("--batch-size", type=int, help="Images per process per step.")
+@max_steps_option(help="Total optimisation steps (overrides the preset).")
+@batch_option("int", help="Images per process per step (default: the preset's).")
 @click.option("--lr", type=float, help="Base learning rate (AdamW).")
-@click.option("--crop-size", type=int, help="Training crop size in pixels.")
+@size_option(legacy="--crop-size", stride=False, square=True, help="Training crop S or SxS (default: the preset's).")
 @click.option("--backbone-weights", help="'imagenet' (download by name), a local torchvision state-dict PATH, or 'none' (random init).")
 @click.option("--clip-checkpoint", help="open_clip tag (e.g. 'openai', online), a local checkpoint PATH, or 'none' (random init).")
 @click.option("--prompt", "prompt_items", multiple=True, help="Per-class description CLASS=TEXT (repeatable).")
 @click.option("--prompt-template", help="Prompt template with {} for the class name (default 'a photo with a {}').")
 @click.option("--no-gtg", is_flag=True, help="Disable ground-truth text guidance queries.")
 @click.option("--checkpoint-every", type=int, help="Save a checkpoint every N steps.")
-@click.option("--device", help="cpu, cuda (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
+@device_option(help="cpu, cuda or cuda:N (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
 @click.option("--seed", type=int)
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate on the val split at the end.")
-def train(dataset, data_root, preset, out, resume, max_steps, batch_size, lr, crop_size, backbone_weights, clip_checkpoint,
+def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weights, clip_checkpoint,
           prompt_items, prompt_template, no_gtg, checkpoint_every, device, seed, do_eval):
     """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
     from segclip.engine import distributed as D
 
-    trainer, res = run_training(dataset, data_root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch_size,
-                                lr=lr, crop_size=crop_size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
+    if data.split != "train":
+        raise SegclipError(f"--data {data}: train reads the train split (and val for its evaluation); drop :{data.split}")
+    trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,
+                                lr=lr, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
                                 device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
                                 prompts=_parse_prompts(prompt_items), prompt_template=prompt_template)
     if D.is_main():
@@ -107,31 +109,30 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
 
 @click.command("eval")
 @click.argument("source", type=click.Path())
-@click.option("--dataset", required=True, help="loveda, isaid, uavid, folder or sample.")
-@click.option("--data-root", required=True, type=click.Path())
-@click.option("--split", default="val", show_default=True)
-@click.option("--window", type=int, help="Sliding-window size (default: the checkpoint's eval size).")
-@click.option("--batch-size", default=4, show_default=True, help="Windows per forward pass.")
-@click.option("--device", help="cpu or cuda.")
+@data_option(default_split="val", help="Labelled images to score.")
+@size_option(legacy="--window", stride=False, help="Sliding-window size HxW (default: the checkpoint's eval size).")
+@batch_option("int", default=4, help="Windows per forward pass.")
+@device_option(help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--limit", type=int, help="Only the first N images.")
-@click.option("--out", "out_json", type=click.Path(), help="Write metrics JSON here (default: RUN_DIR/eval_<split>.json).")
-def eval_cmd(source, dataset, data_root, split, window, batch_size, device, limit, out_json):
+@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>.json).")
+def eval_cmd(source, data, size, batch, device, limit, out):
     """Evaluate a run directory or checkpoint: mIoU, per-class IoU, F1, overall accuracy."""
     from segclip.config import train_config_from_dict
     from segclip.data import build_dataset
     from segclip.engine.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 
+    dataset, split = data.dataset, data.split
     ckpt = load_checkpoint(source)
-    ds = build_dataset(dataset, data_root, split)
+    ds = build_dataset(dataset, data.root, split)
     check_classes(ckpt, ds.classes, f"dataset {dataset}")
     device = device or _default_device()
     model = model_from_checkpoint(ckpt).to(device)
     tcfg = train_config_from_dict(dict(ckpt.get("train_config") or {}))
-    if window:
-        tcfg.eval_size = window
-    metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch_size, limit=limit)
+    if size:
+        tcfg.eval_size = size
+    metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch, limit=limit)
     metrics.update({"checkpoint": ckpt["path"], "dataset": dataset, "split": split})
-    dest = Path(out_json) if out_json else (Path(source) / f"eval_{split}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".eval_{split}.json"))
+    dest = Path(out) if out else (Path(source) / f"eval_{split}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".eval_{split}.json"))
     atomic_write_json(dest, metrics)
     click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}")
     for name, v in metrics["per_class_iou"].items():
@@ -140,14 +141,15 @@ def eval_cmd(source, dataset, data_root, split, window, batch_size, device, limi
 
 
 @click.command()
-@click.option("--out", default="quickstart", show_default=True, type=click.Path(), help="Output directory.")
-@click.option("--steps", type=int, help="Training steps (default: the small preset's).")
+@out_option(default="quickstart", help="Output directory.")
+@max_steps_option(legacy="--steps", help="Training steps (default: the small preset's).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--pretrained", is_flag=True, help="Use ImageNet/CLIP weights by name (needs internet); default is explicit random init.")
+@device_option(help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--export/--no-export", "do_export", default=True, show_default=True)
 @click.option("--benchmark/--no-benchmark", "do_bench", default=True, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing quickstart directory.")
-def quickstart(out, steps, seed, pretrained, do_export, do_bench, force):
+def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, force):
     """Generate the sample dataset, train the small preset, evaluate, export and benchmark."""
     from segclip.data.sample import generate_sample_dataset
 
@@ -164,7 +166,7 @@ def quickstart(out, steps, seed, pretrained, do_export, do_bench, force):
     if not pretrained:
         click.echo("quickstart: random init for backbone and CLIP text encoder (offline); --pretrained uses ImageNet/CLIP weights")
     run = out / "run"
-    trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=steps, seed=seed, device=_default_device(), **weights)
+    trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=max_steps, seed=seed, device=device or _default_device(), **weights)
     summary["train_seconds"] = round(res["train_seconds"], 1)
     summary["train_steps"] = res["step"]
     summary["artifacts"]["run_dir"] = str(run)

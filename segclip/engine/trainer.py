@@ -68,7 +68,7 @@ class EpochBatches:
         self.per_epoch = n // (batch_size * world)
         if self.per_epoch == 0:
             raise SegclipError(
-                f"train: {n} training images are fewer than one global batch ({batch_size} x {world} processes); lower --batch-size"
+                f"train: {n} training images are fewer than one global batch ({batch_size} x {world} processes); lower --batch"
             )
 
     def batch(self, step: int) -> tuple:

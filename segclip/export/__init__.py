@@ -206,6 +206,7 @@ class Exporter:
     fp32_threshold: float = 0.999
     fp16_threshold: float = 0.995
     workspace_mb: int = 4096
+    device: Optional[str] = None  # torch reference + TensorRT GPU; None: cpu reference, cuda:0 engine
     log: object = print
 
     def __post_init__(self):
@@ -321,12 +322,19 @@ class Exporter:
         old_cache = self.out / TIMING_CACHE_NAME
         if old_cache.is_file():
             shutil.copy2(old_cache, stage / TIMING_CACHE_NAME)
-        info = build_engine(stage / onnx_name, stage / ENGINE_NAME, batch=self.batch, size=self.size,
-                            workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log)
+        import torch
+
+        with torch.cuda.device(self._cuda_index()):  # TensorRT builds for the current CUDA device
+            info = build_engine(stage / onnx_name, stage / ENGINE_NAME, batch=self.batch, size=self.size,
+                                workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log)
         path = stage / ENGINE_NAME
         self.artifacts["tensorrt"] = {"file": ENGINE_NAME, "format": "tensorrt", "precision": precision, "status": "pending",
                                       "sha256": sha256_file(path), "size_bytes": path.stat().st_size, **info,
                                       "trtexec": "trtexec.sh"}
+
+    def _cuda_index(self) -> int:
+        d = str(self.device or "cuda")
+        return int(d.split(":")[1]) if d.startswith("cuda:") else 0
 
     # ---- parity --------------------------------------------------------------------------------
     def parity(self, stage: Path, images: np.ndarray, labels) -> dict:
@@ -334,7 +342,7 @@ class Exporter:
         from segclip.runtime.torch_runner import TorchRunner
         from segclip.export.parity import compare, run_all
 
-        ref = TorchRunner(self.ckpt, scores=True, name="torch-fp32")  # the loaded checkpoint: no second torch.load
+        ref = TorchRunner(self.ckpt, scores=True, name="torch-fp32", device=self.device or "cpu")  # the loaded checkpoint: no second torch.load
         candidates, thresholds = [], {}
         for key in ("onnx", "onnx_fp16"):
             if key in self.twins:
@@ -345,7 +353,7 @@ class Exporter:
             from segclip.runtime.tensorrt_runner import TensorRTRunner
 
             candidates.append(TensorRTRunner(stage / trt["file"], signature=self.signature, manifest_entry=trt, name="tensorrt",
-                                             precision=trt["precision"]))
+                                             precision=trt["precision"], device=self._cuda_index()))
             thresholds["tensorrt"] = self.fp16_threshold if trt["precision"] == "fp16" else self.fp32_threshold
         bs = min(4, self.batch[2])
         result = compare(ref, candidates, images, labels, thresholds, batch_size=bs)
@@ -422,18 +430,27 @@ class Exporter:
                                f"{self.out / 'trtexec.sh'} builds the engine on the target (sh {self.out / 'trtexec.sh'})")
         return manifest
 
-def export(source, out_dir=None, *, onnx: bool = True, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
+def export(source, out=None, *, onnx: bool = True, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
-           workspace_mb: int = 4096, log=print) -> dict:
-    """Export a checkpoint / run directory; returns the manifest (also written to ``DIR/manifest.json``).
+           workspace_mb: int = 4096, device: Optional[str] = None, log=print, out_dir=None) -> dict:
+    """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
 
     ``model.onnx`` (FP32) is always written: the FP16 ONNX and the TensorRT engine derive from it.
+    ``device``: "cpu" | "cuda" | "cuda:N" for the PyTorch reference of the parity gate (default cpu)
+    and the GPU the TensorRT engine is built and checked on.  ``out_dir`` is the old name of ``out``.
     Raises ``GateFailed`` (exit 1) when an artifact fails its parity gate (artifacts kept, marked
     failed) and ``SegclipError`` (exit 2) for bad arguments, an existing export without ``force``,
     or ``trt=True`` where no engine can be built (after writing the ONNX files and ``trtexec.sh``).
     """
-    return Exporter(source=source, out_dir=out_dir, onnx=onnx, fp16=fp16, trt=trt, batch=batch, size=size,
+    if out_dir is not None:
+        import warnings
+
+        warnings.warn("export(out_dir=...) is deprecated; use export(..., out=...)", DeprecationWarning, stacklevel=2)
+        if out is not None and str(out) != str(out_dir):
+            raise SegclipError("export: out and out_dir given with different values; use out alone")
+        out = out_dir
+    return Exporter(source=source, out_dir=out, onnx=onnx, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,
-                    workspace_mb=workspace_mb, log=log).run()
+                    workspace_mb=workspace_mb, device=device, log=log).run()

@@ -1,6 +1,6 @@
 """Triton model repositories, generated from an export (its manifest + artifacts), never hand-copied.
 
-    segclip triton-repo EXPORT_DIR REPO [--max-batch N] [--queue-delay-us US] [--instances N] [--kind cpu|gpu]
+    segclip triton-repo EXPORT_DIR --out REPO [--max-batch N] [--queue-delay-us US] [--instances N] [--kind cpu|gpu]
 
 writes, per model, ``REPO/<model>/config.pbtxt``, ``labels.txt``, ``segclip_model.json`` and
 ``1/<artifact>``:
@@ -379,7 +379,7 @@ def check_model(repo_dir, name: str) -> mc.ModelConfig:
     """Check one model folder as Triton will load it; raise a one-line SegclipError naming the file."""
     repo_dir = Path(repo_dir)
     mdir = repo_dir / name
-    regen = f"regenerate it with `segclip triton-repo EXPORT_DIR {repo_dir} --force`"
+    regen = f"regenerate it with `segclip triton-repo EXPORT_DIR --out {repo_dir} --force`"
     if not mdir.is_dir():
         raise SegclipError(f"repository {repo_dir} has no model '{name}' (it has: {', '.join(list_models(repo_dir)) or 'none'})")
     if not (mdir / CONFIG).is_file():
@@ -424,8 +424,8 @@ def check_repository(repo_dir, models: Optional[Iterable[str]] = None) -> dict:
     """Check the given (default: all) models of a repository; ``{name: ModelConfig}``."""
     repo_dir = Path(repo_dir)
     if not repo_dir.is_dir():
-        raise SegclipError(f"model repository {repo_dir} does not exist; create it with `segclip triton-repo EXPORT_DIR {repo_dir}`")
+        raise SegclipError(f"model repository {repo_dir} does not exist; create it with `segclip triton-repo EXPORT_DIR --out {repo_dir}`")
     names = list(models) if models else list_models(repo_dir)
     if not names:
-        raise SegclipError(f"model repository {repo_dir} has no models; create them with `segclip triton-repo EXPORT_DIR {repo_dir}`")
+        raise SegclipError(f"model repository {repo_dir} has no models; create them with `segclip triton-repo EXPORT_DIR --out {repo_dir}`")
     return {n: check_model(repo_dir, n) for n in names}

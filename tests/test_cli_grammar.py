@@ -1,0 +1,136 @@
+"""One command-line grammar: every command takes the shared flags; old spellings still work, with a note."""
+import click
+import pytest
+from click.testing import CliRunner
+
+from segclip.cli import main
+from segclip.cli.options import batch_option, data_option, device_option, max_steps_option, out_option, size_option
+from segclip.errors import SegclipError
+
+SHARED = {
+    "train": {"--data", "--size", "--batch", "--device", "--out", "--max-steps"},
+    "eval": {"--data", "--size", "--batch", "--device", "--out"},
+    "quickstart": {"--out", "--max-steps", "--device"},
+    "export": {"--data", "--size", "--batch", "--device", "--out"},
+    "predict": {"--batch", "--device", "--out"},
+    "benchmark": {"--data", "--size", "--batch", "--device", "--out"},
+    "sample-data": {"--size", "--out"},
+    "prepare": {"--out"},
+    "triton-repo": {"--out"},
+}
+
+
+def _visible_opts(cmd) -> set:
+    return {o for p in cmd.params if isinstance(p, click.Option) and not p.hidden for o in p.opts}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_each_command_has_the_shared_flags(name):
+    opts = _visible_opts(main.commands[name])
+    assert SHARED[name] <= opts, SHARED[name] - opts
+    # and no second spelling of the same idea is advertised
+    assert not opts & {"--dataset", "--data-root", "--crop-size", "--window", "--batch-size", "--steps", "--providers"}
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _error(res) -> str:
+    errs = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and len(errs) == 1 and "Traceback" not in res.output, (res.exit_code, res.output)
+    return errs[0]
+
+
+@pytest.mark.parametrize("name,args", [
+    ("train", ["--data", "loveda:{missing}", "--size", "64", "--batch", "2", "--device", "cpu", "--out", "{tmp}/run",
+               "--max-steps", "1"]),
+    ("eval", ["{missing}", "--data", "loveda:{missing}:val", "--size", "64x96", "--batch", "2", "--device", "cuda:1",
+              "--out", "{tmp}/m.json"]),
+    ("export", ["{missing}", "--data", "loveda:{missing}", "--size", "64x96", "--batch", "1:2:4", "--device", "cpu",
+                "--out", "{tmp}/exp"]),
+    ("predict", ["--model", "{missing}", "{missing}", "--batch", "2", "--device", "cuda:0", "--out", "{tmp}/p"]),
+    ("benchmark", ["{bogus}", "--data", "loveda:{missing}", "--size", "64,64x96", "--batch", "1,2", "--device", "cuda:0",
+                   "--out", "{tmp}/b"]),
+    ("prepare", ["isaid", "{missing}", "--out", "{tmp}/patches"]),
+    ("triton-repo", ["{missing}", "--out", "{tmp}/repo"]),
+])
+def test_each_command_accepts_the_shared_flags(tmp_path, name, args):
+    """The flags parse; the command then fails on its missing/bogus input (not on a flag)."""
+    (tmp_path / "bogus.pt").write_bytes(b"not a checkpoint")
+    fill = {"missing": tmp_path / "missing", "tmp": tmp_path, "bogus": tmp_path / "bogus.pt"}
+    err = _error(_run(name, *[a.format(**fill) for a in args]))
+    assert "missing" in err or "bogus" in err, err
+    for flag in ("--data", "--size", "--batch", "--device", "--out"):
+        assert not err.startswith(f"error: {flag}"), err
+
+
+def test_quickstart_and_sample_data_take_out_and_max_steps(tmp_path):
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "keep").write_text("x")
+    assert "already exists" in _error(_run("quickstart", "--out", tmp_path / "q", "--max-steps", "1", "--device", "cpu"))
+    res = _run("quickstart", "--out", tmp_path / "q", "--steps", "1")
+    assert "already exists" in _error(res) and "note: --steps is deprecated" in res.stderr
+    res = _run("sample-data", "--out", tmp_path / "s", "--size", "64x64", "--num-train", "1", "--num-val", "1")
+    assert res.exit_code == 0 and "64x64" in res.output, res.output
+
+
+def _probe():
+    """A command built from the shared options that returns what the command body receives."""
+    seen = {}
+
+    @click.command()
+    @data_option(default_split="val")
+    @size_option(legacy="--window", stride=False)
+    @batch_option("int", default=4)
+    @device_option(providers_alias=True)
+    @out_option(positional="OUT_DIR")
+    @max_steps_option(legacy="--steps")
+    def probe(**kw):
+        seen.update(kw)
+
+    return probe, seen
+
+
+@pytest.mark.parametrize("new,old", [
+    (["--data", "loveda:/d/L:test"], ["--dataset", "loveda", "--data-root", "/d/L", "--split", "test"]),
+    (["--data", "loveda:/d/L"], ["--dataset", "loveda", "--data-root", "/d/L"]),
+    (["--size", "96"], ["--window", "96"]),
+    (["--batch", "3"], ["--batch-size", "3"]),
+    (["--out", "o"], ["o"]),
+    (["--max-steps", "7"], ["--steps", "7"]),
+])
+def test_old_spellings_work_with_one_note(new, old):
+    got = []
+    for args in (new, old):
+        probe, seen = _probe()
+        res = CliRunner().invoke(probe, ["--data", "x:y"] * ("--data" not in new) + args)
+        assert res.exit_code == 0, res.output
+        got.append((dict(seen), res.stderr))
+    assert got[0][0] == got[1][0]
+    assert got[0][1] == ""
+    notes = got[1][1].splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "deprecated" in notes[0] and new[0] in notes[0]
+
+
+def test_parsed_values():
+    probe, seen = _probe()
+    res = CliRunner().invoke(probe, ["--data", "loveda:/d/L", "--size", "64x96", "--device", "CUDA:1", "--out", "o"])
+    assert res.exit_code == 0, res.output
+    assert tuple(seen["data"]) == ("loveda", "/d/L", "val") and str(seen["data"]) == "loveda:/d/L:val"
+    assert seen["size"] == (64, 96) and seen["batch"] == 4 and seen["device"] == "cuda:1" and seen["out"] == "o"
+    for args, needle in ((["--device", "gpu"], "--device 'gpu'"), (["--size", "64y"], "--size"),
+                         (["--data", "loveda:/a", "--dataset", "x", "--data-root", "y"], "alone"),
+                         (["--batch", "0"], "--batch")):
+        probe, _ = _probe()
+        res = CliRunner().invoke(probe, ["--data", "x:y"] * ("--data" not in args) + args)
+        assert res.exit_code != 0 and isinstance(res.exception, SegclipError) and needle in str(res.exception), res.output
+
+
+def test_export_python_twin_takes_out_and_warns_on_out_dir(tmp_path):
+    from segclip.export import export
+
+    with pytest.warns(DeprecationWarning, match="out_dir"), pytest.raises(SegclipError, match="missing"):
+        export(tmp_path / "missing.pt", out_dir=tmp_path / "e")
+    with pytest.raises(SegclipError, match="missing"):
+        export(tmp_path / "missing.pt", out=tmp_path / "e")
