@@ -77,11 +77,11 @@ def make_checkpoint(path: Path, preset: str = "segclip-r50", seed: int = 0) -> P
 
 def export_at(ckpt: Path, out: Path, size: int, fp16: bool = False, trt: bool = False) -> Path:
     from segclip.errors import GateFailed, SegclipError
-    from segclip.export import export, read_manifest
-    from segclip.export.manifest import sha256_file
+    from segclip.contract import is_export_dir, read_manifest, sha256_file
+    from segclip.export import export
 
     d = out / f"export_{size}"
-    if (d / "manifest.json").is_file():
+    if is_export_dir(d):
         m = read_manifest(d)
         arts = m.get("artifacts") or {}
         if (m.get("source") or {}).get("sha256") == sha256_file(ckpt) and (not fp16 or "onnx_fp16" in arts) \
@@ -96,7 +96,7 @@ def export_at(ckpt: Path, out: Path, size: int, fp16: bool = False, trt: bool = 
     except GateFailed as e:
         log(f"  export parity gate failed (artifacts kept, measured anyway): {e}")
     except SegclipError as e:
-        if not (d / "manifest.json").is_file():
+        if not is_export_dir(d):
             raise
         log(f"  export note: {e}")
     log(f"  exported in {time.perf_counter() - t0:.0f} s")
@@ -251,14 +251,13 @@ def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: 
 # ---- target 4: TensorRT FP16 on a GPU -----------------------------------------------------------------
 def gpu_target(ckpt: Path, out: Path, size: int, reps: int, warmup: int, budget_s: float, data) -> dict:
     from segclip.benchmarks import accuracy as acc
-    from segclip.export.tensorrt import trt_unavailable_reason
+    from segclip.contract import read_manifest, tensorrt_unavailable_reason
     from segclip.runtime import load_runner
 
-    why = trt_unavailable_reason()
+    why = tensorrt_unavailable_reason()
     if why:
         return {"status": f"not measured: {why}"}
     d = export_at(ckpt, out, size, fp16=True, trt=True)
-    from segclip.export import read_manifest
 
     art = (read_manifest(d).get("artifacts") or {}).get("tensorrt") or {}
     if not art.get("file"):

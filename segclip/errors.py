@@ -17,3 +17,11 @@ class GateFailed(SegclipError):
     """The work ran but its result failed a quality gate (parity, accuracy)."""
 
     exit_code = 1
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """First meaningful line of an exception message, shortened (backends print multi-line dumps)."""
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."

@@ -263,7 +263,7 @@ def test_existing_export_refused_with_clear_error(export_dir, trained_ckpt):
 
 
 def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_ckpt):
-    from segclip.export.tensorrt import trt_unavailable_reason
+    from segclip.contract import tensorrt_unavailable_reason as trt_unavailable_reason
 
     if trt_unavailable_reason() is None:
         pytest.skip("a GPU with tensorrt is present: --trt builds an engine here (see test_runtime_gpu)")

@@ -175,10 +175,10 @@ def test_repository_overwrite_needs_force_and_checks(export_dir, repo, tmp_path)
 
 
 def test_tensorrt_model_from_engine_entry(export_dir, tmp_path):
-    """segclip_trt from an export whose engine(s) passed: platform, plan files, cc_model_filenames."""
+    """segclip_trt from an export whose engine passed: platform, plan file, GPU instances."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from segclip.export.manifest import read_manifest, write_manifest
+    from segclip.contract import read_manifest, write_manifest
     from segclip.serving.repo import build_repository, check_repository
 
     exp = tmp_path / "exp"
@@ -199,13 +199,6 @@ def test_tensorrt_model_from_engine_entry(export_dir, tmp_path):
     with pytest.raises(SegclipError, match="exceeds the TensorRT profile"):
         build_repository(exp, tmp_path / "repo", models=["segclip_trt"], max_batch=MAX_BATCH * 2, force=True)
 
-    m["artifacts"]["tensorrt"]["engines"] = [{"file": "model.plan", "compute_capability": "8.0"},
-                                             {"file": "model.plan", "compute_capability": "9.0"}]
-    write_manifest(exp, m)
-    build_repository(exp, tmp_path / "repo", models=["segclip_trt"], force=True)
-    cfg = _parse(tmp_path / "repo" / "segclip_trt" / "config.pbtxt")
-    assert dict(cfg.cc_model_filenames) == {"8.0": "model_sm80.plan", "9.0": "model_sm90.plan"}
-    assert sorted(p.name for p in (tmp_path / "repo" / "segclip_trt" / "1").iterdir()) == ["model_sm80.plan", "model_sm90.plan"]
     check_repository(tmp_path / "repo", ["segclip_trt"])
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from segclip.data.tiling import tile_coords
 from segclip.errors import SegclipError
-from segclip.export import parse_data  # noqa: F401 (one parser for --data everywhere)
+from segclip.parsers import parse_data
 
 TILING = ("tiled: non-overlapping HxW windows of the benchmark size, last window aligned to the image edge, "
           "images smaller than the window reflect-padded")

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from segclip.contract import tensorrt_unavailable_reason
 from segclip.errors import SegclipError
+from segclip.parsers import split_list, unique
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,7 @@ class BackendSpec:
     artifact: Optional[str] = None  # manifest artifacts key, for source == "artifact"
     protocol: Optional[str] = None  # for source == "triton"
     options: Callable = field(default=lambda ctx: {})  # ctx -> load_runner options
-    cpu_threads: bool = False  # runs on this host's CPU with the benchmark's thread count
     probe: Optional[Callable] = None  # ctx -> None, or why this backend cannot run on this machine at all
-    description: str = ""
 
 
 def _torch_opts(ctx) -> dict:
@@ -48,9 +48,7 @@ def _trt_opts(ctx) -> dict:
 
 
 def _trt_probe(ctx) -> Optional[str]:
-    from segclip.export.tensorrt import trt_unavailable_reason
-
-    return trt_unavailable_reason()
+    return tensorrt_unavailable_reason()
 
 
 def _triton_opts(ctx) -> dict:
@@ -58,57 +56,30 @@ def _triton_opts(ctx) -> dict:
 
 
 BACKENDS = {
-    "torch": BackendSpec("torch", "checkpoint", options=_torch_opts, cpu_threads=True,
-                         description="PyTorch eager FP32 (the reference every other row is compared with)"),
-    "onnxruntime": BackendSpec("onnxruntime", "artifact", artifact="onnx", options=_ort_opts, cpu_threads=True,
-                               description="ONNX Runtime, FP32 model.onnx"),
-    "onnxruntime-fp16": BackendSpec("onnxruntime-fp16", "artifact", artifact="onnx_fp16", options=_ort_opts, cpu_threads=True,
-                                    description="ONNX Runtime, mixed-precision FP16 model_fp16.onnx"),
-    "tensorrt": BackendSpec("tensorrt", "artifact", artifact="tensorrt", options=_trt_opts, probe=_trt_probe,
-                            description="TensorRT engine (NVIDIA GPU)"),
-    "triton-grpc": BackendSpec("triton-grpc", "triton", protocol="grpc", options=_triton_opts,
-                               description="Triton Inference Server over gRPC"),
-    "triton-http": BackendSpec("triton-http", "triton", protocol="http", options=_triton_opts,
-                               description="Triton Inference Server over HTTP"),
+    # PyTorch eager FP32: the reference every other row is compared with
+    "torch": BackendSpec("torch", "checkpoint", options=_torch_opts),
+    "onnxruntime": BackendSpec("onnxruntime", "artifact", artifact="onnx", options=_ort_opts),
+    "onnxruntime-fp16": BackendSpec("onnxruntime-fp16", "artifact", artifact="onnx_fp16", options=_ort_opts),
+    "tensorrt": BackendSpec("tensorrt", "artifact", artifact="tensorrt", options=_trt_opts, probe=_trt_probe),
+    "triton-grpc": BackendSpec("triton-grpc", "triton", protocol="grpc", options=_triton_opts),
+    "triton-http": BackendSpec("triton-http", "triton", protocol="http", options=_triton_opts),
 }
 DEFAULT_BACKENDS = tuple(BACKENDS)
 QUICK_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16")
 REFERENCE = "torch"
+ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "ort-fp16": "onnxruntime-fp16", "onnx-fp16": "onnxruntime-fp16",
+           "onnx_fp16": "onnxruntime-fp16", "trt": "tensorrt", "pytorch": "torch", "triton": "triton-grpc"}
 
 
 def parse_backends(value) -> list:
     """"torch,onnxruntime" / list / None -> validated list of names (order kept, duplicates dropped)."""
     if value is None:
         return list(DEFAULT_BACKENDS)
-    if isinstance(value, str):
-        value = [value]
-    names = []
-    for v in value:
-        for n in str(v).split(","):
-            n = n.strip().lower()
-            if not n:
-                continue
-            n = {"ort": "onnxruntime", "onnx": "onnxruntime", "ort-fp16": "onnxruntime-fp16", "onnx-fp16": "onnxruntime-fp16",
-                 "onnx_fp16": "onnxruntime-fp16", "trt": "tensorrt", "pytorch": "torch", "triton": "triton-grpc"}.get(n, n)
-            if n not in BACKENDS:
-                raise SegclipError(f"--backends: unknown backend {n!r}; choose from {', '.join(BACKENDS)}")
-            if n not in names:
-                names.append(n)
+    names = [ALIASES.get(str(n).lower(), str(n).lower()) for n in split_list(value)]
+    for n in names:
+        if n not in BACKENDS:
+            raise SegclipError(f"--backends: unknown backend {n!r}; choose from {', '.join(BACKENDS)}")
+    names = unique(names)
     if not names:
         raise SegclipError("--backends: no backend given")
     return names
-
-
-def artifact_problem(manifest: Optional[dict], key: str) -> Optional[str]:
-    """Why an export's artifact cannot be used, from its manifest entry (None if it looks usable)."""
-    if manifest is None:
-        return None
-    art = (manifest.get("artifacts") or {}).get(key)
-    if not isinstance(art, dict):
-        flag = {"onnx_fp16": " --fp16", "tensorrt": " --trt"}.get(key, "")
-        return f"the export has no {key} artifact (re-export with segclip export{flag}, or benchmark the run directory)"
-    status = str(art.get("status", "ok"))
-    if status in ("ok", "passed", "failed"):  # failed parity: measured anyway, flagged in the notes
-        return None
-    reason = art.get("reason") or art.get("error") or status
-    return f"{key} {status}: {reason}"

@@ -18,21 +18,17 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
-from segclip.errors import GateFailed, SegclipError
-from segclip.export import parse_size
-from segclip.runtime.base import one_line
+from segclip.contract import artifact_problem, is_export_dir, manifest_signature, read_manifest, sha256_file, signature_from_checkpoint
+from segclip.errors import GateFailed, SegclipError, one_line
+from segclip.parsers import parse_device, parse_ints, parse_sizes, split_list
 
 from segclip.benchmarks import accuracy as acc
-from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, artifact_problem, parse_backends
+from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, parse_backends
 from segclip.benchmarks.machine import describe as describe_machine
 from segclip.benchmarks.machine import machine_info
 from segclip.benchmarks.report import SCHEMA_VERSION, check_report, format_table, write_all, write_json
 from segclip.benchmarks.timing import default_threads, measure, random_batches, set_threads
-
-MANIFEST = "manifest.json"
-
 
 @dataclasses.dataclass
 class Settings:
@@ -45,60 +41,16 @@ class Settings:
 
 
 # ---- small parsers ---------------------------------------------------------------------------------
-def parse_ints(value, what: str) -> tuple:
-    if value is None:
-        return ()
-    if isinstance(value, (int, np.integer)):
-        value = [value]
-    if isinstance(value, str):
-        value = value.split(",")
-    out = []
-    for v in value:
-        try:
-            n = int(str(v).strip())
-        except ValueError:
-            raise SegclipError(f"--{what} {value!r}: expected comma-separated positive integers, e.g. 1,4,8") from None
-        if n < 1:
-            raise SegclipError(f"--{what} {n}: must be >= 1")
-        if n not in out:
-            out.append(n)
-    return tuple(out)
-
-
-def parse_sizes(value) -> Optional[list]:
-    """"512,1024" / "512x768" / [512, (512, 768)] -> [(h, w), ...] (multiples of 32)."""
-    if value is None:
-        return None
-    if isinstance(value, (int, np.integer)):
-        value = [value]
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    out = []
-    for v in value:
-        hw = parse_size(v.strip() if isinstance(v, str) else int(v) if isinstance(v, np.integer) else v)
-        if hw not in out:
-            out.append(hw)
-    return out or None
-
-
 def parse_triton_urls(value) -> dict:
     """None | "grpc://h:p/m" | ["grpc://...", "http://..."] | "a,b" -> {protocol: url}."""
-    if not value:
-        return {}
-    if isinstance(value, str):
-        value = [value]
-    urls = {}
-    for item in value:
-        for u in str(item).split(","):
-            u = u.strip()
-            if not u:
-                continue
-            from segclip.runtime.triton import parse_url
+    from segclip.runtime.triton import parse_url
 
-            proto = parse_url(u)[0]
-            if proto in urls and urls[proto] != u:
-                raise SegclipError(f"--triton-url: two {proto} URLs given ({urls[proto]}, {u}); give one per protocol")
-            urls[proto] = u
+    urls = {}
+    for u in split_list(value):
+        proto = parse_url(u)[0]
+        if proto in urls and urls[proto] != u:
+            raise SegclipError(f"--triton-url: two {proto} URLs given ({urls[proto]}, {u}); give one per protocol")
+        urls[proto] = u
     return urls
 
 
@@ -118,9 +70,7 @@ class Sources:
         self.checkpoint: Optional[Path] = None
         self.checkpoint_problem: Optional[str] = None
         self._exports = {}  # (h, w) -> (dir, manifest) | SegclipError
-        if p.is_dir() and (p / MANIFEST).is_file():
-            from segclip.export.manifest import read_manifest
-
+        if is_export_dir(p):
             self.base_export, self.base_manifest = p, read_manifest(p)
             ck = (self.base_manifest.get("source") or {}).get("checkpoint")
             if ck and Path(ck).is_file():
@@ -136,11 +86,8 @@ class Sources:
 
     def _signature(self):
         if self.base_manifest is not None:
-            from segclip.export.manifest import manifest_signature
-
             return manifest_signature(self.base_manifest)
         from segclip.engine.checkpoint import load_checkpoint
-        from segclip.runtime.torch_runner import signature_from_checkpoint
 
         return signature_from_checkpoint(load_checkpoint(self.checkpoint), scores=False)
 
@@ -184,8 +131,6 @@ class Sources:
         return got
 
     def _export_for(self, size) -> tuple:
-        from segclip.export.manifest import read_manifest, sha256_file
-
         if self._base_fits(size):
             return self.base_export, self.base_manifest
         h, w = size
@@ -193,7 +138,7 @@ class Sources:
             raise SegclipError(f"the export {self.base_export} is fixed at {self.signature.height}x{self.signature.width} "
                                f"and {self.checkpoint_problem}; re-export with --size {h}x{w}")
         d = self.work_dir / "exports" / f"{h}x{w}"
-        if (d / MANIFEST).is_file():  # reuse an export this benchmark made before, if it matches
+        if is_export_dir(d):  # reuse an export this benchmark made before, if it matches
             try:
                 m = read_manifest(d)
                 arts = m.get("artifacts") or {}
@@ -215,7 +160,7 @@ class Sources:
         except GateFailed:
             pass  # artifacts kept and marked failed: measured anyway, flagged in the rows' notes
         except SegclipError as e:
-            if not (d / MANIFEST).is_file():  # e.g. --trt without a GPU still writes the ONNX export
+            if not is_export_dir(d):  # e.g. --trt without a GPU still writes the ONNX export
                 raise SegclipError(f"export at {h}x{w} failed: {one_line(e)}") from None
         self.log(f"exported in {time.perf_counter() - t0:.1f} s")
         return d, read_manifest(d)
@@ -238,7 +183,7 @@ def make_runner(spec, settings: Settings, sources: Sources, size, export, triton
             if isinstance(export, Exception):
                 return None, one_line(export, 300)
             d, manifest = export
-            why = artifact_problem(manifest, spec.artifact)
+            why = artifact_problem(manifest, spec.artifact, d, allow_failed=True)  # failed parity: measured, flagged
             if why:
                 return None, why
             return load_runner(d, format=spec.artifact, allow_failed=True, **spec.options(settings)), None
@@ -441,8 +386,6 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from segclip.cli.options import parse_device
-
     device = parse_device(device)
     threads = int(threads or default_threads())
     timing = {"warmup": 2 if quick else 3, "min_reps": 5 if quick else 10, "budget_s": 1.0 if quick else 3.0, "inputs": 3}

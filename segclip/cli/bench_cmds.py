@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
+from segclip.contract import is_export_dir
 from segclip.errors import GateFailed
 
 
@@ -14,7 +15,7 @@ def default_out(source) -> Path:
     directory (nothing is written inside an export), ``<dir>/benchmark`` beside a checkpoint file."""
     p = Path(source)
     if p.is_dir():
-        return p.parent / "benchmark" if (p / "manifest.json").is_file() else p / "benchmark"
+        return p.parent / "benchmark" if is_export_dir(p) else p / "benchmark"
     return p.parent / "benchmark"
 
 

@@ -19,20 +19,17 @@ receives one parsed value under the new name.
 from __future__ import annotations
 
 import functools
-import re
 from typing import NamedTuple, Optional
 
 import click
 
 from segclip.errors import SegclipError
-from segclip.export import parse_batch, parse_data, parse_size
-from segclip.benchmarks.core import parse_ints, parse_sizes
+from segclip.parsers import parse_batch, parse_data, parse_device, parse_ints, parse_size, parse_sizes
 
 REMOVED_IN = "segclip 0.2"
 DATA_METAVAR = "DATASET:ROOT[:SPLIT]"
 DATASETS_HELP = ("DATASET: loveda or sample (mask files 1..7, 0 = no-data), isaid, uavid (RGB colour masks), folder "
                  "(classes.yaml)")
-DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 def deprecated(old: str, new: str) -> None:
@@ -136,13 +133,7 @@ def size_option(*, several: bool = False, legacy: Optional[str] = None, stride: 
             return None
         if several:
             return parse_sizes(value)
-        if stride:
-            hw = parse_size(value)
-        else:
-            m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", str(value))
-            if not m or int(m.group(1)) < 1:
-                raise SegclipError(f"--size {value!r}: expected HxW or S, e.g. 256x256")
-            hw = (int(m.group(1)), int(m.group(2) or m.group(1)))
+        hw = parse_size(value, multiple_of=32 if stride else 1)
         if square:
             if hw[0] != hw[1]:
                 raise SegclipError(f"--size {value}: must be square here (S or SxS)")
@@ -173,15 +164,6 @@ def batch_option(kind: str, *, default=None, legacy: Optional[str] = "--batch-si
 
 
 # ---- --device --------------------------------------------------------------------------------------
-def parse_device(value) -> Optional[str]:
-    if value is None:
-        return None
-    v = str(value).strip().lower()
-    if not DEVICE_RE.match(v):
-        raise SegclipError(f"--device {value!r}: expected cpu, cuda or cuda:N")
-    return v
-
-
 def device_option(*, providers_alias: bool = False, help: str = "Where the model runs (default: cuda when visible)."):
     """``--device cpu|cuda|cuda:N`` (None when not given).  ``providers_alias``: the old
     ``--providers cpu|cuda|tensorrt`` of predict, kept for one release and passed on as

@@ -8,13 +8,7 @@ import click
 
 from segclip.cli.options import out_option
 from segclip.errors import SegclipError
-
-
-def _split(names) -> list:
-    out = []
-    for n in names or ():
-        out += [p.strip() for p in n.split(",") if p.strip()]
-    return out
+from segclip.parsers import split_list
 
 
 @click.command("triton-repo")
@@ -36,7 +30,7 @@ def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind,
     """Generate a Triton model repository (--out) from the export in EXPORT_DIR."""
     from segclip.serving.repo import build_repository
 
-    written = build_repository(export_dir, out, models=_split(models) or None, max_batch=max_batch,
+    written = build_repository(export_dir, out, models=split_list(models) or None, max_batch=max_batch,
                                queue_delay_us=queue_delay_us, instances=instances, kind=kind, intra_op_threads=threads,
                                precision=precision, force=force)
     for name, path in written.items():
@@ -71,7 +65,7 @@ def serve_cmd(repo, host, http_port, grpc_port, metrics_port, models, env_path, 
     from segclip.serving.server import PIP, TritonServer
 
     server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                          models=_split(models) or None, env=env_path, binary=binary, startup_timeout=timeout,
+                          models=split_list(models) or None, env=env_path, binary=binary, startup_timeout=timeout,
                           log_file=log_file)
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:

@@ -16,14 +16,13 @@ from typing import Optional
 
 import numpy as np
 
-from segclip.errors import SegclipError
+from segclip.contract import META_PREFIX
+from segclip.errors import SegclipError, one_line
 from segclip.signature import INPUT_NAME, MASK_NAME, SCORES_NAME, Signature
 from segclip.atomic import atomic_write_bytes
 
 MIN_OPSET = 17  # LayerNormalization (17), GridSample (16)
 STANDARD_DOMAINS = ("", "ai.onnx")
-
-META_PREFIX = "segclip."
 
 
 def _onnx():
@@ -186,7 +185,7 @@ def check_graph(model, where: str) -> dict:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        msg = one_line(e)
         raise SegclipError(f"{where}: the exported ONNX graph fails onnx.checker/shape inference ({msg})") from None
     custom = sorted({n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
     custom += sorted({o.domain for o in model.opset_import if o.domain not in STANDARD_DOMAINS})

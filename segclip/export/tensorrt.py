@@ -14,29 +14,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from segclip.contract import TRTEXEC_NAME, sha256_file, tensorrt_unavailable_reason
 from segclip.errors import SegclipError
 from segclip.signature import INPUT_NAME
 from segclip.atomic import atomic_write_bytes, atomic_write_text
 
 ENGINE_NAME = "model.plan"
 TIMING_CACHE_NAME = "timing.cache"
-TRTEXEC_NAME = "trtexec.sh"
-
-
-def trt_unavailable_reason() -> Optional[str]:
-    """None when an engine can be built here, else why not (one line)."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return "no NVIDIA GPU is visible here (torch.cuda.is_available() is False)"
-    except Exception as e:  # pragma: no cover
-        return f"torch cannot query CUDA ({type(e).__name__})"
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "the tensorrt Python package is not installed (pip install 'segclip[gpu]' or use the JetPack one)"
-    return None
 
 
 def gpu_info(device: int = 0) -> dict:
@@ -84,12 +68,10 @@ def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: i
 def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 4096,
                  timing_cache: Optional[Path] = None, log=print) -> dict:
     """Build a strongly typed engine; returns the manifest entry fields."""
-    reason = trt_unavailable_reason()
+    reason = tensorrt_unavailable_reason()
     if reason:
         raise SegclipError(f"--trt: {reason}")
     import tensorrt as trt
-
-    from segclip.export.manifest import sha256_file
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -22,16 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.signature import MASK_NAME, SCORES_NAME, Signature
-
-
-def one_line(e: BaseException, limit: int = 200) -> str:
-    """First meaningful line of an exception message, shortened (backends print multi-line dumps)."""
-    text = str(e).strip() or type(e).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    msg = lines[0] if lines else type(e).__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 def file_size_mb(path) -> Optional[float]:
@@ -115,10 +107,6 @@ class Runner:
         spec = self.signature.inputs[0]
         dims = "x".join("N" if i == 0 else ("?" if d in (-1, None) else str(d)) for i, d in enumerate(spec.shape))
         return f"{spec.dtype} {dims} ({spec.layout})"
-
-    @property
-    def has_scores(self) -> bool:
-        return bool(self.signature.scores)
 
     # ---- description ---------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -10,12 +10,10 @@ from typing import Optional
 
 import numpy as np
 
+from segclip.contract import META_PRECISION, META_SIGNATURE
 from segclip.errors import SegclipError
 from segclip.signature import Signature
 from segclip.runtime.base import Runner, one_line
-
-META_SIGNATURE = "segclip.signature"
-META_PRECISION = "segclip.precision"
 
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",

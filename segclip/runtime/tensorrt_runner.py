@@ -1,17 +1,17 @@
 """TensorRT engine runner: ``execute_async_v3`` with torch CUDA tensors as buffers (no pycuda).
 
-The engine's manifest entry (``manifest.json`` beside it, written by ``segclip export --trt``) is
+The engine's manifest entry (``manifest.json`` beside it, read through ``segclip.contract``, written by ``segclip export --trt``) is
 checked *before* deserialising: an engine built for another GPU architecture or TensorRT version
 gives a clear error saying how to rebuild, never a crash inside TensorRT.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from segclip.contract import MANIFEST_NAME, TRTEXEC_NAME, artifact_for_file, manifest_path, manifest_signature, read_manifest
 from segclip.errors import SegclipError
 from segclip.signature import Signature
 from segclip.runtime.base import Runner, one_line
@@ -21,21 +21,16 @@ _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64
 
 
 def _manifest_entry(path: Path):
-    mpath = path.parent / "manifest.json"
-    if not mpath.is_file():
+    """(signature, entry) from the export manifest beside the engine; (None, None) when there is none."""
+    if not manifest_path(path).is_file():
         return None, None
-    try:
-        m = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, None
-    for key, a in (m.get("artifacts") or {}).items():
-        if isinstance(a, dict) and a.get("file") == path.name:
-            return m, a
-    return m, None
+    m = read_manifest(path)
+    found = artifact_for_file(m, path)
+    return manifest_signature(m), (found[1] if found else None)
 
 
 def _rebuild_hint(path: Path) -> str:
-    script = path.parent / "trtexec.sh"
+    script = path.parent / TRTEXEC_NAME
     alt = f" or run sh {script}" if script.is_file() else ""
     return f"rebuild the engine on this machine with `segclip export <run dir> --trt`{alt}"
 
@@ -51,13 +46,14 @@ class TensorRTRunner(Runner):
         self.path = Path(path)
         if not self.path.is_file():
             raise SegclipError(f"{self.path}: no such TensorRT engine file")
-        manifest, entry = _manifest_entry(self.path)
-        self.entry = manifest_entry if manifest_entry is not None else (entry or {})
-        if signature is None:
-            if manifest is None or "signature" not in manifest:
-                raise SegclipError(f"{self.path}: no manifest.json beside the engine to say what it computes; "
+        if signature is None or manifest_entry is None:
+            msig, entry = _manifest_entry(self.path)
+            if signature is None and msig is None:
+                raise SegclipError(f"{self.path}: no {MANIFEST_NAME} beside the engine to say what it computes; "
                                    f"keep the engine in its export directory (segclip export --trt)")
-            signature = Signature.from_dict(manifest["signature"])
+            signature = signature or msig
+            manifest_entry = manifest_entry if manifest_entry is not None else entry
+        self.entry = manifest_entry or {}
         self.device_index = int(str(device).split(":")[-1]) if str(device) not in ("cuda", "") else 0
         prof = self.entry.get("profile") or {}
         max_batch = prof.get("max", [None])[0] if prof else None

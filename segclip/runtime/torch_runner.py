@@ -8,14 +8,9 @@ from typing import Optional
 import numpy as np
 
 from segclip.errors import SegclipError
-from segclip.signature import MASK_NAME, SCORES_NAME, Signature, default_palette
+from segclip.contract import signature_from_checkpoint
+from segclip.signature import MASK_NAME, SCORES_NAME
 from segclip.runtime.base import Runner
-
-
-def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=True, max_batch=8) -> Signature:
-    classes = list(ckpt["classes"])
-    palette = ckpt.get("palette") or default_palette(len(classes))
-    return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch)
 
 
 class TorchRunner(Runner):
@@ -83,7 +78,3 @@ class TorchRunner(Runner):
             except Exception:
                 return self.device
         return self.device
-
-    @property
-    def checkpoint(self) -> dict:
-        return self._ckpt

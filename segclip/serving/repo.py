@@ -6,8 +6,8 @@ writes, per model, ``REPO/<model>/config.pbtxt``, ``labels.txt``, ``segclip_mode
 ``1/<artifact>``:
 
 * ``segclip_onnx``   platform ``onnxruntime_onnx``, ``1/model.onnx``   (NVIDIA's container)
-* ``segclip_trt``    platform ``tensorrt_plan``, ``1/model.plan`` or one plan per GPU architecture
-                     with ``cc_model_filenames``; only when the export built a passing engine
+* ``segclip_trt``    platform ``tensorrt_plan``, ``1/model.plan``; only when the export built a
+                     passing engine
 * ``segclip_python`` backend ``python``, ``1/model.py`` + ``1/model.onnx``: ONNX Runtime inside
                      Triton's python backend, which the pip-installed server can run
 
@@ -31,9 +31,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError
-from segclip.export.manifest import manifest_signature, read_manifest, sha256_file
+from segclip.contract import MANIFEST_NAME, artifact_problem, batch_profile, manifest_signature, read_manifest, sha256_file
 from segclip.runtime.triton import PRECISION_PARAM, SIGNATURE_PARAM
-from segclip.signature import INPUT_NAME, MASK_NAME, Signature, triton_config_type
+from segclip.signature import MASK_NAME, Signature, triton_config_type
 
 MODEL_ONNX = "segclip_onnx"
 MODEL_TRT = "segclip_trt"
@@ -43,7 +43,6 @@ MODEL_RECORD = "segclip_model.json"
 LABELS = "labels.txt"
 CONFIG = "config.pbtxt"
 VERSION = "1"
-OK_STATUS = ("ok", "passed")  # an artifact that passed its export parity gate
 PYTHON_BACKEND_SRC = Path(__file__).resolve().parent / "python_backend" / "model.py"
 
 # numpy dtype name <-> ONNX TensorProto elem type
@@ -53,67 +52,32 @@ _CONFIG_TO_NP = {triton_config_type(k): k for k in _ONNX_ELEM}
 
 
 
-def _artifact(manifest: dict, export_dir: Path, key: str, *, required: bool):
-    art = (manifest.get("artifacts") or {}).get(key)
-    if not art or not (art.get("file") or art.get("path")):
-        if required:
-            raise SegclipError(f"{export_dir}: the export has no '{key}' artifact; re-export with `segclip export` (ONNX on)")
-        return None
-    if art.get("status") not in OK_STATUS:
-        if required:
-            raise SegclipError(
-                f"{export_dir}: the '{key}' artifact has status {art.get('status')!r} (its parity gate did not pass); "
-                f"fix the export before serving it"
-            )
-        return None
-    return art
-
-
-def _file(art: dict) -> str:
-    return art.get("file") or art["path"]
-
-
-def _export_profile(manifest: dict) -> dict:
-    """The export's batch/shape profile: ``input.batch`` ({"min","opt","max"}), else ``profile``."""
-    return (manifest.get("input") or {}).get("batch") or manifest.get("profile") or {}
-
-
-def _profile_batch(value) -> Optional[int]:
-    """Batch size out of a profile entry: an int, or a shape whose first axis is the batch."""
-    if isinstance(value, int):
-        return value
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], int):
-        return value[0]
-    if isinstance(value, dict):
-        for k in ("batch", INPUT_NAME):
-            if k in value:
-                return _profile_batch(value[k])
+def _artifact(manifest: dict, export_dir: Path, key: str, *, required: bool) -> Optional[dict]:
+    """The manifest entry of a built artifact that passed its parity gate (``contract.artifact_problem``)."""
+    why = artifact_problem(manifest, key, export_dir)
+    if why is None:
+        return manifest["artifacts"][key]
+    if required:
+        raise SegclipError(f"{why}; a Triton model is generated only from a passing artifact")
     return None
 
 
-def _profile_hw(value):
-    if isinstance(value, dict):
-        value = value.get(INPUT_NAME, value.get("shape"))
-    if isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, int) for v in value):
-        return int(value[1]), int(value[2])
+def _profile_hw(shape) -> Optional[tuple]:
+    """(h, w) of a TensorRT profile shape [N, H, W, 3] with positive sizes, else None."""
+    if isinstance(shape, (list, tuple)) and len(shape) == 4 and all(isinstance(v, int) and v > 0 for v in shape):
+        return int(shape[1]), int(shape[2])
     return None
 
 
 def warmup_hw(manifest: dict, sig: Signature) -> tuple:
-    """The spatial size a warmup sample uses: the exported one, else the profile's opt, else 512."""
+    """The spatial size a warmup sample uses: the exported one, else the engine profile's opt, else 512."""
     if not sig.dynamic_size:
         return sig.height, sig.width
-    trt = (manifest.get("artifacts") or {}).get("tensorrt") or {}
-    prof = {**(manifest.get("profile") or {}), **(trt.get("profile") or {})}
+    prof = ((manifest.get("artifacts") or {}).get("tensorrt") or {}).get("profile") or {}
     for key in ("opt", "max", "min"):
         hw = _profile_hw(prof.get(key))
-        if hw and hw[0] > 0 and hw[1] > 0:
+        if hw:
             return hw
-    size = manifest.get("size") or (manifest.get("export") or {}).get("size")
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return int(size[0]), int(size[1])
     return 512, 512
 
 
@@ -207,7 +171,7 @@ def config_signature(cfg: mc.ModelConfig) -> Optional[Signature]:
 
 def model_config(name: str, sig: Signature, *, max_batch: int, queue_delay_us: int = 100, instances: int = 1,
                  kind: str = "cpu", warmup: tuple = (512, 512), intra_op_threads: int = 0,
-                 cc_model_filenames: Optional[dict] = None, precision: str = "fp32") -> mc.ModelConfig:
+                 precision: str = "fp32") -> mc.ModelConfig:
     """The ModelConfig for one of the three segclip models, from the signature only."""
     cfg = mc.ModelConfig(name=name, max_batch_size=int(max_batch))
     if name == MODEL_ONNX:
@@ -216,8 +180,6 @@ def model_config(name: str, sig: Signature, *, max_batch: int, queue_delay_us: i
     elif name == MODEL_TRT:
         cfg.platform = "tensorrt_plan"
         cfg.default_model_filename = "model.plan"
-        for cc, fname in (cc_model_filenames or {}).items():
-            cfg.cc_model_filenames[str(cc)] = fname
     elif name == MODEL_PYTHON:
         cfg.backend = "python"
         cfg.default_model_filename = "model.py"
@@ -264,19 +226,10 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _trt_plans(manifest: dict, export_dir: Path) -> Optional[dict]:
-    """{"model.plan": path} or {cc: (filename, path)} for the passing TensorRT engine(s), or None."""
+def _trt_plan(manifest: dict, export_dir: Path) -> Optional[Path]:
+    """The passing TensorRT engine of the export, or None."""
     art = _artifact(manifest, export_dir, "tensorrt", required=False)
-    if art is None:
-        return None
-    engines = art.get("engines")
-    if engines:  # one plan per GPU architecture
-        out = {}
-        for e in engines:
-            cc = str(e.get("compute_capability") or e.get("cc"))
-            out[cc] = (f"model_sm{cc.replace('.', '')}.plan", export_dir / _file(e))
-        return out
-    return {"": ("model.plan", export_dir / _file(art))}
+    return None if art is None else export_dir / art["file"]
 
 
 def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
@@ -304,25 +257,22 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
         raise SegclipError(f"--precision must be fp32 or fp16, got {precision!r}")
     onnx_key = "onnx" if precision == "fp32" else "onnx_fp16"
     onnx_art = _artifact(manifest, export_dir, onnx_key, required=True)
-    onnx_path = export_dir / _file(onnx_art)
-    if not onnx_path.is_file():
-        raise SegclipError(f"{onnx_path} is missing (listed in {export_dir}/manifest.json); re-export")
+    onnx_path = export_dir / onnx_art["file"]
     if onnx_art.get("sha256") and sha256_file(onnx_path) != onnx_art["sha256"]:
-        raise SegclipError(f"{onnx_path} does not match the sha256 in {export_dir}/manifest.json; it changed since export, re-export")
-    plans = _trt_plans(manifest, export_dir)
-    trt_art = _artifact(manifest, export_dir, "tensorrt", required=False)
+        raise SegclipError(f"{onnx_path} does not match the sha256 in {export_dir / MANIFEST_NAME}; it changed since export, re-export")
+    plan = _trt_plan(manifest, export_dir)
 
-    profile_max = _profile_batch(_export_profile(manifest).get("max")) or sig.max_batch
+    profile_max = int(batch_profile(manifest).get("max") or sig.max_batch)
     mb = int(max_batch) if max_batch is not None else int(profile_max)
     if mb < 1:
         raise SegclipError(f"--max-batch must be >= 1, got {mb}")
 
-    wanted = list(models) if models else [m for m in ALL_MODELS if m != MODEL_TRT or plans]
+    wanted = list(models) if models else [m for m in ALL_MODELS if m != MODEL_TRT or plan]
     for m in wanted:
         if m not in ALL_MODELS:
             raise SegclipError(f"unknown model {m!r}; choose from {', '.join(ALL_MODELS)}")
     if MODEL_TRT in wanted:
-        if not plans:
+        if plan is None:
             raise SegclipError(f"{export_dir}: the export has no passing TensorRT engine; re-export with --trt on a GPU machine")
         if mb > profile_max:
             raise SegclipError(f"--max-batch {mb} exceeds the TensorRT profile's max batch {profile_max}; re-export with a larger batch profile")
@@ -341,13 +291,10 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
     }
     written = {}
     for m in wanted:
-        cc_files = None
-        if m == MODEL_TRT and "" not in plans:
-            cc_files = {cc: fname for cc, (fname, _) in plans.items()}
         cfg = model_config(m, sig, max_batch=mb, queue_delay_us=queue_delay_us, instances=instances,
                            kind="gpu" if m == MODEL_TRT else kind, warmup=hw,
-                           intra_op_threads=intra_op_threads, cc_model_filenames=cc_files,
-                           precision=(trt_art or {}).get("precision", "fp16") if m == MODEL_TRT else onnx_art.get("precision", precision))
+                           intra_op_threads=intra_op_threads,
+                           precision=manifest["artifacts"]["tensorrt"]["precision"] if m == MODEL_TRT else onnx_art.get("precision", precision))
         if m in (MODEL_ONNX, MODEL_PYTHON):
             check_config_against_onnx(cfg, onnx_path, f"{m} (generated from {export_dir})")
         with atomic_dir(repo_dir / m, replace=force) as tmp:
@@ -358,10 +305,7 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
             if m == MODEL_PYTHON:
                 shutil.copyfile(PYTHON_BACKEND_SRC, vdir / "model.py")
             if m == MODEL_TRT:
-                for _, (fname, src) in plans.items():
-                    if not src.is_file():
-                        raise SegclipError(f"{src} is missing (listed in {export_dir}/manifest.json); re-export")
-                    _place(src, vdir / fname)
+                _place(plan, vdir / "model.plan")
             (tmp / LABELS).write_text("".join(f"{c}\n" for c in sig.classes))
             (tmp / CONFIG).write_text(config_text(cfg))
             (tmp / MODEL_RECORD).write_text(json.dumps({**record_base, "model": m}, indent=2) + "\n")

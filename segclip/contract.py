@@ -1,0 +1,246 @@
+"""The export-directory contract: the one owner of what ``segclip export`` writes and everything
+else reads (runners, Triton repositories, benchmarks, the CLI).
+
+It sits below ``runtime`` and ``export`` (it imports only ``errors``, ``atomic`` and ``signature``),
+so a runner can open an export without importing the exporter.
+
+An export directory holds ``manifest.json`` (schema ``format_version`` 1)::
+
+    {
+      "format": "segclip-export", "format_version": 1,
+      "segclip_version": "0.1.0", "created": "2026-11-21T05:40:00Z",
+      "status": "ok" | "failed",                 # failed: some artifact failed its parity gate
+      "source": {"checkpoint": path, "sha256": ..., "dataset": ..., "model_config": {...}},
+      "signature": Signature.to_dict(),          # the same for every artifact of the directory
+      "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": H|null, "width": W|null,
+                "dynamic_size": bool, "batch": {"min": 1, "opt": 1, "max": 8},
+                "normalization": {"mean": [...], "std": [...], "scale": "0..255", "inside_graph": true}},
+      "classes": [...], "palette": [[r, g, b], ...],
+      "opset": 17,
+      "parity": {"images": N, "source": "sample:..."|"data:..."|"synthetic", "labels": bool,
+                 "reference": {"name": "torch-fp32", "miou": ...}, "table": "<the printed table>"},
+      "artifacts": {
+        "onnx":      {"file": "model.onnx", "format": "onnx", "precision": "fp32", "status": "ok",
+                      "sha256": <file bytes>, "graph_sha256": <sha256 of the serialised GraphProto>,
+                      "size_bytes": ..., "opset": 17, "ops": {"Conv": 26, ...}, "export_seconds": ...,
+                      "parity": {"pixel_agreement": ..., "max_abs_diff": ..., "mean_abs_diff": ...,
+                                 "miou": ..., "miou_delta": ..., "threshold": 0.999, "status": "ok"}},
+        "onnx_fp16": {..., "precision": "fp16", "fp16": {"fp32_nodes": [{"name", "op_type", "reason"}], ...}},
+        "tensorrt":  {"file": "model.plan", "precision": ..., "onnx": "model_fp16.onnx", "onnx_sha256": ...,
+                      "tensorrt_version": ..., "gpu": ..., "compute_capability": "8.7",
+                      "profile": {"min": [...], "opt": [...], "max": [...]}, "timing_cache": "timing.cache",
+                      "strongly_typed": true}
+                   | {"status": "not_built", "reason": ..., "trtexec": "trtexec.sh"}
+      },
+      "trtexec": "trtexec.sh"                    # when --trt was asked for
+    }
+
+Hashes: ``sha256`` is the sha256 of the artifact file as written (check it with ``sha256sum``).
+``graph_sha256`` is the sha256 of ``model.graph.SerializeToString(deterministic=True)``: nodes and
+weights without the metadata, so it is also stored *inside* the ONNX metadata
+(``segclip.graph_sha256``) and identifies the computation independently of the metadata.
+mIoU values are fractions in 0..1 (tables show them as percent).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from segclip.atomic import atomic_write_text
+from segclip.errors import SegclipError, one_line
+from segclip.signature import Signature, default_palette
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "segclip-export"
+FORMAT_VERSION = 1
+FORMATS = ("onnx", "onnx_fp16", "tensorrt")  # the manifest's artifact keys, in load_runner's default order
+TRTEXEC_NAME = "trtexec.sh"
+
+# artifact "status" values
+OK, FAILED, NOT_BUILT, PENDING = "ok", "failed", "not_built", "pending"
+
+# ONNX metadata_props written by the exporter and read by runners (``segclip.<key>``)
+META_PREFIX = "segclip."
+META_SIGNATURE = META_PREFIX + "signature"
+META_PRECISION = META_PREFIX + "precision"
+META_GRAPH_SHA256 = META_PREFIX + "graph_sha256"
+META_SOURCE_SHA256 = META_PREFIX + "source_sha256"
+
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+URL_SCHEMES = ("grpc://", "http://", "https://")
+
+
+# ---- files and hashes ------------------------------------------------------------------------------
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_export_dir(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file()
+
+
+# ---- the manifest ----------------------------------------------------------------------------------
+def write_manifest(directory, manifest: dict) -> Path:
+    return atomic_write_text(Path(directory) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def manifest_path(path) -> Path:
+    """The manifest of an export directory, or the one beside an artifact file."""
+    d = Path(path)
+    return d if d.name == MANIFEST_NAME else (d / MANIFEST_NAME if d.is_dir() else d.parent / MANIFEST_NAME)
+
+
+def read_manifest(directory) -> dict:
+    """The validated manifest of an export directory (or of the directory holding a given artifact file)."""
+    d = Path(directory)
+    path = manifest_path(d)
+    if not path.is_file():
+        raise SegclipError(f"{d}: no {MANIFEST_NAME}; is this a segclip export directory (made by segclip export)?")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SegclipError(f"{path}: unreadable export manifest ({type(e).__name__}: {one_line(e, 100)}); "
+                           f"re-export with segclip export") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise SegclipError(f"{path}: not a segclip export manifest (no '{FORMAT}' marker)")
+    try:
+        version = int(m.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise SegclipError(f"{path}: format_version {m.get('format_version')!r} is not a number; re-export with segclip export") from None
+    if version > FORMAT_VERSION:
+        raise SegclipError(f"{path}: export manifest v{version} is newer than this segclip reads (v{FORMAT_VERSION}); upgrade segclip")
+    if not isinstance(m.get("artifacts", {}), dict):
+        raise SegclipError(f"{path}: 'artifacts' is not a mapping; re-export with segclip export")
+    return m
+
+
+def manifest_signature(manifest: dict) -> Signature:
+    try:
+        return Signature.from_dict(manifest["signature"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SegclipError(f"export manifest: unreadable signature ({type(e).__name__}: {e}); re-export with segclip export") from None
+
+
+def artifact_for_file(manifest: dict, path) -> Optional[tuple]:
+    """(key, entry) of the manifest artifact whose file is ``path``'s name, or None."""
+    name = Path(path).name
+    for key, a in (manifest.get("artifacts") or {}).items():
+        if isinstance(a, dict) and a.get("file") == name:
+            return key, a
+    return None
+
+
+def batch_profile(manifest: dict) -> dict:
+    """The export's batch profile ``{"min", "opt", "max"}`` (``input.batch``)."""
+    return dict((manifest.get("input") or {}).get("batch") or {})
+
+
+# ---- the checkpoint side ---------------------------------------------------------------------------
+def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=True, max_batch=8) -> Signature:
+    """The signature an export of this (loaded) checkpoint has: its classes and palette."""
+    classes = list(ckpt["classes"])
+    palette = ckpt.get("palette") or default_palette(len(classes))
+    return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch)
+
+
+# ---- what a path is ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What a user pointed segclip at. ``kind``: "url" | "export" | "run" | "checkpoint" | "onnx" | "engine"."""
+
+    kind: str
+    path: Optional[Path] = None  # None for a URL
+    url: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.url or str(self.path)
+
+
+def resolve_source(path_or_url) -> Source:
+    """A run directory, checkpoint, export directory, model file or Triton URL -> ``Source``;
+    a one-line ``SegclipError`` for anything else."""
+    s = str(path_or_url)
+    if s.startswith(URL_SCHEMES):
+        return Source("url", url=s)
+    p = Path(s)
+    if not p.exists():
+        raise SegclipError(f"{p}: no such file or directory (expected a checkpoint, run directory, .onnx, .plan, "
+                           f"export directory or grpc://host:port/model URL)")
+    if p.is_dir():
+        return Source("export" if is_export_dir(p) else "run", p)
+    suffix = p.suffix.lower()
+    for kind, suffixes in (("onnx", ONNX_SUFFIXES), ("engine", ENGINE_SUFFIXES), ("checkpoint", CHECKPOINT_SUFFIXES)):
+        if suffix in suffixes:
+            return Source(kind, p)
+    raise SegclipError(f"{p}: unknown model file type {suffix!r}; give a checkpoint (.pt), .onnx, .plan/.engine or an export directory")
+
+
+# ---- can an artifact be used? ------------------------------------------------------------------------
+def tensorrt_unavailable_reason() -> Optional[str]:
+    """None when TensorRT engines can be built and run here, else why not (one line)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no NVIDIA GPU is visible here (torch.cuda.is_available() is False)"
+    except Exception as e:  # pragma: no cover
+        return f"torch cannot query CUDA ({type(e).__name__})"
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt Python package is not installed (pip install 'segclip[gpu]' or use the JetPack one)"
+    return None
+
+
+_FLAGS = {"onnx_fp16": " --fp16", "tensorrt": " --trt"}
+
+
+def artifact_problem(manifest: dict, key: str, directory=None, *, allow_failed: bool = False) -> Optional[str]:
+    """None when artifact ``key`` of this export can be used, else why not (one line with what to do).
+
+    The one status check for runners, Triton repositories and benchmarks: the entry must exist,
+    have been built (``not_built`` engines carry their reason), have its file in ``directory`` (when
+    given) and have passed its parity gate (a ``failed`` one only with ``allow_failed``)."""
+    arts = manifest.get("artifacts") or {}
+    art = arts.get(key)
+    where = f"{directory}: " if directory is not None else ""
+    if not isinstance(art, dict):
+        have = ", ".join(sorted(k for k, a in arts.items() if isinstance(a, dict) and a.get("file"))) or "none"
+        return f"{where}no {key} artifact in this export (it has: {have}); re-export with segclip export{_FLAGS.get(key, '')}"
+    status = str(art.get("status", OK))
+    if not art.get("file"):
+        hint = f" (run its {TRTEXEC_NAME} on the target or export with --trt on a GPU machine)" if key == "tensorrt" else ""
+        return f"{where}{key} {status}: {art.get('reason') or 'no file was written'}{hint}"
+    if directory is not None and not (Path(directory) / art["file"]).is_file():
+        return f"{Path(directory) / art['file']} is missing (listed in {MANIFEST_NAME}); re-export with segclip export"
+    if status == FAILED and not allow_failed:
+        return (f"{where}the {key} artifact failed its parity gate at export (see {MANIFEST_NAME}); "
+                f"re-export, or pass allow_failed=True to use it anyway")
+    if status not in (OK, FAILED):
+        return f"{where}{key} {status}: {art.get('reason') or 'the export did not finish'}; re-export with segclip export"
+    return None
+
+
+def usable_artifacts(manifest: dict, directory, *, allow_failed: bool = True) -> list:
+    """The artifact keys of ``FORMATS`` that ``artifact_problem`` accepts, in default order
+    (a TensorRT engine first only where TensorRT runs here)."""
+    order = (["tensorrt"] if tensorrt_unavailable_reason() is None else []) + ["onnx", "onnx_fp16"]
+    return [k for k in order if artifact_problem(manifest, k, directory, allow_failed=allow_failed) is None]
+
+
+__all__ = [
+    "MANIFEST_NAME", "FORMAT", "FORMAT_VERSION", "FORMATS", "OK", "FAILED", "NOT_BUILT", "PENDING",
+    "META_PREFIX", "META_SIGNATURE", "META_PRECISION", "META_GRAPH_SHA256", "META_SOURCE_SHA256",
+    "sha256_file", "is_export_dir", "write_manifest", "manifest_path", "read_manifest", "manifest_signature",
+    "artifact_for_file", "batch_profile", "signature_from_checkpoint", "Source", "resolve_source",
+    "tensorrt_unavailable_reason", "artifact_problem", "usable_artifacts",
+]

@@ -1,0 +1,326 @@
+"""The ``Exporter``: checkpoint -> ONNX (FP32), FP16 ONNX, TensorRT engine, each behind a parity gate.
+
+One method per format (Ultralytics style): ``export_onnx``, ``export_fp16``, ``export_tensorrt``;
+a new format adds an ``export_<format>`` method, a line in ``run()`` and, when it can be run
+here, its runner in ``parity_candidates``.  ``parity`` runs the PyTorch runner and every artifact
+on the same images.  Constructing an ``Exporter`` only checks its arguments; all I/O (checkpoint,
+output folder, hashing, TensorRT probe) happens in ``run()``.  All files are written into a hidden
+staging folder beside the destination and renamed into place at the end, so an interrupted export
+never leaves a half-written directory; an existing export is only replaced with ``force=True``.
+A failed parity gate keeps the artifacts, marks them ``"status": "failed"`` in the manifest and
+raises ``GateFailed`` (exit 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from segclip.atomic import atomic_dir
+from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT_BUILT, OK, PENDING, TRTEXEC_NAME,
+                              sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason, write_manifest)
+from segclip.errors import GateFailed, SegclipError
+from segclip.export.parity_images import parity_images as load_parity_images
+from segclip.parsers import parse_batch, parse_size
+from segclip.signature import SCORES_NAME
+
+ONNX_NAME = "model.onnx"
+ONNX_FP16_NAME = "model_fp16.onnx"
+DEFAULT_SIZE = 512
+
+
+def default_out_dir(source) -> Path:
+    p = Path(source)
+    return p / "export" if p.is_dir() else p.parent / "export"
+
+
+def _nonempty(p: Path) -> bool:
+    return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+
+@dataclasses.dataclass
+class Exporter:
+    source: str
+    out_dir: Optional[str] = None
+    onnx: bool = True
+    fp16: bool = False
+    trt: bool = False
+    batch: tuple = (1, 1, 8)
+    size: Optional[tuple] = None
+    dynamic_size: bool = False
+    scores: bool = False
+    opset: int = 17
+    data: object = None
+    parity_images: int = 8
+    force: bool = False
+    fp32_threshold: float = 0.999
+    fp16_threshold: float = 0.995
+    workspace_mb: int = 4096
+    device: Optional[str] = None  # torch reference + TensorRT GPU; None: cpu reference, cuda:0 engine
+    log: object = print
+
+    def __post_init__(self):
+        """Argument checks only (no I/O): a bad option fails before anything is read or written."""
+        self.batch = parse_batch(self.batch)
+        self.size = parse_size(self.size)
+        if not (self.onnx or self.fp16 or self.trt):
+            raise SegclipError("nothing to export: give --onnx, --fp16 and/or --trt")
+        for name in ("fp32_threshold", "fp16_threshold"):
+            v = getattr(self, name)
+            if not 0.0 < float(v) <= 1.01:
+                raise SegclipError(f"{name} {v}: must be a pixel-agreement fraction in (0, 1]")
+        if self.trt and self.dynamic_size:
+            raise SegclipError("--trt with --dynamic-size: the TensorRT profile needs a fixed --size; export the engine at a fixed size")
+        self.artifacts = {}
+        self.twins = {}  # format -> scores-enabled twin file (for score differences in the gate)
+
+    def prepare(self) -> None:
+        """Resolve and load the checkpoint, check the destination, fix the signature (first step of ``run``)."""
+        from segclip.engine.checkpoint import load_checkpoint, resolve_checkpoint
+
+        self.ckpt_path = resolve_checkpoint(self.source)
+        self.out = Path(self.out_dir) if self.out_dir else default_out_dir(self.source)
+        if self.out.exists() and not self.out.is_dir():
+            raise SegclipError(f"{self.out}: exists and is not a directory; choose another --out")
+        if _nonempty(self.out):
+            if not (self.out / MANIFEST_NAME).is_file():
+                raise SegclipError(f"{self.out} is not empty and is not a segclip export (no {MANIFEST_NAME}); "
+                                   f"refusing to replace it{' even with --force' if self.force else ''}: choose another --out")
+            if not self.force:
+                raise SegclipError(f"{self.out} already holds an export ({MANIFEST_NAME}); pass --force to replace it "
+                                   f"or choose another --out")
+        self.ckpt = load_checkpoint(self.ckpt_path)
+        if self.size is None:
+            crop = (self.ckpt.get("train_config") or {}).get("crop_size") or DEFAULT_SIZE
+            self.size = parse_size(int(crop))
+        h, w = (None, None) if self.dynamic_size else self.size
+        self.signature = signature_from_checkpoint(self.ckpt, height=h, width=w, scores=self.scores, max_batch=self.batch[2])
+        self.twin_signature = dataclasses.replace(self.signature, scores=True)
+        self.trt_reason = tensorrt_unavailable_reason() if self.trt else None
+        self.source_sha256 = sha256_file(self.ckpt_path)
+
+    # ---- formats -------------------------------------------------------------------------------
+    def export_onnx(self, stage: Path) -> None:
+        from segclip.engine.checkpoint import model_from_checkpoint
+        from segclip.modeling import SegCLIPInference
+        from segclip.export import onnx_export as ox
+
+        t0 = time.perf_counter()
+        self.module = SegCLIPInference(model_from_checkpoint(self.ckpt), scores=True)
+        twin, info = ox.export_twin(self.module, self.twin_signature if not self.dynamic_size else
+                                    dataclasses.replace(self.twin_signature, height=self.size[0], width=self.size[1]),
+                                    self.opset, self.dynamic_size)
+        if self.dynamic_size:
+            ox.probe_dynamic_size(twin, self.module, self.signature)
+        self.twin32 = twin
+        pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
+        info["ops"] = ox.check_graph(pub, ONNX_NAME)
+        self._write_onnx(stage, ONNX_NAME, pub, twin, "onnx", "fp32", info, t0)
+
+    def _write_onnx(self, stage: Path, fname: str, pub, twin, key: str, precision: str, info: dict, t0: float,
+                    extra_meta: Optional[dict] = None) -> None:
+        from segclip.export import onnx_export as ox
+
+        gh = ox.set_metadata(pub, self.signature, precision=precision, source_sha256=self.source_sha256, extra=extra_meta)
+        path = ox.save(pub, stage / fname)
+        if not self.scores:
+            ox.set_metadata(twin, self.twin_signature, precision=precision, source_sha256=self.source_sha256)
+            tpath = ox.save(twin, stage / ".parity" / f"{key}_scores.onnx")
+        else:
+            tpath = path
+        self.twins[key] = tpath
+        n_params = sum(int(np.prod(t.dims)) for t in pub.graph.initializer)
+        self.artifacts[key] = {
+            **info,  # the twin's trace details first: the public graph's own figures below win
+            "file": fname, "format": "onnx", "precision": precision, "status": PENDING,
+            "sha256": sha256_file(path), "graph_sha256": gh, "size_bytes": path.stat().st_size,
+            "opset": self.opset, "initializer_elements": n_params, "nodes": len(pub.graph.node),
+            "export_seconds": round(time.perf_counter() - t0, 3),
+        }
+        self.log(f"{key}: wrote {fname} ({path.stat().st_size / 2**20:.1f} MB, {len(pub.graph.node)} nodes) "
+                 f"in {time.perf_counter() - t0:.1f} s")
+
+    def export_fp16(self, stage: Path, images: np.ndarray) -> None:
+        from segclip.export import fp16 as f16
+        from segclip.export import onnx_export as ox
+
+        t0 = time.perf_counter()
+        base = type(self.twin32)()
+        base.CopyFrom(self.twin32)
+        del base.metadata_props[:]
+        out_dtypes = {SCORES_NAME: self.signature.scores_dtype}
+        twin16, keep, ops, report = f16.make_fp16(base, images, output_dtypes=out_dtypes)
+        ox.check_graph(twin16, ONNX_FP16_NAME)
+        pub = twin16 if self.scores else ox.drop_output(twin16, SCORES_NAME)
+        info = {"ops": ox.check_graph(pub, ONNX_FP16_NAME), "fp16": report}
+        self._write_onnx(stage, ONNX_FP16_NAME, pub, twin16, "onnx_fp16", "fp16", info, t0,
+                         extra_meta={"fp32_nodes": str(report["fp32_node_count"])})
+
+    def export_tensorrt(self, stage: Path) -> None:
+        from segclip.export.tensorrt import ENGINE_NAME, TIMING_CACHE_NAME, build_engine, write_trtexec_script
+
+        src_key = "onnx_fp16" if self.fp16 else "onnx"
+        onnx_name = self.artifacts[src_key]["file"]
+        write_trtexec_script(stage, onnx_name, self.batch, self.size, self.workspace_mb)
+        precision = self.artifacts[src_key]["precision"]
+        if self.trt_reason:
+            self.artifacts["tensorrt"] = {"file": None, "format": "tensorrt", "precision": precision,
+                                          "status": NOT_BUILT, "reason": self.trt_reason, "onnx": onnx_name,
+                                          "trtexec": TRTEXEC_NAME}
+            self.log(f"tensorrt: not built ({self.trt_reason}); wrote trtexec.sh to build it on the target")
+            return
+        old_cache = self.out / TIMING_CACHE_NAME
+        if old_cache.is_file():
+            shutil.copy2(old_cache, stage / TIMING_CACHE_NAME)
+        import torch
+
+        with torch.cuda.device(self._cuda_index()):  # TensorRT builds for the current CUDA device
+            info = build_engine(stage / onnx_name, stage / ENGINE_NAME, batch=self.batch, size=self.size,
+                                workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log)
+        path = stage / ENGINE_NAME
+        self.artifacts["tensorrt"] = {"file": ENGINE_NAME, "format": "tensorrt", "precision": precision, "status": PENDING,
+                                      "sha256": sha256_file(path), "size_bytes": path.stat().st_size, **info,
+                                      "trtexec": TRTEXEC_NAME}
+
+    def _cuda_index(self) -> int:
+        d = str(self.device or "cuda")
+        return int(d.split(":")[1]) if d.startswith("cuda:") else 0
+
+    # ---- parity --------------------------------------------------------------------------------
+    def threshold(self, precision: str) -> float:
+        return self.fp16_threshold if precision == "fp16" else self.fp32_threshold
+
+    def parity_candidates(self, stage: Path) -> list:
+        """A runner per artifact the gate measures (ONNX ones through their scores-enabled twins)."""
+        from segclip.runtime.onnx_runner import OnnxRunner
+
+        candidates = [OnnxRunner(path, providers="cpu", name=key) for key, path in self.twins.items()]
+        trt = self.artifacts.get("tensorrt")
+        if trt and trt.get("status") == PENDING:
+            from segclip.runtime.tensorrt_runner import TensorRTRunner
+
+            candidates.append(TensorRTRunner(stage / trt["file"], signature=self.signature, manifest_entry=trt, name="tensorrt",
+                                             precision=trt["precision"], device=self._cuda_index()))
+        return candidates
+
+    def parity(self, stage: Path, images: np.ndarray, labels) -> dict:
+        from segclip.export.parity import compare, run_all
+        from segclip.runtime.onnx_runner import OnnxRunner
+        from segclip.runtime.torch_runner import TorchRunner
+
+        # the loaded checkpoint: no second torch.load
+        ref = TorchRunner(self.ckpt, scores=True, name="torch-fp32", device=self.device or "cpu")
+        candidates = self.parity_candidates(stage)
+        thresholds = {c.name: self.threshold(self.artifacts[c.name]["precision"]) for c in candidates}
+        bs = min(4, self.batch[2])
+        result = compare(ref, candidates, images, labels, thresholds, batch_size=bs)
+        # the public artifacts compute exactly what their scores-enabled twins measured
+        if not self.scores:
+            for key in self.twins:
+                pub = OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key)
+                twin = OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores")
+                k = min(len(images), 2)
+                if not np.array_equal(run_all(pub, images[:k], bs)["mask"], run_all(twin, images[:k], bs)["mask"]):
+                    for r in result["rows"]:
+                        if r["name"] == key:
+                            r["status"] = FAILED
+                            r["note"] = "public graph differs from its scores-enabled twin"
+        return result
+
+    # ---- the manifest --------------------------------------------------------------------------
+    def build_manifest(self, images: np.ndarray, labels, src: str, result: dict, table: str, failed: list, t_start: float) -> dict:
+        from segclip import __version__
+
+        sig = self.signature
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "segclip_version": __version__,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "status": FAILED if failed else OK,
+            "source": {"checkpoint": str(self.ckpt_path), "sha256": self.source_sha256,
+                       "dataset": self.ckpt.get("dataset"), "model_config": self.ckpt.get("model_config")},
+            "signature": sig.to_dict(),
+            "input": {"name": sig.inputs[0].name, "dtype": "uint8", "layout": "NHWC",
+                      "height": sig.height, "width": sig.width, "dynamic_size": self.dynamic_size,
+                      "batch": dict(zip(("min", "opt", "max"), self.batch)),
+                      "normalization": {"mean": list(sig.pixel_mean), "std": list(sig.pixel_std),
+                                        "scale": "0..255", "inside_graph": True}},
+            "classes": list(sig.classes),
+            "palette": [list(p) for p in sig.palette],
+            "opset": self.opset,
+            "parity": {"images": len(images), "source": src, "labels": labels is not None,
+                       "reference": result["reference"], "seconds": result["seconds"], "table": table},
+            "artifacts": self.artifacts,
+            "export_seconds": round(time.perf_counter() - t_start, 2),
+        }
+        if self.trt:
+            manifest["trtexec"] = TRTEXEC_NAME
+        return manifest
+
+    # ---- driver --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from segclip.export.parity import failed_rows, format_table
+
+        t_start = time.perf_counter()
+        self.prepare()
+        with atomic_dir(self.out, replace=self.force) as stage:
+            # formats, in dependency order: every other format derives from the FP32 ONNX twin
+            self.export_onnx(stage)
+            h, w = self.size
+            images, labels, src = load_parity_images(self.data, self.parity_images, h, w, self.signature.classes, log=self.log)
+            if self.fp16:
+                self.export_fp16(stage, images)
+            if self.trt:
+                self.export_tensorrt(stage)
+            n_built = sum(a["status"] == PENDING for a in self.artifacts.values())
+            self.log(f"parity: {len(images)} image(s) ({src}) through torch and {n_built} artifact(s)")
+            result = self.parity(stage, images, labels)
+            table = format_table(result)
+            for row in result["rows"]:
+                a = self.artifacts[row["name"]]
+                a["parity"] = {k: v for k, v in row.items() if k not in ("name", "backend", "precision")}
+                a["status"] = row["status"]
+            failed = failed_rows(result)
+            manifest = self.build_manifest(images, labels, src, result, table, failed, t_start)
+            write_manifest(stage, manifest)
+            shutil.rmtree(stage / ".parity", ignore_errors=True)
+        self.log(table)
+        self.log(f"export: {self.out} ({', '.join(k for k, a in self.artifacts.items() if a.get('file'))}) "
+                 f"in {manifest['export_seconds']} s")
+        if failed:
+            names = ", ".join(f"{r['name']} {100 * r['pixel_agreement']:.3f}% < {100 * r['threshold']:.3f}%" for r in failed)
+            raise GateFailed(f"parity gate failed ({names}); artifacts kept in {self.out} and marked failed in {MANIFEST_NAME}")
+        if self.trt and self.trt_reason:
+            raise SegclipError(f"--trt: {self.trt_reason}; the ONNX export in {self.out} is done and "
+                               f"{self.out / TRTEXEC_NAME} builds the engine on the target (sh {self.out / TRTEXEC_NAME})")
+        return manifest
+
+
+def export(source, out=None, *, onnx: bool = True, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
+           size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
+           parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
+           workspace_mb: int = 4096, device: Optional[str] = None, log=print, out_dir=None) -> dict:
+    """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
+
+    ``model.onnx`` (FP32) is always written: the FP16 ONNX and the TensorRT engine derive from it.
+    ``device``: "cpu" | "cuda" | "cuda:N" for the PyTorch reference of the parity gate (default cpu)
+    and the GPU the TensorRT engine is built and checked on.  ``out_dir`` is the old name of ``out``.
+    Raises ``GateFailed`` (exit 1) when an artifact fails its parity gate (artifacts kept, marked
+    failed) and ``SegclipError`` (exit 2) for bad arguments, an existing export without ``force``,
+    or ``trt=True`` where no engine can be built (after writing the ONNX files and ``trtexec.sh``).
+    """
+    if out_dir is not None:
+        import warnings
+
+        warnings.warn("export(out_dir=...) is deprecated; use export(..., out=...)", DeprecationWarning, stacklevel=2)
+        if out is not None and str(out) != str(out_dir):
+            raise SegclipError("export: out and out_dir given with different values; use out alone")
+        out = out_dir
+    return Exporter(source=source, out_dir=out, onnx=onnx, fp16=fp16, trt=trt, batch=batch, size=size,
+                    dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
+                    force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,
+                    workspace_mb=workspace_mb, device=device, log=log).run()

@@ -1,0 +1,147 @@
+"""Argument parsers shared by the Python API and the CLI: one comma-list rule, one size rule, one
+batch-profile rule, one ``DATASET:ROOT:SPLIT`` rule, one keyword-option check.
+
+Every parser accepts what the CLI gives (strings) and what Python callers give (ints, tuples,
+lists) and raises a one-line ``SegclipError`` naming the option and an example.
+"""
+from __future__ import annotations
+
+import inspect
+import numbers
+import re
+from typing import Iterable, Optional
+
+from segclip.errors import SegclipError
+
+STRIDE = 32  # the backbone's output stride: exported sizes are multiples of it
+
+
+def split_list(value) -> list:
+    """None | "a,b" | ["a,b", "c"] | 3 | (3, 4) -> stripped, non-empty items, in order (strings
+    are split on commas; other items are kept as they are)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, numbers.Number)):
+        value = [value]
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            out += [p.strip() for p in item.split(",") if p.strip()]
+        else:
+            out.append(item)
+    return out
+
+
+def unique(items: Iterable) -> list:
+    out = []
+    for x in items:
+        if x not in out:
+            out.append(x)
+    return out
+
+
+def parse_ints(value, what: str) -> tuple:
+    """"1,4,8" | 4 | [1, 4] -> (1, 4, 8): positive, duplicates dropped, order kept."""
+    out = []
+    for v in split_list(value):
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            raise SegclipError(f"--{what} {value!r}: expected comma-separated positive integers, e.g. 1,4,8") from None
+        if n < 1:
+            raise SegclipError(f"--{what} {n}: must be >= 1")
+        out.append(n)
+    return tuple(unique(out))
+
+
+def parse_size(size, what: str = "size", multiple_of: int = STRIDE) -> Optional[tuple]:
+    """"HxW" | "S" | int | (h, w) | None -> (h, w), multiples of ``multiple_of`` (default the
+    backbone's stride 32; 1 for sizes of images or windows that need not be), or None."""
+    if size is None:
+        return None
+    try:
+        if isinstance(size, str):
+            parts = [int(x) for x in size.strip().lower().replace("*", "x").split("x")]
+        elif isinstance(size, numbers.Integral):
+            parts = [int(size)]
+        else:
+            parts = [int(x) for x in size]
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or min(parts) <= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise SegclipError(f"--{what} {size!r}: expected HxW, e.g. 512x512") from None
+    h, w = parts
+    if h % multiple_of or w % multiple_of:
+        raise SegclipError(f"--{what} {h}x{w}: height and width must be multiples of {multiple_of} (the backbone's stride)")
+    return h, w
+
+
+def parse_sizes(value, what: str = "size") -> Optional[list]:
+    """"512,1024" | "512x768" | [512, (512, 768)] -> [(h, w), ...] (multiples of 32), None if none."""
+    items = [value] if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, numbers.Integral) for v in value) else split_list(value)
+    return unique(parse_size(v, what) for v in items) or None
+
+
+def parse_batch(batch) -> tuple:
+    """"MIN:OPT:MAX" | "N" | (min, opt, max) -> validated triple."""
+    try:
+        if isinstance(batch, str):
+            parts = [int(x) for x in batch.split(":")]
+        elif isinstance(batch, numbers.Integral):
+            parts = [int(batch)]
+        else:
+            parts = [int(x) for x in batch]
+        if len(parts) == 1:
+            parts = [1, parts[0], parts[0]]
+        if len(parts) != 3:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise SegclipError(f"--batch {batch!r}: expected MIN:OPT:MAX, e.g. 1:4:8") from None
+    mn, opt, mx = parts
+    if not 1 <= mn <= opt <= mx:
+        raise SegclipError(f"--batch {batch!r}: need 1 <= MIN <= OPT <= MAX")
+    return mn, opt, mx
+
+
+def parse_data(data) -> Optional[tuple]:
+    """"DATASET:ROOT:SPLIT" | (name, root, split) | None (ROOT may itself hold colons)."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        parts = data.split(":")
+        if len(parts) < 3 or not parts[0] or not parts[-1]:
+            raise SegclipError(f"--data {data!r}: expected DATASET:ROOT:SPLIT, e.g. loveda:data/LoveDA:val")
+        return parts[0], ":".join(parts[1:-1]), parts[-1]
+    name, root, split = data
+    return str(name), str(root), str(split)
+
+
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def parse_device(value) -> Optional[str]:
+    """"cpu" | "cuda" | "cuda:N" (case-insensitive) | None."""
+    if value is None:
+        return None
+    v = str(value).strip().lower()
+    if not DEVICE_RE.match(v):
+        raise SegclipError(f"--device {value!r}: expected cpu, cuda or cuda:N")
+    return v
+
+
+def check_options(fn, opts, what: str, kind: str) -> None:
+    """One-line error for keyword options that ``fn`` does not take (unless it takes ``**kwargs``)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    bad = sorted(k for k in opts if k not in params)
+    if bad:
+        valid = sorted(k for k, p in params.items() if k != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                       and p.default is not p.empty)
+        raise SegclipError(f"{what}: unknown option {', '.join(repr(b) for b in bad)} (options that do not apply to a {kind}); "
+                           f"valid: {', '.join(valid) or 'none'}")
+
+
+__all__ = ["split_list", "unique", "parse_ints", "parse_size", "parse_sizes", "parse_batch", "parse_data", "parse_device", "check_options"]

@@ -1,0 +1,68 @@
+"""``load_runner``: anything a user can point segclip at -> a ``Runner`` (see ``segclip.runtime``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from segclip.contract import FORMATS, artifact_problem, manifest_signature, read_manifest, resolve_source, usable_artifacts
+from segclip.errors import SegclipError
+from segclip.parsers import check_options
+from segclip.runtime.base import Runner
+
+
+def runner_from_export_dir(directory, format: str | None = None, allow_failed: bool = False, **opts) -> Runner:
+    d = Path(directory)
+    m = read_manifest(d)
+    if format is None:
+        usable = usable_artifacts(m, d)
+        if not usable:
+            listed = sorted((m.get("artifacts") or {})) or "none"
+            raise SegclipError(f"{d}: the export holds no usable artifact (manifest lists {listed})")
+        format = usable[0]
+    if format not in FORMATS:
+        raise SegclipError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    why = artifact_problem(m, format, d, allow_failed=allow_failed)
+    if why:
+        raise SegclipError(why)
+    entry = m["artifacts"][format]
+    sig = manifest_signature(m)
+    path = d / entry["file"]
+    name = opts.pop("name", format)
+    if format == "tensorrt":
+        from segclip.runtime.tensorrt_runner import TensorRTRunner
+
+        return _make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
+                     precision=entry.get("precision"), **opts)
+    from segclip.runtime.onnx_runner import OnnxRunner
+
+    return _make(OnnxRunner, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
+
+
+def _make(cls, what: str, *args, **opts):
+    check_options(cls.__init__, opts, what, f"{cls.backend} runner")
+    return cls(*args, **opts)
+
+
+def load_runner(path_or_url, **opts) -> Runner:
+    """Anything a user can point segclip at -> a ``Runner`` (not yet activated)."""
+    src = resolve_source(path_or_url)
+    if src.kind == "url":
+        try:
+            from segclip.runtime.triton import TritonRunner
+        except ImportError as e:
+            raise SegclipError(f"{src}: the Triton client runner is not available ({e}); pip install 'tritonclient[grpc,http]'") from None
+        return _make(TritonRunner, str(src), str(src), **opts)
+    if src.kind == "export":
+        return runner_from_export_dir(src.path, **opts)
+    if src.kind in ("run", "checkpoint"):
+        from segclip.runtime.torch_runner import TorchRunner
+
+        return _make(TorchRunner, str(src), src.path, **opts)
+    opts.pop("format", None)
+    if src.kind == "onnx":
+        from segclip.runtime.onnx_runner import OnnxRunner
+
+        return _make(OnnxRunner, str(src), src.path, **opts)
+    from segclip.runtime.tensorrt_runner import TensorRTRunner
+
+    return _make(TensorRTRunner, str(src), src.path, **opts)
+
