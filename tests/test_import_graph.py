@@ -3,7 +3,7 @@
 The layers, lowest first (a module may import its own layer's package and anything lower, never
 a higher or a sibling one):
 
-    errors <- atomic <- signature / parsers / config / prompts <- contract <- data / modeling
+    errors <- atomic <- signature / parsers / config / prompts <- contract / viz <- data / modeling
       <- engine <- runtime <- export <- serving <- benchmarks <- cli <- __main__
 
 Every import is counted, also the ones inside functions: a lazy import is still a dependency.
@@ -23,7 +23,7 @@ LAYERS = [
     ("segclip", "errors"),
     ("atomic",),
     ("signature", "parsers", "config", "prompts"),
-    ("contract",),
+    ("contract", "viz"),
     ("data", "modeling"),
     ("engine",),
     ("runtime",),
