@@ -39,23 +39,6 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
 
 
 # ---- predict -------------------------------------------------------------------------------------
-def predict_image(runner, image: np.ndarray, overlap: float = 0.25, batch_size: int = 4) -> tuple:
-    """One H x W x 3 uint8 image -> (H x W class map, how: "direct" | "sliding-window")."""
-    sig = runner.signature
-    if sig.dynamic_size or image.shape[:2] == (sig.height, sig.width):
-        return runner.infer(image[None])["mask"][0], "direct"
-    from segclip.data.sliding import sliding_window_predict
-
-    scores = runner.has_scores  # mask-only artifacts (the default export) blend by "centre region wins"
-
-    def predict_fn(batch):
-        return runner.infer(np.ascontiguousarray(batch, dtype=np.uint8))["scores" if scores else "mask"]
-
-    mask = sliding_window_predict(predict_fn, image, (sig.height, sig.width), overlap=overlap, batch_size=batch_size,
-                                  num_classes=sig.num_classes, mode="scores" if scores else "mask")
-    return mask, "sliding-window"
-
-
 @click.command("predict")
 @click.option("--model", "model", required=True, help="Checkpoint, run dir, .onnx, .plan, export dir or grpc://host:port/model.")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
@@ -69,6 +52,7 @@ def predict_cmd(model, images, out, overlay, fmt, device, providers, batch, over
     """Segment IMAGES with MODEL; writes <stem>_mask.png (palette PNG: pixel = class id, 255 = no-data),
     legend.png (what the mask colours mean) [and <stem>_overlay.png with a legend]."""
     from segclip.data.imageio import read_rgb
+    from segclip.data.sliding import predict_image
     from segclip.runtime import load_runner
     from segclip.viz import class_shares, describe_shares, legend_image, mask_image, overlay_with_legend, save_png
 

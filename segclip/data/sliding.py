@@ -19,6 +19,12 @@ How overlapping windows are blended:
 * ``mode="mask"`` (N x h x w class maps, from artifacts exported without scores): the centre region
   wins -- each pixel takes the class of the window whose tent weight is highest there, i.e. the
   window whose centre is nearest (ties: the earlier window).  One weight and one class per pixel.
+
+``predict_image(runner, image)`` is the path from a whole image to a class map for anything with the
+``Runner`` surface (``signature``, ``max_batch``, ``infer``): scores-mode blending when the runner
+returns scores, the class-map rule above otherwise.  ``segclip predict``, ``segclip eval``, the
+export parity gate and the benchmark's accuracy all go through it (or, for ``eval``'s PyTorch model,
+through ``sliding_window_predict`` with the same defaults).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from segclip.errors import SegclipError
 from segclip.data.tiling import _pair, tile_coords
 
 MODES = ("scores", "mask")
+OVERLAP = 1 / 3  # default window overlap of every caller (mmseg's slide mode uses about the same)
 
 
 def _tent(n: int) -> np.ndarray:
@@ -51,7 +58,7 @@ class SlidingPlan:
     """Windows over an ``height x width`` image: ``coords`` = [(y0, x0, y1, x1)] in padded
     coordinates (``padded_height x padded_width``, at least one window), row-major."""
 
-    def __init__(self, height: int, width: int, window, overlap: float = 1 / 3, stride=None):
+    def __init__(self, height: int, width: int, window, overlap: float = OVERLAP, stride=None):
         self.height, self.width = int(height), int(width)
         if self.height < 1 or self.width < 1:
             raise SegclipError(f"sliding window: empty image ({height} x {width})")
@@ -205,7 +212,7 @@ class Blender:
         return s[:, :self.plan.height, :self.plan.width]
 
 
-def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, overlap: float = 1 / 3, stride=None,
+def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, overlap: float = OVERLAP, stride=None,
                            batch_size: int = 4, num_classes: int | None = None, return_scores: bool = False,
                            mode: str = "scores"):
     """``predict_fn(uint8 N x h x w x 3)`` -> float N x K x h x w scores (``mode="scores"``) or
@@ -227,3 +234,36 @@ def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, over
     if return_scores:
         return out, blender.scores()
     return out
+
+
+def predict_image(runner, image: np.ndarray, *, window=None, overlap: float = OVERLAP, batch_size: int = 4,
+                  return_scores: bool = False):
+    """One H x W x 3 uint8 image through a ``Runner``-like scorer -> ``(class map, how)``, or
+    ``(class map, scores or None, how)`` with ``return_scores``; ``how`` is "direct" (one call: the
+    image has the runner's size, or the runner takes any size and no ``window`` is given) or
+    "sliding-window" (windows of the runner's fixed size, or of ``window``, blended as above).
+
+    Batches never exceed ``runner.max_batch``.  A runner without scores output is blended by the
+    class-map rule (centre region wins), so ``return_scores`` then gives None."""
+    sig = runner.signature
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    has_scores = bool(sig.scores)
+    if window is None and not sig.dynamic_size:
+        window = (sig.height, sig.width)
+    if window is None or tuple(image.shape[:2]) == _pair(window, "window"):
+        out = runner.infer(image[None])
+        scores = out["scores"][0].astype(np.float32) if has_scores and return_scores else None
+        mask = out["mask"][0]
+        return (mask, scores, "direct") if return_scores else (mask, "direct")
+    bs = max(1, min(int(batch_size), runner.max_batch or int(batch_size)))
+    key = "scores" if has_scores else "mask"
+
+    def predict_fn(batch):
+        return runner.infer(np.ascontiguousarray(batch))[key]
+
+    res = sliding_window_predict(predict_fn, image, window, overlap=overlap, batch_size=bs, num_classes=sig.num_classes,
+                                 mode=key, return_scores=return_scores and has_scores)
+    if not return_scores:
+        return res, "sliding-window"
+    mask, scores = res if has_scores else (res, None)
+    return mask, scores, "sliding-window"
