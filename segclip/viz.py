@@ -32,14 +32,15 @@ def describe_shares(shares, classes: Sequence[str], ignore_name: str = "no-data"
 
 
 def legend_entries(classes: Sequence[str], palette: Sequence, mask: np.ndarray | None = None, *,
-                   ignore_name: str = "no-data", ignore_color=(255, 255, 255)) -> list:
-    """[(label, (r, g, b))]: the classes present in ``mask`` with their share (largest first), or
-    every class when no mask is given.  Ignore pixels get an ``ignore_name`` entry."""
+                   shares: Sequence | None = None, ignore_name: str = "no-data", ignore_color=(255, 255, 255)) -> list:
+    """[(label, (r, g, b))]: the classes present in ``mask`` (or given as ``shares``, what
+    ``class_shares`` returns, for maps too large to hold) with their share (largest first), or
+    every class when neither is given.  Ignore pixels get an ``ignore_name`` entry."""
     pal = [tuple(int(c) for c in p) for p in palette]
-    if mask is None:
+    if mask is None and shares is None:
         return list(zip(classes, pal))
     out = []
-    for i, share in class_shares(mask, len(classes)):
+    for i, share in (class_shares(mask, len(classes)) if shares is None else shares):
         name, col = (classes[i], pal[i]) if i < len(classes) else (ignore_name, tuple(ignore_color))
         out.append((f"{name} {share:.1%}", col))
     return out

@@ -371,6 +371,59 @@ def test_predict_cli_with_grpc_model(server, images, expected, tmp_path):
     assert np.asarray(Image.open(tmp_path / "pred" / "big_mask.png")).shape == (SIZE + 32, SIZE + 32)
 
 
+
+def test_predict_scene_over_two_endpoints_equals_onnx_runtime(server, repo, server_env, export_dir, tmp_path):
+    """One georeferenced scene, windows spread over two Triton servers (retrying when one dies)
+    == the same scene predicted in-process with ONNX Runtime."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    from segclip.engine.predict import Predictor, predict_paths
+    from segclip.export import synthetic_images
+    from segclip.runtime import load_runner
+    from segclip.runtime.pool import open_pool
+    from segclip.serving.server import TritonServer, free_ports
+
+    h, w = 3 * SIZE + 17, 4 * SIZE + 5
+    scene = tmp_path / "scene.tif"
+    img = synthetic_images(1, h, w, seed=11)[0]
+    with rasterio.open(scene, "w", driver="GTiff", height=h, width=w, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=Affine(0.3, 0, 600000, 0, -0.3, 5000000)) as d:
+        d.write(np.moveaxis(img, -1, 0))
+
+    def mask(path):
+        with rasterio.open(path) as d:
+            return d.read(1), d.crs, d.transform
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    res, errors = predict_paths([export_dir / "model.onnx"], [scene], tmp_path / "local", **quiet)
+    assert not errors
+    want, crs, transform = mask(tmp_path / "local" / "scene_mask.tif")
+
+    http, grpc, metrics = free_ports(3)
+    second = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, env=server_env.path, native=False,
+                          startup_timeout=180).start()
+    try:
+        urls = [server.model_url("segclip_python"), second.model_url("segclip_python")]
+        res, errors = predict_paths(urls, [scene], tmp_path / "two", batch=2, in_flight=2, **quiet)
+        assert not errors and res[0]["windows"] > 8
+        got, got_crs, got_transform = mask(tmp_path / "two" / "scene_mask.tif")
+        np.testing.assert_array_equal(got, want)
+        assert (got_crs, got_transform) == (crs, transform)
+
+        pool, errors = open_pool(urls, load_runner, in_flight=2)
+        with pool:
+            second.stop()  # every request it gets from now on fails and is retried on the first
+            res, errors = Predictor(pool, (SIZE, SIZE), batch=2, progress=False, log=lambda *a: None).run(
+                [scene], tmp_path / "retry")
+            stats = {s["endpoint"]: s for s in pool.stats()}
+        assert not errors
+        np.testing.assert_array_equal(mask(tmp_path / "retry" / "scene_mask.tif")[0], want)
+        assert stats[urls[1]]["last_error"] and stats[urls[1]]["requests"] >= 1
+        assert stats[urls[0]]["last_error"] is None
+    finally:
+        second.stop()
+
 # ---- segclip serve ----------------------------------------------------------------------------------
 def _serve(args):
     from click.testing import CliRunner

@@ -1,10 +1,7 @@
 """``segclip export`` and ``segclip predict``."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
-import numpy as np
 
 from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
 from segclip.errors import SegclipError
@@ -40,46 +37,48 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
 
 # ---- predict -------------------------------------------------------------------------------------
 @click.command("predict")
-@click.option("--model", "model", required=True, help="Checkpoint, run dir, .onnx, .plan, export dir or grpc://host:port/model.")
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-@out_option(default="predictions", file_okay=False, help="Output folder.")
+@click.option("--model", "models", required=True, multiple=True,
+              help="Checkpoint, run dir, .onnx, .plan, export dir or grpc://host:port/model; repeat with several "
+                   "Triton endpoints to spread the windows over them.")
+@click.argument("inputs", nargs=-1, required=True)
+@out_option(default="predictions", help="Output folder.")
+@click.option("--tile", default=None, type=int, help="Window size for models that take any size (default 1024); "
+                                                      "fixed-size exports use their own.")
+@click.option("--overlap", default=0.25, show_default=True, type=float, help="Overlap of neighbouring windows.")
+@batch_option("int", default=8, help="Windows per request (default 8; engines with a smaller profile use theirs).")
+@click.option("--bands", default=None, help="1-based bands to read: R,G,B or one grey band (default: RGB by colour "
+                                           "interpretation, else 1,2,3, else 1).")
+@click.option("--range", "value_range", default=None, metavar="LOW,HIGH",
+              help="Scale non-8-bit data linearly from LOW..HIGH to 0..255 (default: each band's 2-98th percentile).")
+@click.option("--in-flight", default=2, show_default=True, type=int, help="Requests in flight per Triton endpoint.")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (class colours over the image).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "onnx_fp16", "tensorrt"]), help="Artifact of an export dir.")
 @device_option(providers_alias=True, help="cpu, cuda or cuda:N for torch, ONNX Runtime and TensorRT (default: cuda when visible).")
-@batch_option("int", default=4, help="Tiles per inference call.")
-@click.option("--overlap", default=0.25, show_default=True, type=float, help="Sliding-window overlap for images larger than the model.")
-def predict_cmd(model, images, out, overlay, fmt, device, providers, batch, overlap):
-    """Segment IMAGES with MODEL; writes <stem>_mask.png (palette PNG: pixel = class id, 255 = no-data),
-    legend.png (what the mask colours mean) [and <stem>_overlay.png with a legend]."""
-    from segclip.data.imageio import read_rgb
-    from segclip.data.sliding import predict_image
-    from segclip.runtime import load_runner
-    from segclip.viz import class_shares, describe_shares, legend_image, mask_image, overlay_with_legend, save_png
+@click.option("--timeout", default=None, type=float, help="Seconds before a Triton request counts as failed (default 60).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, in_flight, overlay, fmt, device, providers,
+                timeout, quiet):
+    """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
+    (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
+    import sys
 
-    if not 0 <= overlap < 1:
-        raise SegclipError(f"--overlap {overlap}: must be in [0, 1)")
-    opts = {}
-    if fmt:
-        opts["format"] = fmt
-    if device:
-        opts["device"] = device
-    if providers:
-        opts["providers"] = providers
-    runner = load_runner(model, **opts)
-    out = Path(out)
-    sig = runner.signature
-    with runner:
-        for p in images:
-            p = Path(p)
-            image = read_rgb(p)
-            mask, how = predict_image(runner, image, overlap=overlap, batch_size=batch)
-            save_png(mask_image(mask, sig.palette), out / f"{p.stem}_mask.png")
-            if overlay:
-                save_png(overlay_with_legend(image, mask, sig.classes, sig.palette), out / f"{p.stem}_overlay.png")
-            shares = describe_shares(class_shares(mask, sig.num_classes), sig.classes)
-            click.echo(f"{p.name}: {image.shape[1]}x{image.shape[0]} {how} -> {out / (p.stem + '_mask.png')} ({shares})")
-    save_png(legend_image(sig.classes, sig.palette), out / "legend.png")
-    click.echo(f"mask colours: {out / 'legend.png'}")
+    from segclip.data.raster import parse_bands, parse_range
+    from segclip.engine.predict import predict_paths, summary_lines
+
+    if tile is not None and tile < 1:
+        raise SegclipError(f"--tile {tile}: must be a positive number of pixels")
+    if in_flight < 1:
+        raise SegclipError(f"--in-flight {in_flight}: must be >= 1")
+    opts = {k: v for k, v in (("format", fmt), ("device", device), ("providers", providers)) if v}
+    if timeout is not None and timeout <= 0:
+        raise SegclipError(f"--timeout {timeout}: must be > 0 seconds")
+    results, errors = predict_paths(models, inputs, out, tile=tile, overlap=overlap, batch=batch, bands=parse_bands(bands),
+                                    value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
+                                    runner_opts=opts, timeout=timeout, progress=not quiet, log=lambda m: click.echo(m, err=m.startswith("error:")))
+    for line in summary_lines(results):
+        click.echo(line)
+    if errors:  # each was printed as it happened; the other inputs' outputs are written
+        sys.exit(2)
 
 
 COMMANDS = [export_cmd, predict_cmd]

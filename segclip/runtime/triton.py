@@ -119,16 +119,20 @@ class TritonRunner(Runner):
         except Exception as e:  # connection errors from grpc / geventhttpclient
             raise SegclipError(f"{self.where}: {what} failed: {type(e).__name__}: {_one_line(e)}") from None
 
+    def _deadline(self) -> dict:
+        """gRPC calls wait forever unless given a deadline (HTTP clients have theirs built in)."""
+        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+
     def _check_ready(self) -> None:
         try:
-            live = self.client.is_server_live()
+            live = self.client.is_server_live(**self._deadline())
         except Exception as e:
             raise SegclipError(
                 f"{self.where}: cannot reach Triton at {self.address} ({type(e).__name__}: {_one_line(e)[:200]}); "
                 f"is `segclip serve` running?") from None
         if not live:
             raise SegclipError(f"{self.where}: the server at {self.address} is not live")
-        if not self._call("model-ready check", self.client.is_model_ready, self.model, self.version):
+        if not self._call("model-ready check", self.client.is_model_ready, self.model, self.version, **self._deadline()):
             models = []
             try:
                 idx = self.client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
@@ -141,7 +145,8 @@ class TritonRunner(Runner):
 
     def _config(self) -> dict:
         if self.protocol == "grpc":
-            cfg = self._call("get model config", self.client.get_model_config, self.model, self.version, as_json=True)
+            cfg = self._call("get model config", self.client.get_model_config, self.model, self.version, as_json=True,
+                             **self._deadline())
             return cfg.get("config", cfg)
         return self._call("get model config", self.client.get_model_config, self.model, self.version)
 
@@ -160,7 +165,7 @@ class TritonRunner(Runner):
         sig = replace(sig, max_batch=max_batch)
         # what the server says it takes/returns must be exactly the signature
         meta = self._call("get model metadata", self.client.get_model_metadata, self.model, self.version,
-                          **({"as_json": True} if self.protocol == "grpc" else {}))
+                          **({"as_json": True} if self.protocol == "grpc" else {}), **self._deadline())
         served = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in meta.get("inputs", []) + meta.get("outputs", [])}
         for spec in sig.inputs + sig.outputs:
             got = served.get(spec.name)
@@ -199,8 +204,8 @@ class TritonRunner(Runner):
             else:
                 inp.set_data_from_numpy(x, binary_data=True)
                 req = [tc.InferRequestedOutput(n, binary_data=True) for n in out_names]
-            kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-            res = self._call("inference", self.client.infer, self.model, [inp], model_version=self.version, outputs=req, **kw)
+            res = self._call("inference", self.client.infer, self.model, [inp], model_version=self.version, outputs=req,
+                             **self._deadline())
             outs = {n: res.as_numpy(n) for n in out_names}
         return self._check_outputs(outs, x)
 

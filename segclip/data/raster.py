@@ -1,0 +1,301 @@
+"""Rasters in and out through rasterio (GDAL), window by window, so a 20k x 20k orthomosaic never
+sits in memory.
+
+Reading (``RasterSource``): PNG/JPEG/TIFF/GeoTIFF and anything else GDAL reads.
+
+* Bands: ``bands`` (1-based) picks 1 or 3 of them; by default the bands GDAL labels red/green/blue,
+  else the first three, else the first (grey, repeated to RGB).  A palette band is expanded through
+  its colour table.
+* 8-bit data passes through.  Anything else (16-bit, float) is scaled to 0..255 by a linear stretch:
+  ``value_range=(lo, hi)`` for every band, or by default each band's 2nd..98th percentile (the
+  common GIS "cumulative cut"), estimated once per file on a decimated read (<= ~1 Mpx) of the
+  valid pixels.
+* Validity comes from GDAL's masks (nodata value, alpha band or internal mask): a pixel is nodata
+  when every selected band is masked.
+
+Writing (``ClassMapSink``): row bands of the class map go into a tiled, DEFLATE-compressed GeoTIFF
+beside the destination; at the end GDAL copies it -- block by block, never whole -- into a
+Cloud-Optimized GeoTIFF with overviews (georeferenced inputs: CRS, transform, nodata = the ignore
+value) or a palette PNG (plain images), and the result is renamed into place atomically.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from segclip.errors import SegclipError
+
+GDAL_CACHE_MB = 128  # GDAL's block cache is RSS too: bound it (its default is a share of the machine's RAM)
+STRETCH_PERCENTILES = (2.0, 98.0)
+_SAMPLE_PIXELS = 1 << 20
+
+
+def gdal_env():
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20, GDAL_NUM_THREADS="ALL_CPUS")
+
+
+def parse_bands(text) -> Optional[tuple]:
+    """``"1,2,3"`` -> (1, 2, 3); None/"" -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (tuple, list)):
+        parts = list(text)
+    else:
+        parts = [p for p in str(text).replace(" ", "").split(",")]
+    try:
+        bands = tuple(int(p) for p in parts)
+    except ValueError:
+        raise SegclipError(f"--bands {text}: expected 1-based band numbers, e.g. 1,2,3 or 4") from None
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise SegclipError(f"--bands {text}: give one band (grey) or three (R,G,B), numbered from 1")
+    return bands
+
+
+def parse_range(text) -> Optional[tuple]:
+    """``"0,4095"`` -> (0.0, 4095.0)."""
+    if text is None or text == "":
+        return None
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise SegclipError(f"--range {text}: expected LOW,HIGH, e.g. 0,4095") from None
+    if not hi > lo:
+        raise SegclipError(f"--range {text}: HIGH must be larger than LOW")
+    return lo, hi
+
+
+def _read_error(path, e) -> SegclipError:
+    msg = " ".join(str(e).split())[:200] or type(e).__name__
+    return SegclipError(f"{path}: cannot read raster ({msg}); check the file is complete and a format GDAL reads")
+
+
+class RasterSource:
+    """One input raster.  ``read(y0, x0, y1, x1)`` -> uint8 h x w x 3; ``valid(y0, x0, y1, x1)`` ->
+    bool h x w (or None when the raster has no nodata at all).  Not thread-safe: each thread opens
+    its own with ``reopen()`` (same band choice and scaling, no second statistics pass)."""
+
+    def __init__(self, path, bands: Optional[Sequence[int]] = None, value_range: Optional[tuple] = None,
+                 _scaling=None):
+        import rasterio
+        from rasterio.enums import ColorInterp, MaskFlags
+
+        self.path = Path(path)
+        try:
+            self.ds = rasterio.open(self.path)
+        except rasterio.errors.RasterioIOError as e:
+            if not self.path.exists():
+                raise SegclipError(f"{self.path}: no such file") from None
+            raise _read_error(self.path, e) from None
+        ds = self.ds
+        self.height, self.width, self.count = ds.height, ds.width, ds.count
+        if bands is not None:
+            bad = [b for b in bands if b > ds.count]
+            if bad:
+                ds.close()
+                raise SegclipError(f"{self.path}: band {bad[0]} does not exist (the file has {ds.count} band"
+                                   f"{'s' if ds.count != 1 else ''}); choose --bands from 1..{ds.count}")
+            self.bands = tuple(bands)
+        else:
+            ci = list(ds.colorinterp)
+            rgb = [ci.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) if c in ci]
+            self.bands = tuple(rgb) if len(rgb) == 3 else ((1, 2, 3) if ds.count >= 3 else (1,))
+        self.colormap = None
+        if len(self.bands) == 1 and ds.colorinterp[self.bands[0] - 1] == ColorInterp.palette:
+            cmap = ds.colormap(self.bands[0])
+            self.colormap = np.zeros((65536 if ds.dtypes[0] == "uint16" else 256, 3), np.uint8)
+            for i, c in cmap.items():
+                if i < len(self.colormap):
+                    self.colormap[i] = c[:3]
+        self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
+        flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
+        self.has_nodata = not all(MaskFlags.all_valid in f for f in flags)
+        self.nodata = ds.nodata
+        self.crs, self.transform = ds.crs, ds.transform
+        self.georeferenced = ds.crs is not None
+        self.value_range = value_range
+        try:
+            self.scaling = _scaling if _scaling is not None else self._scaling()
+        except SegclipError:
+            ds.close()
+            raise
+        except Exception as e:
+            ds.close()
+            raise _read_error(self.path, e) from None
+
+    def reopen(self) -> "RasterSource":
+        return RasterSource(self.path, self.bands, self.value_range, _scaling=self.scaling)
+
+    # ---- scaling -----------------------------------------------------------------------------------
+    def _scaling(self):
+        """None (uint8 or palette: as is) or per-band (lo, hi) arrays for the linear stretch."""
+        if self.dtype == np.uint8 or self.colormap is not None:
+            return None
+        n = len(self.bands)
+        if self.value_range is not None:
+            return np.full(n, self.value_range[0], np.float64), np.full(n, self.value_range[1], np.float64)
+        f = max(1, math.ceil(math.sqrt(self.height * self.width / _SAMPLE_PIXELS)))
+        shape = (n, max(1, self.height // f), max(1, self.width // f))
+        data = self.ds.read(self.bands, out_shape=shape, masked=True)
+        lo, hi = np.zeros(n), np.ones(n)
+        for i in range(n):
+            v = data[i].compressed() if np.ma.isMaskedArray(data[i]) else np.asarray(data[i]).ravel()
+            v = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+            if v.size:
+                lo[i], hi[i] = np.percentile(v, STRETCH_PERCENTILES)
+            if not hi[i] > lo[i]:
+                hi[i] = lo[i] + 1
+        return lo, hi
+
+    def describe_scaling(self) -> str:
+        if self.scaling is None:
+            return "8-bit as is" if self.colormap is None else "palette"
+        lo, hi = self.scaling
+        how = "range" if self.value_range is not None else f"p{STRETCH_PERCENTILES[0]:g}-p{STRETCH_PERCENTILES[1]:g} stretch"
+        return f"{self.dtype} {how} " + " ".join(f"[{a:g},{b:g}]" for a, b in zip(lo, hi))
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def _window(self, y0, x0, y1, x1):
+        from rasterio.windows import Window
+
+        return Window(x0, y0, min(x1, self.width) - x0, min(y1, self.height) - y0)
+
+    def read(self, y0: int, x0: int, y1: int, x1: int, out_shape: Optional[tuple] = None) -> np.ndarray:
+        """uint8 h x w x 3 RGB of the window clipped to the raster (``out_shape=(h, w)``: decimated)."""
+        try:
+            kw = {"out_shape": (len(self.bands),) + tuple(out_shape)} if out_shape else {}
+            a = self.ds.read(self.bands, window=self._window(y0, x0, y1, x1), **kw)
+        except Exception as e:
+            raise _read_error(self.path, e) from None
+        if self.colormap is not None:
+            return self.colormap[a[0]]
+        if self.scaling is not None:
+            lo, hi = self.scaling
+            a = a.astype(np.float32)
+            a -= lo[:, None, None].astype(np.float32)
+            a *= (255.0 / (hi - lo))[:, None, None].astype(np.float32)
+            a = np.nan_to_num(a, nan=0.0)
+            np.clip(a + 0.5, 0, 255, out=a)
+            a = a.astype(np.uint8)
+        a = np.moveaxis(a, 0, -1)
+        if a.shape[-1] == 1:
+            a = np.repeat(a, 3, axis=-1)
+        return np.ascontiguousarray(a)
+
+    def valid(self, y0: int, x0: int, y1: int, x1: int) -> Optional[np.ndarray]:
+        """bool h x w, False = nodata (every selected band masked); None when nothing is ever masked."""
+        if not self.has_nodata:
+            return None
+        try:
+            m = self.ds.read_masks(self.bands, window=self._window(y0, x0, y1, x1))
+        except Exception as e:
+            raise _read_error(self.path, e) from None
+        return m.any(axis=0)
+
+    # ---- geometry ----------------------------------------------------------------------------------
+    def row_pixel_areas(self, y0: int, y1: int) -> Optional[np.ndarray]:
+        """Area in m^2 of one pixel in each row y0..y1-1 (None when not georeferenced).  Projected
+        CRSs: |det(transform)| in the CRS's linear unit, converted to metres; geographic CRSs: the
+        exact spherical area of the row's cells (mean Earth radius)."""
+        if not self.georeferenced:
+            return None
+        t, crs = self.transform, self.crs
+        n = y1 - y0
+        if crs.is_geographic:
+            if t.b or t.d:
+                return None  # rotated lon/lat grids: no simple per-row area
+            r = 6371008.8
+            lat0 = np.radians(t.f + t.e * np.arange(y0, y1 + 1, dtype=np.float64))
+            return (r * r * abs(math.radians(t.a)) * np.abs(np.sin(lat0[:-1]) - np.sin(lat0[1:]))).astype(np.float64)
+        try:
+            factor = crs.linear_units_factor[1]
+        except Exception:
+            return None
+        return np.full(n, abs(t.a * t.e - t.b * t.d) * factor * factor, np.float64)
+
+    def close(self) -> None:
+        self.ds.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _colormap(palette, ignore: int) -> dict:
+    from segclip.signature import palette_table
+
+    table = palette_table(palette)
+    cmap = {i: tuple(int(v) for v in table[i]) + (255,) for i in range(256)}
+    cmap[ignore] = (255, 255, 255, 0)
+    return cmap
+
+
+class ClassMapSink:
+    """Class-map rows in, one file out (``<dst>.tif`` as a COG when ``source`` is georeferenced, else
+    ``<dst>.png``).  Use ``write(y0, rows)`` for consecutive row bands, then ``close()``; an error or
+    ``abort()`` leaves nothing behind."""
+
+    def __init__(self, dst_stem: Path, source: RasterSource, palette, num_classes: int, ignore: int = 255):
+        import rasterio
+        import tempfile
+
+        self.geo = source.georeferenced
+        self.dst = Path(f"{dst_stem}.tif" if self.geo else f"{dst_stem}.png")
+        self.height, self.width = source.height, source.width
+        self.dtype = "uint8" if num_classes < 255 else "uint16"
+        self.ignore = ignore if self.dtype == "uint8" else 65535
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.dst.stem}.rows-", suffix=".tif", dir=self.dst.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        profile = {"driver": "GTiff", "width": self.width, "height": self.height, "count": 1, "dtype": self.dtype,
+                   "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "nodata": self.ignore,
+                   "BIGTIFF": "IF_SAFER"}
+        if self.geo:
+            profile.update(crs=source.crs, transform=source.transform)
+        try:
+            self.ds = rasterio.open(self.tmp, "w", **profile)
+            if self.dtype == "uint8":
+                self.ds.write_colormap(1, _colormap(palette, self.ignore))
+        except Exception:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        self.rows_written = 0
+
+    def write(self, y0: int, rows: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        self.ds.write(rows.astype(self.dtype, copy=False)[None], window=Window(0, y0, self.width, rows.shape[0]))
+        self.rows_written += rows.shape[0]
+
+    def close(self) -> Path:
+        """Finish the file (COG with overviews / PNG) and move it into place atomically."""
+        import rasterio.shutil
+
+        from segclip.atomic import atomic_file
+
+        try:
+            self.ds.close()
+            with atomic_file(self.dst) as out:
+                if self.geo:
+                    rasterio.shutil.copy(self.tmp, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
+                                         OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
+                else:
+                    rasterio.shutil.copy(self.tmp, out, driver="PNG", ZLEVEL=6)
+                for side in out.parent.glob(out.name + ".aux.xml"):
+                    side.unlink()  # GDAL's PNG side-car (nodata): the palette PNG says it all
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        return self.dst
+
+    def abort(self) -> None:
+        try:
+            self.ds.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,431 @@
+"""``segclip predict``: whole scenes (orthomosaics, UAV frames) through any runner, streamed.
+
+Per input raster three threads overlap, joined by bounded queues so that memory stays flat:
+
+    reader  -- windows of the plan (``segclip.data.sliding.SlidingPlan``) read from the raster,
+               scaled to uint8, batched; all-nodata windows are skipped
+    main    -- batches to the ``RunnerPool`` (local runner, or several Triton endpoints with a
+               bounded number in flight each); results, in plan order, into the ``Blender``
+    writer  -- finished row bands: nodata -> ignore, into the class-map file, the pixel counts and
+               the downsampled preview
+
+Peak memory is the model, a few batches, and one band of ``window_h x width`` blend state; it does
+not depend on the image height (and the band is 5 bytes per pixel for class-map runners).
+
+Outputs per input ``DIR/<stem>``: ``_mask.tif`` (COG; georeferenced input) or ``_mask.png``,
+``_preview.png`` (palette colours + legend, long side <= ``PREVIEW_MAX``), ``_counts.json`` (pixels
+and area per class; nodata never counted), and with ``overlay`` ``_overlay.png``.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import queue
+import threading
+import time
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from segclip.data.base import IGNORE_INDEX
+from segclip.errors import SegclipError
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".jp2", ".img", ".vrt", ".bmp", ".webp")
+PREVIEW_MAX = 2048
+NODATA_RGBS = ((0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255))  # the first the palette does not use
+_POLL = 0.2  # seconds between checks of the other threads while waiting on a queue
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple:
+    """Files, folders (their rasters, sorted) and glob patterns -> (paths, [errors])."""
+    paths, errors = [], []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                errors.append(f"{p}: folder holds no rasters ({', '.join(RASTER_SUFFIXES)})")
+            paths += found
+        elif p.exists():
+            paths.append(p)
+        elif glob.has_magic(s):
+            found = sorted(Path(q) for q in glob.glob(s, recursive=True) if Path(q).is_file())
+            if not found:
+                errors.append(f"{s}: the pattern matches no file")
+            paths += found
+        else:
+            errors.append(f"{p}: no such file or folder")
+    seen, unique = set(), []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique, errors
+
+
+def output_stems(paths: Sequence[Path], out: Path) -> list:
+    """``out/<stem>``; inputs sharing a stem (a/x.tif, b/x.tif) get their parent folders' names
+    prepended until they differ, so no output is written twice."""
+    stems = [p.stem for p in paths]
+    depth = 0
+    while len(set(stems)) < len(stems) and depth < 8:
+        depth += 1
+        dup = {s for s in stems if stems.count(s) > 1}
+        stems = ["_".join([*p.resolve().parent.parts[-depth:], p.stem]) if s in dup else s
+                 for p, s in zip(paths, stems)]
+    return [out / s for s in stems]
+
+
+class _Counts:
+    """Per-class pixels and areas (m^2 when georeferenced) of the finished rows."""
+
+    def __init__(self, k: int):
+        self.pixels = np.zeros(k, np.int64)
+        self.area = np.zeros(k, np.float64)
+        self.nodata = 0
+        self.k = k
+
+    def add(self, rows: np.ndarray, valid: Optional[np.ndarray], row_area: Optional[np.ndarray]) -> None:
+        labels = rows.astype(np.int64, copy=False)
+        if valid is not None:
+            self.nodata += int(valid.size - np.count_nonzero(valid))
+            labels = np.where(valid, labels, self.k)  # bin k = nodata, dropped below
+        self.pixels += np.bincount(labels.ravel(), minlength=self.k + 1)[: self.k]
+        if row_area is not None:
+            w = np.broadcast_to(row_area[:, None], labels.shape).ravel()
+            self.area += np.bincount(labels.ravel(), weights=w, minlength=self.k + 1)[: self.k]
+
+
+class _Preview:
+    """Every ``step``-th row and column of the class map (nearest), kept while rows stream by."""
+
+    def __init__(self, h: int, w: int, ignore: int):
+        self.step = max(1, math.ceil(max(h, w) / PREVIEW_MAX))
+        self.cols = slice(0, w, self.step)
+        self.map = np.full((math.ceil(h / self.step), math.ceil(w / self.step)), ignore, np.int32)
+
+    def add(self, y0: int, rows: np.ndarray) -> None:
+        first = -(-y0 // self.step) * self.step  # first kept row >= y0
+        ys = np.arange(first, y0 + rows.shape[0], self.step)
+        if ys.size:
+            self.map[ys // self.step] = rows[ys - y0][:, self.cols]
+
+
+def _put(q: queue.Queue, item, failed: Callable[[], bool]) -> bool:
+    """Blocking put that gives up (False) once another thread has failed."""
+    while True:
+        try:
+            q.put(item, timeout=_POLL)
+            return True
+        except queue.Full:
+            if failed():
+                return False
+
+
+def _get(q: queue.Queue, failed: Callable[[], bool]):
+    while True:
+        try:
+            return q.get(timeout=_POLL)
+        except queue.Empty:
+            if failed():
+                raise _Stop() from None
+
+
+class _Stop(Exception):
+    pass
+
+
+class Predictor:
+    """Streams rasters through a ``RunnerPool``.  ``window`` is the model's input size."""
+
+    def __init__(self, pool, window: tuple, overlap: float = 0.25, batch: int = 8, bands=None, value_range=None,
+                 overlay: bool = False, progress: bool = True, log: Callable = print):
+        self.pool, self.window, self.overlap = pool, window, overlap
+        self.batch = max(1, int(batch))
+        self.bands, self.value_range, self.overlay = bands, value_range, overlay
+        self.progress, self.log = progress, log
+        sig = pool.signature
+        self.classes, self.palette, self.k = list(sig.classes), list(sig.palette), sig.num_classes
+        self.mode = "scores" if pool.has_scores else "mask"
+
+    # ---- one raster ------------------------------------------------------------------------------
+    def predict_file(self, path: Path, stem: Path) -> dict:
+        from tqdm import tqdm
+
+        from segclip.data.raster import ClassMapSink, RasterSource, gdal_env
+        from segclip.data.sliding import Blender, SlidingPlan
+
+        t0 = time.perf_counter()
+        with gdal_env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", _not_georeferenced())
+            source = RasterSource(path, self.bands, self.value_range)
+            try:
+                plan = SlidingPlan(source.height, source.width, self.window, overlap=self.overlap)
+                blender = Blender(plan, self.k, mode=self.mode)
+                sink = ClassMapSink(Path(f"{stem}_mask"), source, self.palette, self.k, IGNORE_INDEX)
+                counts, preview = _Counts(self.k), _Preview(source.height, source.width, IGNORE_INDEX)
+                bar = tqdm(total=len(plan), desc=path.name[:30], unit="win", leave=False, position=1,
+                           disable=not self.progress, dynamic_ncols=True)
+                try:
+                    skipped = self._stream(source, plan, blender, sink, counts, preview, bar)
+                except BaseException:
+                    sink.abort()
+                    raise
+                finally:
+                    bar.close()
+                mask_path = sink.close()
+                outputs = self._finish(source, stem, mask_path, counts, preview)
+            finally:
+                source.close()
+        seconds = time.perf_counter() - t0
+        mpx = source.height * source.width / 1e6
+        return {"input": str(path), "width": source.width, "height": source.height, "windows": len(plan),
+                "skipped_windows": skipped, "seconds": round(seconds, 3), "megapixels": round(mpx, 3),
+                "megapixels_per_s": round(mpx / max(seconds, 1e-9), 3), "scaling": source.describe_scaling(),
+                "outputs": outputs, "counts": counts}
+
+    def _stream(self, source, plan, blender, sink, counts, preview, bar) -> int:
+        pool = self.pool
+        q_in: queue.Queue = queue.Queue(maxsize=pool.slots + 1)  # batches read, not yet sent
+        q_out: queue.Queue = queue.Queue(maxsize=4)  # finished row bands, not yet written
+        errors: list = []
+        failed = lambda: bool(errors)  # noqa: E731
+        skipped = [0]
+
+        def reader():
+            try:
+                with source.reopen() as src:
+                    ids, batch = [], []
+                    for i, c in enumerate(plan.coords):
+                        if errors:
+                            return
+                        v = src.valid(*c)
+                        if v is not None and not v.any():
+                            skipped[0] += 1
+                            continue
+                        ids.append(i)
+                        batch.append(plan.pad(src.read(*c)))
+                        if len(ids) == self.batch:
+                            if not _put(q_in, (ids, np.stack(batch)), failed):
+                                return
+                            ids, batch = [], []
+                    if ids:
+                        _put(q_in, (ids, np.stack(batch)), failed)
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                _put(q_in, None, failed)
+
+        def writer():
+            try:
+                with source.reopen() as src:
+                    while True:
+                        item = _get(q_out, failed)
+                        if item is None:
+                            return
+                        y0, y1, rows = item
+                        valid = src.valid(y0, 0, y1, src.width)
+                        if valid is not None:
+                            rows[~valid] = IGNORE_INDEX
+                        sink.write(y0, rows)
+                        counts.add(rows, valid, src.row_pixel_areas(y0, y1))
+                        preview.add(y0, rows)
+            except _Stop:
+                pass
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader, name="segclip-read", daemon=True),
+                   threading.Thread(target=writer, name="segclip-write", daemon=True)]
+        for t in threads:
+            t.start()
+        key = "scores" if self.mode == "scores" else "mask"
+        pending: deque = deque()
+        done = [0]
+
+        def drain_one():
+            ids, fut = pending.popleft()
+            out = fut.result()[key]
+            for band in blender.add(ids, out):
+                if not _put(q_out, band, failed):
+                    raise _Stop()
+            bar.update(ids[-1] + 1 - done[0])
+            done[0] = ids[-1] + 1
+
+        try:
+            while True:
+                item = _get(q_in, failed)
+                if item is None:
+                    break
+                ids, batch = item
+                pending.append((ids, pool.submit(batch)))
+                while len(pending) > pool.slots:
+                    drain_one()
+            while pending:
+                drain_one()
+            for band in blender.finish():
+                if not _put(q_out, band, failed):
+                    raise _Stop()
+            bar.update(len(plan) - done[0])
+            _put(q_out, None, failed)
+        except _Stop:
+            pass
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        return skipped[0]
+
+    # ---- side outputs ----------------------------------------------------------------------------
+    def _finish(self, source, stem: Path, mask_path: Path, counts: _Counts, preview: _Preview) -> dict:
+        from segclip.atomic import atomic_write_json
+        from segclip.signature import palette_table
+        from segclip.viz import add_legend, legend_entries, save_png
+
+        valid = int(counts.pixels.sum())
+        total = source.width * source.height
+        table = palette_table(self.palette)
+        nodata_rgb = next((c for c in NODATA_RGBS if c not in self.palette), NODATA_RGBS[0])
+        table[IGNORE_INDEX] = nodata_rgb
+        entries = legend_entries(self.classes, self.palette, shares=self.shares(counts), ignore_color=nodata_rgb)
+        pm = preview.map
+        colour = table[np.clip(pm, 0, 255)]
+        outputs = {"mask": str(mask_path), "preview": f"{stem}_preview.png", "counts": f"{stem}_counts.json"}
+        pictures = [(outputs["preview"], colour)]
+        if self.overlay:
+            img = source.read(0, 0, source.height, source.width, out_shape=pm.shape).astype(np.float32)
+            over = np.where((pm == IGNORE_INDEX)[..., None], img, img * 0.5 + colour * 0.5)
+            outputs["overlay"] = f"{stem}_overlay.png"
+            pictures.append((outputs["overlay"], over.round().clip(0, 255).astype(np.uint8)))
+        scale = "" if preview.step == 1 else f" (1/{preview.step} scale)"
+        for dst, rgb in pictures:
+            save_png(add_legend(rgb, entries, title=f"{Path(source.path).name}{scale}"), dst)
+        georef, areas = source.georeferenced, bool(counts.area.any())
+        doc = {
+            "input": str(source.path),
+            "width": source.width,
+            "height": source.height,
+            "crs": source.crs.to_string() if georef else None,
+            "transform": list(source.transform)[:6] if georef else None,
+            "pixels": total,
+            "valid_pixels": valid,
+            "nodata_pixels": counts.nodata,
+            "area_unit": "m2" if areas else None,
+            "classes": {name: {"id": i, "pixels": int(counts.pixels[i]),
+                               "share": round(float(counts.pixels[i] / max(valid, 1)), 6),
+                               **({"area_m2": round(float(counts.area[i]), 3)} if areas else {})}
+                        for i, name in enumerate(self.classes)},
+        }
+        atomic_write_json(outputs["counts"], doc)
+        return outputs
+
+    @staticmethod
+    def shares(counts: _Counts) -> list:
+        """[(class id or IGNORE_INDEX for nodata, share of all pixels)], largest first (``viz.class_shares`` order)."""
+        total = max(int(counts.pixels.sum()) + counts.nodata, 1)
+        rows = [(i, int(n) / total) for i, n in enumerate(counts.pixels) if n]
+        if counts.nodata:
+            rows.append((IGNORE_INDEX, counts.nodata / total))
+        return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+    # ---- many rasters ----------------------------------------------------------------------------
+    def run(self, paths: Sequence[Path], out: Path) -> tuple:
+        """-> (per-file summaries, [one-line errors]); a failing file never stops the others.  Also
+        writes ``legend.png`` (what the class-map colours mean)."""
+        from tqdm import tqdm
+
+        from segclip.viz import describe_shares, legend_image, save_png
+
+        results, errors = [], []
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        stems = output_stems(paths, out)
+        for path, stem in tqdm(list(zip(paths, stems)), desc="files", unit="file", position=0,
+                               disable=not self.progress or len(paths) < 2, dynamic_ncols=True):
+            try:
+                r = self.predict_file(path, stem)
+            except SegclipError as e:
+                errors.append(str(e))
+                self.log(f"error: {e}")
+                continue
+            results.append(r)
+            shares = describe_shares(self.shares(r.pop("counts")), self.classes)
+            self.log(f"{path.name}: {r['width']}x{r['height']} {r['windows']} windows, {r['seconds']:.1f} s, "
+                     f"{r['megapixels_per_s']:.2f} Mpx/s -> {r['outputs']['mask']} ({shares})")
+        if results:
+            save_png(legend_image(self.classes, self.palette), out / "legend.png")
+        return results, errors
+
+
+def _not_georeferenced():
+    from rasterio.errors import NotGeoreferencedWarning
+
+    return NotGeoreferencedWarning
+
+
+def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Optional[int] = None,
+                  overlap: float = 0.25, batch: int = 8, bands=None, value_range=None, overlay: bool = False,
+                  in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
+                  progress: bool = True, log: Callable = print) -> tuple:
+    """The ``segclip predict`` work: -> (summaries, errors).  Raises ``SegclipError`` only when no
+    input can be predicted at all (bad ``--out``, no usable model)."""
+    from segclip.runtime import load_runner
+    from segclip.runtime.pool import open_pool
+
+    if not 0 <= overlap < 1:
+        raise SegclipError(f"--overlap {overlap}: must be in [0, 1)")
+    if batch < 1:
+        raise SegclipError(f"--batch {batch}: must be >= 1")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SegclipError(f"--out {out}: is a file, not a folder; give a folder for the predictions")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SegclipError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
+    paths, errors = expand_inputs(inputs)
+    for e in errors:
+        log(f"error: {e}")
+    if not paths:
+        raise SegclipError(f"no input raster found in {' '.join(map(str, inputs))}" + (f" ({errors[0]})" if errors else ""))
+    def load(m):  # local options (format, device, providers) for files, the request timeout for endpoints
+        remote = str(m).startswith(("grpc://", "http://", "https://"))
+        return load_runner(m, **(({"timeout": timeout} if timeout else {}) if remote else (runner_opts or {})))
+
+    pool, pool_errors = open_pool(models, load, in_flight=in_flight, log=log)
+    errors += pool_errors
+    with pool:
+        sig = pool.signature
+        if sig.dynamic_size:
+            window = (int(tile or 1024),) * 2
+        else:
+            window = (sig.height, sig.width)
+            if tile and (tile, tile) != window:
+                raise SegclipError(f"--tile {tile}: the model takes {sig.height}x{sig.width} windows; leave --tile out, "
+                                   f"or re-export with --size {tile}x{tile}")
+        limit = pool.endpoints[0].runners[0].max_batch  # fixed engine profiles; Triton splits big batches itself
+        batch = min(batch, limit) if limit else batch
+        predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
+                              overlay=overlay, progress=progress, log=log)
+        results, file_errors = predictor.run(paths, out)
+    return results, errors + file_errors
+
+
+def summary_lines(results: list) -> list:
+    if not results:
+        return []
+    lines = [f"{'file':<32} {'size':>13} {'windows':>8} {'s':>8} {'Mpx/s':>7}"]
+    for r in results:
+        lines.append(f"{Path(r['input']).name[:32]:<32} {r['width']:>6}x{r['height']:<6} {r['windows']:>8} "
+                     f"{r['seconds']:>8.1f} {r['megapixels_per_s']:>7.2f}")
+    mpx, sec = sum(r["megapixels"] for r in results), sum(r["seconds"] for r in results)
+    lines.append(f"{'total':<32} {mpx:>10.1f} Mpx {'':>8} {sec:>8.1f} {mpx / max(sec, 1e-9):>7.2f}")
+    return lines
