@@ -229,6 +229,11 @@ def test_folders_globs_and_same_stems(tmp_path, mask_model):
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in (tmp_path / "out").glob("*_mask.png"))
     assert names == ["a_x_mask.png", "b_x_mask.png", "y_mask.png"], names
+    before = (tmp_path / "out" / "y_counts.json").stat().st_mtime_ns
+    res = predict("--model", mask_model, tmp_path / "a", "--out", tmp_path / "out")
+    one_error(res, "already exists", "--force")
+    assert (tmp_path / "out" / "y_counts.json").stat().st_mtime_ns == before
+    assert predict("--model", mask_model, tmp_path / "a", "--out", tmp_path / "out", "--force").exit_code == 0
 
 
 def test_bad_inputs_one_line_exit_2_others_written(tmp_path, mask_model):

@@ -52,12 +52,14 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
               help="Scale non-8-bit data linearly from LOW..HIGH to 0..255 (default: each band's 2-98th percentile).")
 @click.option("--in-flight", default=2, show_default=True, type=int, help="Requests in flight per Triton endpoint.")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (class colours over the image).")
+@click.option("--force", is_flag=True, help="Replace outputs already in --out (default: refuse).")
+@click.option("--allow-failed", is_flag=True, help="Use an export artifact that failed its parity gate anyway.")
 @click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "onnx_fp16", "tensorrt"]), help="Artifact of an export dir.")
 @device_option(providers_alias=True, help="cpu, cuda or cuda:N for torch, ONNX Runtime and TensorRT (default: cuda when visible).")
 @click.option("--timeout", default=None, type=float, help="Seconds before a Triton request counts as failed (default 60).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, in_flight, overlay, fmt, device, providers,
-                timeout, quiet):
+def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
+                device, providers, timeout, quiet):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
     import sys
@@ -69,12 +71,12 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
         raise SegclipError(f"--tile {tile}: must be a positive number of pixels")
     if in_flight < 1:
         raise SegclipError(f"--in-flight {in_flight}: must be >= 1")
-    opts = {k: v for k, v in (("format", fmt), ("device", device), ("providers", providers)) if v}
+    opts = {k: v for k, v in (("format", fmt), ("device", device), ("providers", providers), ("allow_failed", allow_failed)) if v}
     if timeout is not None and timeout <= 0:
         raise SegclipError(f"--timeout {timeout}: must be > 0 seconds")
     results, errors = predict_paths(models, inputs, out, tile=tile, overlap=overlap, batch=batch, bands=parse_bands(bands),
                                     value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
-                                    runner_opts=opts, timeout=timeout, progress=not quiet, log=lambda m: click.echo(m, err=m.startswith("error:")))
+                                    runner_opts=opts, timeout=timeout, force=force, progress=not quiet, log=lambda m: click.echo(m, err=m.startswith("error:")))
     for line in summary_lines(results):
         click.echo(line)
     if errors:  # each was printed as it happened; the other inputs' outputs are written

@@ -35,6 +35,7 @@ from segclip.errors import SegclipError
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".jp2", ".img", ".vrt", ".bmp", ".webp")
 PREVIEW_MAX = 2048
+OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_preview.png", "_overlay.png", "_counts.json")
 NODATA_RGBS = ((0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255))  # the first the palette does not use
 _POLL = 0.2  # seconds between checks of the other threads while waiting on a queue
 
@@ -337,7 +338,7 @@ class Predictor:
         return sorted(rows, key=lambda r: (-r[1], r[0]))
 
     # ---- many rasters ----------------------------------------------------------------------------
-    def run(self, paths: Sequence[Path], out: Path) -> tuple:
+    def run(self, paths: Sequence[Path], out: Path, stems: Optional[Sequence[Path]] = None) -> tuple:
         """-> (per-file summaries, [one-line errors]); a failing file never stops the others.  Also
         writes ``legend.png`` (what the class-map colours mean)."""
         from tqdm import tqdm
@@ -347,7 +348,7 @@ class Predictor:
         results, errors = [], []
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        stems = output_stems(paths, out)
+        stems = stems or output_stems(paths, out)
         for path, stem in tqdm(list(zip(paths, stems)), desc="files", unit="file", position=0,
                                disable=not self.progress or len(paths) < 2, dynamic_ncols=True):
             try:
@@ -374,7 +375,7 @@ def _not_georeferenced():
 def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Optional[int] = None,
                   overlap: float = 0.25, batch: int = 8, bands=None, value_range=None, overlay: bool = False,
                   in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
-                  progress: bool = True, log: Callable = print) -> tuple:
+                  force: bool = False, progress: bool = True, log: Callable = print) -> tuple:
     """The ``segclip predict`` work: -> (summaries, errors).  Raises ``SegclipError`` only when no
     input can be predicted at all (bad ``--out``, no usable model)."""
     from segclip.runtime import load_runner
@@ -396,9 +397,21 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
         log(f"error: {e}")
     if not paths:
         raise SegclipError(f"no input raster found in {' '.join(map(str, inputs))}" + (f" ({errors[0]})" if errors else ""))
+    stems = output_stems(paths, out)
+    if not force:  # checked before any work: an earlier run's results are never replaced silently
+        existing = [p for s in stems for p in (Path(f"{s}{x}") for x in OUTPUT_SUFFIXES) if p.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise SegclipError(f"{existing[0]}{more} already exists from an earlier predict; pass --force to replace "
+                               f"it or choose another --out")
     def load(m):  # local options (format, device, providers) for files, the request timeout for endpoints
         remote = str(m).startswith(("grpc://", "http://", "https://"))
-        return load_runner(m, **(({"timeout": timeout} if timeout else {}) if remote else (runner_opts or {})))
+        if remote:
+            return load_runner(m, **({"timeout": timeout} if timeout else {}))
+        opts = dict(runner_opts or {})
+        if not Path(m).is_dir():
+            opts.pop("allow_failed", None)  # only export folders hold parity-gate verdicts
+        return load_runner(m, **opts)
 
     pool, pool_errors = open_pool(models, load, in_flight=in_flight, log=log)
     errors += pool_errors
@@ -415,7 +428,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
         batch = min(batch, limit) if limit else batch
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
                               overlay=overlay, progress=progress, log=log)
-        results, file_errors = predictor.run(paths, out)
+        results, file_errors = predictor.run(paths, out, stems)
     return results, errors + file_errors
 
 
