@@ -393,10 +393,11 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
     except OSError as e:
         raise SegclipError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
     paths, errors = expand_inputs(inputs)
+    if not paths:  # nothing to do: one line, not one per input
+        more = f" (and {len(errors) - 1} more input(s) with no raster)" if len(errors) > 1 else ""
+        raise SegclipError((errors[0] if errors else f"no input raster in {' '.join(map(str, inputs))}") + more)
     for e in errors:
         log(f"error: {e}")
-    if not paths:
-        raise SegclipError(f"no input raster found in {' '.join(map(str, inputs))}" + (f" ({errors[0]})" if errors else ""))
     stems = output_stems(paths, out)
     if not force:  # checked before any work: an earlier run's results are never replaced silently
         existing = [p for s in stems for p in (Path(f"{s}{x}") for x in OUTPUT_SUFFIXES) if p.exists()]
