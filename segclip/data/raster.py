@@ -228,6 +228,11 @@ class RasterSource:
         self.close()
 
 
+def _write_error(dst, e) -> SegclipError:
+    msg = " ".join(str(e).split())[:200] or type(e).__name__
+    return SegclipError(f"{dst}: cannot write ({msg}); check the output folder is writable and has free space")
+
+
 def _colormap(palette, ignore: int) -> dict:
     from segclip.signature import palette_table
 
@@ -251,7 +256,10 @@ class ClassMapSink:
         self.height, self.width = source.height, source.width
         self.dtype = "uint8" if num_classes < 255 else "uint16"
         self.ignore = ignore if self.dtype == "uint8" else 65535
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.dst.stem}.rows-", suffix=".tif", dir=self.dst.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.dst.stem}.rows-", suffix=".tif", dir=self.dst.parent)
+        except OSError as e:
+            raise _write_error(self.dst, e) from None
         os.close(fd)
         self.tmp = Path(tmp)
         profile = {"driver": "GTiff", "width": self.width, "height": self.height, "count": 1, "dtype": self.dtype,
@@ -263,15 +271,18 @@ class ClassMapSink:
             self.ds = rasterio.open(self.tmp, "w", **profile)
             if self.dtype == "uint8":
                 self.ds.write_colormap(1, _colormap(palette, self.ignore))
-        except Exception:
+        except Exception as e:
             self.tmp.unlink(missing_ok=True)
-            raise
+            raise _write_error(self.dst, e) from None
         self.rows_written = 0
 
     def write(self, y0: int, rows: np.ndarray) -> None:
         from rasterio.windows import Window
 
-        self.ds.write(rows.astype(self.dtype, copy=False)[None], window=Window(0, y0, self.width, rows.shape[0]))
+        try:
+            self.ds.write(rows.astype(self.dtype, copy=False)[None], window=Window(0, y0, self.width, rows.shape[0]))
+        except Exception as e:
+            raise _write_error(self.dst, e) from None
         self.rows_written += rows.shape[0]
 
     def close(self) -> Path:
@@ -282,6 +293,10 @@ class ClassMapSink:
 
         try:
             self.ds.close()
+        except Exception as e:
+            self.tmp.unlink(missing_ok=True)
+            raise _write_error(self.dst, e) from None
+        try:
             with atomic_file(self.dst) as out:
                 if self.geo:
                     rasterio.shutil.copy(self.tmp, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
@@ -290,6 +305,10 @@ class ClassMapSink:
                     rasterio.shutil.copy(self.tmp, out, driver="PNG", ZLEVEL=6)
                 for side in out.parent.glob(out.name + ".aux.xml"):
                     side.unlink()  # GDAL's PNG side-car (nodata): the palette PNG says it all
+        except SegclipError:
+            raise
+        except Exception as e:
+            raise _write_error(self.dst, e) from None
         finally:
             self.tmp.unlink(missing_ok=True)
         return self.dst

@@ -169,7 +169,7 @@ class Predictor:
                 sink = ClassMapSink(Path(f"{stem}_mask"), source, self.palette, self.k, IGNORE_INDEX)
                 counts, preview = _Counts(self.k), _Preview(source.height, source.width, IGNORE_INDEX)
                 bar = tqdm(total=len(plan), desc=path.name[:30], unit="win", leave=False, position=1,
-                           disable=not self.progress, dynamic_ncols=True)
+                           disable=None if self.progress else True, dynamic_ncols=True)  # None: bars on terminals only
                 try:
                     skipped = self._stream(source, plan, blender, sink, counts, preview, bar)
                 except BaseException:
@@ -350,7 +350,7 @@ class Predictor:
         out.mkdir(parents=True, exist_ok=True)
         stems = stems or output_stems(paths, out)
         for path, stem in tqdm(list(zip(paths, stems)), desc="files", unit="file", position=0,
-                               disable=not self.progress or len(paths) < 2, dynamic_ncols=True):
+                               disable=None if self.progress and len(paths) > 1 else True, dynamic_ncols=True):
             try:
                 r = self.predict_file(path, stem)
             except SegclipError as e:
@@ -412,7 +412,10 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
         opts = dict(runner_opts or {})
         if not Path(m).is_dir():
             opts.pop("allow_failed", None)  # only export folders hold parity-gate verdicts
-        return load_runner(m, **opts)
+        runner = load_runner(m, **opts)
+        if hasattr(runner, "memory_arena"):  # ONNX Runtime: peak memory flat over a whole scene (not yet active)
+            runner.memory_arena = False
+        return runner
 
     pool, pool_errors = open_pool(models, load, in_flight=in_flight, log=log)
     errors += pool_errors

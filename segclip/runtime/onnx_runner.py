@@ -94,13 +94,15 @@ class OnnxRunner(Runner):
     """Options: ``providers`` ("cpu", "cuda", "tensorrt" or an ORT providers list; default CUDA when
     available else CPU), ``threads`` (intra-op threads), ``device_id``, ``signature`` (override the
     metadata), ``name``, ``precision`` (default: from metadata), ``optimization`` ("all", "extended",
-    "basic", "disable"), ``device`` ("cpu"/"cuda[:i]", shorthand for ``providers``)."""
+    "basic", "disable"), ``device`` ("cpu"/"cuda[:i]", shorthand for ``providers``), ``memory_arena``
+    (default True; False returns activation memory to the system after each run -- ORT's CPU arena
+    grows in powers of two and keeps its peak, about 2x the model's need for 1024 px batches)."""
 
     backend = "onnxruntime"
 
     def __init__(self, path, *, providers=None, threads: Optional[int] = None, device_id: int = 0,
                  signature: Optional[Signature] = None, name: Optional[str] = None, precision: Optional[str] = None,
-                 optimization: str = "all", device: Optional[str] = None):
+                 optimization: str = "all", device: Optional[str] = None, memory_arena: bool = True):
         self.path = Path(path)
         if providers is None and device is not None:  # the generic option of load_runner/predict
             providers = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -113,6 +115,7 @@ class OnnxRunner(Runner):
         self.providers = resolve_providers(providers, device_id, cache_dir=str(self.path.parent / "ort_trt_cache"))
         self.threads = threads
         self.optimization = optimization
+        self.memory_arena = memory_arena
         super().__init__(signature, name=name or f"onnx-{precision}", precision=precision, artifact=self.path)
         self._session = None
         self._outputs = None
@@ -132,6 +135,7 @@ class OnnxRunner(Runner):
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }
         so.graph_optimization_level = levels[self.optimization]
+        so.enable_cpu_mem_arena = bool(self.memory_arena)
         try:
             sess = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
         except Exception as e:
