@@ -378,7 +378,8 @@ def test_predict_scene_over_two_endpoints_equals_onnx_runtime(server, repo, serv
     import rasterio
     from rasterio.transform import Affine
 
-    from segclip.engine.predict import Predictor, predict_paths
+    from segclip.cli.export_cmds import predict_paths
+    from segclip.engine.predict import Predictor
     from segclip.export import synthetic_images
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool

@@ -1,6 +1,9 @@
 """``segclip export`` and ``segclip predict``."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
 import click
 
 from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
@@ -65,7 +68,7 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
     import sys
 
     from segclip.data.raster import parse_bands, parse_range
-    from segclip.engine.predict import predict_paths, summary_lines
+    from segclip.engine.predict import summary_lines
 
     if tile is not None and tile < 1:
         raise SegclipError(f"--tile {tile}: must be a positive number of pixels")
@@ -81,6 +84,73 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
         click.echo(line)
     if errors:  # each was printed as it happened; the other inputs' outputs are written
         sys.exit(2)
+
+
+def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Optional[int] = None,
+                  overlap: float = 0.25, batch: int = 8, bands=None, value_range=None, overlay: bool = False,
+                  in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
+                  force: bool = False, progress: bool = True, log: Callable = print) -> tuple:
+    """``segclip predict`` in Python: -> (per-file summaries, [one-line errors]).  Raises
+    ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
+    (Here, not in ``segclip.engine.predict``: it loads runners, a layer above the engine.)"""
+    from segclip.engine.predict import OUTPUT_SUFFIXES, Predictor, expand_inputs, output_stems
+    from segclip.runtime import load_runner
+    from segclip.runtime.pool import open_pool
+
+    if not 0 <= overlap < 1:
+        raise SegclipError(f"--overlap {overlap}: must be in [0, 1)")
+    if batch < 1:
+        raise SegclipError(f"--batch {batch}: must be >= 1")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SegclipError(f"--out {out}: is a file, not a folder; give a folder for the predictions")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SegclipError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
+    paths, errors = expand_inputs(inputs)
+    if not paths:  # nothing to do: one line, not one per input
+        more = f" (and {len(errors) - 1} more input(s) with no raster)" if len(errors) > 1 else ""
+        raise SegclipError((errors[0] if errors else f"no input raster in {' '.join(map(str, inputs))}") + more)
+    for e in errors:
+        log(f"error: {e}")
+    stems = output_stems(paths, out)
+    if not force:  # checked before any work: an earlier run's results are never replaced silently
+        existing = [p for s in stems for p in (Path(f"{s}{x}") for x in OUTPUT_SUFFIXES) if p.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise SegclipError(f"{existing[0]}{more} already exists from an earlier predict; pass --force to replace "
+                               f"it or choose another --out")
+    def load(m):  # local options (format, device, providers) for files, the request timeout for endpoints
+        remote = str(m).startswith(("grpc://", "http://", "https://"))
+        if remote:
+            return load_runner(m, **({"timeout": timeout} if timeout else {}))
+        opts = dict(runner_opts or {})
+        if not Path(m).is_dir():
+            opts.pop("allow_failed", None)  # only export folders hold parity-gate verdicts
+        runner = load_runner(m, **opts)
+        if hasattr(runner, "memory_arena"):  # ONNX Runtime: peak memory flat over a whole scene (not yet active)
+            runner.memory_arena = False
+        return runner
+
+    pool, pool_errors = open_pool(models, load, in_flight=in_flight, log=log)
+    errors += pool_errors
+    with pool:
+        sig = pool.signature
+        if sig.dynamic_size:
+            window = (int(tile or 1024),) * 2
+        else:
+            window = (sig.height, sig.width)
+            if tile and (tile, tile) != window:
+                raise SegclipError(f"--tile {tile}: the model takes {sig.height}x{sig.width} windows; leave --tile out, "
+                                   f"or re-export with --size {tile}x{tile}")
+        limit = pool.endpoints[0].runners[0].max_batch  # fixed engine profiles; Triton splits big batches itself
+        batch = min(batch, limit) if limit else batch
+        predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
+                              overlay=overlay, progress=progress, log=log)
+        results, file_errors = predictor.run(paths, out, stems)
+    return results, errors + file_errors
+
 
 
 COMMANDS = [export_cmd, predict_cmd]
