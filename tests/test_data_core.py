@@ -13,12 +13,28 @@ from PIL import Image
 
 from segclip.cli import main
 from segclip.data import build_dataset, dataset_info
-from segclip.data.isaid import PALETTE as ISAID_PALETTE
 from segclip.data.sliding import sliding_window_predict
 from segclip.data.tiling import tile_coords
 from segclip.data.transforms import TrainAugment, collate
-from segclip.data.uavid import COLORS as UAVID_COLORS
 from segclip.errors import SegclipError
+
+# Palettes written out from each dataset's published definition, never from segclip's constants.
+# LoveDA (github.com/Junjue-Wang/LoveDA, COLOR_MAP): mask values 1..7 are these classes, 0 is no-data.
+LOVEDA = (("background", (255, 255, 255)), ("building", (255, 0, 0)), ("road", (255, 255, 0)), ("water", (0, 0, 255)),
+          ("barren", (159, 129, 183)), ("forest", (0, 255, 0)), ("agriculture", (255, 195, 128)))
+# iSAID (iSAID_Devkit helpers/labels.py; mmsegmentation's iSAID converter): RGB colour of each class id.
+ISAID = (("background", (0, 0, 0)), ("ship", (0, 0, 63)), ("storage_tank", (0, 63, 63)),
+         ("baseball_diamond", (0, 63, 0)), ("tennis_court", (0, 63, 127)), ("basketball_court", (0, 63, 191)),
+         ("ground_track_field", (0, 63, 255)), ("bridge", (0, 127, 63)), ("large_vehicle", (0, 127, 127)),
+         ("small_vehicle", (0, 0, 127)), ("helicopter", (0, 0, 191)), ("swimming_pool", (0, 0, 255)),
+         ("roundabout", (0, 191, 127)), ("soccer_ball_field", (0, 127, 191)), ("plane", (0, 127, 255)),
+         ("harbor", (0, 100, 155)))
+ISAID_PALETTE = tuple(c for _, c in ISAID)
+# UAVid (UAVidToolKit colorTransformer; official ids: clutter 0 .. human 7).
+UAVID_COLORS = {"clutter": (0, 0, 0), "building": (128, 0, 0), "road": (128, 64, 128), "tree": (0, 128, 0),
+                "low_vegetation": (128, 128, 0), "moving_car": (64, 0, 128), "static_car": (192, 0, 192),
+                "human": (64, 64, 0)}
+UAVID_OFFICIAL = ("clutter", "building", "road", "tree", "low_vegetation", "moving_car", "static_car", "human")
 
 
 def _png(path, array, mode=None):
@@ -44,10 +60,23 @@ def loveda_root(tmp_path):
     return root
 
 
+def test_palettes_are_the_published_ones():
+    assert dataset_info("loveda")["classes"] == tuple(n for n, _ in LOVEDA)
+    assert dataset_info("loveda")["palette"] == tuple(c for _, c in LOVEDA)
+    assert dataset_info("sample")["palette"] == tuple(c for _, c in LOVEDA)
+    assert dataset_info("isaid")["classes"] == tuple(n for n, _ in ISAID)
+    assert dataset_info("isaid")["palette"] == ISAID_PALETTE
+    official = dataset_info("uavid", label_order="official")
+    assert official["classes"] == UAVID_OFFICIAL and official["palette"] == tuple(UAVID_COLORS[c] for c in UAVID_OFFICIAL)
+    paper = dataset_info("uavid")  # the paper's order: clutter last
+    assert paper["classes"] == UAVID_OFFICIAL[1:] + UAVID_OFFICIAL[:1]
+    assert paper["palette"] == tuple(UAVID_COLORS[c] for c in paper["classes"])
+
+
 def test_loveda_decodes_no_data_and_classes_pixel_for_pixel(loveda_root):
     ds = build_dataset("loveda", loveda_root, "train")
-    assert ds.classes == ("background", "building", "road", "water", "barren", "forest", "agriculture")
-    assert len(ds) == 6 and len(ds.palette) == 7 and ds.has_labels
+    assert ds.classes == tuple(n for n, _ in LOVEDA) and ds.palette == tuple(c for _, c in LOVEDA)
+    assert len(ds) == 6 and ds.has_labels
     item = ds[0]
     expected = np.where(np.arange(8) == 0, 255, np.arange(8) - 1).repeat(4)[None].repeat(6, 0)
     np.testing.assert_array_equal(item["mask"], expected)
@@ -98,7 +127,7 @@ def test_uavid_both_label_orders(tmp_path):
     _png(root / "uavid_train" / "seq1" / "Images" / "000000.png", _rgb(2, 8))
     _png(root / "uavid_train" / "seq1" / "Labels" / "000000.png", mask)
     ds = build_dataset("uavid", root, "train")
-    assert ds.classes[0] == "building" and ds.classes[7] == "clutter"
+    assert ds.classes == tuple(paper) and ds.classes[0] == "building" and ds.classes[7] == "clutter"
     np.testing.assert_array_equal(ds[0]["mask"], np.arange(8)[None].repeat(2, 0))
     off = build_dataset("uavid", root, "train", label_order="official")
     assert off.classes[0] == "clutter"
@@ -226,6 +255,50 @@ def test_blender_streams_row_bands_and_skips_windows():
     np.testing.assert_array_equal(out[covered], whole[covered])
     with pytest.raises(SegclipError, match="out of order"):
         Blender(plan, 5).add([2, 1], np.zeros((2, 5, 64, 64), np.float32))
+
+
+def _window_scores(batch, k=4):
+    """Scores that depend on the absolute position AND on the position inside the window, so that
+    overlapping windows disagree and only the blend decides the result."""
+    b = batch.astype(np.float64)
+    y = b[..., 0] + 256 * (b[..., 2] // 16)
+    x = b[..., 1] + 256 * (b[..., 2] % 16)
+    i, j = np.mgrid[0:batch.shape[1], 0:batch.shape[2]]
+    c = np.arange(k)[None, :, None, None]
+    s = (np.cos(0.05 * y[:, None] * (c + 1)) + np.sin(0.07 * x[:, None] + c)
+         + 0.9 * np.sin(0.31 * i[None, None] + 0.17 * j[None, None] + 1.3 * c))
+    return s.astype(np.float32)
+
+
+def _starts(n, win, stride):
+    return [0] if n <= win else list(range(0, n - win, stride)) + [n - win]
+
+
+@pytest.mark.parametrize("window,stride", [((64, 64), (40, 40)), ((100, 60), (67, 30)), ((150, 200), (100, 150))])
+def test_sliding_window_blend_equals_tent_weighted_mean(window, stride):
+    """Each pixel's score is sum(tent * window score) / sum(tent) over the windows covering it, with
+    the tent min(i + 1, n - i) along each axis of a window (written out here, not the code's)."""
+    h, w = 150, 437
+    img = _position_image(h, w)
+    (wh, ww), (sh, sw) = window, stride
+    ty = np.minimum(np.arange(wh) + 1, wh - np.arange(wh)).astype(np.float64)
+    tx = np.minimum(np.arange(ww) + 1, ww - np.arange(ww)).astype(np.float64)
+    num, den = np.zeros((4, h, w)), np.zeros((h, w))
+    for y0 in _starts(h, wh, sh):
+        for x0 in _starts(w, ww, sw):
+            sc = _window_scores(img[None, y0:y0 + wh, x0:x0 + ww])[0].astype(np.float64)
+            num[:, y0:y0 + wh, x0:x0 + ww] += ty[:, None] * tx[None] * sc
+            den[y0:y0 + wh, x0:x0 + ww] += ty[:, None] * tx[None]
+    ref = num / den
+    mask, scores = sliding_window_predict(_window_scores, img, window, stride=stride, batch_size=3, return_scores=True)
+    np.testing.assert_allclose(scores, ref, rtol=1e-5, atol=1e-5)
+    top2 = np.sort(ref, 0)[-2:]
+    clear = top2[1] - top2[0] > 1e-4  # pixels where the reference argmax is not a near-tie
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(mask[clear], ref.argmax(0)[clear])
+    banded = sliding_window_predict(_window_scores, img, window, stride=stride, batch_size=2)  # the ring-buffer path
+    np.testing.assert_array_equal(banded[clear], ref.argmax(0)[clear])
+
 
 # ---------------------------------------------------------------- sample / augment -------------
 def test_sample_dataset_is_deterministic_and_loveda_format(tmp_path):

@@ -13,7 +13,6 @@ from PIL import Image
 
 from segclip.cli import main
 from segclip.data import DATASETS, build_dataset, dataset_info
-from segclip.data.isaid import PALETTE as ISAID_PALETTE
 from segclip.data.sample import MANIFEST, generate_sample_dataset
 from segclip.data.sliding import sliding_window_predict
 from segclip.data.tiling import tile_coords
@@ -32,7 +31,7 @@ def _rgb(h, w, seed=0):
 
 def _isaid(root, h=13, w=21):
     mask = np.zeros((h, w, 3), np.uint8)
-    mask[:, w // 2:] = ISAID_PALETTE[1]  # ship on the right half
+    mask[:, w // 2:] = (0, 0, 63)  # ship (iSAID's published colour) on the right half
     img = _rgb(h, w, 3)
     _png(root / "train" / "images" / "P0001.png", img)
     _png(root / "train" / "Semantic_masks" / "images" / "P0001_instance_color_RGB.png", mask)
