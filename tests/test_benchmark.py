@@ -302,3 +302,64 @@ def _gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# ---- arithmetic on hand-built rows ------------------------------------------------------------------
+def _row(backend, batch, p50, status="ok", size=(SIZE, SIZE)):
+    return {"backend": backend, "status": status, "height": size[0], "width": size[1], "batch": batch, "p50_ms": p50,
+            "precision": None, "throughput_ips": None, "speedup_vs_torch": None, "miou": None, "pixel_agreement": None,
+            "miou_delta": None, "size_mb": None}
+
+
+def test_speedup_is_torch_time_over_backend_time():
+    from segclip.benchmarks.core import _speedups, summarize
+    from segclip.benchmarks.machine import machine_info
+
+    rows = [_row("torch", 1, 40.0), _row("onnxruntime", 1, 10.0), _row("torch", 2, 45.0), _row("onnxruntime", 2, 30.0),
+            _row("onnxruntime", 4, 12.0),  # no torch row at batch 4: no speedup
+            _row("onnxruntime-fp16", 1, None, status="failed: boom"), _row("onnxruntime", 1, 80.0, size=(96, 96))]
+    _speedups(rows)
+    assert [r["speedup_vs_torch"] for r in rows] == [1.0, 4.0, 1.0, 1.5, None, None, None]
+    s = summarize(rows, [], machine_info(1))
+    assert s["batch"] == 1 and s["size"] == f"{SIZE}x{SIZE}" and s["fastest"] == "onnxruntime"
+    assert s["backends"]["onnxruntime"]["speedup_vs_torch"] == 4.0 and s["backends"]["torch"]["p50_ms"] == 40.0
+
+
+def test_percentiles_and_throughput_of_known_samples():
+    from segclip.benchmarks.timing import Timing
+
+    t = Timing(batch=2, reps=3, warmup=1, wall_s=1.0, samples_ms=[30.0, 10.0, 20.0])
+    st = t.stats
+    assert (st["p50_ms"], st["mean_ms"], st["min_ms"], st["max_ms"]) == (20.0, 20.0, 10.0, 30.0)
+    assert st["p90_ms"] == pytest.approx(28.0) and st["p99_ms"] == pytest.approx(29.8)  # linear interpolation
+    assert t.throughput_ips == 100.0  # 2 images x 3 calls in 60 ms
+    assert Timing(batch=1, reps=4, warmup=0, wall_s=1.0, samples_ms=[5.0] * 4).throughput_ips == 200.0
+
+
+def test_pixel_agreement_and_miou_of_known_maps():
+    from segclip.benchmarks.accuracy import agreement, score
+
+    a = [np.array([[0, 1], [2, 3]]), np.array([[1, 1, 1, 1]])]
+    b = [np.array([[0, 1], [2, 0]]), np.array([[1, 1, 0, 1]])]
+    assert agreement(a, b) == 0.75 and agreement(a, a) == 1.0 and agreement(a, b[:1]) is None
+    items = [{"mask": np.array([[0, 1], [2, 255]])}, {"mask": np.array([[1, 1, 1, 1]])}]
+    # kept pixels (truth, pred): (0,0), (1,1), (2,2), (1,1) x4 -> every present class perfect; class 3 is ignore-only
+    assert score(a, items, 4) == 100.0
+    # b: one class-1 pixel predicted 0 -> class 0 IoU 1/2, class 1 IoU 4/5, class 2 IoU 1
+    assert score(b, items, 4) == pytest.approx(100 * (1 / 2 + 4 / 5 + 1) / 3, abs=1e-3)
+
+
+def test_server_split_divides_by_requests_and_batches():
+    from segclip.benchmarks.triton_load import server_split
+
+    def stats(success, queue_ns, infer_ns, execs, infs):
+        d = {k: (0, 0) for k in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")}
+        d.update(success=(success, 0), queue=(success, queue_ns), compute_infer=(success, infer_ns),
+                 compute_input=(success, 1_000_000 * success), compute_output=(success, 0))
+        d.update(execution_count=execs, inference_count=infs)
+        return d
+
+    s = server_split(stats(10, 0, 0, 2, 10), stats(30, 100_000_000, 300_000_000, 10, 30))
+    assert s["server_queue_ms"] == 5.0 and s["server_compute_infer_ms"] == 15.0  # 100 ms / 20 requests, 300 / 20
+    assert s["server_compute_input_ms"] == 1.0 and s["server_compute_ms"] == 16.0
+    assert s["server_batches"] == 8 and s["server_mean_batch"] == 2.5  # 20 requests in 8 executions
