@@ -68,21 +68,72 @@ def test_truncated_checkpoint_gives_one_line_error(tmp_path):
         resolve_checkpoint(tmp_path / "nope")
 
 
-def test_resume_is_bit_exact(sample_root, tmp_path):
+@pytest.fixture(scope="module")
+def full_run(sample_root, tmp_path_factory):
+    """4 steps straight: the reference every interrupted run must end at."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    _train(sample_root, out, max_steps=4)
+    return out
+
+
+def _steps(run):
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and sum(r.startswith("step,") for r in rows) == 1  # one header across resumes
+    return [int(r.split(",")[0]) for r in rows[1:]]
+
+
+def _same_weights(a, b):
+    a, b = _weights(a), _weights(b)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_is_bit_exact(sample_root, tmp_path, full_run):
     """4 steps straight == 2 steps, stop, resume to 4 (same data order, optimizer, schedule, RNG)."""
-    _train(sample_root, tmp_path / "full", max_steps=4)
     _train(sample_root, tmp_path / "split", max_steps=4, stop_after=3)
     assert [p.name for p in step_checkpoints(tmp_path / "split")] == ["step_0000002.pt", "step_0000003.pt"]
     assert not (tmp_path / "split" / "model_final.pt").exists()
     _train(sample_root, tmp_path / "split", max_steps=4, resume=True)
-    a, b = _weights(tmp_path / "full" / "model_final.pt"), _weights(tmp_path / "split" / "model_final.pt")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    rows = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
-    steps = [int(r.split(",")[0]) for r in rows[1:]]
-    assert rows[0].startswith("step,") and sum(r.startswith("step,") for r in rows) == 1  # one header across the resume
+    _same_weights(full_run / "model_final.pt", tmp_path / "split" / "model_final.pt")
+    steps = _steps(tmp_path / "split")
     assert steps == sorted(set(steps)) and steps[-1] == 4
+
+
+def test_killed_after_a_periodic_checkpoint_resumes_without_duplicate_rows(sample_root, tmp_path, full_run):
+    """SIGKILL during step 4, after step 3 was logged but with only step 2 checkpointed: resuming
+    replays step 3, which must not leave two rows for it, and ends at the uninterrupted weights."""
+    run = tmp_path / "killed"
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import segclip.config as C
+        from segclip.engine.trainer import Trainer
+        from test_train import _train
+
+        preset = C.get_preset
+        def every_step(name):  # log every step, so rows exist past the last checkpoint
+            p = preset(name)
+            p.train.log_every = 1
+            return p
+        C.get_preset = every_step
+        step = Trainer.train_step
+        def train_step(self, images, masks):
+            if self.step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return step(self, images, masks)
+        Trainer.train_step = train_step
+        _train({str(sample_root)!r}, {str(run)!r}, max_steps=4)
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    assert [p.name for p in step_checkpoints(run)] == ["step_0000002.pt"] and not (run / "model_final.pt").exists()
+    assert _steps(run) == [1, 2, 3]
+    _train(sample_root, run, max_steps=4, resume=True)
+    assert _steps(run) == [1, 2, 3, 4]
+    _same_weights(full_run / "model_final.pt", run / "model_final.pt")
 
 
 def test_existing_run_is_not_overwritten(sample_root, tmp_path):

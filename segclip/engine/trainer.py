@@ -9,6 +9,7 @@ uninterrupted run would have done from step s.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 from dataclasses import asdict
@@ -18,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from segclip.atomic import atomic_write_json
+from segclip.atomic import atomic_write_json, atomic_write_text
 from segclip.config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
 from segclip.errors import SegclipError
 from segclip.modeling import build_model, semantic_targets
@@ -90,6 +91,20 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Resuming from step s replays the steps after s: rows a killed run logged past its last
+    checkpoint (and a row cut short by the kill) are dropped, so each step is logged once."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    keep = [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= step]
+    if len(keep) < len(rows) - 1:
+        buf = io.StringIO()
+        csv.writer(buf).writerows(rows[:1] + keep)
+        atomic_write_text(path, buf.getvalue())
 
 
 class Trainer:
@@ -219,6 +234,8 @@ class Trainer:
 
             writer = SummaryWriter(str(self.out / "tb"))
             new = not (self.out / "metrics.csv").exists()
+            if not new:
+                _drop_rows_after(self.out / "metrics.csv", self.step)
             csv_file = open(self.out / "metrics.csv", "a", newline="")
         self.model.train()
         t0 = time.time()
