@@ -15,31 +15,16 @@ SIZE = 64
 
 
 def rendered_scenes(n: int, size: int = 128, seed: int = 5):
-    """(images N x S x S x 3 uint8, labels N x S x S int64 with 255 = ignore) from the sample renderer,
-    or deterministic synthetic scenes with class-coloured shapes when it is not available."""
-    try:
-        from segclip.data.sample import render_scene
+    """(images N x S x S x 3 uint8, labels N x S x S int64 with 255 = ignore) from the sample renderer."""
+    from segclip.data.sample import render_scene
 
-        imgs, labs = [], []
-        for i in range(n):
-            im, lb = render_scene(np.random.default_rng([seed, i]), size, urban=i % 2 == 0)
-            imgs.append(im)
-            labs.append(lb)
-        labs = np.stack(labs).astype(np.int64)
-        return np.stack(imgs), np.where(labs == 0, 255, labs - 1)
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        colours = rng.integers(0, 256, (7, 3))
-        imgs = np.zeros((n, size, size, 3), np.uint8)
-        labs = np.zeros((n, size, size), np.int64)
-        for i in range(n):
-            for _ in range(6):
-                k = int(rng.integers(0, 7))
-                y, x = rng.integers(0, size - 8, 2)
-                hh, ww = rng.integers(8, size // 2, 2)
-                imgs[i, y:y + hh, x:x + ww] = colours[k]
-                labs[i, y:y + hh, x:x + ww] = k
-        return imgs, labs
+    imgs, labs = [], []
+    for i in range(n):
+        im, lb = render_scene(np.random.default_rng([seed, i]), size, urban=i % 2 == 0)
+        imgs.append(im)
+        labs.append(lb)
+    labs = np.stack(labs).astype(np.int64)
+    return np.stack(imgs), np.where(labs == 0, 255, labs - 1)
 
 
 def finetune(model, steps: int = 20, size: int = SIZE, seed: int = 0):
