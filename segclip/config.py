@@ -37,6 +37,12 @@ class ModelConfig:
     prompt_template: str = "a photo with a {}"
     # CFF (cross-modal feature fusion)
     cff_heads: int = 8
+    # Metadata prompts (MetaSegNet, segclip/metadata.py): scene text cross-attended by the image features.
+    # "auto" = on when the dataset provides metadata (LoveDA's Urban/Rural, a --metadata sidecar).
+    metadata: str = "auto"
+    metadata_prefix: str = "a remote sensing image"  # the generic prompt (scene 0, metadata unknown)
+    metadata_templates: dict = field(default_factory=dict)  # key -> phrase with {} for the value (over the defaults)
+    metadata_tokens: int = 4  # scene tokens per prompt the features attend to
     # GTG (ground-truth text guidance; training only)
     gtg: bool = True
     # criterion (Mask2Former defaults)
@@ -56,6 +62,12 @@ class ModelConfig:
         for name in ("hidden_dim", "enc_heads", "dec_heads", "cff_heads"):
             if getattr(self, name) <= 0:
                 raise SegclipError(f"config: {name} must be positive")
+        if self.metadata not in ("auto", "on", "off"):
+            raise SegclipError(f"config: metadata {self.metadata!r} must be auto, on or off")
+        if not isinstance(self.metadata_templates, dict) or any("{}" not in str(t) for t in self.metadata_templates.values()):
+            raise SegclipError("config: metadata_templates must map each key to a phrase with '{}' for the value, e.g. {'climate': 'in a {} climate zone'}")
+        if self.metadata_tokens < 1:
+            raise SegclipError("config: metadata_tokens must be >= 1")
         if self.hidden_dim % self.dec_heads or self.hidden_dim % self.enc_heads or self.hidden_dim % self.cff_heads:
             raise SegclipError("config: hidden_dim must be divisible by every attention head count")
         return self
@@ -78,6 +90,7 @@ class TrainConfig:
     eval_size: Optional[int] = None  # sliding-window size at eval (None = crop_size)
     seed: int = 0
     num_workers: int = 2
+    metadata_dropout: float = 0.1  # share of training images shown as the generic scene, so the default scene_id 0 is trained
 
 
 @dataclass

@@ -16,6 +16,8 @@ An export directory holds ``manifest.json`` (schema ``format_version`` 1)::
                 "dynamic_size": bool, "batch": {"min": 1, "opt": 1, "max": 8},
                 "normalization": {"mean": [...], "std": [...], "scale": "0..255", "inside_graph": true}},
       "classes": [...], "palette": [[r, g, b], ...],
+      "scenes": null | {"input": "scene_id", "dtype": "int32", "default": 0, "keys": ["domain"],
+                        "table": [{"id": 0, "name": "generic", "prompt": "a remote sensing image"}, ...]},
       "opset": 17,
       "parity": {"images": N, "source": "sample:..."|"data:..."|"synthetic", "labels": bool,
                  "reference": {"name": "torch-fp32", "miou": ...}, "table": "<the printed table>"},
@@ -51,7 +53,7 @@ from typing import Optional
 
 from segclip.atomic import atomic_write_text
 from segclip.errors import SegclipError, one_line
-from segclip.signature import Signature, default_palette
+from segclip.signature import DEFAULT_SCENE, SCENE_DTYPE, SCENE_NAME, Signature, default_palette
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "segclip-export"
@@ -149,7 +151,19 @@ def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=Tru
     """The signature an export of this (loaded) checkpoint has: its classes and palette."""
     classes = list(ckpt["classes"])
     palette = ckpt.get("palette") or default_palette(len(classes))
-    return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch)
+    scenes = (ckpt.get("scenes") or {}).get("names") or ()  # metadata prompts: the scene table's names
+    return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch,
+                     scenes=scenes)
+
+
+def scene_manifest(ckpt: dict) -> Optional[dict]:
+    """The manifest's ``scenes`` entry of a checkpoint trained with metadata prompts (None without):
+    the ``scene_id`` input, its default and the table of ids, names and prompts a person reads."""
+    sc = ckpt.get("scenes")
+    if not sc:
+        return None
+    table = [{"id": i, "name": n, "prompt": p} for i, (n, p) in enumerate(zip(sc["names"], sc["prompts"]))]
+    return {"input": SCENE_NAME, "dtype": SCENE_DTYPE, "default": DEFAULT_SCENE, "keys": list(sc["keys"]), "table": table}
 
 
 # ---- what a path is ----------------------------------------------------------------------------------
@@ -241,6 +255,6 @@ __all__ = [
     "MANIFEST_NAME", "FORMAT", "FORMAT_VERSION", "FORMATS", "OK", "FAILED", "NOT_BUILT", "PENDING",
     "META_PREFIX", "META_SIGNATURE", "META_PRECISION", "META_GRAPH_SHA256", "META_SOURCE_SHA256",
     "sha256_file", "is_export_dir", "write_manifest", "manifest_path", "read_manifest", "manifest_signature",
-    "artifact_for_file", "batch_profile", "signature_from_checkpoint", "Source", "resolve_source",
+    "artifact_for_file", "batch_profile", "signature_from_checkpoint", "scene_manifest", "Source", "resolve_source",
     "tensorrt_unavailable_reason", "artifact_problem", "usable_artifacts",
 ]

@@ -4,6 +4,9 @@ Export writes it into ONNX metadata and the manifest, Triton configs are generat
 every runner/client checks its inputs against it.  Nothing else hard-codes tensor names or dtypes.
 
 Input  ``image``:  UINT8, N x H x W x 3, RGB, 0..255 (normalisation happens inside the graph).
+Input  ``scene_id``: INT32, N, one id per image into the scene table (``scenes``: names, id = index)
+                   of a model trained with metadata prompts (``segclip.metadata``); absent otherwise.
+                   Optional for callers: the default is scene 0, ``generic`` (metadata unknown).
 Output ``mask``:   UINT8 N x H x W class map (INT32 when there are more than 255 classes).
 Output ``scores``: optional, FP32 or FP16, N x K x H x W per-class semantic scores.
 """
@@ -18,6 +21,9 @@ import numpy as np
 from segclip.errors import SegclipError
 
 INPUT_NAME = "image"
+SCENE_NAME = "scene_id"
+SCENE_DTYPE = "int32"  # what ONNX Gather, TensorRT and Triton (TYPE_INT32) all take without casts
+DEFAULT_SCENE = 0  # the generic scene: what a request without scene_id gets
 MASK_NAME = "mask"
 SCORES_NAME = "scores"
 
@@ -69,10 +75,12 @@ class Signature:
     max_batch: int = 8
     pixel_mean: tuple = PIXEL_MEAN
     pixel_std: tuple = PIXEL_STD
+    scenes: tuple = ()  # scene names (id = index; 0 = generic); () = no scene_id input
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "scenes", tuple(str(s) for s in (self.scenes or ())))
         object.__setattr__(self, "palette", tuple(tuple(int(c) for c in p) for p in self.palette))
         if len(self.palette) != len(self.classes):
             raise SegclipError(
@@ -100,7 +108,10 @@ class Signature:
     @property
     def inputs(self) -> list:
         h, w = self._hw()
-        return [TensorSpec(INPUT_NAME, "uint8", (-1, h, w, 3), "NHWC")]
+        ins = [TensorSpec(INPUT_NAME, "uint8", (-1, h, w, 3), "NHWC")]
+        if self.scenes:
+            ins.append(TensorSpec(SCENE_NAME, SCENE_DTYPE, (-1,), "N"))
+        return ins
 
     @property
     def outputs(self) -> list:
@@ -139,6 +150,30 @@ class Signature:
             )
         return np.ascontiguousarray(arr)
 
+    def check_scene_ids(self, scene_ids, n: int, where: str = "input"):
+        """Scene ids for a batch of ``n`` images -> int32 array (N,), or None for a model without
+        scenes.  Accepts None (the default scene), one id or name for the whole batch, or one per
+        image (ints or names).  One-line ``SegclipError`` for anything else."""
+        if not self.scenes:
+            if scene_ids is not None:
+                raise SegclipError(f"{where}: this model was exported without metadata prompts, so it takes no "
+                                   f"'{SCENE_NAME}'; drop the scene (or re-train/export with --metadata)")
+            return None
+        if scene_ids is None:
+            return np.full(n, DEFAULT_SCENE, np.int32)
+        from segclip.metadata import lookup_scene
+
+        raw = np.asarray(scene_ids, dtype=object if isinstance(scene_ids, str) else None)
+        if raw.ndim == 0:
+            raw = np.full(n, raw.item(), dtype=object)
+        raw = raw.reshape(-1) if raw.ndim == 2 and raw.shape[1] == 1 else raw
+        if raw.ndim != 1 or len(raw) != n:
+            raise SegclipError(f"{where}: '{SCENE_NAME}' must hold one id per image ({n}), got shape {tuple(np.shape(scene_ids))}")
+        if raw.dtype.kind in "fcb" or (raw.dtype.kind == "O" and any(isinstance(v, (float, bool)) for v in raw)):
+            raise SegclipError(f"{where}: '{SCENE_NAME}' must be integers (or scene names), got {raw.dtype}")
+        ids = np.array([lookup_scene(self.scenes, v, where=f"{where}: '{SCENE_NAME}'") for v in raw.tolist()], np.int32)
+        return ids
+
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -146,6 +181,7 @@ class Signature:
         d["palette"] = [list(p) for p in self.palette]
         d["pixel_mean"] = list(self.pixel_mean)
         d["pixel_std"] = list(self.pixel_std)
+        d["scenes"] = list(self.scenes)
         d["inputs"] = [t.to_dict() for t in self.inputs]
         d["outputs"] = [t.to_dict() for t in self.outputs]
         return d
@@ -153,7 +189,7 @@ class Signature:
     @classmethod
     def from_dict(cls, d: dict) -> "Signature":
         keys = {"classes", "palette", "height", "width", "scores", "scores_dtype", "max_batch",
-                "pixel_mean", "pixel_std", "extra"}
+                "pixel_mean", "pixel_std", "scenes", "extra"}
         kw = {k: v for k, v in d.items() if k in keys}
         for k in ("pixel_mean", "pixel_std"):
             if k in kw:
@@ -166,6 +202,14 @@ class Signature:
     @classmethod
     def from_json(cls, s: str) -> "Signature":
         return cls.from_dict(json.loads(s))
+
+
+def triton_dims(spec: TensorSpec) -> tuple:
+    """(dims, reshape) of a tensor in a batched Triton config: the batch axis is implicit, and a
+    per-image scalar (``scene_id``: N) is sent as N x 1 and reshaped to N for the model (Triton
+    wants at least one dim); reshape None = none needed."""
+    dims = list(spec.shape[1:])
+    return ([1], []) if not dims else (dims, None)
 
 
 def default_palette(n: int) -> list:

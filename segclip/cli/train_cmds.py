@@ -28,11 +28,33 @@ def _parse_prompts(items) -> dict:
     return out
 
 
+def _parse_templates(items) -> dict:
+    out = {}
+    for it in items or ():
+        if "=" not in it or "{}" not in it.split("=", 1)[1]:
+            raise SegclipError(f"--metadata-template {it!r}: expected KEY=PHRASE with {{}} for the value, "
+                               f"e.g. --metadata-template 'climate=in a {{}} climate zone'")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def with_metadata(ds, sidecar, required: bool = True):
+    """Apply a ``--metadata FILE`` sidecar to a dataset (no-op without one)."""
+    if sidecar is not None:
+        from segclip.metadata import apply_sidecar, load_sidecar
+
+        apply_sidecar(ds, load_sidecar(sidecar), sidecar, required=required)
+    return ds
+
+
 def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=False, max_steps=None, batch_size=None,
                  lr=None, crop_size=None, backbone_weights=None, clip_checkpoint=None, device=None, seed=None,
                  checkpoint_every=None, gtg=True, prompts=None, prompt_template=None, num_workers=None,
-                 progress=True, stop_after=None):
-    """Build datasets and model from a preset and train; returns (trainer, fit result)."""
+                 progress=True, stop_after=None, metadata=None, metadata_templates=None):
+    """Build datasets and model from a preset and train; returns (trainer, fit result).
+    ``metadata``: "auto" | "on" | "off" | a sidecar FILE (see ``segclip.metadata``)."""
+    from segclip.metadata import parse_switch
     from segclip.config import get_preset
     from segclip.data import build_dataset
     from segclip.engine.trainer import Trainer
@@ -46,16 +68,23 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         if val is not None:
             setattr(obj, key, val)
     m.gtg = gtg
+    mode, sidecar = parse_switch(metadata)
+    if metadata is not None:
+        m.metadata = mode
+    if metadata_templates:
+        m.metadata_templates = {**m.metadata_templates, **metadata_templates}
     opts = {}
     if prompts:
         opts["prompts"] = prompts
     if prompt_template:
         opts["prompt_template"] = prompt_template
-    train_ds = build_dataset(dataset, data_root, "train", **opts)
+    train_ds = with_metadata(build_dataset(dataset, data_root, "train", **opts), sidecar)
     try:
         val_ds = build_dataset(dataset, data_root, "val", **opts)
     except SegclipError:
         val_ds = None
+    if val_ds is not None:
+        with_metadata(val_ds, sidecar, required=False)
     trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device or _default_device(),
                       resume=resume, prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after)
     return trainer, trainer.fit()
@@ -75,12 +104,16 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 @click.option("--prompt", "prompt_items", multiple=True, help="Per-class description CLASS=TEXT (repeatable).")
 @click.option("--prompt-template", help="Prompt template with {} for the class name (default 'a photo with a {}').")
 @click.option("--no-gtg", is_flag=True, help="Disable ground-truth text guidance queries.")
+@click.option("--metadata", help="Scene metadata prompts: auto (default: on when the dataset provides metadata, e.g. "
+              "LoveDA Urban/Rural), on, off, or a CSV/JSON sidecar FILE (image stem -> key values).")
+@click.option("--metadata-template", "metadata_templates", multiple=True,
+              help="Phrase for a metadata key KEY=PHRASE with {} for the value (repeatable), e.g. 'climate=in a {} climate zone'.")
 @click.option("--checkpoint-every", type=int, help="Save a checkpoint every N steps.")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
 @click.option("--seed", type=int)
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate on the val split at the end.")
 def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weights, clip_checkpoint,
-          prompt_items, prompt_template, no_gtg, checkpoint_every, device, seed, do_eval):
+          prompt_items, prompt_template, no_gtg, metadata, metadata_templates, checkpoint_every, device, seed, do_eval):
     """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
     from segclip.engine import distributed as D
 
@@ -89,7 +122,8 @@ def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weight
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,
                                 lr=lr, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
                                 device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
-                                prompts=_parse_prompts(prompt_items), prompt_template=prompt_template)
+                                prompts=_parse_prompts(prompt_items), prompt_template=prompt_template,
+                                metadata=metadata, metadata_templates=_parse_templates(metadata_templates))
     if D.is_main():
         click.echo(f"trained {res['step']} steps in {res['train_seconds']:.0f} s -> {out}")
         if do_eval and trainer.val_dataset is not None:
@@ -99,12 +133,16 @@ def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weight
     D.cleanup()
 
 
-def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, progress=True) -> dict:
-    from segclip.engine.evaluate import evaluate, torch_scores_fn
+def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, progress=True, metadata=True) -> dict:
+    """Metrics of ``model`` on ``dataset``; ``metadata=False`` withholds the scene metadata (every
+    image gets the generic scene) for the on/off ablation on the same checkpoint and data."""
+    from segclip.engine.evaluate import evaluate, scene_ids_for, torch_scores_fn
 
     window = tcfg.eval_size or tcfg.crop_size
-    return evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
-                    progress=progress, limit=limit)
+    out = evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
+                   progress=progress, limit=limit, scene_ids=scene_ids_for(dataset, model.scenes, metadata))
+    out["metadata"] = "on" if (model.scenes is not None and metadata) else "off"
+    return out
 
 
 @click.command("eval")
@@ -114,27 +152,36 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
 @batch_option("int", default=4, help="Windows per forward pass.")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--limit", type=int, help="Only the first N images.")
-@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>.json).")
-def eval_cmd(source, data, size, batch, device, limit, out):
+@click.option("--metadata", help="on (default for a model trained with metadata), off (withhold it: every image gets the "
+              "generic scene; the ablation), or a CSV/JSON sidecar FILE for this data.")
+@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa].json).")
+def eval_cmd(source, data, size, batch, device, limit, metadata, out):
     """Evaluate a run directory or checkpoint: mIoU, per-class IoU, F1, overall accuracy."""
     from segclip.config import train_config_from_dict
     from segclip.data import build_dataset
     from segclip.engine.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 
+    from segclip.metadata import parse_switch
+
     dataset, split = data.dataset, data.split
+    mode, sidecar = parse_switch(metadata)
     ckpt = load_checkpoint(source)
-    ds = build_dataset(dataset, data.root, split)
+    ds = with_metadata(build_dataset(dataset, data.root, split), sidecar)
     check_classes(ckpt, ds.classes, f"dataset {dataset}")
+    if mode == "on" and not ckpt.get("scenes"):
+        raise SegclipError(f"{ckpt['path']}: trained without metadata prompts, so --metadata {metadata} has nothing to feed; "
+                           f"omit --metadata or retrain with it")
     device = device or _default_device()
     model = model_from_checkpoint(ckpt).to(device)
     tcfg = train_config_from_dict(dict(ckpt.get("train_config") or {}))
     if size:
         tcfg.eval_size = size
-    metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch, limit=limit)
+    metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch, limit=limit, metadata=mode != "off")
     metrics.update({"checkpoint": ckpt["path"], "dataset": dataset, "split": split})
-    dest = Path(out) if out else (Path(source) / f"eval_{split}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".eval_{split}.json"))
+    tag = f"{split}_nometa" if (mode == "off" and model.scenes is not None) else split
+    dest = Path(out) if out else (Path(source) / f"eval_{tag}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".eval_{tag}.json"))
     atomic_write_json(dest, metrics)
-    click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}")
+    click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}  (metadata {metrics['metadata']})")
     for name, v in metrics["per_class_iou"].items():
         click.echo(f"  {name:<20} IoU {'-' if v is None else f'{v:.4f}'}")
     click.echo(f"-> {dest}")
@@ -178,6 +225,13 @@ def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, fo
     summary["per_class_iou"] = metrics["per_class_iou"]
     summary["artifacts"]["eval"] = str(run / "eval_val.json")
     click.echo(f"val mIoU {metrics['miou']:.4f} after {res['step']} steps ({res['train_seconds']:.0f} s)")
+    if trainer.model.scenes is not None:  # ablation: same checkpoint and data, metadata withheld
+        off = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device, metadata=False)
+        atomic_write_json(run / "eval_val_nometa.json", off)
+        summary["metadata"] = {"scenes": trainer.model.scenes.names, "val_miou_on": round(metrics["miou"], 4),
+                               "val_miou_off": round(off["miou"], 4)}
+        click.echo(f"val mIoU with scene metadata {metrics['miou']:.4f}, withheld {off['miou']:.4f} "
+                   f"(scenes: {', '.join(trainer.model.scenes.names)})")
     for step_name, enabled, fn in (("export", do_export, _quickstart_export), ("benchmark", do_bench, _quickstart_benchmark)):
         if not enabled:
             continue

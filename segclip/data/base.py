@@ -59,6 +59,7 @@ class SegDataset:
 
     name = "dataset"
     ignore_index = IGNORE_INDEX
+    metadata_keys: tuple = ()  # scene metadata the layout provides (segclip.metadata); a sidecar adds more
 
     def __init__(self, classes, palette, records, has_labels, prompts=None, prompt_template=None,
                  prompt_defaults=None):
@@ -76,6 +77,10 @@ class SegDataset:
         if not -n <= i < n:
             raise IndexError(f"{self.name}: index {i} out of range for {n} items")
         return self.records[i]
+
+    def meta(self, i: int) -> dict:
+        """The item's metadata without decoding anything (scene lookup for a whole split is cheap)."""
+        return dict(self._record(i)[2])
 
     def image_size(self, i: int) -> tuple:
         """(h, w) from the file header only: tiling plans tiles without decoding huge images."""

@@ -29,6 +29,7 @@ _LUT[1:8] = np.arange(7)
 
 class LoveDADataset(SegDataset):
     name = "loveda"
+    metadata_keys = ("domain",)  # Urban/Rural from the folders: the scene prompt's built-in source
 
     def __init__(self, root, split, domains=None, prompts=None, prompt_template=None):
         root = Path(root)

@@ -73,6 +73,7 @@ class TiledDataset:
         self.stride = self.tile if stride is None else _pair(stride, "stride")
         for k in ("classes", "palette", "prompts", "ignore_index", "has_labels", "name"):
             setattr(self, k, getattr(dataset, k))
+        self.metadata_keys = tuple(getattr(dataset, "metadata_keys", ()))
         self.index = [(i, c) for i in range(len(dataset))
                       for c in tile_coords(*dataset.image_size(i), self.tile, self.stride)]
         self._cache = (None, None)
@@ -82,6 +83,9 @@ class TiledDataset:
 
     def image_size(self, i: int) -> tuple:
         return self.tile
+
+    def meta(self, i: int) -> dict:
+        return self.dataset.meta(self.index[i][0])
 
     def __getitem__(self, i: int) -> dict:
         src, (y0, x0, y1, x1) = self.index[i]

@@ -1,7 +1,7 @@
 """Checkpoints: atomic writes, ``weights_only=True`` loads, and a model rebuilt without CLIP.
 
 A checkpoint holds the weights, the model/train configs, class names, palette, prompts and the
-cached CLIP text embeddings, so loading a trained model never needs open_clip or the internet.  A
+cached CLIP text embeddings (and, with metadata prompts, the scene table and its embeddings), so loading a trained model never needs open_clip or the internet.  A
 training checkpoint adds optimizer, scheduler, step and RNG state for bit-exact resume.
 
 Run directory layout::
@@ -91,12 +91,23 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike):
         ckpt = load_checkpoint(ckpt)
     cfg: ModelConfig = model_config_from_dict(dict(ckpt["model_config"]))
     cfg.backbone_weights = "none"  # the weights come from the checkpoint
-    model = SegCLIP(cfg, ckpt["classes"], ckpt["prompts"], ckpt["text_embeddings"])
+    scenes, scene_emb = checkpoint_scenes(ckpt)
+    model = SegCLIP(cfg, ckpt["classes"], ckpt["prompts"], ckpt["text_embeddings"], scenes, scene_emb)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise SegclipError(f"{ckpt.get('path', 'checkpoint')}: weights do not match its config ({str(e).splitlines()[0][:160]})") from None
     return model.eval()
+
+
+def checkpoint_scenes(ckpt: dict) -> tuple:
+    """(SceneTable, S x D embeddings) of a model trained with metadata prompts, else (None, None);
+    checkpoints from before metadata prompts have neither key."""
+    from segclip.metadata import SceneTable
+
+    if not ckpt.get("scenes"):
+        return None, None
+    return SceneTable.from_dict(ckpt["scenes"]), ckpt["scene_embeddings"]
 
 
 def check_classes(ckpt: dict, classes, where: str) -> None:
@@ -127,6 +138,8 @@ def checkpoint_dict(model, palette, dataset: str | None = None, train_config: di
         "palette": [list(map(int, p)) for p in palette],
         "prompts": list(model.prompts),
         "text_embeddings": model.text_embeddings.detach().cpu().clone(),
+        "scenes": model.scenes.to_dict() if model.scenes is not None else None,
+        "scene_embeddings": model.scene_embeddings.detach().cpu().clone() if model.scenes is not None else None,
         "dataset": dataset,
         **state,
     }

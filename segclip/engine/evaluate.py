@@ -15,22 +15,33 @@ from segclip.engine.metrics import ConfusionMatrix
 
 
 def torch_scores_fn(model, device: str = "cpu") -> Callable:
-    """uint8 N x h x w x 3 numpy -> float32 N x K x h x w numpy, with the model in eval mode."""
+    """uint8 N x h x w x 3 numpy (+ N scene ids) -> float32 N x K x h x w numpy, model in eval mode."""
     model.eval()
 
     @torch.no_grad()
-    def fn(batch: np.ndarray) -> np.ndarray:
+    def fn(batch: np.ndarray, scene_ids=None) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+        ids = None if scene_ids is None else torch.as_tensor(np.asarray(scene_ids), device=device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
-            scores = model.predict_scores(x)
+            scores = model.predict_scores(x, ids)
         return scores.float().cpu().numpy()
 
     return fn
 
 
+def scene_ids_for(dataset, scenes, metadata: bool = True):
+    """Per-image scene ids of ``dataset`` under a model's scene table (``segclip.metadata``), or None
+    when the model has none.  ``metadata=False`` withholds it: every image gets the generic scene 0
+    (the ablation ``segclip eval --metadata off``)."""
+    if scenes is None:
+        return None
+    return [scenes.scene_id(dataset.meta(i)) if metadata else 0 for i in range(len(dataset))]
+
+
 def evaluate(scores_fn: Callable, dataset, num_classes: int, window: int, batch_size: int = 4,
-             progress: bool = True, class_names=None, limit: int | None = None) -> dict:
-    """mIoU, per-class IoU, F1 and overall accuracy of ``scores_fn`` on ``dataset`` (ignore 255)."""
+             progress: bool = True, class_names=None, limit: int | None = None, scene_ids=None) -> dict:
+    """mIoU, per-class IoU, F1 and overall accuracy of ``scores_fn`` on ``dataset`` (ignore 255).
+    With ``scene_ids`` (one per image) ``scores_fn`` is called as ``scores_fn(batch, ids)``."""
     from segclip.data.sliding import sliding_window_predict
 
     cm = ConfusionMatrix(num_classes, getattr(dataset, "ignore_index", 255))
@@ -39,7 +50,10 @@ def evaluate(scores_fn: Callable, dataset, num_classes: int, window: int, batch_
         item = dataset[i]
         if "mask" not in item:
             raise ValueError("evaluate: this split has no labels")
-        pred = sliding_window_predict(scores_fn, item["image"], window, batch_size=batch_size, num_classes=num_classes)
+        fn = scores_fn
+        if scene_ids is not None:  # every window of an image shares its scene
+            fn = (lambda b, s=int(scene_ids[i]): scores_fn(b, np.full(len(b), s, np.int64)))
+        pred = sliding_window_predict(fn, item["image"], window, batch_size=batch_size, num_classes=num_classes)
         cm.update(pred, item["mask"])
     out = cm.compute(class_names or getattr(dataset, "classes", None))
     out["images"] = n

@@ -26,8 +26,9 @@ from segclip.modeling import build_model, semantic_targets
 from segclip.modeling.criterion import SetCriterion
 from segclip.modeling.matcher import HungarianMatcher
 from segclip.engine import distributed as D
-from segclip.engine.checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, has_checkpoints, load_checkpoint,
-                         resolve_checkpoint)
+from segclip.engine.checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, checkpoint_scenes,
+                                       has_checkpoints, load_checkpoint, resolve_checkpoint)
+from segclip.metadata import resolve_table
 
 
 def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
@@ -43,7 +44,7 @@ def param_groups(model, tcfg: TrainConfig) -> list:
         if not p.requires_grad:
             continue
         backbone = name.startswith("backbone.")
-        no_decay = p.ndim <= 1 or name.endswith(("context", "query_pos", "gtg_pos", "level_embed"))
+        no_decay = p.ndim <= 1 or name.endswith(("context", "query_pos", "gtg_pos", "level_embed", "token_embed"))
         key = (backbone, no_decay)
         if key not in groups:
             groups[key] = {"params": [], "lr": tcfg.lr * (tcfg.backbone_lr_mult if backbone else 1.0),
@@ -137,10 +138,16 @@ class Trainer:
         torch.manual_seed(tcfg.seed)  # identical init (and random-init CLIP) on every rank
         if ckpt is not None:
             mcfg.backbone_weights = "none"
-            model = build_model(mcfg, classes, ckpt["prompts"], ckpt["text_embeddings"])
+            scenes, scene_emb = checkpoint_scenes(ckpt)
+            model = build_model(mcfg, classes, ckpt["prompts"], ckpt["text_embeddings"], scenes, scene_emb)
             model.load_state_dict(ckpt["model"])
         else:
-            model = build_model(mcfg, classes, prompts if prompts is not None else getattr(dataset, "prompts", None))
+            scenes = resolve_table(mcfg.metadata, dataset, mcfg.metadata_templates, mcfg.metadata_prefix)
+            mcfg.metadata = "on" if scenes is not None else "off"  # the checkpoint says what was trained
+            model = build_model(mcfg, classes, prompts if prompts is not None else getattr(dataset, "prompts", None),
+                                scenes=scenes)
+        # every training image's scene, looked up once (metadata never changes during a run)
+        self.scene_ids = torch.tensor([scenes.scene_id(dataset.meta(i)) for i in range(len(dataset))]) if scenes else None
         self.model = model.to(self.device)
         self.criterion = build_criterion(mcfg, len(classes)).to(self.device)
         self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else None
@@ -168,6 +175,7 @@ class Trainer:
     # ---- I/O -------------------------------------------------------------------------------------
     def _write_config(self):
         cfg = {"dataset": self.dataset_name, "classes": list(self.model.classes), "prompts": list(self.model.prompts),
+               "scenes": self.model.scenes.to_dict() if self.model.scenes is not None else None,
                "model": asdict(self.mcfg), "train": asdict(self.tcfg), "world_size": self.world}
         atomic_write_json(self.out / "config.json", cfg)
 
@@ -200,15 +208,26 @@ class Trainer:
             path = self.dataset[idx[j]].get("meta", {}).get("path", f"item {idx[j]}")
             raise SegclipError(f"{path}: mask value {value} is outside the {k} classes ({', '.join(self.model.classes)}) "
                                f"and is not the ignore index 255; fix the mask or the class list")
-        return b["image"].to(self.device), b["mask"].to(self.device)
+        return b["image"].to(self.device), b["mask"].to(self.device), self._scene_batch(step, idx)
 
-    def train_step(self, images, masks) -> dict:
+    def _scene_batch(self, step: int, idx: list):
+        """Scene ids of a batch; a seeded share of images is shown as the generic scene 0 (metadata
+        unknown), so the default an exported model falls back to is trained too.  Seeded by
+        (seed, step): resume replays it exactly."""
+        if self.scene_ids is None:
+            return None
+        ids = self.scene_ids[idx].clone()
+        g = torch.Generator().manual_seed(self.tcfg.seed * 7919 + step)
+        ids[torch.rand(len(idx), generator=g) < self.tcfg.metadata_dropout] = 0
+        return ids.to(self.device)
+
+    def train_step(self, images, masks, scene_ids=None) -> dict:
         targets = semantic_targets(masks, self.model.num_classes)
         num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=self.device)
         num_masks = D.all_reduce_mean(num_masks).clamp(min=1.0).item()
         net = self.ddp or self.model
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-            stages = net(images, targets)
+            stages = net(images, targets, scene_ids)
         losses = self.criterion([(l.float(), m.float()) for l, m in stages], targets, self.mcfg.num_queries, num_masks)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -245,8 +264,8 @@ class Trainer:
         fields = None
         try:
             while self.step < end:
-                images, masks = self._load_batch(self.step)
-                rec = self.train_step(images, masks)
+                images, masks, scene_ids = self._load_batch(self.step)
+                rec = self.train_step(images, masks, scene_ids)
                 self.step += 1
                 lr = self.optimizer.param_groups[-1]["lr"]
                 bar.update(1)

@@ -23,7 +23,8 @@ import numpy as np
 
 from segclip.atomic import atomic_dir
 from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT_BUILT, OK, PENDING, TRTEXEC_NAME,
-                              sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason, write_manifest)
+                              scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
+                              write_manifest)
 from segclip.errors import GateFailed, SegclipError
 from segclip.export.parity_images import parity_images as load_parity_images
 from segclip.parsers import parse_batch, parse_size
@@ -154,7 +155,9 @@ class Exporter:
         base.CopyFrom(self.twin32)
         del base.metadata_props[:]
         out_dtypes = {SCORES_NAME: self.signature.scores_dtype}
-        twin16, keep, ops, report = f16.make_fp16(base, images, output_dtypes=out_dtypes)
+        # metadata prompts: image i is measured under scene i % S, so every scene's activations count
+        ids = np.arange(len(images), dtype=np.int32) % len(self.signature.scenes) if self.signature.scenes else None
+        twin16, keep, ops, report = f16.make_fp16(base, images, output_dtypes=out_dtypes, scene_ids=ids)
         ox.check_graph(twin16, ONNX_FP16_NAME)
         pub = twin16 if self.scores else ox.drop_output(twin16, SCORES_NAME)
         info = {"ops": ox.check_graph(pub, ONNX_FP16_NAME), "fp16": report}
@@ -166,7 +169,8 @@ class Exporter:
 
         src_key = "onnx_fp16" if self.fp16 else "onnx"
         onnx_name = self.artifacts[src_key]["file"]
-        write_trtexec_script(stage, onnx_name, self.batch, self.size, self.workspace_mb)
+        scenes = bool(self.signature.scenes)  # a scene_id input needs its own profile
+        write_trtexec_script(stage, onnx_name, self.batch, self.size, self.workspace_mb, scenes=scenes)
         precision = self.artifacts[src_key]["precision"]
         if self.trt_reason:
             self.artifacts["tensorrt"] = {"file": None, "format": "tensorrt", "precision": precision,
@@ -181,7 +185,8 @@ class Exporter:
 
         with torch.cuda.device(self._cuda_index()):  # TensorRT builds for the current CUDA device
             info = build_engine(stage / onnx_name, stage / ENGINE_NAME, batch=self.batch, size=self.size,
-                                workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log)
+                                workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log,
+                                scenes=scenes)
         path = stage / ENGINE_NAME
         self.artifacts["tensorrt"] = {"file": ENGINE_NAME, "format": "tensorrt", "precision": precision, "status": PENDING,
                                       "sha256": sha256_file(path), "size_bytes": path.stat().st_size, **info,
@@ -209,7 +214,7 @@ class Exporter:
         return candidates
 
     def parity(self, stage: Path, images: np.ndarray, labels) -> dict:
-        from segclip.export.parity import compare, run_all
+        from segclip.export.parity import compare, every_scene, run_all
         from segclip.runtime.onnx_runner import OnnxRunner
         from segclip.runtime.torch_runner import TorchRunner
 
@@ -218,14 +223,16 @@ class Exporter:
         candidates = self.parity_candidates(stage)
         thresholds = {c.name: self.threshold(self.artifacts[c.name]["precision"]) for c in candidates}
         bs = min(4, self.batch[2])
-        result = compare(ref, candidates, images, labels, thresholds, batch_size=bs)
+        images, labels, scene_ids = every_scene(images, labels, self.signature.scenes)
+        result = compare(ref, candidates, images, labels, thresholds, batch_size=bs, scene_ids=scene_ids)
         # the public artifacts compute exactly what their scores-enabled twins measured
         if not self.scores:
             for key in self.twins:
                 pub = OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key)
                 twin = OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores")
                 k = min(len(images), 2)
-                if not np.array_equal(run_all(pub, images[:k], bs)["mask"], run_all(twin, images[:k], bs)["mask"]):
+                ids = None if scene_ids is None else scene_ids[:k]
+                if not np.array_equal(run_all(pub, images[:k], bs, ids)["mask"], run_all(twin, images[:k], bs, ids)["mask"]):
                     for r in result["rows"]:
                         if r["name"] == key:
                             r["status"] = FAILED
@@ -251,6 +258,7 @@ class Exporter:
                                         "scale": "0..255", "inside_graph": True}},
             "classes": list(sig.classes),
             "palette": [list(p) for p in sig.palette],
+            "scenes": scene_manifest(self.ckpt),
             "opset": self.opset,
             "parity": {"images": len(images), "source": src, "labels": labels is not None,
                        "reference": result["reference"], "seconds": result["seconds"], "table": table},

@@ -37,7 +37,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from segclip.errors import SegclipError
-from segclip.signature import INPUT_NAME
+from segclip.signature import INPUT_NAME, SCENE_NAME
 
 OVERFLOW_LIMIT = 3.0e4
 FP16_TINY = 5.96e-8  # smallest FP16 subnormal
@@ -81,7 +81,7 @@ def _nbytes(vi, batch: int = 1) -> int:
     return int(np.prod(dims, dtype=np.int64)) * 4
 
 
-def activation_ranges(model, images: np.ndarray, budget_bytes: int = RANGE_PASS_BUDGET) -> dict:
+def activation_ranges(model, images: np.ndarray, budget_bytes: int = RANGE_PASS_BUDGET, scene_ids=None) -> dict:
     """Run the FP32 graph on ``images`` (N x H x W x 3 uint8, one at a time) with every intermediate
     float tensor exposed; per tensor: max |finite value|, smallest non-zero |value|, has -/+inf.
 
@@ -113,8 +113,11 @@ def activation_ranges(model, images: np.ndarray, budget_bytes: int = RANGE_PASS_
         m.graph.output.extend(group)
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        for img in images:
-            outs = sess.run(names, {INPUT_NAME: img[None]})
+        for j, img in enumerate(images):
+            feed = {INPUT_NAME: img[None]}
+            if scene_ids is not None:  # metadata prompts: each image under its scene, so every scene's range counts
+                feed[SCENE_NAME] = np.asarray(scene_ids[j:j + 1], np.int32)
+            outs = sess.run(names, feed)
             for n, a in zip(names, outs):
                 if a.dtype != np.float32 or a.size == 0:
                     continue
@@ -274,11 +277,11 @@ def fp16_report(model16, fp32_nodes: dict, overflow_tensors, underflow_tensors, 
 
 
 def make_fp16(twin_fp32, images: np.ndarray, overflow: float = OVERFLOW_LIMIT, extra_ops=(), extra_nodes=(),
-              output_dtypes=None):
-    """Range pass on ``twin_fp32`` (scores-enabled FP32 ModelProto) + conversion.
-    Returns (fp16 twin ModelProto, fp32_nodes, report)."""
+              output_dtypes=None, scene_ids=None):
+    """Range pass on ``twin_fp32`` (scores-enabled FP32 ModelProto; ``scene_ids``: one per image for
+    a graph with a scene_id input) + conversion.  Returns (fp16 twin ModelProto, fp32_nodes, report)."""
     t0 = time.perf_counter()
-    ranges = activation_ranges(twin_fp32, images) if images is not None and len(images) else None
+    ranges = activation_ranges(twin_fp32, images, scene_ids=scene_ids) if images is not None and len(images) else None
     t_ranges = time.perf_counter() - t0
     keep, ops, over, under = choose_fp32_nodes(twin_fp32, ranges, overflow, extra_ops, extra_nodes)
     h = convert_fp16(twin_fp32, keep, ops, output_dtypes=output_dtypes)

@@ -18,7 +18,7 @@ import numpy as np
 
 from segclip.contract import META_PREFIX
 from segclip.errors import SegclipError, one_line
-from segclip.signature import INPUT_NAME, MASK_NAME, SCORES_NAME, Signature
+from segclip.signature import INPUT_NAME, MASK_NAME, SCENE_DTYPE, SCENE_NAME, SCORES_NAME, Signature
 from segclip.atomic import atomic_write_bytes
 
 MIN_OPSET = 17  # LayerNormalization (17), GridSample (16)
@@ -37,24 +37,27 @@ def graph_sha256(model) -> str:
 
 
 def trace_to_onnx(module, example, opset: int, dynamic_size: bool, output_names) -> "onnx.ModelProto":
-    """Trace with the TorchScript exporter (``dynamo=False``): dynamic batch, optional dynamic H/W."""
+    """Trace with the TorchScript exporter (``dynamo=False``): dynamic batch, optional dynamic H/W.
+    ``example``: the image, or (image, scene_id) for a model with metadata prompts."""
     import torch
 
     onnx = _onnx()
     if opset < MIN_OPSET:
         raise SegclipError(f"--opset {opset}: segclip needs opset >= {MIN_OPSET} (LayerNormalization, GridSample)")
-    axes = {INPUT_NAME: {0: "batch"}, MASK_NAME: {0: "batch"}, SCORES_NAME: {0: "batch"}}
+    example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    input_names = [INPUT_NAME, SCENE_NAME][: len(example)]
+    axes = {INPUT_NAME: {0: "batch"}, SCENE_NAME: {0: "batch"}, MASK_NAME: {0: "batch"}, SCORES_NAME: {0: "batch"}}
     if dynamic_size:
         axes[INPUT_NAME].update({1: "height", 2: "width"})
         axes[MASK_NAME].update({1: "height", 2: "width"})
         axes[SCORES_NAME].update({2: "height", 3: "width"})
-    axes = {k: v for k, v in axes.items() if k in (INPUT_NAME, *output_names)}
+    axes = {k: v for k, v in axes.items() if k in (*input_names, *output_names)}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic: sizes stay symbolic (see modeling.layers.split_tokens)
         with torch.no_grad():
             torch.onnx.export(
-                module, (example,), buf, input_names=[INPUT_NAME], output_names=list(output_names),
+                module, example, buf, input_names=input_names, output_names=list(output_names),
                 opset_version=opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False,
             )
     return onnx.load_from_string(buf.getvalue())
@@ -212,6 +215,8 @@ def set_metadata(model, signature: Signature, *, precision: str, source_sha256: 
         "version": __version__,
         "precision": precision,
     }
+    if signature.scenes:  # scene_id -> name (metadata prompts); also inside the signature
+        meta["scenes"] = json.dumps(list(signature.scenes))
     if source_sha256:
         meta["source_sha256"] = source_sha256
     for k, v in (extra or {}).items():
@@ -240,6 +245,8 @@ def export_twin(module, signature: Signature, opset: int, dynamic_size: bool, lo
     h = signature.height or 64
     w = signature.width or 64
     example = torch.zeros((1, h, w, 3), dtype=torch.uint8)
+    if signature.scenes:  # metadata prompts: the scene table is a constant the scene_id input indexes
+        example = (example, torch.zeros(1, dtype=getattr(torch, SCENE_DTYPE)))
     t0 = time.perf_counter()
     model = trace_to_onnx(module, example, opset, dynamic_size, [MASK_NAME, SCORES_NAME])
     t_trace = time.perf_counter() - t0
@@ -266,9 +273,10 @@ def probe_dynamic_size(model, module, signature: Signature):
     so.log_severity_level = 4
     try:
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        got = sess.run([MASK_NAME], {INPUT_NAME: x})[0]
+        ids = np.full(1, len(signature.scenes) - 1, np.int32) if signature.scenes else None
+        got = sess.run([MASK_NAME], {INPUT_NAME: x, **({} if ids is None else {SCENE_NAME: ids})})[0]
         with torch.no_grad():
-            ref = module(torch.from_numpy(x))[0].numpy()
+            ref = module(torch.from_numpy(x), None if ids is None else torch.from_numpy(ids))[0].numpy()
         ok = got.shape == ref.shape and float((got == ref).mean()) > 0.99
     except Exception:
         ok = False

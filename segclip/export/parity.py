@@ -17,13 +17,14 @@ from segclip.engine.metrics import ConfusionMatrix
 from segclip.signature import MASK_NAME, SCORES_NAME
 
 
-def run_all(runner, images: np.ndarray, batch_size: int = 4) -> dict:
-    """All images through one runner in batches (respecting its max batch); concatenated outputs."""
+def run_all(runner, images: np.ndarray, batch_size: int = 4, scene_ids=None) -> dict:
+    """All images (with their ``scene_ids``, if any) through one runner in batches (respecting its
+    max batch); concatenated outputs."""
     bs = max(1, min(batch_size, runner.max_batch or batch_size))
     masks, scores, seconds = [], [], 0.0
     with runner:
         for i in range(0, len(images), bs):
-            out = runner.infer(images[i:i + bs])
+            out = runner.infer(images[i:i + bs], None if scene_ids is None else scene_ids[i:i + bs])
             seconds += runner.last_inference_time or 0.0
             masks.append(np.asarray(out[MASK_NAME]))
             if SCORES_NAME in out:
@@ -42,13 +43,25 @@ def _r(x, nd=6):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), nd)
 
 
+def every_scene(images: np.ndarray, labels: Optional[np.ndarray], scenes: Sequence) -> tuple:
+    """For a model with metadata prompts: every image under every scene (the gate then covers the
+    whole scene table) -> (images, labels, scene_ids int32); unchanged and None without scenes."""
+    if not scenes:
+        return images, labels, None
+    s = len(scenes)
+    ids = np.repeat(np.arange(s, dtype=np.int32), len(images))
+    return (np.concatenate([images] * s), None if labels is None else np.concatenate([labels] * s), ids)
+
+
 def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optional[np.ndarray] = None,
-            thresholds: Optional[dict] = None, batch_size: int = 4, num_classes: Optional[int] = None) -> dict:
-    """-> {"reference": {...}, "rows": [one dict per candidate]}; ``thresholds``: name -> min agreement."""
+            thresholds: Optional[dict] = None, batch_size: int = 4, num_classes: Optional[int] = None,
+            scene_ids: Optional[np.ndarray] = None) -> dict:
+    """-> {"reference": {...}, "rows": [one dict per candidate]}; ``thresholds``: name -> min agreement;
+    ``scene_ids``: one per image for a model with metadata prompts (see ``every_scene``)."""
     thresholds = thresholds or {}
     k = num_classes or reference.signature.num_classes
     t0 = time.perf_counter()
-    ref = run_all(reference, images, batch_size)
+    ref = run_all(reference, images, batch_size, scene_ids)
     ref_miou = miou(ref["mask"], labels, k) if labels is not None else None
     result = {
         "reference": {"name": reference.name, "backend": reference.backend, "precision": reference.precision,
@@ -56,23 +69,30 @@ def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optiona
         "images": int(len(images)),
         "image_size": list(images.shape[1:3]),
         "labels": labels is not None,
+        "scenes": None if scene_ids is None else int(len(np.unique(scene_ids))),
         "rows": [],
     }
     for cand in candidates:
-        out = run_all(cand, images, batch_size)
-        agree = float((out["mask"].astype(np.int64) == ref["mask"].astype(np.int64)).mean())
+        out = run_all(cand, images, batch_size, scene_ids)
+        same = out["mask"].astype(np.int64) == ref["mask"].astype(np.int64)
+        agree = float(same.mean())
+        # per scene: the gate holds for every scene, not only on average
+        per_scene = None if scene_ids is None else {
+            int(sc): _r(float(same[scene_ids == sc].mean())) for sc in np.unique(scene_ids)}
         max_d = mean_d = None
         if out["scores"] is not None and ref["scores"] is not None:
             d = np.abs(out["scores"] - ref["scores"])
             max_d, mean_d = float(d.max()), float(d.mean())
         m = miou(out["mask"], labels, k) if labels is not None else None
         thr = thresholds.get(cand.name)
-        status = "ok" if thr is None or agree >= thr else "failed"
+        worst = agree if per_scene is None else min(agree, *per_scene.values())
+        status = "ok" if thr is None or worst >= thr else "failed"
         result["rows"].append({
             "name": cand.name, "backend": cand.backend, "precision": cand.precision,
             "pixel_agreement": _r(agree), "max_abs_diff": _r(max_d, 8), "mean_abs_diff": _r(mean_d, 8),
             "miou": _r(m), "miou_delta": _r(None if m is None or ref_miou is None else m - ref_miou),
             "threshold": thr, "status": status, "seconds": _r(out["seconds"], 3),
+            **({} if per_scene is None else {"pixel_agreement_per_scene": per_scene}),
         })
     result["seconds"] = _r(time.perf_counter() - t0, 3)
     return result
@@ -103,6 +123,7 @@ def format_table(result: dict) -> str:
     widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
     fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
     lines = [f"parity on {result['images']} image(s) of {result['image_size'][0]}x{result['image_size'][1]}"
+             + (f" over {result['scenes']} scenes" if result.get("scenes") else "")
              + (" with labels" if result["labels"] else " (no labels: mIoU n/a)"),
              fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     return "\n".join(lines)

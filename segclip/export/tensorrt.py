@@ -16,7 +16,7 @@ from typing import Optional
 
 from segclip.contract import TRTEXEC_NAME, sha256_file, tensorrt_unavailable_reason
 from segclip.errors import SegclipError
-from segclip.signature import INPUT_NAME
+from segclip.signature import INPUT_NAME, SCENE_NAME
 from segclip.atomic import atomic_write_bytes, atomic_write_text
 
 ENGINE_NAME = "model.plan"
@@ -35,22 +35,32 @@ def profile_shapes(batch, size) -> dict:
     return {k: [b, h, w, 3] for k, b in zip(("min", "opt", "max"), batch)}
 
 
-def _shape_arg(shape) -> str:
-    return f"{INPUT_NAME}:" + "x".join(str(d) for d in shape)
+def input_profiles(batch, size, scenes: bool = False) -> dict:
+    """input name -> {"min","opt","max"} shapes: the image, and the per-image scene_id (N) of a
+    model with metadata prompts (its batch follows the image's)."""
+    prof = {INPUT_NAME: profile_shapes(batch, size)}
+    if scenes:
+        prof[SCENE_NAME] = {k: [b] for k, b in zip(("min", "opt", "max"), batch)}
+    return prof
 
 
-def trtexec_command(onnx_name: str, engine_name: str, batch, size, workspace_mb: int) -> list:
-    prof = profile_shapes(batch, size)
+def _shape_arg(profiles: dict, key: str) -> str:
+    return ",".join(f"{name}:" + "x".join(str(d) for d in p[key]) for name, p in profiles.items())
+
+
+def trtexec_command(onnx_name: str, engine_name: str, batch, size, workspace_mb: int, scenes: bool = False) -> list:
+    prof = input_profiles(batch, size, scenes)
     return [
         "trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--stronglyTyped",
-        f"--minShapes={_shape_arg(prof['min'])}", f"--optShapes={_shape_arg(prof['opt'])}",
-        f"--maxShapes={_shape_arg(prof['max'])}", f"--timingCacheFile={TIMING_CACHE_NAME}",
+        f"--minShapes={_shape_arg(prof, 'min')}", f"--optShapes={_shape_arg(prof, 'opt')}",
+        f"--maxShapes={_shape_arg(prof, 'max')}", f"--timingCacheFile={TIMING_CACHE_NAME}",
         f"--memPoolSize=workspace:{int(workspace_mb)}M",
     ]
 
 
-def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: int, engine_name: str = ENGINE_NAME) -> Path:
-    cmd = trtexec_command(onnx_name, engine_name, batch, size, workspace_mb)
+def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: int, engine_name: str = ENGINE_NAME,
+                         scenes: bool = False) -> Path:
+    cmd = trtexec_command(onnx_name, engine_name, batch, size, workspace_mb, scenes)
     text = (
         "#!/bin/sh\n"
         "# Build the TensorRT engine of this segclip export on the machine that will run it (GPU or Jetson,\n"
@@ -66,7 +76,7 @@ def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: i
 
 
 def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 4096,
-                 timing_cache: Optional[Path] = None, log=print) -> dict:
+                 timing_cache: Optional[Path] = None, log=print, scenes: bool = False) -> dict:
     """Build a strongly typed engine; returns the manifest entry fields."""
     reason = tensorrt_unavailable_reason()
     if reason:
@@ -89,9 +99,10 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
         raise SegclipError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse the ONNX graph ({errs})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    prof = profile_shapes(batch, size)
+    prof = profile_shapes(batch, size)  # the image's: the manifest entry and the runner's max batch read it
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, prof["min"], prof["opt"], prof["max"])
+    for name, p in input_profiles(batch, size, scenes).items():
+        profile.set_shape(name, p["min"], p["opt"], p["max"])
     config.add_optimization_profile(profile)
     cache_bytes = b""
     if timing_cache is not None and Path(timing_cache).is_file():

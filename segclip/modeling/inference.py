@@ -30,6 +30,13 @@ class SegCLIPInference(nn.Module):
         self.cff = model.cff
         self.decoder = model.decoder
         self.cff.self_attn = None  # baked into text_queries
+        # Metadata: the scene prompts become a constant S x T x C token table indexed by scene_id.
+        self.metadata = model.metadata
+        self.scene_names = tuple(model.scenes.names) if model.scenes is not None else ()
+        if self.metadata is not None:
+            with torch.no_grad():
+                self.register_buffer("scene_tokens", model.metadata.tokens(model.scene_embeddings).detach().clone())
+            self.metadata.proj = None  # baked into scene_tokens
         self.classes = model.classes
         self.with_scores = scores
         self.scores_dtype = scores_dtype
@@ -37,9 +44,15 @@ class SegCLIPInference(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, image: torch.Tensor):
+    def forward(self, image: torch.Tensor, scene_id: torch.Tensor | None = None):
+        """image: uint8 N x H x W x 3; scene_id: N ints (int32/int64) into the scene table, only for a
+        model trained with metadata (None = the generic scene 0)."""
         x = preprocess(image, self.pixel_mean, self.pixel_std)
         mask_features, feats = self.pixel_decoder(self.backbone(x))
+        if self.metadata is not None:
+            if scene_id is None:
+                scene_id = torch.zeros(image.shape[0], dtype=torch.int64, device=image.device)
+            feats = self.metadata(feats, torch.index_select(self.scene_tokens, 0, scene_id.reshape(-1)))
         q = fuse(self.cff, self.text_queries, self.query_pos, feats[0])
         pos = self.query_pos[None].expand(q.shape[0], -1, -1)
         logits, masks = self.decoder(q, pos, feats, mask_features)[-1]

@@ -16,6 +16,7 @@ from segclip.signature import PIXEL_MEAN, PIXEL_STD
 from segclip.modeling.backbone import ResNetBackbone
 from segclip.modeling.cff import CrossModalFusion
 from segclip.modeling.layers import sine_position_embedding
+from segclip.modeling.metadata import MetadataFusion
 from segclip.modeling.pixel_decoder import build_pixel_decoder
 from segclip.modeling.text import TextMappingPrompts
 from segclip.modeling.transformer_decoder import MaskedTransformerDecoder
@@ -55,8 +56,20 @@ def semantic_targets(masks: torch.Tensor, num_classes: int, ignore_index: int = 
     return out
 
 
+def scene_tokens(model, scene_ids, batch: int, device) -> torch.Tensor | None:
+    """B x T x C scene tokens of each image (``scene_ids`` None -> the generic scene 0); None
+    when the model has no metadata fusion."""
+    if model.metadata is None:
+        return None
+    table = model.metadata.tokens(model.scene_embeddings)
+    if scene_ids is None:
+        scene_ids = torch.zeros(batch, dtype=torch.long, device=device)
+    return table[torch.as_tensor(scene_ids, device=device).long()]
+
+
 class SegCLIP(nn.Module):
-    def __init__(self, cfg: ModelConfig, classes: Sequence[str], prompts: Sequence[str], text_embeddings: torch.Tensor):
+    def __init__(self, cfg: ModelConfig, classes: Sequence[str], prompts: Sequence[str], text_embeddings: torch.Tensor,
+                 scenes=None, scene_embeddings: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         self.classes = tuple(classes)
@@ -73,6 +86,14 @@ class SegCLIP(nn.Module):
         self.gtg_pos = nn.Parameter(torch.randn(1, cfg.hidden_dim) * 0.02)
         self.cff = CrossModalFusion(cfg.hidden_dim, cfg.cff_heads, cfg.dec_ffn)
         self.decoder = MaskedTransformerDecoder(cfg.hidden_dim, cfg.mask_dim, k, cfg.dec_layers, cfg.dec_heads, cfg.dec_ffn)
+        # Metadata prompts: one cached CLIP embedding per scene (S x D), like the class embeddings.
+        self.scenes = scenes
+        self.metadata = None
+        if scenes is not None:
+            if scene_embeddings is None or scene_embeddings.shape[0] != len(scenes):
+                raise ValueError("SegCLIP: scenes need one cached embedding per scene")
+            self.register_buffer("scene_embeddings", scene_embeddings.detach().float().clone())
+            self.metadata = MetadataFusion(scene_embeddings.shape[1], cfg.hidden_dim, cfg.cff_heads, cfg.metadata_tokens)
 
     @property
     def num_classes(self) -> int:
@@ -82,9 +103,17 @@ class SegCLIP(nn.Module):
         """N x C text queries after TMP and CFF's self-attention: image independent, baked at export."""
         return self.cff.text_part(self.tmp(self.text_embeddings), self.query_pos)
 
-    def image_features(self, images: torch.Tensor):
+    @property
+    def num_scenes(self) -> int:
+        return 0 if self.scenes is None else len(self.scenes)
+
+    def image_features(self, images: torch.Tensor, scene_ids=None):
         x = preprocess(images, self.pixel_mean, self.pixel_std)
-        return self.pixel_decoder(self.backbone(x))
+        mask_features, feats = self.pixel_decoder(self.backbone(x))
+        tokens = scene_tokens(self, scene_ids, images.shape[0], images.device)
+        if tokens is not None:
+            feats = self.metadata(feats, tokens)
+        return mask_features, feats
 
     def _gtg_inputs(self, targets, device):
         """Pad each image's ground-truth classes to G slots: queries, positions, GT masks, self-attention mask."""
@@ -108,10 +137,11 @@ class SegCLIP(nn.Module):
         blocked[:, :, :, n:] |= ~valid[:, None, None, :]
         return queries, masks, blocked
 
-    def forward(self, images: torch.Tensor, targets=None):
-        """images: uint8 B x H x W x 3.  Returns the decoder stages [(logits, masks)]; in training with
-        GTG enabled and targets given, the last queries of every stage are the GTG queries."""
-        mask_features, feats = self.image_features(images)
+    def forward(self, images: torch.Tensor, targets=None, scene_ids=None):
+        """images: uint8 B x H x W x 3; scene_ids: B ints into the scene table (None = generic).
+        Returns the decoder stages [(logits, masks)]; in training with GTG enabled and targets
+        given, the last queries of every stage are the GTG queries."""
+        mask_features, feats = self.image_features(images, scene_ids)
         queries = fuse(self.cff, self.text_queries(), self.query_pos, feats[0])
         pos = self.query_pos[None].expand(queries.shape[0], -1, -1)
         gtg = self._gtg_inputs(targets, images.device) if (self.training and self.cfg.gtg and targets is not None) else None
@@ -123,7 +153,7 @@ class SegCLIP(nn.Module):
         return self.decoder(queries, pos, feats, mask_features, gtg_masks=gmasks, self_mask=blocked)
 
     @torch.no_grad()
-    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 B x H x W x 3 -> float B x K x H x W semantic scores (eval mode)."""
-        logits, masks = self.forward(images)[-1]
+    def predict_scores(self, images: torch.Tensor, scene_ids=None) -> torch.Tensor:
+        """uint8 B x H x W x 3 (+ B scene ids) -> float B x K x H x W semantic scores (eval mode)."""
+        logits, masks = self.forward(images, scene_ids=scene_ids)[-1]
         return semantic_scores(logits[:, : self.cfg.num_queries], masks[:, : self.cfg.num_queries], images.shape[1:3])

@@ -4,11 +4,14 @@ Parity checks and benchmarks loop over runners with no special cases::
 
     with load_runner("runs/x/export", format="onnx_fp16") as r:
         out = r.infer(images)          # images: uint8 N x H x W x 3 RGB
+        out = r.infer(images, scene_ids="rural")   # models trained with metadata prompts
         out["mask"], r.last_inference_time, r.describe()
 
 A subclass sets ``backend``, builds its ``signature`` in ``__init__`` (cheap, no session yet) and
 implements ``_activate`` (load the session/engine), ``_deactivate`` and ``_infer`` (a checked,
-C-contiguous uint8 batch in, ``{"mask": ..., ["scores": ...]}`` numpy arrays out).  The base class
+C-contiguous uint8 batch in, ``{"mask": ..., ["scores": ...]}`` numpy arrays out).  When the
+signature has scenes, ``_infer(images, scene_ids)`` also gets the checked int32 ids (N,), default
+scene 0 filled in; a runner for a model without scenes is called as ``_infer(images)``.  The base class
 validates the input once for all backends against the signature, enforces ``max_batch`` for
 fixed-profile artifacts (TensorRT engines), activates lazily, times the call and turns any
 backend exception about the input into a one-line ``SegclipError``.
@@ -79,9 +82,14 @@ class Runner:
             pass
 
     # ---- inference -----------------------------------------------------------------------------
-    def infer(self, images) -> dict:
-        """uint8 N x H x W x 3 RGB -> ``{"mask": N x H x W, ["scores": N x K x H x W]}`` (numpy)."""
+    def infer(self, images, scene_ids=None) -> dict:
+        """uint8 N x H x W x 3 RGB -> ``{"mask": N x H x W, ["scores": N x K x H x W]}`` (numpy).
+
+        ``scene_ids``: for a model trained with metadata prompts, the scene of each image (ids or
+        names from ``signature.scenes``; one value for the whole batch, or one per image); None =
+        scene 0, generic.  A model without scenes refuses them."""
         arr = self.signature.check_input(images, where=self.name)
+        ids = self.signature.check_scene_ids(scene_ids, arr.shape[0], where=self.name)
         if self.max_batch is not None and arr.shape[0] > self.max_batch:
             raise SegclipError(
                 f"{self.name}: batch {arr.shape[0]} is larger than this artifact's maximum batch {self.max_batch} "
@@ -90,7 +98,7 @@ class Runner:
         self.activate()
         t0 = time.perf_counter()
         try:
-            out = self._infer(arr)
+            out = self._infer(arr) if ids is None else self._infer(arr, ids)
         except SegclipError:
             raise
         except Exception as e:  # a runtime complaining about the input must not dump a traceback
@@ -140,7 +148,7 @@ class Runner:
     def _deactivate(self) -> None:
         pass
 
-    def _infer(self, images: np.ndarray) -> dict:  # pragma: no cover - abstract
+    def _infer(self, images: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
 

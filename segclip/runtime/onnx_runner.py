@@ -12,7 +12,7 @@ import numpy as np
 
 from segclip.contract import META_PRECISION, META_SIGNATURE
 from segclip.errors import SegclipError
-from segclip.signature import Signature
+from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner, one_line
 
 _PROVIDER_ALIASES = {
@@ -140,10 +140,10 @@ class OnnxRunner(Runner):
             sess = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
         except Exception as e:
             raise corrupt_onnx_error(self.path, e) from None
-        inp = self.signature.inputs[0]
         got = {i.name: i.type for i in sess.get_inputs()}
-        if list(got) != [inp.name] or got[inp.name] != "tensor(uint8)":
-            raise SegclipError(f"{self.path}: inputs {got} do not match the signature ('{inp.name}': tensor(uint8)); re-export with segclip export")
+        want = {t.name: f"tensor({t.dtype})" for t in self.signature.inputs}
+        if got != want:
+            raise SegclipError(f"{self.path}: inputs {got} do not match the signature {want}; re-export with segclip export")
         outs = [o.name for o in sess.get_outputs()]
         want = [t.name for t in self.signature.outputs]
         if sorted(outs) != sorted(want):
@@ -153,8 +153,11 @@ class OnnxRunner(Runner):
     def _deactivate(self) -> None:
         self._session = None
 
-    def _infer(self, images: np.ndarray) -> dict:
-        res = self._session.run(self._outputs, {self.signature.inputs[0].name: images})
+    def _infer(self, images: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:
+        feed = {self.signature.inputs[0].name: images}
+        if scene_ids is not None:
+            feed[SCENE_NAME] = scene_ids
+        res = self._session.run(self._outputs, feed)
         return dict(zip(self._outputs, res))
 
     def _providers(self) -> list:

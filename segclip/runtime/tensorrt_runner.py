@@ -13,7 +13,7 @@ import numpy as np
 
 from segclip.contract import MANIFEST_NAME, TRTEXEC_NAME, artifact_for_file, manifest_path, manifest_signature, read_manifest
 from segclip.errors import SegclipError
-from segclip.signature import Signature
+from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner, one_line
 
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
@@ -107,15 +107,17 @@ class TensorRTRunner(Runner):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        want = {t.name: t.dtype for t in self.signature.inputs}  # image (+ scene_id)
         want_in = self.signature.inputs[0].name
-        if self._inputs != [want_in]:
-            raise SegclipError(f"{self.path}: engine inputs {self._inputs} do not match the signature ('{want_in}'); re-export")
+        if sorted(self._inputs) != sorted(want):
+            raise SegclipError(f"{self.path}: engine inputs {self._inputs} do not match the signature {sorted(want)}; re-export")
         self._dtypes = {}
         for n in names:
             tname = str(engine.get_tensor_dtype(n)).split(".")[-1]
             self._dtypes[n] = getattr(torch, _TORCH_DTYPES.get(tname, "float32"))
-        if self._dtypes[want_in] != torch.uint8:
-            raise SegclipError(f"{self.path}: engine input '{want_in}' is {self._dtypes[want_in]}, not uint8; re-export with segclip export")
+        for n, dt in want.items():
+            if self._dtypes[n] != getattr(torch, dt):
+                raise SegclipError(f"{self.path}: engine input '{n}' is {self._dtypes[n]}, not {dt}; re-export with segclip export")
         try:
             _, _, mx = engine.get_tensor_profile_shape(want_in, 0)
             self.max_batch = int(mx[0])
@@ -126,17 +128,22 @@ class TensorRTRunner(Runner):
         self._context = None
         self._engine = None
 
-    def _infer(self, images: np.ndarray) -> dict:
+    def _infer(self, images: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:
         import torch
 
         dev = torch.device("cuda", self.device_index)
-        name_in = self._inputs[0]
-        x = torch.from_numpy(images).to(dev)
+        feed = {self.signature.inputs[0].name: images}
+        if scene_ids is not None:
+            feed[SCENE_NAME] = scene_ids
         ctx = self._context
-        if not ctx.set_input_shape(name_in, tuple(x.shape)):
-            raise SegclipError(f"{self.name}: input shape {tuple(x.shape)} is outside the engine's optimisation profile; "
-                               f"re-export with a matching --batch/--size")
-        ctx.set_tensor_address(name_in, x.data_ptr())
+        keep = []  # device buffers must outlive execute_async_v3
+        for name_in, arr in feed.items():
+            x = torch.from_numpy(arr).to(dev)
+            if not ctx.set_input_shape(name_in, tuple(x.shape)):
+                raise SegclipError(f"{self.name}: input '{name_in}' shape {tuple(x.shape)} is outside the engine's optimisation "
+                                   f"profile; re-export with a matching --batch/--size")
+            ctx.set_tensor_address(name_in, x.data_ptr())
+            keep.append(x)
         outs = {}
         for n in self._outputs:
             shape = tuple(ctx.get_tensor_shape(n))

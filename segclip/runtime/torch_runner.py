@@ -54,16 +54,14 @@ class TorchRunner(Runner):
     def _deactivate(self) -> None:
         self._module = None
 
-    def _infer(self, images: np.ndarray) -> dict:
+    def _infer(self, images: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:
         import torch
 
         x = torch.from_numpy(images).to(self.device)
+        ids = None if scene_ids is None else torch.from_numpy(scene_ids).to(self.device)
         with torch.inference_mode():
-            if self.precision == "fp16":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = self._module(x)
-            else:
-                out = self._module(x)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16"):
+                out = self._module(x, ids)
         if self.signature.scores:
             mask, scores = out
             return {MASK_NAME: mask.cpu().numpy(), SCORES_NAME: scores.float().cpu().numpy()}

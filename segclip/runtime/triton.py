@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from segclip.errors import SegclipError
-from segclip.signature import MASK_NAME, Signature, triton_wire_type
+from segclip.signature import MASK_NAME, SCENE_NAME, Signature, triton_dims, triton_wire_type
 from segclip.runtime.base import Runner
 
 # config.pbtxt parameters written by segclip.serving.repo and read back by the client
@@ -169,7 +169,8 @@ class TritonRunner(Runner):
         served = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in meta.get("inputs", []) + meta.get("outputs", [])}
         for spec in sig.inputs + sig.outputs:
             got = served.get(spec.name)
-            want = (triton_wire_type(spec.dtype), [int(d) for d in spec.shape] if max_batch > 0 else [int(d) for d in spec.shape[1:]])
+            dims = triton_dims(spec)[0]
+            want = (triton_wire_type(spec.dtype), [-1] + dims if max_batch > 0 else [int(d) for d in spec.shape[1:]])
             if got is None:
                 raise SegclipError(f"{self.where}: model '{self.model}' has no tensor '{spec.name}' (it has {sorted(served)})")
             if got != want:
@@ -178,14 +179,24 @@ class TritonRunner(Runner):
         return sig
 
     # ---- inference -------------------------------------------------------------------------------
-    def _infer(self, images: np.ndarray) -> dict:
+    def _infer(self, images: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:
         step = self.model_max_batch if self.model_max_batch > 0 else 1
-        parts = [self._infer_batch(images[i:i + step]) for i in range(0, len(images), step)]
+        parts = [self._infer_batch(images[i:i + step], None if scene_ids is None else scene_ids[i:i + step])
+                 for i in range(0, len(images), step)]
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
-    def _infer_batch(self, x: np.ndarray) -> dict:
+    def _scene_input(self, ids: np.ndarray):
+        """scene_id as Triton takes it: N x 1 INT32 (reshaped to N by the server; ``triton_dims``)."""
+        tc = self._tc
+        spec = self.signature.inputs[1]
+        arr = np.ascontiguousarray(ids.reshape(-1, 1) if self.model_max_batch > 0 else ids.reshape(1), dtype=spec.dtype)
+        inp = tc.InferInput(SCENE_NAME, list(arr.shape), triton_wire_type(spec.dtype))
+        inp.set_data_from_numpy(arr, **({} if self.protocol == "grpc" else {"binary_data": True}))
+        return inp
+
+    def _infer_batch(self, x: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:
         tc = self._tc
         x = np.ascontiguousarray(x)
         if self.model_max_batch == 0 and len(x) != 1:
@@ -193,10 +204,11 @@ class TritonRunner(Runner):
         shape = list(x.shape) if self.model_max_batch > 0 else list(x.shape[1:])
         in_spec = self.signature.inputs[0]
         inp = tc.InferInput(in_spec.name, shape, triton_wire_type(in_spec.dtype))
+        extra = [] if scene_ids is None else [self._scene_input(scene_ids)]
         out_names = [o.name for o in self.signature.outputs]
         if self._shm is not None:
             with self._lock:
-                outs = self._shm.infer(inp, x, out_names)
+                outs = self._shm.infer(inp, x, out_names, extra)
         else:
             if self.protocol == "grpc":
                 inp.set_data_from_numpy(x)
@@ -204,8 +216,8 @@ class TritonRunner(Runner):
             else:
                 inp.set_data_from_numpy(x, binary_data=True)
                 req = [tc.InferRequestedOutput(n, binary_data=True) for n in out_names]
-            res = self._call("inference", self.client.infer, self.model, [inp], model_version=self.version, outputs=req,
-                             **self._deadline())
+            res = self._call("inference", self.client.infer, self.model, [inp] + extra, model_version=self.version,
+                             outputs=req, **self._deadline())
             outs = {n: res.as_numpy(n) for n in out_names}
         return self._check_outputs(outs, x)
 
@@ -286,7 +298,8 @@ class _ShmRegions:
             pass
         self.shm.destroy_shared_memory_region(handle)
 
-    def infer(self, inp, x: np.ndarray, out_names: list) -> dict:
+    def infer(self, inp, x: np.ndarray, out_names: list, extra: list = ()) -> dict:
+        """The image and outputs through shared memory; small ``extra`` inputs (scene_id) inline."""
         r, tc = self.r, self.r._tc
         n, h, w = x.shape[:3]
         name, handle, _ = self._region("in", x.nbytes)
@@ -303,7 +316,7 @@ class _ShmRegions:
             offsets[o] = offset
             offset += sizes[o]
             req.append(ro)
-        r._call("inference", r.client.infer, r.model, [inp], model_version=r.version, outputs=req)
+        r._call("inference", r.client.infer, r.model, [inp, *extra], model_version=r.version, outputs=req)
         return {o: np.array(self.shm.get_contents_as_numpy(ohandle, np.dtype(specs[o].dtype), shapes[o], offset=offsets[o]))
                 for o in out_names}
 
