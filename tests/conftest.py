@@ -47,6 +47,22 @@ def make_small_model(seed: int = 0, classes=LOVEDA_CLASSES):
     return build_model(small_config(), classes, text_embeddings=emb)
 
 
+SCENES = (("rural",), ("urban",))  # LoveDA's domains: table generic, rural, urban
+
+
+def make_scene_model(seed: int = 0, classes=LOVEDA_CLASSES):
+    """The small model with metadata prompts (scene table generic/rural/urban); random-init
+    embeddings stand in for CLIP's, as in ``make_small_model``."""
+    from segclip.metadata import SceneTable
+    from segclip.modeling import build_model
+
+    torch.manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(len(classes), 512), dim=-1)
+    table = SceneTable(("domain",), SCENES)
+    scene_emb = torch.nn.functional.normalize(torch.randn(len(table), 512), dim=-1)
+    return build_model(small_config(), classes, text_embeddings=emb, scenes=table, scene_embeddings=scene_emb)
+
+
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
     """Path of an (untrained) small-preset checkpoint on the LoveDA classes: one class per image."""

@@ -27,8 +27,9 @@ def rendered_scenes(n: int, size: int = 128, seed: int = 5):
     return np.stack(imgs), np.where(labs == 0, 255, labs - 1)
 
 
-def finetune(model, steps: int = 20, size: int = SIZE, seed: int = 0):
-    """A few steps of per-pixel cross-entropy on the semantic scores (enough to separate classes)."""
+def finetune(model, steps: int = 20, size: int = SIZE, seed: int = 0, scenes: int = 0):
+    """A few steps of per-pixel cross-entropy on the semantic scores (enough to separate classes);
+    ``scenes``: a model with metadata prompts sees random scene ids of its table."""
     import torch.nn.functional as F
 
     from segclip.modeling import semantic_scores
@@ -42,7 +43,8 @@ def finetune(model, steps: int = 20, size: int = SIZE, seed: int = 0):
         idx = torch.randint(0, len(imgs), (4,), generator=g)
         y0, x0 = torch.randint(0, imgs.shape[1] - size + 1, (2,), generator=g).tolist()
         x, y = imgs[idx, y0:y0 + size, x0:x0 + size], labs[idx, y0:y0 + size, x0:x0 + size]
-        logits, masks = model(x)[-1]
+        ids = torch.randint(0, scenes, (len(idx),), generator=g) if scenes else None
+        logits, masks = model(x, scene_ids=ids)[-1]
         sc = semantic_scores(logits, masks, x.shape[1:3])
         p = sc.clamp_min(1e-6) / sc.sum(1, keepdim=True).clamp_min(1e-6)
         loss = F.nll_loss(torch.log(p), y, ignore_index=255)
@@ -61,6 +63,28 @@ def trained_ckpt(tmp_path_factory):
     model = finetune(make_small_model(seed=1))
     atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample", train_config={"crop_size": SIZE}), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_scene_ckpt(tmp_path_factory):
+    """``trained_ckpt``'s twin with metadata prompts (scenes generic, rural, urban)."""
+    from conftest import LOVEDA_PALETTE, make_scene_model
+    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+
+    path = tmp_path_factory.mktemp("trained_scene") / "small_scene.pt"
+    model = finetune(make_scene_model(seed=1), scenes=3)
+    atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample", train_config={"crop_size": SIZE}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def scene_export_dir(trained_scene_ckpt, tmp_path_factory):
+    """FP32 + FP16 export (64x64, batch 1..4) of ``trained_scene_ckpt``: the scene_id input."""
+    from segclip.export import export
+
+    out = tmp_path_factory.mktemp("scene_export") / "export"
+    manifest = export(trained_scene_ckpt, out, fp16=True, batch=(1, 2, 4), parity_images=4, log=lambda *a: None)
+    return out, manifest
 
 
 @pytest.fixture(scope="session")

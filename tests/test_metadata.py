@@ -2,26 +2,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import LOVEDA_CLASSES, LOVEDA_PALETTE, small_config
+from conftest import LOVEDA_CLASSES, LOVEDA_PALETTE, make_scene_model
 from segclip.cli import main
 from segclip.errors import SegclipError
 from segclip.metadata import SceneTable, apply_sidecar, load_sidecar, lookup_scene
+from test_export_helpers import SIZE, images as export_images
 
+pytest_plugins = ["test_export_helpers"]  # the session-wide trained scene checkpoint and its export
 
-def _scene_model(seed=0):
-    from segclip.modeling import build_model
-
-    torch.manual_seed(seed)
-    emb = torch.nn.functional.normalize(torch.randn(len(LOVEDA_CLASSES), 512), dim=-1)
-    table = SceneTable(("domain",), [("rural",), ("urban",)])
-    scene_emb = torch.nn.functional.normalize(torch.randn(len(table), 512), dim=-1)
-    return build_model(small_config(), LOVEDA_CLASSES, text_embeddings=emb, scenes=table, scene_embeddings=scene_emb)
+_scene_model = make_scene_model
 
 
 def _images(b=2, s=64, seed=0):
@@ -179,3 +175,88 @@ def test_cli_sidecar_errors_are_one_line(sample_root, tmp_path):
         run = CliRunner().invoke(main, args + ["--out", str(tmp_path / "run"), "--metadata", str(sidecar)])
         assert run.exit_code == 2 and run.output.count("\n") == 1 and msg in run.output, run.output
     assert not (tmp_path / "run").exists()
+
+
+# ---- deployment: the scene table becomes a constant, scene_id an input ---------------------------------
+def test_export_has_scene_input_and_passes_parity_for_every_scene(scene_export_dir, trained_scene_ckpt):
+    import onnx
+
+    out, manifest = scene_export_dir
+    assert manifest["scenes"]["table"][1] == {"id": 1, "name": "rural", "prompt": "a remote sensing image of a rural area"}
+    assert manifest["scenes"]["default"] == 0 and manifest["signature"]["scenes"] == ["generic", "rural", "urban"]
+    for key in ("onnx", "onnx_fp16"):
+        art = manifest["artifacts"][key]
+        per_scene = art["parity"]["pixel_agreement_per_scene"]
+        assert art["status"] == "ok" and {int(k) for k in per_scene} == {0, 1, 2}
+        assert min(per_scene.values()) >= art["parity"]["threshold"]
+        g = onnx.load(str(out / art["file"]), load_external_data=False).graph
+        ins = {i.name: (i.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
+               for i in g.input}
+        assert ins["scene_id"] == (onnx.TensorProto.INT32, ["batch"])
+    assert "over 3 scenes" in manifest["parity"]["table"]
+
+
+def test_exported_scenes_match_pytorch_and_change_the_output(scene_export_dir, trained_scene_ckpt):
+    """Independent reference: the checkpoint's own SegCLIP.predict_scores per scene vs ONNX Runtime."""
+    from segclip.engine.checkpoint import model_from_checkpoint
+    from segclip.runtime import load_runner
+
+    out, _ = scene_export_dir
+    model = model_from_checkpoint(trained_scene_ckpt)
+    x = export_images(2)
+    with load_runner(out, format="onnx", providers="cpu") as r:
+        masks = {}
+        for sid, name in enumerate(("generic", "rural", "urban")):
+            ref = model.predict_scores(torch.from_numpy(x), torch.full((2,), sid)).argmax(1).numpy()
+            got = r.infer(x, name)["mask"]
+            assert (got == ref).mean() > 0.999, name
+            masks[name] = got
+        assert any((masks["rural"] != masks[n]).any() for n in ("generic", "urban"))  # the scene path is live
+        np.testing.assert_array_equal(r.infer(x)["mask"], masks["generic"])  # no scene_id -> generic (0)
+        np.testing.assert_array_equal(r.infer(x, [1, 2])["mask"], np.stack([masks["rural"][0], masks["urban"][1]]))
+        with pytest.raises(SegclipError, match="scene id 3 is out of range .* scenes: generic, rural, urban"):
+            r.infer(x, 3)
+        with pytest.raises(SegclipError, match="unknown scene 'desert'"):
+            r.infer(x, "desert")
+
+
+def test_model_without_metadata_has_no_scene_input(export_dir):
+    from segclip.runtime import load_runner
+
+    out, manifest = export_dir
+    assert manifest["scenes"] is None and manifest["signature"]["scenes"] == []
+    with load_runner(out, format="onnx", providers="cpu") as r:
+        assert [t.name for t in r.signature.inputs] == ["image"]
+        with pytest.raises(SegclipError, match="exported without metadata prompts, so it takes no 'scene_id'"):
+            r.infer(export_images(1), "rural")
+
+
+def test_trtexec_profile_covers_scene_id():
+    from segclip.export.tensorrt import input_profiles, trtexec_command
+
+    cmd = trtexec_command("model_fp16.onnx", "model.plan", (1, 2, 4), (64, 64), 1024, scenes=True)
+    assert "--minShapes=image:1x64x64x3,scene_id:1" in cmd and "--maxShapes=image:4x64x64x3,scene_id:4" in cmd
+    assert input_profiles((1, 2, 4), (64, 64))["image"]["opt"] == [2, 64, 64, 3] and "scene_id" not in input_profiles((1, 2, 4), (64, 64))
+
+
+def test_predict_scene_on_torch_and_onnx_and_bad_scene(scene_export_dir, trained_scene_ckpt, tmp_path):
+    from PIL import Image
+
+    from test_export_helpers import assert_one_error
+
+    out, _ = scene_export_dir
+    img = tmp_path / "tile.png"
+    Image.fromarray(export_images(1)[0]).save(img)
+    masks = {}
+    for model in (trained_scene_ckpt, out):
+        for scene in ("rural", "urban"):
+            dest = tmp_path / f"{Path(model).name}_{scene}"
+            run = CliRunner().invoke(main, ["predict", "--model", str(model), str(img), "--out", str(dest), "--scene", scene,
+                                            "--device", "cpu", "--tile", str(SIZE), "--quiet"])
+            assert run.exit_code == 0, run.output
+            masks[(Path(model).name, scene)] = np.asarray(Image.open(dest / "tile_mask.png"))
+    for scene in ("rural", "urban"):  # the checkpoint (PyTorch) and the export (ONNX Runtime) agree per scene
+        assert (masks[(Path(trained_scene_ckpt).name, scene)] == masks[(out.name, scene)]).mean() > 0.999
+    run = CliRunner().invoke(main, ["predict", "--model", str(out), str(img), "--out", str(tmp_path / "x"), "--scene", "desert"])
+    assert_one_error(run, 2, "unknown scene 'desert'", "generic, rural, urban")
+    assert not list((tmp_path / "x").glob("*mask*"))

@@ -22,6 +22,8 @@ import pytest
 
 from segclip.errors import SegclipError
 
+pytest_plugins = ["test_export_helpers"]  # the trained scene checkpoint/export (metadata prompts)
+
 SIZE = 64
 MAX_BATCH = 4
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -562,3 +564,75 @@ def test_serve_cli_runs_until_sigterm_and_leaves_nothing(repo, server_env, image
     assert proc.returncode == 0, out
     assert "stopped" in out
     _assert_gone(server_pid, "127.0.0.1", (http, grpc, metrics))
+
+
+# ---- metadata prompts: scene_id through Triton -------------------------------------------------------
+@pytest.fixture(scope="module")
+def scene_repo(scene_export_dir, tmp_path_factory):
+    from segclip.serving.repo import build_repository
+
+    d = tmp_path_factory.mktemp("scene_repo") / "repo"
+    build_repository(scene_export_dir[0], d, models=["segclip_onnx", "segclip_python"], intra_op_threads=2)
+    return d
+
+
+def test_scene_configs_include_the_optional_input(scene_repo, repo):
+    from segclip.serving.repo import check_repository
+
+    cfgs = check_repository(scene_repo)
+    for name, cfg in cfgs.items():
+        sc = {t.name: t for t in cfg.input}["scene_id"]
+        assert (list(sc.dims), list(sc.reshape.shape), sc.HasField("reshape")) == ([1], [], True)
+        assert sc.optional == (name == "segclip_python")  # the python model fills the default itself
+        assert cfg.parameters["segclip_scene_default"].string_value == "0"
+        assert "scene_id" in cfg.model_warmup[0].inputs
+    assert "scene_id" not in {t.name for t in _parse(repo / "segclip_python" / "config.pbtxt").input}
+
+
+def test_triton_requests_with_scene_id(scene_repo, scene_export_dir, server_env):
+    """A real tritonserver: TritonRunner per scene equals the local ONNX runner; a raw request without
+    scene_id gets the generic scene; an out-of-range id is rejected and the server keeps serving."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from segclip.runtime import load_runner
+    from segclip.serving.server import TritonServer, free_ports
+    from test_export_helpers import images as scene_images
+
+    x = scene_images(3)
+    with load_runner(scene_export_dir[0], format="onnx", providers="cpu") as local:
+        want = {s: local.infer(x, s)["mask"] for s in ("generic", "rural", "urban")}
+    http, grpc, metrics = free_ports(3)
+    srv = TritonServer(scene_repo, http_port=http, grpc_port=grpc, metrics_port=metrics, env=server_env.path, native=False,
+                       startup_timeout=180)
+    srv.start()
+    try:
+        for url in (f"{srv.grpc_url}/segclip_python", f"{srv.http_url}/segclip_python"):
+            with load_runner(url) as r:
+                assert r.signature.scenes == ("generic", "rural", "urban")
+                for s in ("rural", "urban"):
+                    np.testing.assert_array_equal(r.infer(x, s)["mask"], want[s])
+                np.testing.assert_array_equal(r.infer(x)["mask"], want["generic"])
+                with pytest.raises(SegclipError, match="scene id 5 is out of range"):
+                    r.infer(x, 5)  # the client refuses before sending
+        g = grpcclient.InferenceServerClient(srv.grpc_url[len("grpc://"):])
+
+        def request(ids=None):
+            inp = grpcclient.InferInput("image", [1, SIZE, SIZE, 3], "UINT8")
+            inp.set_data_from_numpy(x[:1])
+            extra = []
+            if ids is not None:
+                sc = grpcclient.InferInput("scene_id", [1, 1], "INT32")
+                sc.set_data_from_numpy(np.array([[ids]], np.int32))
+                extra.append(sc)
+            return g.infer("segclip_python", [inp] + extra).as_numpy("mask")
+
+        np.testing.assert_array_equal(request(), want["generic"][:1])  # the documented default
+        np.testing.assert_array_equal(request(2), want["urban"][:1])
+        for bad in (3, -1):
+            with pytest.raises(InferenceServerException, match="out of range 0..2"):
+                request(bad)
+            np.testing.assert_array_equal(request(1), want["rural"][:1])  # still serving
+        g.close()
+    finally:
+        srv.stop()

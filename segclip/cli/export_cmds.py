@@ -61,8 +61,10 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
 @device_option(providers_alias=True, help="cpu, cuda or cuda:N for torch, ONNX Runtime and TensorRT (default: cuda when visible).")
 @click.option("--timeout", default=None, type=float, help="Seconds before a Triton request counts as failed (default 60).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--scene", help="Scene of the inputs for a model trained with metadata prompts: a name of its scene table "
+              "(e.g. rural, urban) or an id; default generic (metadata unknown).")
 def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
-                device, providers, timeout, quiet):
+                device, providers, timeout, quiet, scene):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
     import sys
@@ -79,7 +81,8 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
         raise SegclipError(f"--timeout {timeout}: must be > 0 seconds")
     results, errors = predict_paths(models, inputs, out, tile=tile, overlap=overlap, batch=batch, bands=parse_bands(bands),
                                     value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
-                                    runner_opts=opts, timeout=timeout, force=force, progress=not quiet, log=lambda m: click.echo(m, err=m.startswith("error:")))
+                                    runner_opts=opts, timeout=timeout, force=force, progress=not quiet, scene=scene,
+                                    log=lambda m: click.echo(m, err=m.startswith("error:")))
     for line in summary_lines(results):
         click.echo(line)
     if errors:  # each was printed as it happened; the other inputs' outputs are written
@@ -89,10 +92,11 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
 def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Optional[int] = None,
                   overlap: float = 0.25, batch: int = 8, bands=None, value_range=None, overlay: bool = False,
                   in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
-                  force: bool = False, progress: bool = True, log: Callable = print) -> tuple:
+                  force: bool = False, progress: bool = True, scene=None, log: Callable = print) -> tuple:
     """``segclip predict`` in Python: -> (per-file summaries, [one-line errors]).  Raises
     ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
-    (Here, not in ``segclip.engine.predict``: it loads runners, a layer above the engine.)"""
+    (Here, not in ``segclip.engine.predict``: it loads runners, a layer above the engine.)
+    ``scene``: a scene name or id of a model trained with metadata prompts, for every input."""
     from segclip.engine.predict import OUTPUT_SUFFIXES, Predictor, expand_inputs, output_stems
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool
@@ -137,6 +141,8 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
     errors += pool_errors
     with pool:
         sig = pool.signature
+        # one-line error for a scene the model lacks (or any scene for a model without them)
+        scene_id = None if scene is None else int(sig.check_scene_ids(scene, 1, where="--scene")[0])
         if sig.dynamic_size:
             window = (int(tile or 1024),) * 2
         else:
@@ -147,7 +153,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
         limit = pool.endpoints[0].runners[0].max_batch  # fixed engine profiles; Triton splits big batches itself
         batch = min(batch, limit) if limit else batch
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
-                              overlay=overlay, progress=progress, log=log)
+                              overlay=overlay, progress=progress, log=log, scene=scene_id)
         results, file_errors = predictor.run(paths, out, stems)
     return results, errors + file_errors
 

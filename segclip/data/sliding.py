@@ -237,21 +237,22 @@ def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, over
 
 
 def predict_image(runner, image: np.ndarray, *, window=None, overlap: float = OVERLAP, batch_size: int = 4,
-                  return_scores: bool = False):
+                  return_scores: bool = False, scene=None):
     """One H x W x 3 uint8 image through a ``Runner``-like scorer -> ``(class map, how)``, or
     ``(class map, scores or None, how)`` with ``return_scores``; ``how`` is "direct" (one call: the
     image has the runner's size, or the runner takes any size and no ``window`` is given) or
     "sliding-window" (windows of the runner's fixed size, or of ``window``, blended as above).
 
     Batches never exceed ``runner.max_batch``.  A runner without scores output is blended by the
-    class-map rule (centre region wins), so ``return_scores`` then gives None."""
+    class-map rule (centre region wins), so ``return_scores`` then gives None.  ``scene``: the image's
+    scene (name or id) for a model with metadata prompts; every window shares it."""
     sig = runner.signature
     image = np.ascontiguousarray(image, dtype=np.uint8)
     has_scores = bool(sig.scores)
     if window is None and not sig.dynamic_size:
         window = (sig.height, sig.width)
     if window is None or tuple(image.shape[:2]) == _pair(window, "window"):
-        out = runner.infer(image[None])
+        out = runner.infer(image[None], scene)
         scores = out["scores"][0].astype(np.float32) if has_scores and return_scores else None
         mask = out["mask"][0]
         return (mask, scores, "direct") if return_scores else (mask, "direct")
@@ -259,7 +260,7 @@ def predict_image(runner, image: np.ndarray, *, window=None, overlap: float = OV
     key = "scores" if has_scores else "mask"
 
     def predict_fn(batch):
-        return runner.infer(np.ascontiguousarray(batch))[key]
+        return runner.infer(np.ascontiguousarray(batch), scene)[key]
 
     res = sliding_window_predict(predict_fn, image, window, overlap=overlap, batch_size=bs, num_classes=sig.num_classes,
                                  mode=key, return_scores=return_scores and has_scores)

@@ -143,11 +143,12 @@ class Predictor:
     """Streams rasters through a ``RunnerPool``.  ``window`` is the model's input size."""
 
     def __init__(self, pool, window: tuple, overlap: float = 0.25, batch: int = 8, bands=None, value_range=None,
-                 overlay: bool = False, progress: bool = True, log: Callable = print):
+                 overlay: bool = False, progress: bool = True, log: Callable = print, scene: Optional[int] = None):
         self.pool, self.window, self.overlap = pool, window, overlap
         self.batch = max(1, int(batch))
         self.bands, self.value_range, self.overlay = bands, value_range, overlay
         self.progress, self.log = progress, log
+        self.scene = scene  # scene id of every window (models with metadata prompts); None = the default
         sig = pool.signature
         self.classes, self.palette, self.k = list(sig.classes), list(sig.palette), sig.num_classes
         self.mode = "scores" if pool.has_scores else "mask"
@@ -262,7 +263,7 @@ class Predictor:
                 if item is None:
                     break
                 ids, batch = item
-                pending.append((ids, pool.submit(batch)))
+                pending.append((ids, pool.submit(batch, self.scene)))
                 while len(pending) > pool.slots:
                     drain_one()
             while pending:

@@ -32,7 +32,7 @@ class _Endpoint:
 
 class RunnerPool:
     """``RunnerPool([[runner, runner], [runner, runner]])``: endpoints, each a list of slots (runners
-    on the same model).  ``submit(batch) -> Future`` of ``runner.infer(batch)``."""
+    on the same model).  ``submit(batch[, scene_ids]) -> Future`` of ``runner.infer(batch, scene_ids)``."""
 
     def __init__(self, endpoints: Sequence[Sequence], names: Optional[Sequence[str]] = None):
         if not endpoints or not all(endpoints):
@@ -42,7 +42,8 @@ class RunnerPool:
         first = self.endpoints[0].runners[0].signature
         for ep in self.endpoints[1:]:
             sig = ep.runners[0].signature
-            if (sig.classes, sig.height, sig.width, sig.scores) != (first.classes, first.height, first.width, first.scores):
+            if (sig.classes, sig.height, sig.width, sig.scores, sig.scenes) != (first.classes, first.height, first.width,
+                                                                              first.scores, first.scenes):
                 raise SegclipError(f"{ep.name}: serves a different model than {self.endpoints[0].name} (classes, input "
                                    f"size or outputs differ); every --model must be the same export")
         self.signature = first
@@ -54,8 +55,9 @@ class RunnerPool:
     def has_scores(self) -> bool:
         return bool(self.signature.scores)
 
-    def submit(self, batch: np.ndarray) -> Future:
-        return self._executor.submit(self._run, batch)
+    def submit(self, batch: np.ndarray, scene_ids=None) -> Future:
+        """Future of ``runner.infer(batch, scene_ids)`` on a free slot."""
+        return self._executor.submit(self._run, batch, scene_ids)
 
     def _acquire(self, tried: set):
         with self._cond:
@@ -82,7 +84,7 @@ class RunnerPool:
                 ep.last_error = error
             self._cond.notify_all()
 
-    def _run(self, batch: np.ndarray) -> dict:
+    def _run(self, batch: np.ndarray, scene_ids=None) -> dict:
         tried, errors = set(), []
         while True:
             ep, runner = self._acquire(tried)
@@ -90,7 +92,7 @@ class RunnerPool:
                 many = len(self.endpoints) > 1
                 raise SegclipError(("every endpoint failed this batch: " if many else "") + "; ".join(errors))
             try:
-                out = runner.infer(batch)
+                out = runner.infer(batch, scene_ids)
             except Exception as e:  # network errors, a server that went away, a timeout
                 msg = str(e) if isinstance(e, SegclipError) else f"{ep.name}: {type(e).__name__}: {e}"
                 errors.append(" ".join(msg.split()))

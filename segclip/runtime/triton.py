@@ -29,6 +29,7 @@ from segclip.runtime.base import Runner
 # config.pbtxt parameters written by segclip.serving.repo and read back by the client
 SIGNATURE_PARAM = "segclip_signature"  # the export's Signature as JSON
 PRECISION_PARAM = "segclip_precision"
+SCENE_DEFAULT_PARAM = "segclip_scene_default"  # scene_id a request without one gets (0 = generic)
 
 
 def _one_line(e) -> str:

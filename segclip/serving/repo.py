@@ -32,8 +32,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError
 from segclip.contract import MANIFEST_NAME, artifact_problem, batch_profile, manifest_signature, read_manifest, sha256_file
-from segclip.runtime.triton import PRECISION_PARAM, SIGNATURE_PARAM
-from segclip.signature import MASK_NAME, Signature, triton_config_type
+from segclip.runtime.triton import PRECISION_PARAM, SCENE_DEFAULT_PARAM, SIGNATURE_PARAM
+from segclip.signature import DEFAULT_SCENE, MASK_NAME, SCENE_NAME, Signature, triton_config_type, triton_dims
 
 MODEL_ONNX = "segclip_onnx"
 MODEL_TRT = "segclip_trt"
@@ -137,7 +137,7 @@ def check_config_against_onnx(cfg: mc.ModelConfig, onnx_path, where: str) -> Non
                     raise SegclipError(
                         f"{where}: {kind} '{t.name}' has a fixed batch of {b} in {onnx_path} but max_batch_size is {cfg.max_batch_size}"
                     )
-            cdims = list(t.dims)
+            cdims = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)  # what the model sees
             ok = len(cdims) == len(odims) and all(o is None or o == c for c, o in zip(cdims, odims))
             if not ok:
                 shown = ["?" if o is None else o for o in odims]
@@ -192,7 +192,17 @@ def model_config(name: str, sig: Signature, *, max_batch: int, queue_delay_us: i
 
     for spec in sig.inputs:
         t = cfg.input.add(name=spec.name, data_type=mc.DataType.Value(triton_config_type(spec.dtype)))
-        t.dims.extend(spec.shape[1:])
+        dims, reshape = triton_dims(spec)
+        if max_batch == 0 and spec.name == SCENE_NAME:  # no implicit batch axis: the model takes [1] as is
+            reshape = None
+        t.dims.extend(dims)
+        if reshape is not None:
+            t.reshape.shape.extend(reshape)
+        if spec.name == SCENE_NAME:
+            # scene_id (metadata prompts): the python model fills the default for requests without
+            # it; NVIDIA's ONNX Runtime/TensorRT backends feed graphs that need it, so they require it.
+            t.optional = name == MODEL_PYTHON
+            cfg.parameters[SCENE_DEFAULT_PARAM].string_value = str(DEFAULT_SCENE)
     for spec in sig.outputs:
         t = cfg.output.add(name=spec.name, data_type=mc.DataType.Value(triton_config_type(spec.dtype)))
         t.dims.extend(spec.shape[1:])
@@ -214,6 +224,11 @@ def model_config(name: str, sig: Signature, *, max_batch: int, queue_delay_us: i
     inp.data_type = mc.DataType.Value(triton_config_type(spec.dtype))
     inp.dims.extend([int(h), int(wd), 3])
     inp.random_data = True
+    if sig.scenes:  # warm the scene path too (the generic scene)
+        sc = w.inputs[SCENE_NAME]
+        sc.data_type = mc.DataType.Value(triton_config_type(sig.inputs[1].dtype))
+        sc.dims.extend(triton_dims(sig.inputs[1])[0])
+        sc.zero_data = True
     return cfg
 
 

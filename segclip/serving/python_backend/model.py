@@ -41,7 +41,13 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file {onnx_file} is missing")
 
         self.max_batch = int(self.config.get("max_batch_size", 0))
-        self.input = self.config["input"][0]
+        # scene_id (metadata prompts): optional per request; absent -> the documented default scene
+        scene = [i for i in self.config["input"] if i["name"] == "scene_id"]
+        self.scene_name = scene[0]["name"] if scene else None
+        self.scene_default = int(_param(self.config, "segclip_scene_default", "0"))
+        sig = json.loads(_param(self.config, "segclip_signature", "{}") or "{}")
+        self.scenes = list(sig.get("scenes") or [])
+        self.input = [i for i in self.config["input"] if i["name"] != "scene_id"][0]
         self.in_name = self.input["name"]
         self.in_dtype = _NP[self.input["data_type"]]
         self.in_dims = [int(d) for d in self.input["dims"]]
@@ -81,13 +87,33 @@ class TritonPythonModel:
                    for (n, dt), r in zip(self.outputs, results)]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
-    def _run(self, batch):
-        return self.session.run(self.output_names, {self.in_name: batch})
+    def _scene_ids(self, request, n):
+        """-> (int32 ids (n,), None) or (None, error): the request's scene_id, or the default."""
+        t = pb_utils.get_input_tensor_by_name(request, self.scene_name)
+        if t is None:
+            return np.full(n, self.scene_default, np.int32), None
+        ids = t.as_numpy()
+        if ids.dtype.kind not in "iu":
+            return None, f"'{self.scene_name}' must be INT32, got {ids.dtype}"
+        ids = ids.reshape(-1)
+        if len(ids) != n:
+            return None, f"'{self.scene_name}' must hold one id per image ({n}), got {len(ids)}"
+        bad = ids[(ids < 0) | (ids >= len(self.scenes))]
+        if len(bad):
+            return None, (f"'{self.scene_name}' {int(bad[0])} is out of range 0..{len(self.scenes) - 1} "
+                          f"(scenes: {', '.join(self.scenes)})")
+        return ids.astype(np.int32), None
+
+    def _run(self, batch, scene_ids=None):
+        feed = {self.in_name: batch}
+        if self.scene_name is not None:
+            feed[self.scene_name] = scene_ids
+        return self.session.run(self.output_names, feed)
 
     # ---- Triton entry points ---------------------------------------------------------------------
     def execute(self, requests):
         responses = [None] * len(requests)
-        arrays = {}
+        arrays, scene_ids = {}, {}
         for i, request in enumerate(requests):
             t = pb_utils.get_input_tensor_by_name(request, self.in_name)
             if t is None:
@@ -96,10 +122,14 @@ class TritonPythonModel:
                 continue
             arr = t.as_numpy()
             err = self._check(arr)
+            ids = None
+            if not err and self.scene_name is not None:
+                ids, err = self._scene_ids(request, arr.shape[0] if self.max_batch > 0 else 1)
             if err:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {err}"))
                 continue
             arrays[i] = arr
+            scene_ids[i] = ids
 
         # group requests with the same spatial size, run each group as one batch
         groups = {}
@@ -108,10 +138,11 @@ class TritonPythonModel:
         for idx in groups.values():
             try:
                 if len(idx) == 1:
-                    outs = [self._run(np.ascontiguousarray(arrays[idx[0]]))]
+                    outs = [self._run(np.ascontiguousarray(arrays[idx[0]]), scene_ids[idx[0]])]
                 else:
                     sizes = [arrays[i].shape[0] for i in idx]
-                    full = self._run(np.concatenate([arrays[i] for i in idx], axis=0))
+                    ids = None if self.scene_name is None else np.concatenate([scene_ids[i] for i in idx])
+                    full = self._run(np.concatenate([arrays[i] for i in idx], axis=0), ids)
                     bounds = np.cumsum([0] + sizes)
                     outs = [[o[a:b] for o in full] for a, b in zip(bounds[:-1], bounds[1:])]
                 for i, res in zip(idx, outs):
