@@ -79,11 +79,11 @@ def trained_scene_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scene_export_dir(trained_scene_ckpt, tmp_path_factory):
-    """FP32 + FP16 export (64x64, batch 1..4) of ``trained_scene_ckpt``: the scene_id input."""
+    """FP32 + FP16 export (64x64, batch 1..4, with scores) of ``trained_scene_ckpt``: the scene_id input."""
     from segclip.export import export
 
     out = tmp_path_factory.mktemp("scene_export") / "export"
-    manifest = export(trained_scene_ckpt, out, fp16=True, batch=(1, 2, 4), parity_images=4, log=lambda *a: None)
+    manifest = export(trained_scene_ckpt, out, fp16=True, batch=(1, 2, 4), parity_images=4, scores=True, log=lambda *a: None)
     return out, manifest
 
 

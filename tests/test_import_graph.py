@@ -3,7 +3,7 @@
 The layers, lowest first (a module may import its own layer's package and anything lower, never
 a higher or a sibling one):
 
-    errors <- atomic <- signature / parsers / config / prompts <- contract / viz <- data / modeling
+    errors <- atomic / metadata <- signature / parsers / config / prompts <- contract / viz <- data / modeling
       <- engine <- runtime <- export <- serving <- benchmarks <- cli <- __main__
 
 Every import is counted, also the ones inside functions: a lazy import is still a dependency.
@@ -21,7 +21,7 @@ import segclip
 ROOT = Path(segclip.__file__).resolve().parent
 LAYERS = [
     ("segclip", "errors"),
-    ("atomic",),
+    ("atomic", "metadata"),
     ("signature", "parsers", "config", "prompts"),
     ("contract", "viz"),
     ("data", "modeling"),
