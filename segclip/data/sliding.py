@@ -125,11 +125,13 @@ class Blender:
                 self.wsum = np.zeros((self.ring, wp), np.float32)
         else:
             self.best = np.full((self.ring, wp), -1.0, np.float32)
-            self.cls = np.zeros((self.ring, wp), np.int32)
+            self.cls = np.zeros((self.ring, wp), np.uint8 if k is not None and k <= 255 else np.int32)
 
     @property
     def mask_dtype(self):
-        return np.uint8 if self.mode == "mask" or (self.k or 0) <= 255 else np.int32
+        if self.mode == "mask":
+            return self.cls.dtype
+        return np.uint8 if (self.k or 0) <= 255 else np.int32
 
     @property
     def done(self) -> bool:

@@ -81,7 +81,10 @@ def output_stems(paths: Sequence[Path], out: Path) -> list:
 
 
 class _Counts:
-    """Per-class pixels and areas (m^2 when georeferenced) of the finished rows."""
+    """Per-class pixels and areas (m^2 when georeferenced) of the finished rows, counted ``CHUNK``
+    rows at a time so the temporaries stay small whatever the image width."""
+
+    CHUNK = 64
 
     def __init__(self, k: int):
         self.pixels = np.zeros(k, np.int64)
@@ -90,14 +93,20 @@ class _Counts:
         self.k = k
 
     def add(self, rows: np.ndarray, valid: Optional[np.ndarray], row_area: Optional[np.ndarray]) -> None:
-        labels = rows.astype(np.int64, copy=False)
-        if valid is not None:
-            self.nodata += int(valid.size - np.count_nonzero(valid))
-            labels = np.where(valid, labels, self.k)  # bin k = nodata, dropped below
-        self.pixels += np.bincount(labels.ravel(), minlength=self.k + 1)[: self.k]
-        if row_area is not None:
-            w = np.broadcast_to(row_area[:, None], labels.shape).ravel()
-            self.area += np.bincount(labels.ravel(), weights=w, minlength=self.k + 1)[: self.k]
+        k1 = self.k + 1  # bin k = nodata, dropped below
+        for r0 in range(0, rows.shape[0], self.CHUNK):
+            labels = rows[r0:r0 + self.CHUNK]
+            n = labels.shape[0]
+            if valid is not None:
+                v = valid[r0:r0 + n]
+                self.nodata += int(v.size - np.count_nonzero(v))
+                labels = np.where(v, labels, self.k)
+            # one bincount gives every row's class counts: bin = row * (k + 1) + class
+            idx = labels.astype(np.int64) + (np.arange(n, dtype=np.int64) * k1)[:, None]
+            per_row = np.bincount(idx.ravel(), minlength=n * k1).reshape(n, k1)[:, : self.k]
+            self.pixels += per_row.sum(0)
+            if row_area is not None:
+                self.area += (per_row * row_area[r0:r0 + n, None]).sum(0)
 
 
 class _Preview:
@@ -192,7 +201,7 @@ class Predictor:
     def _stream(self, source, plan, blender, sink, counts, preview, bar) -> int:
         pool = self.pool
         q_in: queue.Queue = queue.Queue(maxsize=pool.slots + 1)  # batches read, not yet sent
-        q_out: queue.Queue = queue.Queue(maxsize=4)  # finished row bands, not yet written
+        q_out: queue.Queue = queue.Queue(maxsize=2)  # finished row bands, not yet written
         errors: list = []
         failed = lambda: bool(errors)  # noqa: E731
         skipped = [0]
