@@ -70,7 +70,7 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
     import sys
 
     from segclip.data.raster import parse_bands, parse_range
-    from segclip.engine.predict import summary_lines
+    from segclip.engine.predict import release_freed_memory, summary_lines
 
     if tile is not None and tile < 1:
         raise SegclipError(f"--tile {tile}: must be a positive number of pixels")
@@ -79,6 +79,7 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
     opts = {k: v for k, v in (("format", fmt), ("device", device), ("providers", providers), ("allow_failed", allow_failed)) if v}
     if timeout is not None and timeout <= 0:
         raise SegclipError(f"--timeout {timeout}: must be > 0 seconds")
+    release_freed_memory()
     results, errors = predict_paths(models, inputs, out, tile=tile, overlap=overlap, batch=batch, bands=parse_bands(bands),
                                     value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
                                     runner_opts=opts, timeout=timeout, force=force, progress=not quiet, scene=scene,

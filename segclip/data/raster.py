@@ -35,9 +35,14 @@ _SAMPLE_PIXELS = 1 << 20
 
 
 def gdal_env():
+    """GDAL settings for streaming.  Through the process environment, not only ``rasterio.Env``:
+    Env options are per thread, and GDAL sizes its one process-wide block cache from whichever
+    thread reads first (the reader thread) -- by default 5% of RAM, which holds a whole scene."""
     import rasterio
 
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20, GDAL_NUM_THREADS="ALL_CPUS")
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))  # MB (a user's own setting wins)
+    os.environ.setdefault("GDAL_NUM_THREADS", "ALL_CPUS")
+    return rasterio.Env()
 
 
 def parse_bands(text) -> Optional[tuple]:
