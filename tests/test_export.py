@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_export_helpers import SIZE, assert_one_error, images
+from test_export_helpers import FP16_AGREEMENT, SIZE, assert_one_error, images
 
 pytest_plugins = ["test_export_helpers"]  # one session-wide trained checkpoint and export for all modules
 
@@ -44,6 +44,7 @@ def test_fp32_export_passes_gate_with_uint8_io(export_dir):
     assert manifest["status"] == "ok"
     a = manifest["artifacts"]["onnx"]
     assert a["status"] == "ok" and a["precision"] == "fp32"
+    assert a["tensorrt_check"] == "ok" and manifest["artifacts"]["onnx_fp16"]["tensorrt_check"] == "ok"
     p = a["parity"]
     assert p["pixel_agreement"] >= 0.999 and p["threshold"] == 0.999
     assert p["max_abs_diff"] < 1e-3  # scores measured through the scores-enabled twin
@@ -97,12 +98,12 @@ def test_metadata_round_trips_and_hashes(export_dir):
     assert manifest["input"]["batch"] == {"min": 1, "opt": 2, "max": 4}
 
 
-def test_dynamic_batch_1_and_3_match_torch(export_dir, trained_ckpt):
+def test_dynamic_batch_1_and_3_match_torch(export_dir, trained_checkpoint):
     from segclip.runtime import load_runner
 
     out, _ = export_dir
     x = images(3)
-    with load_runner(out / "model.onnx", providers="cpu") as r, load_runner(trained_ckpt) as ref:
+    with load_runner(out / "model.onnx", providers="cpu") as r, load_runner(trained_checkpoint) as ref:
         want = ref.infer(x)["mask"]
         one = r.infer(x[:1])["mask"]
         three = r.infer(x)["mask"]
@@ -111,12 +112,12 @@ def test_dynamic_batch_1_and_3_match_torch(export_dir, trained_ckpt):
     assert (three == want).mean() >= 0.999
 
 
-def test_text_side_is_baked_no_clip_weights(export_dir, trained_ckpt):
+def test_text_side_is_baked_no_clip_weights(export_dir, trained_checkpoint):
     from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from segclip.modeling import SegCLIPInference
 
     out, _ = export_dir
-    ckpt = load_checkpoint(trained_ckpt)
+    ckpt = load_checkpoint(trained_checkpoint)
     k, width = ckpt["text_embeddings"].shape
     m = onnx.load(str(out / "model.onnx"))
     shapes = [tuple(t.dims) for t in m.graph.initializer]
@@ -127,15 +128,15 @@ def test_text_side_is_baked_no_clip_weights(export_dir, trained_ckpt):
     assert 0.9 * image_path <= total <= 1.05 * image_path, (total, image_path)
 
 
-def test_runtime_and_export_never_import_open_clip(tmp_path, trained_ckpt):
+def test_runtime_and_export_never_import_open_clip(tmp_path, trained_checkpoint):
     code = f"""
 import sys
 import numpy as np
 import segclip.runtime, segclip.export
 from segclip.runtime import load_runner
-m = segclip.export.export({str(trained_ckpt)!r}, {str(tmp_path / 'e')!r}, parity_images=1, log=lambda *a: None)
+m = segclip.export.export({str(trained_checkpoint)!r}, {str(tmp_path / 'e')!r}, parity_images=1, log=lambda *a: None)
 x = np.zeros((1, {SIZE}, {SIZE}, 3), np.uint8)
-for src in ({str(tmp_path / 'e')!r}, {str(tmp_path / 'e' / 'model.onnx')!r}, {str(trained_ckpt)!r}):
+for src in ({str(tmp_path / 'e')!r}, {str(tmp_path / 'e' / 'model.onnx')!r}, {str(trained_checkpoint)!r}):
     with load_runner(src) as r:
         r.infer(x)
 print("OPEN_CLIP_LOADED" if any(k == "open_clip" or k.startswith("open_clip.") for k in sys.modules) else "CLEAN")
@@ -147,24 +148,24 @@ print("OPEN_CLIP_LOADED" if any(k == "open_clip" or k.startswith("open_clip.") f
 
 
 # ---- FP16 ----------------------------------------------------------------------------------------
-def test_fp16_runs_on_ort_cpu_and_passes_gate(export_dir, trained_ckpt):
+def test_fp16_runs_on_ort_cpu_and_passes_gate(export_dir, trained_checkpoint):
     from segclip.runtime import load_runner
 
     out, manifest = export_dir
     a = manifest["artifacts"]["onnx_fp16"]
     assert a["status"] == "ok" and a["precision"] == "fp16"
-    assert a["parity"]["pixel_agreement"] >= 0.995 and a["parity"]["threshold"] == 0.995
+    assert a["parity"]["pixel_agreement"] >= FP16_AGREEMENT and a["parity"]["threshold"] == FP16_AGREEMENT
     p, p32 = a["parity"], manifest["artifacts"]["onnx"]["parity"]
     # FP16 scores differ from PyTorch's, but by FP16 rounding only: well above the FP32 graph's
     # differences (so this really is the FP16 graph) and far below a wrong-class margin
     assert 0 < p["mean_abs_diff"] <= p["max_abs_diff"] < 0.05, p
     assert p["max_abs_diff"] > 10 * p32["max_abs_diff"], (p, p32)
     assert (out / "model_fp16.onnx").stat().st_size < 0.6 * (out / "model.onnx").stat().st_size
-    x = images(2, seed=3)
-    with load_runner(out, format="onnx_fp16", providers="cpu") as r, load_runner(trained_ckpt) as ref:
+    x = images(4)
+    with load_runner(out, format="onnx_fp16", providers="cpu") as r, load_runner(trained_checkpoint) as ref:
         got = r.infer(x)
         want = ref.infer(x)["mask"]
-    assert got["mask"].dtype == np.uint8 and (got["mask"] == want).mean() >= 0.995
+    assert got["mask"].dtype == np.uint8 and (got["mask"] == want).mean() >= FP16_AGREEMENT
 
 
 def test_fp16_keeps_listed_ops_fp32_and_io_types(export_dir):
@@ -226,10 +227,10 @@ def test_fp16_range_pass_keeps_overflowing_nodes_fp32():
 
 
 # ---- gates, errors, CLI ----------------------------------------------------------------------------
-def test_failing_gate_exits_1_and_marks_manifest(tmp_path, trained_ckpt):
+def test_failing_gate_exits_1_and_marks_manifest(tmp_path, trained_checkpoint):
     """(Also the --scores export: FP32 scores from both the FP32 and the FP16 graph.)"""
     out = tmp_path / "gated"
-    res = _cli("export", trained_ckpt, "--out", out, "--parity-images", 1, "--fp32-threshold", 1.01, "--scores", "--fp16")
+    res = _cli("export", trained_checkpoint, "--out", out, "--parity-images", 1, "--fp32-threshold", 1.01, "--scores", "--fp16")
     assert_one_error(res, 1, "parity gate failed")
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "failed" and m["artifacts"]["onnx"]["status"] == "failed"
@@ -249,23 +250,23 @@ def test_failing_gate_exits_1_and_marks_manifest(tmp_path, trained_ckpt):
     assert np.array_equal(res["scores"].argmax(1), res["mask"])
 
 
-def test_force_never_replaces_a_directory_that_is_not_an_export(trained_ckpt):
-    before = sorted(p.name for p in trained_ckpt.parent.iterdir())
-    res = _cli("export", trained_ckpt, "--out", trained_ckpt.parent, "--force")
+def test_force_never_replaces_a_directory_that_is_not_an_export(trained_checkpoint):
+    before = sorted(p.name for p in trained_checkpoint.parent.iterdir())
+    res = _cli("export", trained_checkpoint, "--out", trained_checkpoint.parent, "--force")
     assert_one_error(res, 2, "not a segclip export")
-    assert sorted(p.name for p in trained_ckpt.parent.iterdir()) == before
+    assert sorted(p.name for p in trained_checkpoint.parent.iterdir()) == before
 
 
-def test_existing_export_refused_with_clear_error(export_dir, trained_ckpt):
+def test_existing_export_refused_with_clear_error(export_dir, trained_checkpoint):
     out, _ = export_dir
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()}
-    res = _cli("export", trained_ckpt, "--out", out, "--fp16")
+    res = _cli("export", trained_checkpoint, "--out", out, "--fp16")
     assert_one_error(res, 2, "already holds an export", "--force")
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()} == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
-def test_failed_force_rebuild_keeps_the_previous_export(tmp_path, export_dir, trained_ckpt):
+def test_failed_force_rebuild_keeps_the_previous_export(tmp_path, export_dir, trained_checkpoint):
     """--force rebuilds into a staging folder: a rebuild that fails after writing model.onnx (its parity
     data has a corrupt image) leaves the previous export byte for byte and no staging folder."""
     import shutil
@@ -283,23 +284,23 @@ def test_failed_force_rebuild_keeps_the_previous_export(tmp_path, export_dir, tr
         Image.fromarray(images(1)[0]).save(root / "Val" / dom / "images_png" / "1.png")
         Image.fromarray(np.ones((SIZE, SIZE), np.uint8)).save(root / "Val" / dom / "masks_png" / "1.png")
     (root / "Val" / "Urban" / "images_png" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    res = _cli("export", trained_ckpt, "--out", old, "--force", "--fp16", "--parity-images", 2, "--data", f"loveda:{root}:val")
+    res = _cli("export", trained_checkpoint, "--out", old, "--force", "--fp16", "--parity-images", 2, "--data", f"loveda:{root}:val")
     assert_one_error(res, 2, "images_png/1.png")
     assert "onnx: wrote model.onnx" in res.output  # it failed mid-rebuild, not before starting
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LoveDA", "exp"]
 
 
-def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_ckpt):
+def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_checkpoint):
     from segclip.contract import tensorrt_unavailable_reason as trt_unavailable_reason
 
     if trt_unavailable_reason() is None:
         pytest.skip("a GPU with tensorrt is present: --trt builds an engine here (see test_runtime_gpu)")
     out = tmp_path / "trt"
-    res = _cli("export", trained_ckpt, "--out", out, "--trt", "--parity-images", 1, "--batch", "1:2:4")
+    res = _cli("export", trained_checkpoint, "--out", out, "--trt", "--parity-images", 1, "--batch", "1:2:4")
     assert_one_error(res, 2, "--trt", "trtexec.sh")
     script = (out / "trtexec.sh").read_text()
-    for part in ("trtexec", "--onnx=model.onnx", "--saveEngine=model.plan", "--stronglyTyped",
+    for part in ("trtexec", "--onnx=model.onnx", "--saveEngine=model.plan", "--stronglyTyped", "--noTF32",
                  f"--minShapes=image:1x{SIZE}x{SIZE}x3", f"--optShapes=image:2x{SIZE}x{SIZE}x3",
                  f"--maxShapes=image:4x{SIZE}x{SIZE}x3", "--timingCacheFile=timing.cache"):
         assert part in script, part
@@ -309,14 +310,14 @@ def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_ckp
     assert m["artifacts"]["tensorrt"]["status"] == "not_built" and m["artifacts"]["onnx"]["status"] == "ok"
 
 
-def test_dynamic_size_export_runs_at_other_sizes(tmp_path, trained_ckpt):
+def test_dynamic_size_export_runs_at_other_sizes(tmp_path, trained_checkpoint):
     """--dynamic-size gives a graph with symbolic H and W that matches PyTorch at sizes it was not traced at."""
     from segclip.runtime import load_runner
 
-    res = _cli("export", trained_ckpt, "--out", tmp_path / "dyn", "--dynamic-size", "--parity-images", 1)
+    res = _cli("export", trained_checkpoint, "--out", tmp_path / "dyn", "--dynamic-size", "--parity-images", 1)
     assert res.exit_code == 0, res.output
     r = load_runner(tmp_path / "dyn" / "model.onnx")
-    ref = load_runner(trained_ckpt)
+    ref = load_runner(trained_checkpoint)
     assert r.signature.height is None and r.signature.width is None
     for n, h, w in ((1, 96, 96), (2, 64, 160)):
         x = np.random.default_rng(h).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
@@ -331,8 +332,8 @@ def test_dynamic_size_export_runs_at_other_sizes(tmp_path, trained_ckpt):
     (["--size", "100x100"], "multiples of 32"),
     (["--opset", "13"], "opset"),
 ])
-def test_bad_arguments_one_line_exit_2(tmp_path, trained_ckpt, args, needle):
-    res = _cli("export", trained_ckpt, "--out", tmp_path / "bad", *args)
+def test_bad_arguments_one_line_exit_2(tmp_path, trained_checkpoint, args, needle):
+    res = _cli("export", trained_checkpoint, "--out", tmp_path / "bad", *args)
     assert_one_error(res, 2, needle)
     assert not (tmp_path / "bad").exists()
 

@@ -24,17 +24,17 @@ def _cli(*args):
 
 
 @pytest.fixture(scope="module")
-def run_dir(trained_ckpt, tmp_path_factory):
+def run_dir(trained_checkpoint, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
-    shutil.copy(trained_ckpt, d / "model_final.pt")
+    shutil.copy(trained_checkpoint, d / "model_final.pt")
     return d
 
 
-def test_load_runner_same_interface_and_outputs(export_dir, trained_ckpt, run_dir):
+def test_load_runner_same_interface_and_outputs(export_dir, trained_checkpoint, run_dir):
     out, manifest = export_dir
     x = images(2, seed=21)
     sources = {
-        "checkpoint": (trained_ckpt, {}, "torch"),
+        "checkpoint": (trained_checkpoint, {}, "torch"),
         "run_dir": (run_dir, {}, "torch"),
         "onnx": (out / "model.onnx", {"providers": "cpu", "threads": 2}, "onnxruntime"),
         "export_dir": (out, {}, "onnxruntime"),
@@ -74,11 +74,11 @@ def test_load_runner_same_interface_and_outputs(export_dir, trained_ckpt, run_di
     (lambda x: x[..., :2], "N x H x W x 3"),
     (lambda x: np.zeros((1, SIZE + 32, SIZE, 3), np.uint8), f"{SIZE}x{SIZE}"),
 ])
-def test_wrong_input_is_one_line_error_for_every_backend(export_dir, trained_ckpt, bad, needle):
+def test_wrong_input_is_one_line_error_for_every_backend(export_dir, trained_checkpoint, bad, needle):
     out, _ = export_dir
     x = images(1)
     for src, opts in ((out / "model.onnx", {"providers": "cpu"}), (out, {"format": "onnx_fp16"}),
-                      (trained_ckpt, {"size": (SIZE, SIZE)})):
+                      (trained_checkpoint, {"size": (SIZE, SIZE)})):
         r = load_runner(src, **opts)
         with pytest.raises(SegclipError, match=re.escape(needle)) as e:
             r.infer(bad(x))
@@ -123,14 +123,14 @@ def test_truncated_onnx_is_one_line_error(tmp_path, export_dir):
     assert_one_error(res, 2, "cannot load ONNX model", "truncated or corrupt")
 
 
-def test_export_dir_choices_and_errors(tmp_path, export_dir, trained_ckpt):
+def test_export_dir_choices_and_errors(tmp_path, export_dir, trained_checkpoint):
     out, _ = export_dir
     with pytest.raises(SegclipError, match="no tensorrt artifact"):
         load_runner(out, format="tensorrt")
     with pytest.raises(SegclipError, match="format 'plan'"):
         load_runner(out, format="plan")
     with pytest.raises(SegclipError, match="do not apply"):
-        load_runner(trained_ckpt, providers="cpu")
+        load_runner(trained_checkpoint, providers="cpu")
     with pytest.raises(SegclipError, match="no such file"):
         load_runner(tmp_path / "missing.onnx")
     with pytest.raises(SegclipError, match="unknown model file type"):
