@@ -38,6 +38,26 @@ def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opse
            fp16_threshold=fp16_threshold, workspace_mb=workspace, log=click.echo)
 
 
+@click.command("trt-check")
+@click.argument("model", type=click.Path())
+@click.option("--trt-version", default="10", show_default=True, type=click.Choice(["10", "11"]),
+              help="TensorRT major version whose documented ONNX support to check against.")
+def trt_check_cmd(model, trt_version):
+    """Will TensorRT build MODEL.onnx?  Every node against TensorRT's documented ONNX support (ops, opsets,
+    restricted attributes, constant axes, UINT8 only at the I/O through Casts, no If/Loop/NonZero).
+    Exit 0: ok; 1: problems, one line each; 2: unreadable file."""
+    from segclip.export.trt_check import check_onnx, support_table
+
+    problems = check_onnx(model, trt_version)
+    label = f"TensorRT {support_table()['tables'][trt_version]['tensorrt']}"
+    for line in problems:
+        click.echo(f"{model}: {line}")
+    if problems:
+        click.echo(f"{model}: {len(problems)} problem(s) for {label}")
+        raise SystemExit(1)
+    click.echo(f"{model}: ok for {label}")
+
+
 # ---- predict -------------------------------------------------------------------------------------
 @click.command("predict")
 @click.option("--model", "models", required=True, multiple=True,
@@ -160,4 +180,4 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
 
 
 
-COMMANDS = [export_cmd, predict_cmd]
+COMMANDS = [export_cmd, trt_check_cmd, predict_cmd]
