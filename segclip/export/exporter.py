@@ -79,6 +79,7 @@ class Exporter:
             raise SegclipError("--trt with --dynamic-size: the TensorRT profile needs a fixed --size; export the engine at a fixed size")
         self.artifacts = {}
         self.twins = {}  # format -> scores-enabled twin file (for score differences in the gate)
+        self.trt_twin = None  # scores-enabled twin engine (under .parity/) when the public engine has no scores
 
     def prepare(self) -> None:
         """Resolve and load the checkpoint, check the destination, fix the signature (first step of ``run``)."""
@@ -126,6 +127,7 @@ class Exporter:
     def _write_onnx(self, stage: Path, fname: str, pub, twin, key: str, precision: str, info: dict, t0: float,
                     extra_meta: Optional[dict] = None) -> None:
         from segclip.export import onnx_export as ox
+        from segclip.export import trt_check
 
         gh = ox.set_metadata(pub, self.signature, precision=precision, source_sha256=self.source_sha256, extra=extra_meta)
         path = ox.save(pub, stage / fname)
@@ -142,7 +144,12 @@ class Exporter:
             "sha256": sha256_file(path), "graph_sha256": gh, "size_bytes": path.stat().st_size,
             "opset": self.opset, "initializer_elements": n_params, "nodes": len(pub.graph.node),
             "export_seconds": round(time.perf_counter() - t0, 3),
+            # will TensorRT take it? checked here, on the CPU box, before the file travels to a GPU
+            **trt_check.manifest_entry(pub),
         }
+        problems = self.artifacts[key]["tensorrt_check"]
+        if problems != "ok":
+            self.log(f"{key}: {len(problems)} TensorRT problem(s) (segclip trt-check {fname}): {problems[0]}")
         self.log(f"{key}: wrote {fname} ({path.stat().st_size / 2**20:.1f} MB, {len(pub.graph.node)} nodes) "
                  f"in {time.perf_counter() - t0:.1f} s")
 
@@ -187,6 +194,13 @@ class Exporter:
             info = build_engine(stage / onnx_name, stage / ENGINE_NAME, batch=self.batch, size=self.size,
                                 workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log,
                                 scenes=scenes)
+            if self.twins[src_key] != stage / onnx_name:
+                # the gate measures scores too: an engine of the scores-enabled twin (same timing cache, so
+                # its kernels are the public engine's), checked to give the public engine's masks
+                self.trt_twin = stage / ".parity" / "tensorrt_scores.plan"
+                build_engine(self.twins[src_key], self.trt_twin, batch=self.batch, size=self.size,
+                             workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log,
+                             scenes=scenes)
         path = stage / ENGINE_NAME
         self.artifacts["tensorrt"] = {"file": ENGINE_NAME, "format": "tensorrt", "precision": precision, "status": PENDING,
                                       "sha256": sha256_file(path), "size_bytes": path.stat().st_size, **info,
@@ -207,11 +221,19 @@ class Exporter:
         candidates = [OnnxRunner(path, providers="cpu", name=key) for key, path in self.twins.items()]
         trt = self.artifacts.get("tensorrt")
         if trt and trt.get("status") == PENDING:
-            from segclip.runtime.tensorrt_runner import TensorRTRunner
-
-            candidates.append(TensorRTRunner(stage / trt["file"], signature=self.signature, manifest_entry=trt, name="tensorrt",
-                                             precision=trt["precision"], device=self._cuda_index()))
+            candidates.append(self._trt_runner(stage, twin=True))
         return candidates
+
+    def _trt_runner(self, stage: Path, twin: bool, name: str = "tensorrt"):
+        """The public engine, or (``twin``) the engine whose outputs include the scores when there is one."""
+        from segclip.runtime.tensorrt_runner import TensorRTRunner
+
+        trt = self.artifacts["tensorrt"]
+        path, sig = stage / trt["file"], self.signature
+        if twin and self.trt_twin is not None:
+            path, sig = self.trt_twin, self.twin_signature
+        return TensorRTRunner(path, signature=sig, manifest_entry=trt, name=name, precision=trt["precision"],
+                              device=self._cuda_index())
 
     def parity(self, stage: Path, images: np.ndarray, labels) -> dict:
         from segclip.export.parity import compare, every_scene, run_all
@@ -227,9 +249,11 @@ class Exporter:
         result = compare(ref, candidates, images, labels, thresholds, batch_size=bs, scene_ids=scene_ids)
         # the public artifacts compute exactly what their scores-enabled twins measured
         if not self.scores:
-            for key in self.twins:
-                pub = OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key)
-                twin = OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores")
+            pairs = {key: (OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key),
+                           OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores")) for key in self.twins}
+            if self.trt_twin is not None and self.artifacts["tensorrt"]["status"] == PENDING:
+                pairs["tensorrt"] = (self._trt_runner(stage, twin=False), self._trt_runner(stage, twin=True, name="tensorrt+scores"))
+            for key, (pub, twin) in pairs.items():
                 k = min(len(images), 2)
                 ids = None if scene_ids is None else scene_ids[:k]
                 if not np.array_equal(run_all(pub, images[:k], bs, ids)["mask"], run_all(twin, images[:k], bs, ids)["mask"]):

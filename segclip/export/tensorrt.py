@@ -4,7 +4,8 @@ Precision comes from the ONNX graph itself (``model_fp16.onnx`` for FP16), built
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: no weakly typed ``FP16`` builder flag (removed in
 TensorRT 11; Jetson's TensorRT 10 supports the same strongly typed build).  One optimisation
 profile from ``--batch MIN:OPT:MAX``; the timing cache ``DIR/timing.cache`` is loaded when present
-and saved after the build.  Where no NVIDIA GPU or no ``tensorrt`` is available, ``trtexec.sh``
+and saved after the build.  TF32 is cleared (TensorRT enables it by default): an FP32 engine -- and the
+FP32 islands of the FP16 graph -- then really compute in FP32, as the 99.9% FP32 gate assumes.  Where no NVIDIA GPU or no ``tensorrt`` is available, ``trtexec.sh``
 carries the exact equivalent command for the target machine (e.g. a Jetson); no engine is faked.
 """
 from __future__ import annotations
@@ -48,10 +49,31 @@ def _shape_arg(profiles: dict, key: str) -> str:
     return ",".join(f"{name}:" + "x".join(str(d) for d in p[key]) for name, p in profiles.items())
 
 
+# Every TensorRT Python name this package uses (tests check they exist wherever tensorrt is importable,
+# and that no other ``trt.`` name appears in the code): module attributes and methods of its objects.
+TRT_NAMES = (
+    "__version__", "Logger", "Logger.WARNING", "Logger.ERROR", "Builder", "Builder.create_network",
+    "Builder.create_builder_config", "Builder.create_optimization_profile", "Builder.build_serialized_network",
+    "NetworkDefinitionCreationFlag", "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "OnnxParser",
+    "OnnxParser.parse_from_file", "OnnxParser.num_errors", "OnnxParser.get_error", "BuilderFlag", "BuilderFlag.TF32",
+    "IBuilderConfig.clear_flag", "IBuilderConfig.get_flag", "IBuilderConfig.set_memory_pool_limit",
+    "IBuilderConfig.add_optimization_profile", "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache",
+    "IBuilderConfig.get_timing_cache", "ITimingCache.serialize", "MemoryPoolType", "MemoryPoolType.WORKSPACE",
+    "IOptimizationProfile.set_shape", "Runtime", "Runtime.deserialize_cuda_engine", "ICudaEngine.create_execution_context",
+    "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_profile_shape", "TensorIOMode", "TensorIOMode.INPUT",
+    "TensorIOMode.OUTPUT", "IExecutionContext.set_input_shape", "IExecutionContext.set_tensor_address",
+    "IExecutionContext.get_tensor_shape", "IExecutionContext.execute_async_v3", "DataType",
+    "DataType.FLOAT", "DataType.HALF", "DataType.BF16", "DataType.INT8", "DataType.INT32", "DataType.INT64",
+    "DataType.UINT8", "DataType.BOOL",
+)
+
+
 def trtexec_command(onnx_name: str, engine_name: str, batch, size, workspace_mb: int, scenes: bool = False) -> list:
     prof = input_profiles(batch, size, scenes)
     return [
-        "trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--stronglyTyped",
+        # --noTF32: TensorRT enables TF32 by default; FP32 layers must compute in FP32 (see build_engine)
+        "trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--stronglyTyped", "--noTF32",
         f"--minShapes={_shape_arg(prof, 'min')}", f"--optShapes={_shape_arg(prof, 'opt')}",
         f"--maxShapes={_shape_arg(prof, 'max')}", f"--timingCacheFile={TIMING_CACHE_NAME}",
         f"--memPoolSize=workspace:{int(workspace_mb)}M",
@@ -98,6 +120,8 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
         errs = "; ".join(_desc(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
         raise SegclipError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse the ONNX graph ({errs})")
     config = builder.create_builder_config()
+    # TF32 is on by default and rounds FP32 convolution/GEMM inputs to 10-bit mantissas: off, so FP32 means FP32
+    config.clear_flag(trt.BuilderFlag.TF32)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     prof = profile_shapes(batch, size)  # the image's: the manifest entry and the runner's max batch read it
     profile = builder.create_optimization_profile()
@@ -123,6 +147,7 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
         "profile": prof,
         "workspace_mb": int(workspace_mb),
         "strongly_typed": True,
+        "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),  # False: FP32 layers run in FP32
         "timing_cache": TIMING_CACHE_NAME if timing_cache is not None else None,
         "timing_cache_reused": bool(cache_bytes),
         "build_seconds": round(time.perf_counter() - t0, 2),

@@ -1,5 +1,9 @@
 """TensorRT engine runner: ``execute_async_v3`` with torch CUDA tensors as buffers (no pycuda).
 
+It enqueues on its own CUDA stream, created on its own device (TensorRT warns that the default stream
+adds synchronisations), and makes that device current while it runs.  Tensor dtypes map by TensorRT
+``DataType`` name; an unknown one is an error, never a silent float32.
+
 The engine's manifest entry (``manifest.json`` beside it, read through ``segclip.contract``, written by ``segclip export --trt``) is
 checked *before* deserialising: an engine built for another GPU architecture or TensorRT version
 gives a clear error saying how to rebuild, never a crash inside TensorRT.
@@ -16,8 +20,20 @@ from segclip.errors import SegclipError
 from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner, one_line
 
-_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
-                 "BOOL": "bool", "BF16": "bfloat16", "INT8": "int8"}
+# tensorrt.DataType member name -> torch dtype name
+_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+                 "INT64": "int64", "UINT8": "uint8", "BOOL": "bool"}
+
+
+def torch_dtype(trt_dtype, where: str = "tensor"):
+    """torch dtype of a ``tensorrt.DataType`` (by its member name); SegclipError for any other."""
+    import torch
+
+    name = getattr(trt_dtype, "name", None)
+    if name not in _TORCH_DTYPES:
+        raise SegclipError(f"{where}: TensorRT type {trt_dtype!r} has no torch buffer type here "
+                           f"(supported: {', '.join(_TORCH_DTYPES)}); re-export with segclip export")
+    return getattr(torch, _TORCH_DTYPES[name])
 
 
 def _manifest_entry(path: Path):
@@ -60,7 +76,7 @@ class TensorRTRunner(Runner):
         precision = precision or self.entry.get("precision", "fp16" if "fp16" in str(self.entry.get("onnx", "")) else "fp32")
         super().__init__(signature, name=name or f"tensorrt-{precision}", precision=precision, artifact=self.path,
                          max_batch=max_batch)
-        self._engine = self._context = None
+        self._engine = self._context = self._stream = None
 
     # ---- compatibility -------------------------------------------------------------------------
     def check_compatible(self, trt_version: str, compute_capability: str, gpu: str) -> None:
@@ -86,14 +102,14 @@ class TensorRTRunner(Runner):
         if not torch.cuda.is_available():
             raise SegclipError(f"{self.path}: TensorRT engines need an NVIDIA GPU and none is visible here; "
                                f"use the ONNX artifact on CPU (format='onnx')")
-        torch.cuda.set_device(self.device_index)
         cc = torch.cuda.get_device_capability(self.device_index)
         self.check_compatible(trt.__version__, f"{cc[0]}.{cc[1]}", torch.cuda.get_device_name(self.device_index))
         data = self.path.read_bytes()
         logger = trt.Logger(trt.Logger.ERROR)
         self._trt_runtime = trt.Runtime(logger)
         try:
-            engine = self._trt_runtime.deserialize_cuda_engine(data)
+            with torch.cuda.device(self.device_index):  # the engine's memory lives on the runner's device
+                engine = self._trt_runtime.deserialize_cuda_engine(data)
         except Exception as e:
             engine = None
             err = one_line(e)
@@ -103,7 +119,9 @@ class TensorRTRunner(Runner):
             raise SegclipError(f"{self.path}: cannot load TensorRT engine ({err}): the file is truncated, corrupt or built by "
                                f"another TensorRT version; {_rebuild_hint(self.path)}")
         self._engine = engine
-        self._context = engine.create_execution_context()
+        with torch.cuda.device(self.device_index):
+            self._context = engine.create_execution_context()
+            self._stream = torch.cuda.Stream(device=self.device_index)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -111,10 +129,7 @@ class TensorRTRunner(Runner):
         want_in = self.signature.inputs[0].name
         if sorted(self._inputs) != sorted(want):
             raise SegclipError(f"{self.path}: engine inputs {self._inputs} do not match the signature {sorted(want)}; re-export")
-        self._dtypes = {}
-        for n in names:
-            tname = str(engine.get_tensor_dtype(n)).split(".")[-1]
-            self._dtypes[n] = getattr(torch, _TORCH_DTYPES.get(tname, "float32"))
+        self._dtypes = {n: torch_dtype(engine.get_tensor_dtype(n), f"{self.path}: tensor '{n}'") for n in names}
         for n, dt in want.items():
             if self._dtypes[n] != getattr(torch, dt):
                 raise SegclipError(f"{self.path}: engine input '{n}' is {self._dtypes[n]}, not {dt}; re-export with segclip export")
@@ -127,6 +142,7 @@ class TensorRTRunner(Runner):
     def _deactivate(self) -> None:
         self._context = None
         self._engine = None
+        self._stream = None
 
     def _infer(self, images: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:
         import torch
@@ -135,29 +151,26 @@ class TensorRTRunner(Runner):
         feed = {self.signature.inputs[0].name: images}
         if scene_ids is not None:
             feed[SCENE_NAME] = scene_ids
-        ctx = self._context
-        keep = []  # device buffers must outlive execute_async_v3
-        for name_in, arr in feed.items():
-            x = torch.from_numpy(arr).to(dev)
-            if not ctx.set_input_shape(name_in, tuple(x.shape)):
-                raise SegclipError(f"{self.name}: input '{name_in}' shape {tuple(x.shape)} is outside the engine's optimisation "
-                                   f"profile; re-export with a matching --batch/--size")
-            ctx.set_tensor_address(name_in, x.data_ptr())
-            keep.append(x)
-        outs = {}
-        for n in self._outputs:
-            shape = tuple(ctx.get_tensor_shape(n))
-            t = torch.empty(shape, dtype=self._dtypes[n], device=dev)
-            ctx.set_tensor_address(n, t.data_ptr())
-            outs[n] = t
-        stream = torch.cuda.current_stream(dev)
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise SegclipError(f"{self.name}: TensorRT execution failed (execute_async_v3 returned False)")
+        ctx, stream = self._context, self._stream
+        with torch.cuda.device(dev), torch.cuda.stream(stream):  # own device and stream for copies and enqueue
+            keep = []  # device buffers must outlive execute_async_v3
+            for name_in, arr in feed.items():
+                x = torch.from_numpy(arr).to(dev, non_blocking=True)
+                if not ctx.set_input_shape(name_in, tuple(x.shape)):
+                    raise SegclipError(f"{self.name}: input '{name_in}' shape {tuple(x.shape)} is outside the engine's "
+                                       f"optimisation profile; re-export with a matching --batch/--size")
+                ctx.set_tensor_address(name_in, x.data_ptr())
+                keep.append(x)
+            outs = {}
+            for n in self._outputs:
+                t = torch.empty(tuple(ctx.get_tensor_shape(n)), dtype=self._dtypes[n], device=dev)
+                ctx.set_tensor_address(n, t.data_ptr())
+                outs[n] = t
+            if not ctx.execute_async_v3(stream.cuda_stream):
+                raise SegclipError(f"{self.name}: TensorRT execution failed (execute_async_v3 returned False)")
+            res = {n: (t.float() if t.dtype == torch.bfloat16 else t).to("cpu", non_blocking=True) for n, t in outs.items()}
         stream.synchronize()
-        res = {}
-        for n, t in outs.items():
-            res[n] = (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
-        return res
+        return {n: t.numpy() for n, t in res.items()}
 
     def _device(self) -> str:
         try:
