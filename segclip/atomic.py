@@ -5,11 +5,21 @@ that a later run mistakes for a finished one, so everything is written into a hi
 sibling (same filesystem, so the final ``os.rename`` is atomic), flushed to disk, given ordinary
 permissions (``mkstemp`` makes owner-only files; servers such as Triton may read exports as another
 user) and only then renamed into place.  Every writer in segclip goes through this module.
+
+Temporary names carry the writer's PID (``.model_final.partial-<pid>-<rand>.pt``,
+``.export.partial-<pid>-<rand>``, ``.export.old-<pid>-<rand>``).  A kill -9 can still leave one
+behind, so :func:`sweep_partials` -- run by every command at start on the folders it writes, and by
+every atomic write on its own folder -- removes those whose process is gone (a ``.old-`` folder
+whose destination vanished in the middle of a swap is put back instead).  SIGTERM and Ctrl-C
+unwind through the ``except BaseException`` below and remove their own partials (the CLI turns
+SIGTERM into an exception).  A PID reused by an unrelated process only delays the clean-up.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -44,6 +54,72 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
+# .<name>.partial-<pid>-<rand>[suffix] and .<name>.old-<pid>-<rand>
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[0-9a-z_]+(?P<suffix>\.[^.]*)?$")
+
+
+def _tag(kind: str) -> str:
+    return f"{kind}-{os.getpid()}-"
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    try:  # a killed but not yet reaped child is a zombie: gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+_swept: set = set()  # folders already swept by this process (predict writes thousands of files into one)
+
+
+def sweep_partials(*directories, log=None, once: bool = False) -> list:
+    """Remove temporaries left in ``directories`` by segclip processes that no longer run; say so
+    in one line (``log``, default stderr).  Returns the removed/restored paths.  ``once``: skip a
+    folder this process has swept before."""
+    removed, restored, pids = [], [], set()
+    for d in directories:
+        d = Path(d)
+        if once and d.resolve() in _swept:
+            continue
+        if not d.is_dir():
+            continue
+        _swept.add(d.resolve())
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            m = _TEMP_RE.match(p.name)
+            if not m or process_alive(int(m["pid"])):
+                continue
+            pids.add(int(m["pid"]))
+            if m["kind"] == "old":
+                dst = d / m["name"]
+                if not dst.exists() and not dst.is_symlink():  # killed mid-swap: the previous output comes back
+                    os.rename(p, dst)
+                    restored.append(dst)
+                    continue
+            _remove(p)
+            removed.append(p)
+    if removed or restored:
+        what = [f"removed {len(removed)} partial file(s)/folder(s)"] if removed else []
+        what += [f"restored {', '.join(str(r) for r in restored)}"] if restored else []
+        names = ", ".join(p.name for p in removed[:3]) + (f" (+{len(removed) - 3} more)" if len(removed) > 3 else "")
+        msg = (f"note: {' and '.join(what)} left by interrupted segclip process(es) "
+               f"{', '.join(map(str, sorted(pids)))} in {', '.join(sorted({str(p.parent) for p in removed + restored}))}"
+               + (f": {names}" if names else ""))
+        (log or (lambda m: print(m, file=sys.stderr)))(msg)
+    return removed + restored
+
+
 @contextmanager
 def atomic_dir(dst, replace: bool = False):
     """Yield a temporary folder; on success it becomes ``dst``.  An existing non-empty ``dst``
@@ -52,7 +128,8 @@ def atomic_dir(dst, replace: bool = False):
     if dst.exists() and not is_empty_dir(dst) and not replace:
         raise SegclipError(f"{dst} already exists; pass --force to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    sweep_partials(dst.parent, once=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{_tag('partial')}", dir=dst.parent))
     old = None
     try:
         yield tmp
@@ -60,7 +137,7 @@ def atomic_dir(dst, replace: bool = False):
         if not replace and dst.exists() and not is_empty_dir(dst):  # appeared while we were working
             raise SegclipError(f"{dst} already exists; pass --force to replace it")
         if dst.exists() or dst.is_symlink():
-            old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+            old = dst.with_name(f".{dst.name}.{_tag('old')}{uuid.uuid4().hex[:8]}")
             os.rename(dst, old)
         os.rename(tmp, dst)
     except BaseException:
@@ -77,7 +154,8 @@ def atomic_file(dst):
     """Yield a temporary path beside ``dst``; on success it replaces ``dst``."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.partial-", suffix=dst.suffix, dir=dst.parent)
+    sweep_partials(dst.parent, once=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.{_tag('partial')}", suffix=dst.suffix, dir=dst.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

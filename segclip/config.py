@@ -92,6 +92,25 @@ class TrainConfig:
     num_workers: int = 2
     metadata_dropout: float = 0.1  # share of training images shown as the generic scene, so the default scene_id 0 is trained
 
+    def validate(self):
+        """Checked before a run starts (nothing written yet): a bad value must not surface as a
+        traceback after step 1, or as a trained model that ``export`` then refuses."""
+        for name, flag, low in (("max_steps", "--max-steps", 1), ("batch_size", "--batch", 1),
+                                ("checkpoint_every", "--checkpoint-every", 1), ("log_every", "log_every", 1),
+                                ("warmup_steps", "warmup_steps", 0), ("num_workers", "num_workers", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < low:
+                raise SegclipError(f"{flag} {v}: must be an integer >= {low}; give e.g. {flag} {max(low, 1) * 100 if name == 'max_steps' else max(low, 1)}")
+        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
+            raise SegclipError(f"--lr {self.lr}: the learning rate must be a positive number; give e.g. --lr 1e-4")
+        for name, flag in (("crop_size", "--size"), ("eval_size", "eval_size")):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 32 or v % 32):
+                ok = max(32, (int(v) + 16) // 32 * 32) if isinstance(v, (int, float)) else 512
+                raise SegclipError(f"{flag} {v}: must be a positive multiple of 32 (the backbone's stride, which export "
+                                   f"and the runtimes require); give e.g. {flag} {ok}")
+        return self
+
 
 @dataclass
 class Preset:

@@ -187,8 +187,8 @@ def resolve_source(path_or_url) -> Source:
         return Source("url", url=s)
     p = Path(s)
     if not p.exists():
-        raise SegclipError(f"{p}: no such file or directory (expected a checkpoint, run directory, .onnx, .plan, "
-                           f"export directory or grpc://host:port/model URL)")
+        raise SegclipError(f"{p}: no such file or directory; give a checkpoint, run directory, .onnx, .plan, "
+                           f"export directory or grpc://host:port/model URL")
     if p.is_dir():
         return Source("export" if is_export_dir(p) else "run", p)
     suffix = p.suffix.lower()
@@ -232,13 +232,14 @@ def artifact_problem(manifest: dict, key: str, directory=None, *, allow_failed: 
         return f"{where}no {key} artifact in this export (it has: {have}); re-export with segclip export{_FLAGS.get(key, '')}"
     status = str(art.get("status", OK))
     if not art.get("file"):
-        hint = f" (run its {TRTEXEC_NAME} on the target or export with --trt on a GPU machine)" if key == "tensorrt" else ""
-        return f"{where}{key} {status}: {art.get('reason') or 'no file was written'}{hint}"
+        hint = (f"run its {TRTEXEC_NAME} on the target or export with --trt on a GPU machine" if key == "tensorrt"
+                else "re-export with segclip export")
+        return f"{where}{key} {status}: {art.get('reason') or 'no file was written'}; {hint}"
     if directory is not None and not (Path(directory) / art["file"]).is_file():
         return f"{Path(directory) / art['file']} is missing (listed in {MANIFEST_NAME}); re-export with segclip export"
     if status == FAILED and not allow_failed:
         return (f"{where}the {key} artifact failed its parity gate at export (see {MANIFEST_NAME}); "
-                f"re-export, or pass allow_failed=True to use it anyway")
+                f"re-export, or pass --allow-failed (Python: allow_failed=True) to use it anyway")
     if status not in (OK, FAILED):
         return f"{where}{key} {status}: {art.get('reason') or 'the export did not finish'}; re-export with segclip export"
     return None

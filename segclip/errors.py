@@ -20,8 +20,16 @@ class GateFailed(SegclipError):
 
 
 def one_line(e: BaseException, limit: int = 200) -> str:
-    """First meaningful line of an exception message, shortened (backends print multi-line dumps)."""
-    text = str(e).strip() or type(e).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    msg = lines[0] if lines else type(e).__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+    """An exception's message as one line for ``error: ...`` -- whole sentences only.
+
+    Backends print long or multi-line dumps; cutting at a character count leaves half a sentence
+    (and hides the useful part).  Whitespace is collapsed; text longer than ``limit`` ends at the
+    last sentence boundary before it, or after the first sentence when that alone is longer.
+    """
+    text = " ".join(str(e).split()) or type(e).__name__
+    if len(text) <= limit:
+        return text.rstrip(".")
+    ends = [i + 1 for i, c in enumerate(text) if c in ".;:" and (i + 1 == len(text) or text[i + 1] == " ")]
+    within = [i for i in ends if i <= limit]
+    cut = within[-1] if within else (ends[0] if ends else len(text))
+    return text[:cut].rstrip(".;: ")

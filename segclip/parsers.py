@@ -47,9 +47,9 @@ def parse_ints(value, what: str) -> tuple:
         try:
             n = int(str(v).strip())
         except ValueError:
-            raise SegclipError(f"--{what} {value!r}: expected comma-separated positive integers, e.g. 1,4,8") from None
+            raise SegclipError(f"--{what} {value!r}: not a list of numbers; give comma-separated positive integers, e.g. --{what} 1,4,8") from None
         if n < 1:
-            raise SegclipError(f"--{what} {n}: must be >= 1")
+            raise SegclipError(f"--{what} {n}: must be >= 1; give e.g. --{what} 1,4,8")
         out.append(n)
     return tuple(unique(out))
 
@@ -71,10 +71,11 @@ def parse_size(size, what: str = "size", multiple_of: int = STRIDE) -> Optional[
         if len(parts) != 2 or min(parts) <= 0:
             raise ValueError
     except (TypeError, ValueError):
-        raise SegclipError(f"--{what} {size!r}: expected HxW, e.g. 512x512") from None
+        raise SegclipError(f"--{what} {size!r}: not a size; give HxW, e.g. --{what} 512x512") from None
     h, w = parts
     if h % multiple_of or w % multiple_of:
-        raise SegclipError(f"--{what} {h}x{w}: height and width must be multiples of {multiple_of} (the backbone's stride)")
+        raise SegclipError(f"--{what} {h}x{w}: height and width must be multiples of {multiple_of} (the backbone's stride); "
+                           f"give e.g. --{what} {max(multiple_of, round(h / multiple_of) * multiple_of)}x{max(multiple_of, round(w / multiple_of) * multiple_of)}")
     return h, w
 
 
@@ -98,10 +99,10 @@ def parse_batch(batch) -> tuple:
         if len(parts) != 3:
             raise ValueError
     except (TypeError, ValueError):
-        raise SegclipError(f"--batch {batch!r}: expected MIN:OPT:MAX, e.g. 1:4:8") from None
+        raise SegclipError(f"--batch {batch!r}: not a batch profile; give MIN:OPT:MAX, e.g. --batch 1:4:8") from None
     mn, opt, mx = parts
     if not 1 <= mn <= opt <= mx:
-        raise SegclipError(f"--batch {batch!r}: need 1 <= MIN <= OPT <= MAX")
+        raise SegclipError(f"--batch {batch!r}: need 1 <= MIN <= OPT <= MAX; give e.g. --batch 1:4:8")
     return mn, opt, mx
 
 
@@ -112,7 +113,7 @@ def parse_data(data) -> Optional[tuple]:
     if isinstance(data, str):
         parts = data.split(":")
         if len(parts) < 3 or not parts[0] or not parts[-1]:
-            raise SegclipError(f"--data {data!r}: expected DATASET:ROOT:SPLIT, e.g. loveda:data/LoveDA:val")
+            raise SegclipError(f"--data {data!r}: not DATASET:ROOT:SPLIT; give e.g. --data loveda:data/LoveDA:val")
         return parts[0], ":".join(parts[1:-1]), parts[-1]
     name, root, split = data
     return str(name), str(root), str(split)
@@ -127,7 +128,7 @@ def parse_device(value) -> Optional[str]:
         return None
     v = str(value).strip().lower()
     if not DEVICE_RE.match(v):
-        raise SegclipError(f"--device {value!r}: expected cpu, cuda or cuda:N")
+        raise SegclipError(f"--device {value!r}: not a device; give cpu, cuda or cuda:N")
     return v
 
 

@@ -81,7 +81,7 @@ class Sources:
         elif p.exists():
             self.checkpoint = resolve_checkpoint(p)
         else:
-            raise SegclipError(f"{p}: no such run directory, checkpoint or export directory")
+            raise SegclipError(f"{p}: no such run directory, checkpoint or export directory; check the path")
         self.signature = self._signature()
 
     def _signature(self):
@@ -362,7 +362,8 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                   quick: bool = False, triton_url=None, *, reps: Optional[int] = None, warmup: Optional[int] = None,
                   threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
                   limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
-                  load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print) -> dict:
+                  load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
+                  force: bool = False) -> dict:
     """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
     (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
 
@@ -371,7 +372,8 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     ``reps``: minimum timed calls per row (default 10); ``budget_s``: time per row after that
     (default 3 s); ``threads``: CPU threads for torch and ONNX Runtime (default: usable CPUs);
     ``device``: "cpu", "cuda" or "cuda:N" for torch / ONNX Runtime / TensorRT (default: cuda when visible);
-    ``limit``: accuracy images (default 16).
+    ``limit``: accuracy images (default 16).  Every argument (and ``data``) is checked before
+    ``out`` is created; an ``out`` that already holds a benchmark is replaced only with ``force``.
     """
     t_start = time.perf_counter()
     log = log or (lambda *a, **k: None)
@@ -396,12 +398,24 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     if budget_s is not None:
         timing["budget_s"] = float(budget_s)
     limit = int(limit if limit is not None else (4 if quick else 16))
+    for flag, v, low in (("--reps", reps, 1), ("--warmup", warmup, 0), ("--limit", limit, 1), ("--threads", threads, 1)):
+        if v is not None and int(v) < low:
+            raise SegclipError(f"{flag} {v}: must be at least {low}; leave it out for the default")
+    if budget_s is not None and not float(budget_s) > 0:
+        raise SegclipError(f"--budget {budget_s}: must be a positive number of seconds; leave it out for the default")
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise SegclipError(f"--out {out}: exists and is a file; give a folder for the benchmark results")
+        done = [f for f in ("benchmark.json", "benchmark.csv", "latency.png", "triton_load.csv") if (out / f).exists()]
+        if done and not force:
+            raise SegclipError(f"{out} already holds benchmark results ({', '.join(done)}); pass --force to replace "
+                               f"them or choose another --out")
     load_duration = float(load_duration_s if load_duration_s is not None else (2.0 if quick else 5.0))
 
-    tmp = None
+    tmp = created = None
     if out is not None:
-        work_dir = Path(out)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = out  # created once the source and --data have been checked
     else:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="segclip-bench-"))
     old_threads = torch.get_num_threads()
@@ -411,6 +425,12 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
 
         want_trt = "tensorrt" in names and torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
         sources = Sources(source, work_dir, fp16="onnxruntime-fp16" in names, trt=want_trt, max_batch=max(batches), log=log)
+        data_items = data_desc = None
+        if data_spec is not None:
+            data_items, data_desc = acc.load_items(data_spec, limit, sources.classes)
+        if out is not None:
+            created = [d for d in (work_dir, *work_dir.parents) if not d.exists()]
+            work_dir.mkdir(parents=True, exist_ok=True)
         if size_list is None:
             size_list = sources.default_sizes()
         if quick:
@@ -419,9 +439,6 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
         machine = machine_info(threads)
         log(f"machine: {describe_machine(machine)}")
 
-        data_items = data_desc = None
-        if data_spec is not None:
-            data_items, data_desc = acc.load_items(data_spec, limit, sources.classes)
         order = sorted(names, key=lambda n: (n != REFERENCE, BACKENDS[n].source == "triton"))
         rows, load = [], []
         for si, size in enumerate(size_list):
@@ -529,6 +546,13 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
         if show_table:
             log(report["table"])
         return report
+    except BaseException:
+        for d in created or ():  # folders this run made and left empty go again
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         set_threads(old_threads)
         if tmp is not None:

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.signature import INPUT_NAME, MASK_NAME
 
 from segclip.benchmarks.timing import percentiles
@@ -150,7 +150,7 @@ async def _level(url: str, concurrency: int, inputs: list, expected: Optional[li
             try:
                 got = await client.infer(model, version, x)
             except Exception as e:  # every failure is counted and reported, never raised
-                errors.append(" ".join(str(e).split())[:200] or type(e).__name__)
+                errors.append(one_line(e, 200))
                 continue
             lat.append((time.perf_counter() - t0) * 1e3)
             check(k, got)

@@ -1,17 +1,16 @@
 """The ``segclip`` console script.
 
-Each area keeps its commands in its own module here and lists them in ``COMMANDS``; this file
-only wires them into one click group and turns ``SegclipError`` into a one-line message and an exit
-code (never a traceback for user errors).
+Each area keeps its commands in its own module here and lists them in ``COMMANDS``; this file only
+wires them into one click group (``group.SegclipGroup``: one-line errors and exit codes, never a
+traceback for user errors).
 """
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
-from segclip.errors import SegclipError
+from segclip.cli.group import SegclipGroup
 
 # module (relative to this package) -> names of the click commands it defines
 COMMAND_MODULES = [
@@ -21,18 +20,6 @@ COMMAND_MODULES = [
     "serve_cmds",
     "bench_cmds",
 ]
-
-
-class SegclipGroup(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except SegclipError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
 
 
 @click.group(cls=SegclipGroup, context_settings={"help_option_names": ["-h", "--help"]})

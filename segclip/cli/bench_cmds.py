@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from segclip.cli.group import clean_partials
 from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
 from segclip.contract import is_export_dir
 from segclip.errors import GateFailed
@@ -32,16 +33,17 @@ def default_out(source) -> Path:
 @click.option("--triton-env", default=None, type=click.Path(file_okay=False),
               help="Server env for a Triton started here (default: $SEGCLIP_TRITON_ENV, else ~/.cache/segclip/triton-env).")
 @click.option("--triton-shm", is_flag=True, help="Triton latency rows pass tensors through system shared memory (same host).")
-@click.option("--reps", type=int, default=None, help="Minimum timed calls per row (default 10, --quick 5).")
-@click.option("--warmup", type=int, default=None, help="Untimed warm-up calls per row (default 3, --quick 2).")
+@click.option("--reps", type=click.IntRange(min=1), default=None, help="Minimum timed calls per row (default 10, --quick 5).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed warm-up calls per row (default 3, --quick 2).")
 @click.option("--budget", "budget_s", type=float, default=None, help="Seconds of timing per row after the minimum reps (default 3).")
-@click.option("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: usable CPUs).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: usable CPUs).")
 @device_option(help="Device for torch / ONNX Runtime / TensorRT (default: cuda when visible).")
-@click.option("--limit", type=int, default=None, help="Accuracy images taken from --data (default 16, --quick 4).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Accuracy images taken from --data (default 16, --quick 4).")
 @click.option("--quick", is_flag=True, help="Batch 1, first size, torch + onnxruntime + onnxruntime-fp16, few reps, no Triton sweep.")
 @out_option(file_okay=False, help="Where benchmark.json/.csv and latency.png go (default: RUN_DIR/benchmark, or beside an export directory).")
+@click.option("--force", is_flag=True, help="Replace the results of an earlier benchmark in --out.")
 def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls, triton_env, triton_shm, reps, warmup,
-                  budget_s, threads, device, limit, quick, out):
+                  budget_s, threads, device, limit, quick, out, force):
     """Benchmark RUN_DIR | EXPORT_DIR | CHECKPOINT on every backend: one table, JSON, CSV and a plot.
 
     Backends that cannot run here (no GPU, no tensorrt, no Triton server) get a row saying why.
@@ -49,11 +51,12 @@ def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls,
     from segclip.benchmarks import run_benchmark
 
     out = Path(out) if out else default_out(source)
+    clean_partials(out)
     report = run_benchmark(source, out=out, data=data, backends=backends, batches=batch, sizes=size,
                            concurrency=concurrency, quick=quick, triton_url=list(triton_urls) or None, reps=reps,
                            warmup=warmup, threads=threads, budget_s=budget_s, device=device, limit=limit,
                            triton_shm=triton_shm, triton_env=triton_env, show_table=False,
-                           log=lambda m: click.echo(m, err=True))
+                           log=lambda m: click.echo(m, err=True), force=force)
     click.echo(report["table"])
     for k, v in report.get("files", {}).items():
         click.echo(f"{k:16s} {v}")

@@ -6,6 +6,7 @@ from typing import Callable, Optional, Sequence
 
 import click
 
+from segclip.cli.group import clean_partials
 from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
 from segclip.errors import SegclipError
 
@@ -21,7 +22,7 @@ from segclip.errors import SegclipError
 @click.option("--scores", is_flag=True, help="Also output the N x K x H x W FP32 class scores.")
 @click.option("--opset", default=17, show_default=True, type=int)
 @data_option(required=False, help="Parity images (default: the rendered sample set).")
-@click.option("--parity-images", default=8, show_default=True, type=int)
+@click.option("--parity-images", default=8, show_default=True, type=click.IntRange(min=1), help="Images through PyTorch and every artifact.")
 @out_option(help="Export directory (default: RUN_DIR/export or next to the checkpoint).")
 @device_option(help="Device for the PyTorch reference of the parity gate and the TensorRT build (default: cpu; TensorRT: cuda).")
 @click.option("--force", is_flag=True, help="Replace an existing export.")
@@ -93,12 +94,12 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
     from segclip.engine.predict import release_freed_memory, summary_lines
 
     if tile is not None and tile < 1:
-        raise SegclipError(f"--tile {tile}: must be a positive number of pixels")
+        raise SegclipError(f"--tile {tile}: must be a positive number of pixels; give e.g. --tile 1024")
     if in_flight < 1:
-        raise SegclipError(f"--in-flight {in_flight}: must be >= 1")
+        raise SegclipError(f"--in-flight {in_flight}: must be >= 1; give e.g. --in-flight 2")
     opts = {k: v for k, v in (("format", fmt), ("device", device), ("providers", providers), ("allow_failed", allow_failed)) if v}
     if timeout is not None and timeout <= 0:
-        raise SegclipError(f"--timeout {timeout}: must be > 0 seconds")
+        raise SegclipError(f"--timeout {timeout}: must be > 0 seconds; give e.g. --timeout 60")
     release_freed_memory()
     results, errors = predict_paths(models, inputs, out, tile=tile, overlap=overlap, batch=batch, bands=parse_bands(bands),
                                     value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
@@ -123,16 +124,12 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
     from segclip.runtime.pool import open_pool
 
     if not 0 <= overlap < 1:
-        raise SegclipError(f"--overlap {overlap}: must be in [0, 1)")
+        raise SegclipError(f"--overlap {overlap}: must be in [0, 1); give e.g. --overlap 0.25")
     if batch < 1:
-        raise SegclipError(f"--batch {batch}: must be >= 1")
+        raise SegclipError(f"--batch {batch}: must be >= 1; give e.g. --batch 8")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SegclipError(f"--out {out}: is a file, not a folder; give a folder for the predictions")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SegclipError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
     paths, errors = expand_inputs(inputs)
     if not paths:  # nothing to do: one line, not one per input
         more = f" (and {len(errors) - 1} more input(s) with no raster)" if len(errors) > 1 else ""
@@ -160,6 +157,12 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
 
     pool, pool_errors = open_pool(models, load, in_flight=in_flight, log=log)
     errors += pool_errors
+    created = not out.exists()
+    try:  # created only now: bad inputs or models leave no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SegclipError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
+    clean_partials(out)
     with pool:
         sig = pool.signature
         # one-line error for a scene the model lacks (or any scene for a model without them)
@@ -176,6 +179,8 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
                               overlay=overlay, progress=progress, log=log, scene=scene_id)
         results, file_errors = predictor.run(paths, out, stems)
+    if created and not any(out.iterdir()):  # every input failed: no empty folder either
+        out.rmdir()
     return results, errors + file_errors
 
 

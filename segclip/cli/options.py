@@ -106,11 +106,11 @@ def data_option(*, default_split: str = "val", required: bool = True, help: str 
                     raise SegclipError("--data and --dataset/--data-root/--split given together; "
                                        f"use --data {DATA_METAVAR} alone")
                 if not (name and root):
-                    raise SegclipError(f"--dataset/--data-root: give both, or better --data {DATA_METAVAR}")
+                    raise SegclipError(f"--dataset/--data-root: only one of the two was given; give both, or better --data {DATA_METAVAR}")
                 data = f"{name}:{root}:{split or default_split}"
                 deprecated("--dataset/--data-root/--split", f"--data {data}")
             if data is None and required:
-                raise SegclipError(f"missing --data {DATA_METAVAR}, e.g. --data loveda:/data/LoveDA:{default_split}")
+                raise SegclipError(f"missing --data {DATA_METAVAR}; give e.g. --data loveda:/data/LoveDA:{default_split}")
             kw["data"] = parse_data_spec(data, default_split)
 
         w = _wrap(f, merge)
@@ -136,7 +136,7 @@ def size_option(*, several: bool = False, legacy: Optional[str] = None, stride: 
         hw = parse_size(value, multiple_of=32 if stride else 1)
         if square:
             if hw[0] != hw[1]:
-                raise SegclipError(f"--size {value}: must be square here (S or SxS)")
+                raise SegclipError(f"--size {value}: must be square here; give S or SxS, e.g. --size {hw[0]}")
             return hw[0]
         return hw
 
@@ -157,7 +157,7 @@ def batch_option(kind: str, *, default=None, legacy: Optional[str] = "--batch-si
             return parse_batch(value)
         n = parse_ints(value, "batch")
         if kind == "int" and len(n) != 1:
-            raise SegclipError(f"--batch {value!r}: expected one number here")
+            raise SegclipError(f"--batch {value!r}: one number is expected here; give e.g. --batch 4")
         return n if kind == "list" else n[0]
 
     return _option("--batch", parse, legacy=legacy, default=default, help=help, metavar=metavar)
@@ -202,7 +202,7 @@ def out_option(*, positional: Optional[str] = None, required: bool = False, defa
             if out is None:
                 out = default
             if out is None and required:
-                raise SegclipError(f"missing --out PATH ({help.rstrip('.')})")
+                raise SegclipError(f"missing --out ({help.rstrip('.')}); give --out PATH")
             kw["out"] = out
 
         w = _wrap(f, merge)
@@ -215,6 +215,11 @@ def out_option(*, positional: Optional[str] = None, required: bool = False, defa
 
 # ---- --max-steps -----------------------------------------------------------------------------------
 def max_steps_option(*, legacy: Optional[str] = None, help: str = "Total optimisation steps (default: the preset's)."):
-    return _option("--max-steps", lambda v: v, legacy=legacy, help=help, type=int)
+    def parse(v):
+        if v is not None and v < 1:  # checked before any work (quickstart would render its data first)
+            raise SegclipError(f"--max-steps {v}: must be at least 1; give e.g. --max-steps 100, or leave it out for the preset's")
+        return v
+
+    return _option("--max-steps", parse, legacy=legacy, help=help, type=int)
 
 

@@ -8,21 +8,22 @@ from pathlib import Path
 import click
 
 from segclip.atomic import atomic_write_json
+from segclip.cli.group import clean_partials
 from segclip.cli.options import batch_option, data_option, device_option, max_steps_option, out_option, size_option
 from segclip.errors import SegclipError
 
 
-def _default_device() -> str:
-    import torch
+def _default_device(device=None) -> str:
+    from segclip.engine.distributed import check_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device)
 
 
 def _parse_prompts(items) -> dict:
     out = {}
     for it in items:
         if "=" not in it:
-            raise SegclipError(f"--prompt {it!r}: expected CLASS=TEXT, e.g. --prompt 'road=an asphalt road seen from above'")
+            raise SegclipError(f"--prompt {it!r}: not CLASS=TEXT; give e.g. --prompt 'road=an asphalt road seen from above'")
         k, v = it.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -68,6 +69,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         if val is not None:
             setattr(obj, key, val)
     m.gtg = gtg
+    t.validate()
     mode, sidecar = parse_switch(metadata)
     if metadata is not None:
         m.metadata = mode
@@ -85,7 +87,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         val_ds = None
     if val_ds is not None:
         with_metadata(val_ds, sidecar, required=False)
-    trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device or _default_device(),
+    trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device,
                       resume=resume, prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after)
     return trainer, trainer.fit()
 
@@ -119,6 +121,9 @@ def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weight
 
     if data.split != "train":
         raise SegclipError(f"--data {data}: train reads the train split (and val for its evaluation); drop :{data.split}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise SegclipError(f"--out {out}: exists and is not a folder; give a run directory (new, or an earlier run with --resume)")
+    clean_partials(out, Path(out) / "checkpoints")
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,
                                 lr=lr, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
                                 device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
@@ -151,10 +156,10 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
 @size_option(legacy="--window", stride=False, help="Sliding-window size HxW (default: the checkpoint's eval size).")
 @batch_option("int", default=4, help="Windows per forward pass.")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available).")
-@click.option("--limit", type=int, help="Only the first N images.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images (a spot check: written to eval_<split>_first<N>.json, never over the full evaluation).")
 @click.option("--metadata", help="on (default for a model trained with metadata), off (withhold it: every image gets the "
               "generic scene; the ablation), or a CSV/JSON sidecar FILE for this data.")
-@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa].json).")
+@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa].json; with --limit N eval_<split>[_nometa]_first<N>.json).")
 def eval_cmd(source, data, size, batch, device, limit, metadata, out):
     """Evaluate a run directory or checkpoint: mIoU, per-class IoU, F1, overall accuracy."""
     from segclip.config import train_config_from_dict
@@ -165,21 +170,26 @@ def eval_cmd(source, data, size, batch, device, limit, metadata, out):
 
     dataset, split = data.dataset, data.split
     mode, sidecar = parse_switch(metadata)
+    device = _default_device(device)
+    if out is not None and Path(out).is_dir():
+        raise SegclipError(f"--out {out}: is a folder; give the metrics JSON file to write, e.g. --out {Path(out) / f'eval_{split}.json'}")
     ckpt = load_checkpoint(source)
     ds = with_metadata(build_dataset(dataset, data.root, split), sidecar)
     check_classes(ckpt, ds.classes, f"dataset {dataset}")
     if mode == "on" and not ckpt.get("scenes"):
         raise SegclipError(f"{ckpt['path']}: trained without metadata prompts, so --metadata {metadata} has nothing to feed; "
                            f"omit --metadata or retrain with it")
-    device = device or _default_device()
+    # where the metrics go, decided before the work; a spot check (--limit) never replaces the full evaluation's file
+    tag = f"{split}_nometa" if (mode == "off" and ckpt.get("scenes")) else split
+    name = f"eval_{tag}" + (f"_first{limit}" if limit else "")
+    dest = Path(out) if out else (Path(source) / f"{name}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".{name}.json"))
+    clean_partials(dest.parent)
     model = model_from_checkpoint(ckpt).to(device)
     tcfg = train_config_from_dict(dict(ckpt.get("train_config") or {}))
     if size:
         tcfg.eval_size = size
     metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch, limit=limit, metadata=mode != "off")
-    metrics.update({"checkpoint": ckpt["path"], "dataset": dataset, "split": split})
-    tag = f"{split}_nometa" if (mode == "off" and model.scenes is not None) else split
-    dest = Path(out) if out else (Path(source) / f"eval_{tag}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".eval_{tag}.json"))
+    metrics.update({"checkpoint": ckpt["path"], "dataset": dataset, "split": split, "limit": limit})
     atomic_write_json(dest, metrics)
     click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}  (metadata {metrics['metadata']})")
     for name, v in metrics["per_class_iou"].items():
@@ -201,6 +211,9 @@ def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, fo
     from segclip.data.sample import generate_sample_dataset
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SegclipError(f"--out {out}: exists and is not a folder; choose another --out")
+    device = _default_device(device)
     if out.exists() and any(out.iterdir()):
         if not force:
             raise SegclipError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
@@ -213,7 +226,7 @@ def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, fo
     if not pretrained:
         click.echo("quickstart: random init for backbone and CLIP text encoder (offline); --pretrained uses ImageNet/CLIP weights")
     run = out / "run"
-    trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=max_steps, seed=seed, device=device or _default_device(), **weights)
+    trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=max_steps, seed=seed, device=device, **weights)
     summary["train_seconds"] = round(res["train_seconds"], 1)
     summary["train_steps"] = res["step"]
     summary["artifacts"]["run_dir"] = str(run)

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from segclip.data.raster import STRETCH_PERCENTILES
 from segclip.errors import SegclipError
 
 MAX_PIXELS = 20000 * 20000
@@ -30,7 +31,9 @@ def _open(path: Path) -> Image.Image:
         im.load()
         return im
     except FileNotFoundError:
-        raise SegclipError(f"{path}: file not found; check the dataset root") from None
+        raise SegclipError(f"{path}: file not found; check the path") from None
+    except IsADirectoryError:
+        raise SegclipError(f"{path}: is a folder, not an image; give image files") from None
     except _READ_ERRORS as e:
         raise SegclipError(f"{path}: cannot read image ({type(e).__name__}: {e}); re-download or remove the file") from None
 
@@ -45,9 +48,37 @@ def image_size(path: Path) -> tuple:
         raise SegclipError(f"{path}: cannot read image ({type(e).__name__}: {e}); re-download or remove the file") from None
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """H x W x 3 uint8 RGB (alpha dropped, grey/palette images expanded)."""
+# Single-channel images deeper than 8 bits (16-bit PNG/TIFF, 32-bit int or float) are mapped to
+# 0..255 by the same percentile stretch as ``predict``'s raster reader (segclip.data.raster): the
+# STRETCH_PERCENTILES[0]-th percentile of the image becomes 0 and the [1]-th 255, linearly, clipped
+# outside.  PIL's own conversion clips at 255 instead, which turns almost every pixel of typical
+# 16-bit imagery (values in the thousands) white.
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def stretch_to_uint8(a: np.ndarray, percentiles=STRETCH_PERCENTILES) -> np.ndarray:
+    """Linear stretch of the given percentiles to 0..255 (per image, all channels together)."""
+    a = np.asarray(a, dtype=np.float64)
+    finite = a[np.isfinite(a)]
+    lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 1.0)
+    if hi <= lo:  # a flat image: keep it flat rather than divide by zero
+        hi = lo + 1.0
+    out = (np.nan_to_num(a, nan=lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def read_rgb(path: Path, note=None) -> np.ndarray:
+    """H x W x 3 uint8 RGB (alpha dropped, grey/palette images expanded, deeper than 8-bit
+    greyscale stretched by :func:`stretch_to_uint8`; ``note(message)`` is told when that happens)."""
     im = _open(path)
+    if im.mode in HIGH_DEPTH_MODES:
+        a = np.asarray(im)
+        grey = stretch_to_uint8(a)
+        if note is not None:
+            lo, hi = STRETCH_PERCENTILES
+            note(f"{path}: {im.mode} image (values {a.min()}..{a.max()}) scaled to 8 bits by a {lo:g}-{hi:g} "
+                 f"percentile stretch")
+        return np.repeat(grey[..., None], 3, axis=2)
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)

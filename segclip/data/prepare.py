@@ -45,14 +45,20 @@ def prepare_patches(name, src, dst, tile=None, stride=None, splits=None, force=F
     src, dst = Path(src), Path(dst)
     if name not in PATCH_DEFAULTS:
         raise SegclipError(f"prepare: cannot patch {name!r}; supported: {', '.join(PATCH_DEFAULTS)}")
-    tile = tile or PATCH_DEFAULTS[name][0]
-    stride = stride or (PATCH_DEFAULTS[name][1] if tile == PATCH_DEFAULTS[name][0] else tile)
+    for flag, v in (("--tile", tile), ("--stride", stride)):
+        if v is not None and (not isinstance(v, int) or v < 1):  # 0 must not silently mean "the default"
+            raise SegclipError(f"prepare: {flag} {v}: must be a positive number of pixels; leave it out for the default "
+                               f"({name}: tile {PATCH_DEFAULTS[name][0]}, stride {PATCH_DEFAULTS[name][1]})")
+    tile = tile if tile is not None else PATCH_DEFAULTS[name][0]
+    stride = stride if stride is not None else (PATCH_DEFAULTS[name][1] if tile == PATCH_DEFAULTS[name][0] else tile)
     if not src.is_dir():
-        raise SegclipError(f"prepare: source folder {src} does not exist")
+        raise SegclipError(f"prepare: source folder {src} does not exist; give the folder the dataset was extracted to")
+    if dst.exists() and not dst.is_dir():
+        raise SegclipError(f"prepare: destination {dst} exists and is a file; give a new or empty folder for the patches")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise SegclipError(f"prepare: destination {dst} is inside the source {src}; choose a folder outside it")
     if dst.exists() and any(dst.iterdir()) and not force:
-        raise SegclipError(f"prepare: {dst} already exists; pass --force to replace it")
+        raise SegclipError(f"prepare: {dst} already exists and is not empty; pass --force to replace it or choose another DST")
     if splits is None:
         splits = [s for s in ("train", "val", "test") if _split_present(name, src, s)]
         if not splits:

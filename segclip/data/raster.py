@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 
 GDAL_CACHE_MB = 128  # GDAL's block cache is RSS too: bound it (its default is a share of the machine's RAM)
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -56,9 +56,9 @@ def parse_bands(text) -> Optional[tuple]:
     try:
         bands = tuple(int(p) for p in parts)
     except ValueError:
-        raise SegclipError(f"--bands {text}: expected 1-based band numbers, e.g. 1,2,3 or 4") from None
+        raise SegclipError(f"--bands {text}: not band numbers; give 1-based band numbers, e.g. --bands 1,2,3 or --bands 4") from None
     if len(bands) not in (1, 3) or min(bands) < 1:
-        raise SegclipError(f"--bands {text}: give one band (grey) or three (R,G,B), numbered from 1")
+        raise SegclipError(f"--bands {text}: wrong number of bands; give one band (grey) or three (R,G,B), numbered from 1")
     return bands
 
 
@@ -69,15 +69,29 @@ def parse_range(text) -> Optional[tuple]:
     try:
         lo, hi = (float(v) for v in str(text).split(","))
     except ValueError:
-        raise SegclipError(f"--range {text}: expected LOW,HIGH, e.g. 0,4095") from None
+        raise SegclipError(f"--range {text}: not LOW,HIGH; give e.g. --range 0,4095") from None
     if not hi > lo:
-        raise SegclipError(f"--range {text}: HIGH must be larger than LOW")
+        raise SegclipError(f"--range {text}: HIGH must be larger than LOW; give e.g. --range 0,4095")
     return lo, hi
 
 
 def _read_error(path, e) -> SegclipError:
     msg = " ".join(str(e).split())[:200] or type(e).__name__
     return SegclipError(f"{path}: cannot read raster ({msg}); check the file is complete and a format GDAL reads")
+
+
+def _check_png(path: Path) -> None:
+    """GDAL's PNG driver returns zeros for the missing rows of a truncated PNG with only a warning,
+    so a cut-off download would be predicted as if it were whole.  PIL's ``verify`` walks the chunks
+    and their CRCs (streaming, without decoding the pixels) and fails on truncation."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:
+        raise SegclipError(f"{path}: damaged or truncated PNG ({type(e).__name__}: {one_line(e)}); re-download or "
+                           f"re-export the file") from None
 
 
 class RasterSource:
@@ -91,6 +105,8 @@ class RasterSource:
         from rasterio.enums import ColorInterp, MaskFlags
 
         self.path = Path(path)
+        if _scaling is None and self.path.suffix.lower() == ".png" and self.path.is_file():
+            _check_png(self.path)
         try:
             self.ds = rasterio.open(self.path)
         except rasterio.errors.RasterioIOError as e:

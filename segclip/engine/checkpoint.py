@@ -21,7 +21,7 @@ import torch
 
 from segclip.atomic import atomic_file
 from segclip.config import ModelConfig, model_config_from_dict
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 
 FORMAT = "segclip-checkpoint"
 FORMAT_VERSION = 1
@@ -63,8 +63,10 @@ def resolve_checkpoint(path: str | os.PathLike, latest: bool = False) -> Path:
             return max(candidates, key=lambda c: c.stat().st_mtime)
         if candidates:
             return candidates[0]
-        raise SegclipError(f"{p}: no checkpoint found (expected {FINAL_NAME} or checkpoints/step_*.pt); is this a segclip run directory?")
-    raise SegclipError(f"{p}: no such checkpoint file or run directory")
+        raise SegclipError(f"{p}: no checkpoint found (expected {FINAL_NAME} or checkpoints/step_*.pt); give the run "
+                           f"directory of a finished 'segclip train' or a checkpoint .pt file")
+    raise SegclipError(f"{p}: no such checkpoint file or run directory; check the path (a run directory holds "
+                       f"{FINAL_NAME} or checkpoints/step_*.pt)")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -73,10 +75,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise SegclipError(f"{p}: cannot read checkpoint ({msg}); the file is truncated or not a segclip checkpoint, re-copy it or use an earlier one") from None
+        raise SegclipError(f"{p}: cannot read checkpoint ({type(e).__name__}: {one_line(e, 160)}); the file is truncated or "
+                           f"not a segclip checkpoint: re-copy it or use an earlier one") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise SegclipError(f"{p}: not a segclip checkpoint (no '{FORMAT}' marker)")
+        what = "a plain dict, e.g. a bare state dict," if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise SegclipError(f"{p}: not a segclip checkpoint ({what} without the '{FORMAT}' marker); give a checkpoint "
+                           f"written by 'segclip train' (RUN_DIR/{FINAL_NAME} or RUN_DIR/checkpoints/step_*.pt)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise SegclipError(f"{p}: checkpoint format v{ckpt['format_version']} is newer than this segclip reads (v{FORMAT_VERSION}); upgrade segclip")
     ckpt["path"] = str(p)
@@ -96,7 +100,8 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike):
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise SegclipError(f"{ckpt.get('path', 'checkpoint')}: weights do not match its config ({str(e).splitlines()[0][:160]})") from None
+        raise SegclipError(f"{ckpt.get('path', 'checkpoint')}: weights do not match its config ({one_line(e, 160)}); "
+                           f"the file was edited or written by another segclip version: use the original checkpoint") from None
     return model.eval()
 
 

@@ -48,7 +48,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple:
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in RASTER_SUFFIXES)
             if not found:
-                errors.append(f"{p}: folder holds no rasters ({', '.join(RASTER_SUFFIXES)})")
+                errors.append(f"{p}: folder holds no rasters; put images ({', '.join(RASTER_SUFFIXES)}) in it or give the files")
             paths += found
         elif p.exists():
             paths.append(p)
@@ -58,7 +58,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple:
                 errors.append(f"{s}: the pattern matches no file")
             paths += found
         else:
-            errors.append(f"{p}: no such file or folder")
+            errors.append(f"{p}: no such file or folder; check the path")
     seen, unique = set(), []
     for p in paths:
         if p.resolve() not in seen:

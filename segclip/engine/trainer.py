@@ -113,7 +113,8 @@ class Trainer:
                  dataset_name: str, device: str = "cpu", resume: bool = False, prompts=None, progress: bool = True,
                  stop_after: int | None = None):
         self.out = Path(out)
-        self.rank, self.world, self.device = D.init_distributed(device)
+        tcfg.validate()
+        self.rank, self.world, self.device = D.init_distributed(D.check_device(device))
         self.dataset, self.val_dataset = dataset, val_dataset
         self.dataset_name = dataset_name
         self.progress = progress and D.is_main()

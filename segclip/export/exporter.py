@@ -26,7 +26,7 @@ from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT
                               scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
                               write_manifest)
 from segclip.errors import GateFailed, SegclipError
-from segclip.export.parity_images import parity_images as load_parity_images
+from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images
 from segclip.parsers import parse_batch, parse_size
 from segclip.signature import SCORES_NAME
 
@@ -74,9 +74,18 @@ class Exporter:
         for name in ("fp32_threshold", "fp16_threshold"):
             v = getattr(self, name)
             if not 0.0 < float(v) <= 1.01:
-                raise SegclipError(f"{name} {v}: must be a pixel-agreement fraction in (0, 1]")
+                flag = "--" + name.replace("_", "-")
+                raise SegclipError(f"{flag} {v}: must be a pixel-agreement fraction in (0, 1]; give e.g. {flag} "
+                                   f"{0.995 if 'fp16' in name else 0.999}")
         if self.trt and self.dynamic_size:
             raise SegclipError("--trt with --dynamic-size: the TensorRT profile needs a fixed --size; export the engine at a fixed size")
+        if int(self.parity_images) < 1:
+            raise SegclipError(f"--parity-images {self.parity_images}: the parity gate needs at least 1 image; give e.g. --parity-images 8")
+        from segclip.export.onnx_export import MIN_OPSET
+
+        if int(self.opset) < MIN_OPSET:
+            raise SegclipError(f"--opset {self.opset}: segclip needs opset >= {MIN_OPSET} (LayerNormalization, GridSample); "
+                               f"give e.g. --opset 17")
         self.artifacts = {}
         self.twins = {}  # format -> scores-enabled twin file (for score differences in the gate)
         self.trt_twin = None  # scores-enabled twin engine (under .parity/) when the public engine has no scores
@@ -97,6 +106,12 @@ class Exporter:
                 raise SegclipError(f"{self.out} already holds an export ({MANIFEST_NAME}); pass --force to replace it "
                                    f"or choose another --out")
         self.ckpt = load_checkpoint(self.ckpt_path)
+        if self.device:
+            from segclip.engine.distributed import check_device
+
+            check_device(self.device)
+        # --data is read and checked here, before the ONNX export (seconds to minutes) starts
+        self.parity_data = parity_dataset(self.data, self.ckpt)
         if self.size is None:
             crop = (self.ckpt.get("train_config") or {}).get("crop_size") or DEFAULT_SIZE
             self.size = parse_size(int(crop))
@@ -303,7 +318,7 @@ class Exporter:
             # formats, in dependency order: every other format derives from the FP32 ONNX twin
             self.export_onnx(stage)
             h, w = self.size
-            images, labels, src = load_parity_images(self.data, self.parity_images, h, w, self.signature.classes, log=self.log)
+            images, labels, src = load_parity_images(self.parity_data, self.parity_images, h, w, self.signature.classes, log=self.log)
             if self.fp16:
                 self.export_fp16(stage, images)
             if self.trt:

@@ -78,15 +78,27 @@ def _from_dataset(ds, n: int, h: int, w: int, classes) -> tuple:
     return np.stack(images), lab
 
 
-def parity_images(data, n: int, h: int, w: int, classes, log=print) -> tuple:
-    """-> (images N x h x w x 3 uint8, labels N x h x w int64 or None, source description)."""
-    if n <= 0:
-        raise SegclipError("--parity-images must be at least 1")
+def parity_dataset(data, ckpt: dict):
+    """The ``--data`` dataset, checked before any export work: it must exist and have the
+    checkpoint's classes (the same rule as ``eval``: labels of another class list would be silently
+    meaningless).  Returns (dataset, description), or None without ``--data``."""
+    from segclip.engine.checkpoint import check_classes
+
     spec = parse_data(data)
-    if spec is not None:
-        ds = build_dataset(*spec)
+    if spec is None:
+        return None
+    ds = build_dataset(*spec)
+    check_classes(ckpt, ds.classes, f"--data {':'.join(spec)}")
+    return ds, f"data:{':'.join(spec)}"
+
+
+def parity_images(data, n: int, h: int, w: int, classes, log=print) -> tuple:
+    """-> (images N x h x w x 3 uint8, labels N x h x w int64 or None, source description).
+    ``data``: what :func:`parity_dataset` returned, or None for the sample set."""
+    if data is not None:
+        ds, src = data
         images, labels = _from_dataset(ds, n, h, w, classes)
-        return images, labels, f"data:{spec[0]}:{spec[1]}:{spec[2]}"
+        return images, labels, src
     tmp = Path(tempfile.mkdtemp(prefix="segclip-parity-"))
     try:
         # the sample set's own val split (a few 256 px LoveDA-format scenes), rendered in a second

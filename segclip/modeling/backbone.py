@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from segclip.config import BACKBONES
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 
 _IMAGENET = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
@@ -39,7 +39,7 @@ def _load_state_dict(name: str, weights: str) -> dict:
     try:
         sd = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SegclipError(f"backbone: cannot read weights file {weights} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); is it a torch state dict?") from None
+        raise SegclipError(f"backbone: cannot read weights file {weights} ({type(e).__name__}: {one_line(e, 160)}); give a torchvision ResNet state dict file, 'imagenet' or 'none'") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return sd

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.modeling.layers import MLP
 
 
@@ -32,9 +32,10 @@ def load_clip(model_name: str, pretrained: str | None):
     except SegclipError:
         raise
     except Exception as e:
-        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        first = one_line(e, 200)
         if tag is not None and os.path.isfile(tag):
-            raise SegclipError(f"CLIP: cannot load checkpoint {tag} into {model_name}: {first}") from None
+            raise SegclipError(f"CLIP: cannot load checkpoint {tag} into {model_name} ({first}); give an open_clip "
+                               f"{model_name} checkpoint file, or --clip-checkpoint none for random init") from None
         raise SegclipError(
             f"CLIP: could not get weights {model_name}/{tag} ({first}); offline, pass --clip-checkpoint PATH "
             f"(a saved open_clip {model_name} state dict) or --clip-checkpoint none for random init"

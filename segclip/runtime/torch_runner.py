@@ -44,8 +44,9 @@ class TorchRunner(Runner):
         from segclip.engine.checkpoint import model_from_checkpoint
         from segclip.modeling import SegCLIPInference
 
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise SegclipError(f"{self.name}: device {self.device!r} requested but no CUDA GPU is visible; use device='cpu'")
+        from segclip.engine.distributed import check_device
+
+        check_device(self.device, flag=f"{self.name}: device")
         if self.threads:
             torch.set_num_threads(int(self.threads))
         model = model_from_checkpoint(self._ckpt)

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.signature import MASK_NAME, SCENE_NAME, Signature, triton_dims, triton_wire_type
 from segclip.runtime.base import Runner
 
@@ -129,7 +129,7 @@ class TritonRunner(Runner):
             live = self.client.is_server_live(**self._deadline())
         except Exception as e:
             raise SegclipError(
-                f"{self.where}: cannot reach Triton at {self.address} ({type(e).__name__}: {_one_line(e)[:200]}); "
+                f"{self.where}: cannot reach Triton at {self.address} ({type(e).__name__}: {one_line(_one_line(e), 200)}); "
                 f"is `segclip serve` running?") from None
         if not live:
             raise SegclipError(f"{self.where}: the server at {self.address} is not live")
@@ -276,7 +276,7 @@ class _ShmRegions:
         try:
             runner.client.get_system_shared_memory_status()
         except Exception as e:
-            raise SegclipError(f"{runner.where}: the server does not offer system shared memory ({_one_line(e)[:200]})") from None
+            raise SegclipError(f"{runner.where}: the server does not offer system shared memory ({one_line(_one_line(e), 200)})") from None
 
     def _region(self, role: str, size: int):
         cur = self.regions.get(role)

@@ -30,7 +30,7 @@ from typing import Iterable, Optional
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.contract import MANIFEST_NAME, artifact_problem, batch_profile, manifest_signature, read_manifest, sha256_file
 from segclip.runtime.triton import PRECISION_PARAM, SCENE_DEFAULT_PARAM, SIGNATURE_PARAM
 from segclip.signature import DEFAULT_SCENE, MASK_NAME, SCENE_NAME, Signature, triton_config_type, triton_dims
@@ -98,7 +98,7 @@ def _onnx_io(onnx_path, *_identity) -> dict:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:
-        raise SegclipError(f"{onnx_path}: not a readable ONNX model ({' '.join(str(e).split())[:200]})") from None
+        raise SegclipError(f"{onnx_path}: not a readable ONNX model ({one_line(e, 200)}); re-export it with segclip export") from None
     inits = {i.name for i in model.graph.initializer}
 
     def spec(vi):
@@ -261,15 +261,15 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
 
     export_dir, repo_dir = Path(export_dir), Path(repo_dir)
     if kind not in ("cpu", "gpu"):
-        raise SegclipError(f"--kind must be cpu or gpu, got {kind!r}")
+        raise SegclipError(f"--kind {kind!r}: not a kind; give --kind cpu or --kind gpu")
     if instances < 1:
-        raise SegclipError(f"--instances must be >= 1, got {instances}")
+        raise SegclipError(f"--instances {instances}: must be >= 1; give e.g. --instances 1")
     if queue_delay_us < 0:
-        raise SegclipError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
+        raise SegclipError(f"--queue-delay-us {queue_delay_us}: must be >= 0; give e.g. --queue-delay-us 100")
     manifest = read_manifest(export_dir)
     sig = manifest_signature(manifest)
     if precision not in ("fp32", "fp16"):
-        raise SegclipError(f"--precision must be fp32 or fp16, got {precision!r}")
+        raise SegclipError(f"--precision {precision!r}: not a precision; give --precision fp32 or fp16")
     onnx_key = "onnx" if precision == "fp32" else "onnx_fp16"
     onnx_art = _artifact(manifest, export_dir, onnx_key, required=True)
     onnx_path = export_dir / onnx_art["file"]
@@ -280,7 +280,7 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
     profile_max = int(batch_profile(manifest).get("max") or sig.max_batch)
     mb = int(max_batch) if max_batch is not None else int(profile_max)
     if mb < 1:
-        raise SegclipError(f"--max-batch must be >= 1, got {mb}")
+        raise SegclipError(f"--max-batch {mb}: must be >= 1; give e.g. --max-batch 8")
 
     wanted = list(models) if models else [m for m in ALL_MODELS if m != MODEL_TRT or plan]
     for m in wanted:
@@ -340,7 +340,7 @@ def check_model(repo_dir, name: str) -> mc.ModelConfig:
     mdir = repo_dir / name
     regen = f"regenerate it with `segclip triton-repo EXPORT_DIR --out {repo_dir} --force`"
     if not mdir.is_dir():
-        raise SegclipError(f"repository {repo_dir} has no model '{name}' (it has: {', '.join(list_models(repo_dir)) or 'none'})")
+        raise SegclipError(f"repository {repo_dir} has no model '{name}' (it has: {', '.join(list_models(repo_dir)) or 'none'}); pick one of those")
     if not (mdir / CONFIG).is_file():
         raise SegclipError(f"{mdir / CONFIG} is missing; {regen}")
     cfg = parse_config(mdir / CONFIG)
