@@ -45,7 +45,7 @@ def _error(res) -> str:
 @pytest.mark.parametrize("name,args", [
     ("train", ["--data", "loveda:{missing}", "--size", "64", "--batch", "2", "--device", "cpu", "--out", "{tmp}/run",
                "--max-steps", "1"]),
-    ("eval", ["{missing}", "--data", "loveda:{missing}:val", "--size", "64x96", "--batch", "2", "--device", "cuda:1",
+    ("eval", ["{missing}", "--data", "loveda:{missing}:val", "--size", "64x96", "--batch", "2", "--device", "cpu",
               "--out", "{tmp}/m.json"]),
     ("export", ["{missing}", "--data", "loveda:{missing}", "--size", "64x96", "--batch", "1:2:4", "--device", "cpu",
                 "--out", "{tmp}/exp"]),

@@ -1,0 +1,183 @@
+"""Bad input to every command, as a new user would give it: each case must exit 2 with exactly one
+``error: <what>; <what to do>`` line naming the thing, print no traceback, and leave every file
+of the workspace as it was (nothing written, changed or left behind)."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from segclip.cli import main
+from .support import error_line, fingerprint, segclip_subprocess, tree_diff
+
+DATA = "--data sample:{data}"
+TRAIN = "train " + DATA + " --preset segclip-small --out {root}/newrun --backbone-weights none --clip-checkpoint none"
+EVAL = "eval {run} " + DATA
+PREDICT = "predict --model {run} --out {root}/newpreds"
+EXPORT = "export {run} --out {root}/newexport"
+BENCH = "benchmark {export} --quick --out {root}/newbench"
+
+# (id, command line, needles that the error line must contain)
+CASES = [
+    # ---- the group itself
+    ("unknown-command", "trian", ["no such command", "usage:"]),
+    ("unknown-option", "eval {run} --data sample:{data} --bogus 1", ["--bogus"]),
+    # ---- sample-data
+    ("sample-data-out-is-file", "sample-data --out {file}", ["afile.txt"]),
+    ("sample-data-out-is-file-positional", "sample-data {file}", ["afile.txt"]),
+    ("sample-data-occupied", "sample-data --out {occupied}", ["occupied", "--force"]),
+    ("sample-data-size-0", "sample-data --out {root}/s --size 0", ["--size", "0"]),
+    ("sample-data-num-train-0", "sample-data --out {root}/s --num-train 0", ["--num-train"]),
+    ("sample-data-size-text", "sample-data --out {root}/s --size big", ["--size", "big"]),
+    # ---- prepare
+    ("prepare-unknown-dataset", "prepare loveda {data} --out {root}/p", ["loveda", "isaid"]),
+    ("prepare-missing-src", "prepare isaid", ["SRC", "usage:"]),
+    ("prepare-missing-out", "prepare isaid {data}", ["--out"]),
+    ("prepare-src-missing", "prepare isaid {root}/nowhere --out {root}/p", ["nowhere", "does not exist"]),
+    ("prepare-dst-is-file", "prepare isaid {data} --out {file}", ["afile.txt"]),
+    ("prepare-dst-is-file-positional", "prepare isaid {data} {file}", ["afile.txt"]),
+    ("prepare-dst-occupied", "prepare isaid {data} --out {occupied}", ["occupied", "--force"]),
+    ("prepare-tile-0", "prepare isaid {data} --out {root}/p --tile 0", ["--tile", "0"]),
+    ("prepare-tile-negative", "prepare isaid {data} --out {root}/p --tile -5", ["--tile", "-5"]),
+    ("prepare-stride-0", "prepare uavid {data} --out {root}/p --stride 0", ["--stride"]),
+    ("prepare-label-order", "prepare uavid {data} --out {root}/p --label-order alphabetical", ["--label-order", "paper"]),
+    ("prepare-no-splits", "prepare isaid {occupied} --out {root}/p", ["occupied"]),
+    # ---- train
+    ("train-missing-data", "train --out {root}/newrun", ["--data"]),
+    ("train-half-old-spelling", "train --data-root {data} --out {root}/newrun", ["--dataset"]),
+    ("train-max-steps-0", TRAIN + " --max-steps 0", ["--max-steps 0"]),
+    ("train-max-steps-negative", TRAIN + " --max-steps -1", ["--max-steps -1"]),
+    ("train-lr-negative", TRAIN + " --lr -0.001", ["--lr -0.001"]),
+    ("train-lr-zero", TRAIN + " --lr 0", ["--lr 0"]),
+    ("train-batch-0", TRAIN + " --batch 0", ["--batch", "0"]),
+    ("train-batch-size-0-old-spelling", TRAIN + " --batch-size 0", ["--batch", "0"]),
+    ("train-checkpoint-every-0", TRAIN + " --checkpoint-every 0", ["--checkpoint-every 0"]),
+    ("train-crop-not-stride", TRAIN + " --size 100", ["100", "multiple of 32"]),
+    ("train-crop-0", TRAIN + " --size 0", ["--size"]),
+    ("train-crop-not-square", TRAIN + " --size 64x128", ["--size", "square"]),
+    ("train-device-cuda", TRAIN + " --device cuda", ["--device cuda", "cpu"]),
+    ("train-device-unknown", TRAIN + " --device tpu", ["tpu"]),
+    ("train-unknown-preset", TRAIN + " --preset segclip-r51", ["segclip-r51", "segclip-small"]),
+    ("train-unknown-dataset", "train --data pascal:{data} --out {root}/newrun", ["pascal"]),
+    ("train-data-root-missing", "train --data loveda:{root}/nowhere --out {root}/newrun", ["nowhere"]),
+    ("train-data-val-split", "train --data sample:{data}:val --out {root}/newrun", ["train split"]),
+    ("train-prompt-format", TRAIN + " --prompt road", ["--prompt", "CLASS=TEXT"]),
+    ("train-prompt-unknown-class", TRAIN + " --prompt roads=x", ["roads"]),
+    ("train-out-is-run", "train " + DATA + " --preset segclip-small --out {run}", ["--resume"]),
+    ("train-resume-nothing", TRAIN + " --resume", ["--resume", "newrun"]),
+    ("train-out-is-file", "train " + DATA + " --preset segclip-small --out {file}", ["afile.txt"]),
+    ("train-batch-too-big", TRAIN + " --batch 64 --max-steps 1", ["--batch"]),
+    ("train-seed-text", TRAIN + " --seed abc", ["--seed", "abc"]),
+    ("train-other-classes-resume", "train --data folder:{folder_data} --out {run} --resume", ["trained on classes"]),
+    # ---- eval
+    ("eval-missing-source", "eval " + DATA, ["SOURCE", "usage:"]),
+    ("eval-limit-0", EVAL + " --limit 0", ["--limit", "0"]),
+    ("eval-batch-0", EVAL + " --batch 0", ["--batch", "0"]),
+    ("eval-batch-size-0-old-spelling", EVAL + " --batch-size 0", ["--batch", "0"]),
+    ("eval-source-missing", "eval {root}/nowhere " + DATA, ["nowhere", "check the path"]),
+    ("eval-truncated-checkpoint", "eval {trunc} " + DATA, ["trunc.pt", "truncated"]),
+    ("eval-plain-dict", "eval {plain} " + DATA, ["plain.pt", "segclip train"]),
+    ("eval-other-classes", "eval {other} " + DATA, ["trained on classes", "['a', 'b', 'c']"]),
+    ("eval-empty-dir", "eval {occupied} " + DATA, ["occupied", "no checkpoint"]),
+    ("eval-bad-split", "eval {run} --data sample:{data}:bogus", ["bogus"]),
+    ("eval-device-cuda", EVAL + " --device cuda", ["--device cuda"]),
+    ("eval-out-is-dir", EVAL + " --out {occupied}", ["--out", "occupied"]),
+    # ---- export
+    ("export-missing-source", "export", ["SOURCE", "usage:"]),
+    ("export-source-missing", "export {root}/nowhere --out {root}/newexport", ["nowhere", "check the path"]),
+    ("export-plain-dict", "export {plain} --out {root}/newexport", ["plain.pt", "segclip train"]),
+    ("export-truncated", "export {trunc} --out {root}/newexport", ["trunc.pt", "truncated"]),
+    ("export-dir-without-checkpoint", "export {occupied} --out {root}/newexport", ["occupied", "no checkpoint"]),
+    ("export-parity-images-0", EXPORT + " --parity-images 0", ["--parity-images"]),
+    ("export-batch-order", EXPORT + " --batch 4:2:1", ["--batch", "MIN <= OPT <= MAX"]),
+    ("export-batch-text", EXPORT + " --batch big", ["--batch", "MIN:OPT:MAX"]),
+    ("export-size-not-stride", EXPORT + " --size 100", ["--size", "multiples of 32"]),
+    ("export-size-text", EXPORT + " --size wide", ["--size", "HxW"]),
+    ("export-data-spec", EXPORT + " --data sample", ["--data", "DATASET:ROOT:SPLIT"]),
+    ("export-data-missing-root", EXPORT + " --data loveda:{root}/nowhere:val", ["nowhere"]),
+    ("export-data-other-classes", EXPORT + " --data folder:{folder_data}:val", ["trained on classes", "field"]),
+    ("export-out-is-file", "export {run} --out {file}", ["afile.txt"]),
+    ("export-out-occupied", "export {run} --out {occupied}", ["occupied", "another --out"]),
+    ("export-exists", "export {run} --out {export}", ["--force"]),
+    ("export-trt-dynamic", EXPORT + " --trt --dynamic-size", ["--dynamic-size", "fixed --size"]),
+    ("export-threshold", EXPORT + " --fp32-threshold 2", ["--fp32-threshold 2", "(0, 1]"]),
+    ("export-opset-low", EXPORT + " --opset 7", ["--opset 7"]),
+    # ---- predict
+    ("predict-no-images", "predict --model {run}", ["INPUTS", "usage:"]),
+    ("predict-no-model", "predict {img}", ["--model"]),
+    ("predict-out-is-file", "predict --model {run} {img} --out {file}", ["--out", "afile.txt"]),
+    ("predict-image-missing", PREDICT + " {root}/nowhere.png", ["nowhere.png", "check the path"]),
+    ("predict-image-is-dir", PREDICT + " {occupied}", ["occupied", "folder"]),
+    ("predict-corrupt-image", PREDICT + " {corrupt_img}", ["corrupt.png"]),
+    ("predict-batch-0", PREDICT + " {img} --batch 0", ["--batch", "0"]),
+    ("predict-batch-size-0-old-spelling", PREDICT + " {img} --batch-size 0", ["--batch", "0"]),
+    ("predict-overlap", PREDICT + " {img} --overlap 1.5", ["--overlap 1.5"]),
+    ("predict-existing-output", "predict --model {run} {img} --out {preds}", ["img_mask", "--force"]),
+    ("predict-tile-0", PREDICT + " {img} --tile 0", ["--tile 0"]),
+    ("predict-in-flight-0", PREDICT + " {img} --in-flight 0", ["--in-flight 0"]),
+    ("predict-timeout-0", PREDICT + " {img} --timeout 0", ["--timeout"]),
+    ("predict-bands-text", PREDICT + " {img} --bands red", ["--bands"]),
+    ("predict-range-bad", PREDICT + " {img} --range 5", ["--range"]),
+    ("predict-model-missing", "predict --model {root}/nowhere.onnx {img} --out {root}/newpreds", ["nowhere.onnx"]),
+    ("predict-device-cuda", PREDICT + " {img} --device cuda", ["cuda", "cpu"]),
+    ("predict-format-missing", "predict --model {export} --format onnx_fp16 {img} --out {root}/newpreds", ["onnx_fp16"]),
+    ("predict-failed-artifact", "predict --model {failed_export} {img} --out {root}/newpreds", ["parity gate", "--allow-failed"]),
+    ("predict-plain-dict", "predict --model {plain} {img} --out {root}/newpreds", ["plain.pt"]),
+    # ---- benchmark
+    ("benchmark-source-missing", "benchmark {root}/nowhere --out {root}/newbench", ["nowhere"]),
+    ("benchmark-data-spec", BENCH + " --data sample", ["--data", "DATASET:ROOT:SPLIT"]),
+    ("benchmark-data-missing-root", BENCH + " --data loveda:{root}/nowhere:val", ["nowhere"]),
+    ("benchmark-data-other-classes", BENCH + " --data folder:{folder_data}:val", ["classes"]),
+    ("benchmark-backend-unknown", BENCH + " --backends torch,tensorflow", ["tensorflow"]),
+    ("benchmark-batch-0", BENCH + " --batch 0", ["--batch 0"]),
+    ("benchmark-size-not-stride", BENCH + " --size 100", ["100"]),
+    ("benchmark-reps-0", BENCH + " --reps 0", ["--reps"]),
+    ("benchmark-limit-0", BENCH + " --limit 0", ["--limit"]),
+    ("benchmark-budget-0", BENCH + " --budget 0", ["--budget 0"]),
+    ("benchmark-existing-results", "benchmark {export} --quick --out {bench}", ["benchmark.json", "--force"]),
+    ("benchmark-out-is-file", "benchmark {export} --out {file}", ["--out", "afile.txt"]),
+    ("benchmark-device-unknown", BENCH + " --device tpu", ["--device", "tpu"]),
+    # ---- triton-repo / serve / quickstart
+    ("triton-repo-no-export", "triton-repo {root}/nowhere --out {root}/repo", ["nowhere"]),
+    ("triton-repo-not-export", "triton-repo {occupied} --out {root}/repo", ["occupied"]),
+    ("triton-repo-target-is-file", "triton-repo {export} --out {file}", ["afile.txt"]),
+    ("triton-repo-max-batch-0", "triton-repo {export} --out {root}/repo --max-batch 0", ["--max-batch"]),
+    ("serve-repo-missing", "serve --repo {root}/nowhere", ["nowhere"]),
+    ("quickstart-occupied", "quickstart --out {occupied}", ["occupied", "--force"]),
+    ("quickstart-out-is-file", "quickstart --out {file}", ["afile.txt"]),
+    ("quickstart-max-steps-0", "quickstart --out {root}/qs --max-steps 0", ["--max-steps"]),
+    ("quickstart-steps-0-old-spelling", "quickstart --out {root}/qs --steps 0", ["--max-steps"]),
+]
+
+
+def _args(cmd: str, ws: dict) -> list:
+    return [part.format(**ws) for part in cmd.split()]
+
+
+@pytest.mark.parametrize("cmd,needles", [pytest.param(c, n, id=i) for i, c, n in CASES])
+def test_bad_input(cli_ws, monkeypatch, cmd, needles):
+    monkeypatch.chdir(cli_ws["root"])  # default output folders would land here: they must not appear
+    before = fingerprint(cli_ws["root"])
+    res = CliRunner().invoke(main, _args(cmd, cli_ws))
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    line = error_line(res.output, 2, res.exit_code)
+    for needle in needles:
+        assert needle.format(**cli_ws) in line, f"{needle!r} not in {line!r}"
+    assert tree_diff(before, fingerprint(cli_ws["root"])) == []
+
+
+def test_case_count():
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("cmd,needles", [
+    ("eval {run} --data sample:{data} --limit 0", ["--limit"]),  # a click range error
+    ("train --data sample:{data} --out {root}/newrun --device cuda --max-steps 1", ["--device cuda"]),
+])
+def test_bad_input_real_process(cli_ws, cmd, needles):
+    """The console script itself (not CliRunner): exit status and stderr as a shell sees them."""
+    before = fingerprint(cli_ws["root"])
+    proc = segclip_subprocess(_args(cmd, cli_ws), cwd=cli_ws["root"])
+    out, _ = proc.communicate(timeout=300)
+    line = error_line(out, 2, proc.returncode)
+    assert all(n in line for n in needles), line
+    assert tree_diff(before, fingerprint(cli_ws["root"])) == []
