@@ -374,22 +374,37 @@ def test_predict_cli_with_grpc_model(server, images, expected, tmp_path):
 
 
 
-def test_predict_scene_over_two_endpoints_equals_onnx_runtime(server, repo, server_env, export_dir, tmp_path):
+@pytest.fixture(scope="module")
+def trained_repo(trained_checkpoint, tmp_path_factory):
+    """An export of the parity model (several classes per window, real boundaries) and its repository."""
+    from segclip.export import export
+    from segclip.serving.repo import build_repository
+
+    d = tmp_path_factory.mktemp("serving_trained")
+    export(trained_checkpoint, d / "export", size=SIZE, batch=(1, 1, MAX_BATCH), parity_images=2, log=lambda *a, **k: None)
+    build_repository(d / "export", d / "repo", queue_delay_us=2000, intra_op_threads=1)
+    return d / "export", d / "repo"
+
+
+def test_predict_scene_over_two_endpoints_equals_onnx_runtime(trained_repo, server_env, tmp_path):
     """One georeferenced scene, windows spread over two Triton servers (retrying when one dies)
-    == the same scene predicted in-process with ONNX Runtime."""
+    == the same scene predicted in-process with ONNX Runtime; the parity model, so every window
+    has several classes and boundaries."""
     import rasterio
     from rasterio.transform import Affine
 
+    from conftest import parity_images
     from segclip.cli.export_cmds import predict_paths
     from segclip.engine.predict import Predictor
-    from segclip.export import synthetic_images
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool
     from segclip.serving.server import TritonServer, free_ports
 
-    h, w = 3 * SIZE + 17, 4 * SIZE + 5
+    export_dir, repo = trained_repo
+    tiles = parity_images(4)  # a 2 x 2 mosaic of the parity images, cropped so windows straddle them
+    img = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)[: 2 * SIZE - 9, : 2 * SIZE - 3]
+    h, w = img.shape[:2]
     scene = tmp_path / "scene.tif"
-    img = synthetic_images(1, h, w, seed=11)[0]
     with rasterio.open(scene, "w", driver="GTiff", height=h, width=w, count=3, dtype="uint8", crs="EPSG:32633",
                        transform=Affine(0.3, 0, 600000, 0, -0.3, 5000000)) as d:
         d.write(np.moveaxis(img, -1, 0))
@@ -402,22 +417,25 @@ def test_predict_scene_over_two_endpoints_equals_onnx_runtime(server, repo, serv
     res, errors = predict_paths([export_dir / "model.onnx"], [scene], tmp_path / "local", **quiet)
     assert not errors
     want, crs, transform = mask(tmp_path / "local" / "scene_mask.tif")
+    assert len(np.unique(want)) >= 3  # a scene worth comparing
 
-    http, grpc, metrics = free_ports(3)
-    second = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, env=server_env.path, native=False,
-                          startup_timeout=180).start()
+    servers = []
     try:
-        urls = [server.model_url("segclip_python"), second.model_url("segclip_python")]
+        for _ in range(2):
+            http, grpc, metrics = free_ports(3)
+            servers.append(TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, env=server_env.path,
+                                        native=False, startup_timeout=180).start())
+        urls = [s.model_url("segclip_python") for s in servers]
         res, errors = predict_paths(urls, [scene], tmp_path / "two", batch=2, in_flight=2, **quiet)
-        assert not errors and res[0]["windows"] > 8
+        assert not errors and res[0]["windows"] >= 4
         got, got_crs, got_transform = mask(tmp_path / "two" / "scene_mask.tif")
         np.testing.assert_array_equal(got, want)
         assert (got_crs, got_transform) == (crs, transform)
 
         pool, errors = open_pool(urls, load_runner, in_flight=2)
         with pool:
-            second.stop()  # every request it gets from now on fails and is retried on the first
-            res, errors = Predictor(pool, (SIZE, SIZE), batch=2, progress=False, log=lambda *a: None).run(
+            servers[1].stop()  # every request it gets from now on fails and is retried on the first
+            res, errors = Predictor(pool, (SIZE, SIZE), batch=1, progress=False, log=lambda *a: None).run(
                 [scene], tmp_path / "retry")
             stats = {s["endpoint"]: s for s in pool.stats()}
         assert not errors
@@ -425,7 +443,9 @@ def test_predict_scene_over_two_endpoints_equals_onnx_runtime(server, repo, serv
         assert stats[urls[1]]["last_error"] and stats[urls[1]]["requests"] >= 1
         assert stats[urls[0]]["last_error"] is None
     finally:
-        second.stop()
+        for s in servers:
+            s.stop()
+
 
 # ---- segclip serve ----------------------------------------------------------------------------------
 def _serve(args):
