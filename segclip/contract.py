@@ -248,8 +248,10 @@ def artifact_problem(manifest: dict, key: str, directory=None, *, allow_failed: 
 def usable_artifacts(manifest: dict, directory, *, allow_failed: bool = True) -> list:
     """The artifact keys of ``FORMATS`` that ``artifact_problem`` accepts, in default order
     (a TensorRT engine first only where TensorRT runs here)."""
-    order = (["tensorrt"] if tensorrt_unavailable_reason() is None else []) + ["onnx", "onnx_fp16"]
-    return [k for k in order if artifact_problem(manifest, k, directory, allow_failed=allow_failed) is None]
+    ok = [k for k in FORMATS if artifact_problem(manifest, k, directory, allow_failed=allow_failed) is None]
+    # probe TensorRT only when the export has an engine: the probe imports torch (~0.7 GB of RSS)
+    trt_first = "tensorrt" in ok and tensorrt_unavailable_reason() is None
+    return [k for k in (["tensorrt"] if trt_first else []) + ["onnx", "onnx_fp16"] if k in ok]
 
 
 __all__ = [
