@@ -151,9 +151,9 @@ def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=Tru
     """The signature an export of this (loaded) checkpoint has: its classes and palette."""
     classes = list(ckpt["classes"])
     palette = ckpt.get("palette") or default_palette(len(classes))
-    scenes = (ckpt.get("scenes") or {}).get("names") or ()  # metadata prompts: the scene table's names
+    table = ckpt.get("scenes") or {}  # metadata prompts: the scene table's names and keys
     return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch,
-                     scenes=scenes)
+                     scenes=table.get("names") or (), scene_keys=table.get("keys") or ())
 
 
 def scene_manifest(ckpt: dict) -> Optional[dict]:

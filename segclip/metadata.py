@@ -72,7 +72,6 @@ class SceneTable:
                 raise SegclipError(f"scene table: {c} has {len(c)} values for {len(self.keys)} keys {self.keys}")
         unknown = tuple([None] * len(self.keys))
         self.values = [unknown] + [c for c in dict.fromkeys(combos) if c != unknown]
-        self._index = {c: i for i, c in enumerate(self.values)}
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -98,7 +97,7 @@ class SceneTable:
     @property
     def names(self) -> list:
         """``generic``, then the values joined by ``/`` (``rural``, ``rural/temperate``; ``*`` = unknown)."""
-        return [GENERIC] + ["/".join(v or "*" for v in c) for c in self.values[1:]]
+        return [scene_name(c) for c in self.values]
 
     @property
     def prompts(self) -> list:
@@ -110,13 +109,26 @@ class SceneTable:
 
     def scene_id(self, meta: Optional[Mapping]) -> int:
         """Scene of one image's metadata; a combination not in the table (or no metadata) -> 0."""
-        if not meta:
-            return 0
-        return self._index.get(tuple(clean_value(meta.get(k)) for k in self.keys), 0)
+        return scene_of(self.names, self.keys, meta)
 
     def lookup(self, name, where: str = "--scene") -> int:
         """A scene name (case-insensitive), ``key=value[,key=value]`` or an id -> scene id; one-line error."""
         return lookup_scene(self.names, name, where)
+
+
+def scene_name(values: Sequence[Optional[str]]) -> str:
+    """The name of a value combination: ``generic`` when nothing is known, else the values joined by
+    ``/`` in key order (``*`` = unknown)."""
+    return GENERIC if all(v is None for v in values) else "/".join(v or "*" for v in values)
+
+
+def scene_of(names: Sequence[str], keys: Sequence[str], meta: Optional[Mapping]) -> int:
+    """Scene id of one image's metadata in a table given by its ``names`` and ``keys`` (what an
+    export's signature carries); a combination not in the table -> 0 (generic)."""
+    if not meta or not keys:
+        return 0
+    name = scene_name([clean_value(meta.get(k)) for k in keys])
+    return list(names).index(name) if name in names else 0
 
 
 def lookup_scene(names: Sequence[str], name, where: str = "--scene") -> int:

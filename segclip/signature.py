@@ -4,7 +4,8 @@ Export writes it into ONNX metadata and the manifest, Triton configs are generat
 every runner/client checks its inputs against it.  Nothing else hard-codes tensor names or dtypes.
 
 Input  ``image``:  UINT8, N x H x W x 3, RGB, 0..255 (normalisation happens inside the graph).
-Input  ``scene_id``: INT32, N, one id per image into the scene table (``scenes``: names, id = index)
+Input  ``scene_id``: INT32, N, one id per image into the scene table (``scenes``: names, id = index;
+                   ``scene_keys``: the metadata keys the names' values stand for)
                    of a model trained with metadata prompts (``segclip.metadata``); absent otherwise.
                    Optional for callers: the default is scene 0, ``generic`` (metadata unknown).
 Output ``mask``:   UINT8 N x H x W class map (INT32 when there are more than 255 classes).
@@ -76,11 +77,13 @@ class Signature:
     pixel_mean: tuple = PIXEL_MEAN
     pixel_std: tuple = PIXEL_STD
     scenes: tuple = ()  # scene names (id = index; 0 = generic); () = no scene_id input
+    scene_keys: tuple = ()  # the metadata keys a scene name's values stand for, in order (e.g. ("domain",))
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "scenes", tuple(str(s) for s in (self.scenes or ())))
+        object.__setattr__(self, "scene_keys", tuple(str(s) for s in (self.scene_keys or ())))
         object.__setattr__(self, "palette", tuple(tuple(int(c) for c in p) for p in self.palette))
         if len(self.palette) != len(self.classes):
             raise SegclipError(
@@ -174,6 +177,13 @@ class Signature:
         ids = np.array([lookup_scene(self.scenes, v, where=f"{where}: '{SCENE_NAME}'") for v in raw.tolist()], np.int32)
         return ids
 
+    def scene_of(self, meta) -> int:
+        """Scene id of an image's metadata (a dataset item's ``meta``, e.g. {"domain": "rural"});
+        0 (generic) when unknown or for a model without scenes."""
+        from segclip.metadata import scene_of
+
+        return scene_of(self.scenes, self.scene_keys, meta) if self.scenes else 0
+
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -182,6 +192,7 @@ class Signature:
         d["pixel_mean"] = list(self.pixel_mean)
         d["pixel_std"] = list(self.pixel_std)
         d["scenes"] = list(self.scenes)
+        d["scene_keys"] = list(self.scene_keys)
         d["inputs"] = [t.to_dict() for t in self.inputs]
         d["outputs"] = [t.to_dict() for t in self.outputs]
         return d
@@ -189,7 +200,7 @@ class Signature:
     @classmethod
     def from_dict(cls, d: dict) -> "Signature":
         keys = {"classes", "palette", "height", "width", "scores", "scores_dtype", "max_batch",
-                "pixel_mean", "pixel_std", "scenes", "extra"}
+                "pixel_mean", "pixel_std", "scenes", "scene_keys", "extra"}
         kw = {k: v for k, v in d.items() if k in keys}
         for k in ("pixel_mean", "pixel_std"):
             if k in kw:

@@ -184,6 +184,11 @@ def test_export_has_scene_input_and_passes_parity_for_every_scene(scene_export_d
     out, manifest = scene_export_dir
     assert manifest["scenes"]["table"][1] == {"id": 1, "name": "rural", "prompt": "a remote sensing image of a rural area"}
     assert manifest["scenes"]["default"] == 0 and manifest["signature"]["scenes"] == ["generic", "rural", "urban"]
+    assert manifest["signature"]["scene_keys"] == ["domain"]
+    from segclip.contract import manifest_signature
+
+    sig = manifest_signature(manifest)  # what benchmarks use to give each dataset image its own scene
+    assert [sig.scene_of({"domain": d}) for d in ("Rural", "urban", "desert")] == [1, 2, 0]
     for key in ("onnx", "onnx_fp16"):
         art = manifest["artifacts"][key]
         per_scene = art["parity"]["pixel_agreement_per_scene"]

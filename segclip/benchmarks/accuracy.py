@@ -48,8 +48,9 @@ def random_items(n: int, height: int, width: int, seed: int = 1) -> list:
     return [{"image": rng.integers(1, 256, (height, width, 3), dtype=np.uint8)} for _ in range(n)]
 
 
-def predict_tiled(runner, image: np.ndarray, height: int, width: int, batch: int = 4) -> np.ndarray:
-    """Class map of one H x W x 3 image from ``runner`` through height x width windows."""
+def predict_tiled(runner, image: np.ndarray, height: int, width: int, batch: int = 4, scene=None) -> np.ndarray:
+    """Class map of one H x W x 3 image (of scene ``scene``, for models with metadata prompts) from
+    ``runner`` through height x width windows."""
     ih, iw = image.shape[:2]
     ph, pw = max(0, height - ih), max(0, width - iw)
     if ph or pw:
@@ -62,14 +63,16 @@ def predict_tiled(runner, image: np.ndarray, height: int, width: int, batch: int
     for i in range(0, len(coords), step):
         part = coords[i:i + step]
         tiles = np.stack([image[y:y + height, x:x + width] for y, x in part])
-        mask = runner.infer(tiles)["mask"]
+        mask = runner.infer(tiles, scene)["mask"]
         for (y, x), m in zip(part, mask):
             out[y:y + height, x:x + width] = m
     return out[:ih, :iw]
 
 
 def predict_all(runner, items: list, height: int, width: int, batch: int = 4) -> list:
-    return [predict_tiled(runner, it["image"], height, width, batch) for it in items]
+    sig = runner.signature  # a model with metadata prompts sees each image's own scene (LoveDA: its domain)
+    return [predict_tiled(runner, it["image"], height, width, batch, sig.scene_of(it.get("meta")) if sig.scenes else None)
+            for it in items]
 
 
 def score(preds: list, items: list, num_classes: int, classes=None, ignore_index: int = 255) -> Optional[float]:
