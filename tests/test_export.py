@@ -347,7 +347,8 @@ def test_predict_cli_direct_tiled_and_corrupt(tmp_path, export_dir):
     big = np.concatenate([images(1, seed=4)[0]] * 2, axis=1)[:50]  # 50 x 128: smaller and larger than 64
     Image.fromarray(small).save(tmp_path / "a.png")
     Image.fromarray(big).save(tmp_path / "b.jpg")
-    res = _cli("predict", "--model", out, tmp_path / "a.png", tmp_path / "b.jpg", "--out", tmp_path / "pred", "--overlay")
+    res = _cli("predict", "--model", out, tmp_path / "a.png", tmp_path / "b.jpg", "--out", tmp_path / "pred", "--overlay",
+               "--overlap", 0.25)
     assert res.exit_code == 0, res.output
     ma = Image.open(tmp_path / "pred" / "a_mask.png")
     mb = Image.open(tmp_path / "pred" / "b_mask.png")
@@ -368,6 +369,17 @@ def test_predict_cli_direct_tiled_and_corrupt(tmp_path, export_dir):
 
     with load_runner(out) as r:
         assert np.array_equal(np.asarray(ma), r.infer(small[None])["mask"][0])
+        # the tiled image, by content: 50 x 128 through 64 px windows at overlap 0.25 (columns start at
+        # 0, 48 and 64; the 50 rows mirror-padded to 64): a pixel that one window alone covers has
+        # that window's prediction
+        b = np.asarray(Image.open(tmp_path / "b.jpg").convert("RGB"))
+        padded = np.pad(b, ((0, SIZE - 50), (0, 0), (0, 0)), mode="symmetric")
+        first = r.infer(padded[None, :, :SIZE])["mask"][0, :50]
+        last = r.infer(padded[None, :, 128 - SIZE:])["mask"][0, :50]
+    mbn = np.asarray(mb)
+    np.testing.assert_array_equal(mbn[:, :48], first[:, :48])
+    np.testing.assert_array_equal(mbn[:, 112:], last[:, 48:])
+    assert len(np.unique(mbn)) >= 2
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     res = _cli("predict", "--model", out, tmp_path / "bad.png", "--out", tmp_path / "pred")
     assert_one_error(res, 2, "bad.png")
