@@ -20,22 +20,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PARITY_MAX, PARITY_SIZE, parity_images, parity_problems
 from segclip.errors import SegclipError
 
 pytest_plugins = ["test_export_helpers"]  # the trained scene checkpoint/export (metadata prompts)
 
-SIZE = 64
+SIZE = PARITY_SIZE
 MAX_BATCH = 4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def export_dir(small_checkpoint, tmp_path_factory):
+def export_dir(trained_checkpoint, tmp_path_factory):
+    """The parity model (several classes per image): a server that mixes up requests or mis-splits
+    a batch gives other masks, which a one-class random model would hide."""
     from segclip.export import export
 
     d = tmp_path_factory.mktemp("serving") / "export"
-    export(small_checkpoint, d, size=SIZE, batch=(1, 1, MAX_BATCH), parity_images=2, log=lambda *a, **k: None)
+    export(trained_checkpoint, d, size=SIZE, batch=(1, 1, MAX_BATCH), parity_images=2, log=lambda *a, **k: None)
     return d
 
 
@@ -58,16 +61,23 @@ def local(export_dir):
 
 @pytest.fixture(scope="module")
 def images():
-    from segclip.export import synthetic_images
+    return parity_images(PARITY_MAX)
 
-    rng = np.random.default_rng(1)
-    noise = rng.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
-    return np.concatenate([synthetic_images(12, SIZE, SIZE, seed=3), noise])
+
+def assert_varied(masks):
+    """Reference masks a backend comparison can fail on: >= 3 classes with region boundaries in every
+    image, and every image's mask differs from the next one's (so a response sent to the wrong
+    request, or a batch split at the wrong place, changes the result)."""
+    assert parity_problems(masks) == []
+    for i in range(len(masks) - 1):
+        assert (masks[i] != masks[i + 1]).mean() > 0.05, i
 
 
 @pytest.fixture(scope="module")
 def expected(local, images):
-    return np.concatenate([local.infer(images[i:i + 4])["mask"] for i in range(0, len(images), 4)])
+    masks = np.concatenate([local.infer(images[i:i + 4])["mask"] for i in range(0, len(images), 4)])
+    assert_varied(masks)
+    return masks
 
 
 @pytest.fixture(scope="module")
@@ -254,12 +264,22 @@ def test_shared_memory_outputs_equal_local_runner(server, images, expected):
     status.close()
 
 
-def test_200_concurrent_grpc_requests(server, images, expected):
+def test_200_concurrent_grpc_requests_in_mixed_batches(server, images, expected):
+    """200 requests of 1, 2 or 3 images from 8 clients: the dynamic batcher merges requests of
+    different sizes into one execution, the python backend splits the result back, and every
+    response must be the masks of exactly that request's images."""
+    import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as aio
     from tritonclient.grpc import InferInput
 
     n_req, concurrency = 200, 8
     address = server.grpc_url[len("grpc://"):]
+    plan = [((k * 5) % (len(images) - 2), 1 + k % 3) for k in range(n_req)]  # (first image, batch size)
+
+    def counts():
+        with grpcclient.InferenceServerClient(address) as c:
+            (st,) = c.get_inference_statistics("segclip_python", as_json=True)["model_stats"]
+        return int(st.get("execution_count", 0)), int(st.get("inference_count", 0))
 
     async def run():
         client = aio.InferenceServerClient(address)
@@ -271,15 +291,15 @@ def test_200_concurrent_grpc_requests(server, images, expected):
         async def worker():
             while not queue.empty():
                 k = queue.get_nowait()
-                j = k % len(images)
-                inp = InferInput("image", [1, SIZE, SIZE, 3], "UINT8")
-                inp.set_data_from_numpy(images[j:j + 1])
+                j, n = plan[k]
+                inp = InferInput("image", [n, SIZE, SIZE, 3], "UINT8")
+                inp.set_data_from_numpy(images[j:j + n])
                 try:
                     res = await client.infer("segclip_python", [inp])
                 except Exception as e:  # noqa: BLE001 - counted and reported
                     failures.append(f"{k}: {e}")
                     continue
-                if not np.array_equal(res.as_numpy("mask"), expected[j:j + 1]):
+                if not np.array_equal(res.as_numpy("mask"), expected[j:j + n]):
                     mismatches.append(k)
                 done.append(k)
 
@@ -289,9 +309,14 @@ def test_200_concurrent_grpc_requests(server, images, expected):
         await client.close()
         return failures, mismatches, done, elapsed
 
+    execs0, infs0 = counts()
     failures, mismatches, done, elapsed = asyncio.run(run())
+    execs, infs = counts()
     assert failures == [] and mismatches == [] and len(done) == n_req
-    print(f"200 requests at concurrency 8: {elapsed:.2f}s, {n_req / elapsed:.1f} req/s")
+    assert infs - infs0 == sum(n for _, n in plan)
+    assert execs - execs0 < n_req, "no requests were batched together: the split was not exercised"
+    print(f"200 requests at concurrency 8: {elapsed:.2f}s, {n_req / elapsed:.1f} req/s, "
+          f"{execs - execs0} executions")
 
 
 def test_malformed_requests_get_errors_and_server_keeps_serving(server, images, expected):
@@ -351,7 +376,7 @@ def test_runner_errors_are_one_line(server):
     r.close()
 
 
-def test_predict_cli_with_grpc_model(server, images, expected, tmp_path):
+def test_predict_cli_with_grpc_model(server, images, expected, local, tmp_path):
     from click.testing import CliRunner
     from PIL import Image
 
@@ -365,25 +390,30 @@ def test_predict_cli_with_grpc_model(server, images, expected, tmp_path):
     big = tmp_path / "big.png"  # larger than the model: predict tiles it, every tile through Triton
     Image.fromarray(np.tile(images[2], (2, 2, 1))[: SIZE + 32, : SIZE + 32]).save(big)
     res = CliRunner().invoke(main, ["predict", "--model", server.model_url("segclip_python"), *paths, str(big),
-                                    "--out", str(tmp_path / "pred")])
+                                    "--out", str(tmp_path / "pred"), "--overlap", "0.25"])
     assert res.exit_code == 0, res.output
     for i in range(2):
         mask = np.asarray(Image.open(tmp_path / "pred" / f"img{i}_mask.png"))
         np.testing.assert_array_equal(mask, expected[i])
-    assert np.asarray(Image.open(tmp_path / "pred" / "big_mask.png")).shape == (SIZE + 32, SIZE + 32)
+    # the tiled one by content: 96 px in 64 px windows at overlap 0.25 start at 0 and 32, so the top-left
+    # and bottom-right 32 px corners are each covered by one window alone and carry its prediction
+    big_img = np.asarray(Image.open(big))
+    big_mask = np.asarray(Image.open(tmp_path / "pred" / "big_mask.png"))
+    assert big_mask.shape == (SIZE + 32, SIZE + 32)
+    np.testing.assert_array_equal(big_mask[:32, :32], expected[2][:32, :32])  # window (0, 0) is images[2]
+    corner = local.infer(np.ascontiguousarray(big_img[None, 32:, 32:]))["mask"][0]
+    np.testing.assert_array_equal(big_mask[SIZE:, SIZE:], corner[32:, 32:])
 
 
 
 @pytest.fixture(scope="module")
-def trained_repo(trained_checkpoint, tmp_path_factory):
-    """An export of the parity model (several classes per window, real boundaries) and its repository."""
-    from segclip.export import export
+def trained_repo(export_dir, tmp_path_factory):
+    """The parity model's export (several classes per window, real boundaries) and its own repository."""
     from segclip.serving.repo import build_repository
 
     d = tmp_path_factory.mktemp("serving_trained")
-    export(trained_checkpoint, d / "export", size=SIZE, batch=(1, 1, MAX_BATCH), parity_images=2, log=lambda *a, **k: None)
-    build_repository(d / "export", d / "repo", queue_delay_us=2000, intra_op_threads=1)
-    return d / "export", d / "repo"
+    build_repository(export_dir, d / "repo", queue_delay_us=2000, intra_op_threads=1)
+    return export_dir, d / "repo"
 
 
 def test_predict_scene_over_two_endpoints_equals_onnx_runtime(trained_repo, server_env, tmp_path):
