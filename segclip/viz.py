@@ -114,10 +114,11 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[s
     return add_legend(overlay_image(image, mask, palette, alpha), legend_entries(classes, palette, mask))
 
 
-def legend_image(classes: Sequence[str], palette, title: str | None = "class id: name") -> np.ndarray:
-    """The legend alone, every class as ``id: name`` (what the palette masks' colours mean)."""
-    labels = [f"{i}: {c}" for i, c in enumerate(classes)] + [f"{IGNORE}: no-data / ignore"]
-    pal = [tuple(p) for p in palette] + [(255, 255, 255)]
+def legend_image(classes: Sequence[str], palette, title: str | None = "class id: name", ignore: bool = True) -> np.ndarray:
+    """The legend alone, every class as ``id: name`` (what the palette masks' colours mean);
+    ``ignore``: also the 255 no-data entry."""
+    labels = [f"{i}: {c}" for i, c in enumerate(classes)] + ([f"{IGNORE}: no-data / ignore"] if ignore else [])
+    pal = [tuple(p) for p in palette] + ([(255, 255, 255)] if ignore else [])
     return add_legend(np.full((0, 0, 3), 255, np.uint8), list(zip(labels, pal)), title=title)
 
 

@@ -5,9 +5,15 @@ backends that cannot run here, the files, and the Triton concurrency sweep again
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,9 +27,10 @@ NUM, OPT_NUM = (int, float), (int, float, type(None))
 OPT_STR, OPT_INT = (str, type(None)), (int, type(None))
 ROW_SCHEMA = {
     "backend": str, "name": OPT_STR, "precision": OPT_STR, "status": str, "device": OPT_STR, "artifact": OPT_STR,
-    "size_mb": OPT_NUM, "batch": OPT_INT, "height": OPT_INT, "width": OPT_INT, "p50_ms": OPT_NUM, "p90_ms": OPT_NUM,
+    "size_mib": OPT_NUM, "batch": OPT_INT, "height": OPT_INT, "width": OPT_INT, "p50_ms": OPT_NUM, "p90_ms": OPT_NUM,
     "p99_ms": OPT_NUM, "mean_ms": OPT_NUM, "reps": OPT_INT, "throughput_ips": OPT_NUM, "speedup_vs_torch": OPT_NUM,
     "miou": OPT_NUM, "pixel_agreement": OPT_NUM, "miou_delta": OPT_NUM, "accuracy_images": OPT_INT, "notes": OPT_STR,
+    "other_cpu": OPT_NUM, "busy": bool,
 }
 LOAD_SCHEMA = {
     "protocol": str, "url": str, "tool": str, "status": str, "concurrency": int, "batch": int, "requests": OPT_INT,
@@ -31,7 +38,7 @@ LOAD_SCHEMA = {
     "p99_ms": OPT_NUM, "mean_ms": OPT_NUM, "server_queue_ms": OPT_NUM, "server_compute_ms": OPT_NUM,
     "server_compute_input_ms": OPT_NUM, "server_compute_infer_ms": OPT_NUM, "server_compute_output_ms": OPT_NUM,
     "server_batches": OPT_INT, "server_mean_batch": OPT_NUM, "output_checks": int, "output_mismatches": int,
-    "output_min_agreement": OPT_NUM, "errors": list,
+    "output_min_agreement": OPT_NUM, "errors": list, "other_cpu": OPT_NUM, "busy": bool,
 }
 
 
@@ -52,7 +59,7 @@ def assert_schema(report: dict) -> None:
     for i, row in enumerate(report["rows"]):
         assert set(ROW_SCHEMA) <= set(row), (i, set(ROW_SCHEMA) - set(row))
         for k, t in ROW_SCHEMA.items():
-            assert isinstance(row[k], t) and not isinstance(row[k], bool), (i, k, row[k])
+            assert isinstance(row[k], t) and (t is bool or not isinstance(row[k], bool)), (i, k, row[k])
         st = row["status"]
         assert st == "ok" or st.split(": ", 1)[0] in ("unavailable", "failed", "skipped") and len(st.split(": ", 1)[1]) > 5, st
         if st == "ok":
@@ -62,7 +69,7 @@ def assert_schema(report: dict) -> None:
     for i, row in enumerate(report["triton_load"]):
         assert set(LOAD_SCHEMA) <= set(row), (i, set(LOAD_SCHEMA) - set(row))
         for k, t in LOAD_SCHEMA.items():
-            assert isinstance(row[k], t) and not isinstance(row[k], bool), (i, k, row[k])
+            assert isinstance(row[k], t) and (t is bool or not isinstance(row[k], bool)), (i, k, row[k])
     assert check_report(report) == []
     json.dumps(report)  # plain JSON all the way down
 
@@ -111,7 +118,7 @@ def test_cli_end_to_end_schema_files_and_unavailable_rows(export_dir, sample_dat
         for r in by[b]:
             assert (r["height"], r["width"]) == (SIZE, SIZE)
             assert 0 <= r["miou"] <= 100 and 0.9 <= r["pixel_agreement"] <= 1 and r["accuracy_images"] == 2
-            assert r["speedup_vs_torch"] > 0 and r["size_mb"] > 0
+            assert r["speedup_vs_torch"] > 0 and r["size_mib"] > 0
     assert by["onnxruntime-fp16"][0]["precision"] == "fp16" and by["onnxruntime"][0]["precision"] == "fp32"
     for r in by["torch"]:  # the reference agrees with itself
         assert r["pixel_agreement"] == 1.0 and r["miou_delta"] == 0.0 and r["speedup_vs_torch"] == 1.0
@@ -200,6 +207,117 @@ def test_cli_rejects_bad_arguments(export_dir, tmp_path):
 
 
 # ---- pieces -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def busy_neighbours(n: int, seconds: float = 120):
+    """``n`` busy-loop processes that are NOT descendants of this one (started through a shell that
+    exits at once, so they are reparented away): other users' jobs on a shared machine."""
+    code = f"import time; end = time.time() + {seconds}\nwhile time.time() < end: pass"
+    pids = []
+    try:
+        for _ in range(n):
+            r = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{code}" >/dev/null 2>&1 & echo $!'],
+                               capture_output=True, text=True, check=True)
+            pids.append(int(r.stdout.strip()))
+        time.sleep(0.3)
+        yield pids
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+
+
+def _ticks(pid) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _machine_ticks():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="CPU accounting reads Linux /proc")
+def test_cpu_meter_counts_other_processes_and_not_ours():
+    from segclip.benchmarks.timing import CpuMeter, descendant_pids
+
+    with busy_neighbours(1) as (pid,):
+        assert pid not in descendant_pids()
+        meter = CpuMeter.for_this_tree()
+        p0, a = _ticks(pid), meter.snapshot()
+        time.sleep(1.5)
+        p1, b = _ticks(pid), meter.snapshot()
+        loop_share = (p1 - p0) / (b[1] - a[1])
+        assert loop_share > 0.02, loop_share  # the neighbour did run (a loaded machine gives it little)
+        assert CpuMeter.foreign_share(a, b) >= loop_share - 0.05
+    # our own work (this process) is not "other": the share excludes it
+    m0, a = _machine_ticks(), meter.snapshot()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        pass
+    m1, b = _machine_ticks(), meter.snapshot()
+    own, total = b[2] - a[2], m1[1] - m0[1]
+    assert own / total > 0.02
+    assert CpuMeter.foreign_share(a, b) <= ((m1[0] - m0[0]) - own) / total + 0.05
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="CPU accounting reads Linux /proc")
+def test_busy_machine_rows_are_flagged(export_dir, tmp_path):
+    """A benchmark with busy loops beside it flags its rows in the table, JSON, summary and plot."""
+    from click.testing import CliRunner
+
+    from segclip.cli import main
+
+    out = tmp_path / "busy"
+    with busy_neighbours(os.cpu_count() or 2):
+        res = CliRunner().invoke(main, ["benchmark", str(export_dir), "--backends", "onnxruntime", "--batch", "1",
+                                        "--reps", "5", "--warmup", "1", "--budget", "1", "--threads", "2",
+                                        "--busy-threshold", "0.1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "benchmark.json").read_text())
+    assert_schema(report)
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    assert ok and all(r["busy"] and r["other_cpu"] > 0.1 for r in ok), ok
+    assert report["summary"]["clean"] is False and report["summary"]["busy_rows"] == len(ok)
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("onnxruntime "))
+    assert line.rstrip().endswith("!"), line
+    assert "! busy: other processes took more than 10% of the CPUs" in res.stdout
+    warn = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "not reliable" in warn[0], res.stderr
+    with open(out / "benchmark.csv") as f:
+        assert [r["busy"] for r in csv.DictReader(f)] == ["True"] * len(ok)
+
+
+def _fake_report(backends, batches=(1,), busy=()):
+    rows = [{"backend": b, "status": "ok", "height": 64, "width": 64, "batch": n, "p50_ms": 10.0 + i, "p90_ms": 12.0 + i,
+             "throughput_ips": 50.0 - i, "busy": b in busy, "other_cpu": 0.5 if b in busy else 0.0}
+            for i, b in enumerate(backends) for n in batches]
+    return {"rows": rows, "triton_load": [], "machine": {}, "config": {"busy_threshold": 0.1}}
+
+
+def _has_colour(png, hex_colour: str) -> bool:
+    from PIL import Image
+
+    rgb = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    a = np.asarray(Image.open(png).convert("RGB"))
+    return int(np.all(a == rgb, axis=-1).sum()) > 200
+
+
+def test_plot_bars_for_one_batch_with_fixed_backend_colours(tmp_path):
+    from segclip.benchmarks.report import write_plot
+
+    torch_c, ort_c, fp16_c = "#1f77b4", "#ff7f0e", "#2ca02c"  # tab10, as documented in benchmarks/README.md
+    write_plot(_fake_report(["torch", "onnxruntime"]), tmp_path / "a.png")
+    write_plot(_fake_report(["onnxruntime-fp16", "torch"], busy=("torch",)), tmp_path / "b.png")
+    assert _has_colour(tmp_path / "a.png", torch_c) and _has_colour(tmp_path / "a.png", ort_c)
+    assert not _has_colour(tmp_path / "a.png", fp16_c)
+    assert _has_colour(tmp_path / "b.png", torch_c) and _has_colour(tmp_path / "b.png", fp16_c)
+    assert not _has_colour(tmp_path / "b.png", ort_c)
+    write_plot(_fake_report(["torch"], batches=(1, 2, 4)), tmp_path / "c.png")  # several batches: lines
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
 def test_timing_rules():
     from segclip.benchmarks.timing import measure, random_batches
 

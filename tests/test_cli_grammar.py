@@ -134,3 +134,23 @@ def test_export_python_twin_takes_out_and_warns_on_out_dir(tmp_path):
         export(tmp_path / "missing.pt", out_dir=tmp_path / "e")
     with pytest.raises(SegclipError, match="missing"):
         export(tmp_path / "missing.pt", out=tmp_path / "e")
+
+
+def test_readme_preset_figures_match_the_presets():
+    """The README's preset table is what segclip/config.py trains with."""
+    import re
+    from pathlib import Path
+
+    from segclip.config import get_preset
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [ln for ln in text.splitlines() if re.match(r"^\| `segclip-", ln)]
+    assert len(rows) == 2, rows
+    for ln in rows:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            t = get_preset(name).train
+            crop, batch, steps, lr, mult, warm, clip, window = cells[1:]
+            assert (int(crop), int(batch), int(steps)) == (t.crop_size, t.batch_size, t.max_steps), name
+            assert (float(lr), float(mult), int(warm), float(clip)) == (t.lr, t.backbone_lr_mult, t.warmup_steps, t.grad_clip), name
+            assert (window == "crop" and t.eval_size is None) or int(window) == t.eval_size, name

@@ -194,3 +194,22 @@ def test_augment_pads_small_images_and_avoids_all_ignore_crops(tmp_path):
         assert out["image"].dtype == np.uint8 and out["mask"].dtype == np.int64
         valid = out["mask"] != 255
         assert valid.sum() == 13 * 21 and (out["image"][~valid] == 0).all()
+
+
+def test_loveda_file_ids_round_trip_through_the_reader(tmp_path):
+    """predict --label-ids dataset writes what the LoveDA reader reads back as the same classes."""
+    from segclip.data import dataset_label_ids
+    from segclip.data.loveda import CLASSES
+
+    name, encode, table = dataset_label_ids(CLASSES)
+    assert name == "loveda" and table[0][0] == "no-data" and table[3][0] == "road"
+    mask = np.array([[0, 1, 2, 3], [4, 5, 6, 255]], np.uint8)
+    ids = encode(mask)
+    np.testing.assert_array_equal(ids, [[1, 2, 3, 4], [5, 6, 7, 0]])
+    root = tmp_path / "L"
+    for sub in ("images_png", "masks_png"):
+        (root / "Val" / "Urban" / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(root / "Val" / "Urban" / "images_png" / "0.png")
+    Image.fromarray(ids, "L").save(root / "Val" / "Urban" / "masks_png" / "0.png")
+    np.testing.assert_array_equal(build_dataset("loveda", root, "val")[0]["mask"], mask)
+    assert dataset_label_ids(("a", "b")) is None

@@ -380,6 +380,52 @@ def test_predict_cli_direct_tiled_and_corrupt(tmp_path, export_dir):
     np.testing.assert_array_equal(mbn[:, :48], first[:, :48])
     np.testing.assert_array_equal(mbn[:, 112:], last[:, 48:])
     assert len(np.unique(mbn)) >= 2
+    # --label-ids dataset: LoveDA mask-file ids (class + 1, 0 = no-data), colours still the class colours
+    assert tuple(manifest["classes"]) == ("background", "building", "road", "water", "barren", "forest", "agriculture")
+    res = _cli("predict", "--model", out, tmp_path / "a.png", "--out", tmp_path / "ids", "--label-ids", "dataset")
+    assert res.exit_code == 0, res.output
+    ids = Image.open(tmp_path / "ids" / "a_mask.png")
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(ma).astype(np.int16) + 1)
+    pal = np.array(ids.getpalette()[3:24]).reshape(7, 3)
+    assert [tuple(c) for c in pal] == [tuple(c) for c in manifest["palette"]]
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     res = _cli("predict", "--model", out, tmp_path / "bad.png", "--out", tmp_path / "pred")
     assert_one_error(res, 2, "bad.png")
+
+
+def test_eval_on_deployed_artifacts_matches_its_checkpoint(tmp_path, trained_checkpoint):
+    """`segclip eval` scores a checkpoint, an export directory and a bare .onnx the same way: on the
+    parity fixture, the exported model's mIoU is the checkpoint's within the parity gate."""
+    from PIL import Image
+
+    from conftest import PARITY_MAX, PARITY_SIZE, rendered_scenes
+    from segclip.export import export
+
+    out = tmp_path / "export"
+    export(trained_checkpoint, out=out, size=PARITY_SIZE, batch=(1, 2, 4), parity_images=2, log=lambda *a: None)
+    # a labelled LoveDA-format split of the fixture's images (file ids = class + 1, 0 = no-data)
+    imgs, labs = rendered_scenes(PARITY_MAX, 2 * PARITY_SIZE, 11)
+    crop = np.s_[:, 20:20 + PARITY_SIZE, 30:30 + PARITY_SIZE]
+    root = tmp_path / "loveda"
+    for sub in ("images_png", "masks_png"):
+        (root / "Val" / "Urban" / sub).mkdir(parents=True)
+    for i, (im, lb) in enumerate(zip(imgs[crop], labs[crop])):
+        Image.fromarray(im).save(root / "Val" / "Urban" / "images_png" / f"{i}.png")
+        Image.fromarray(np.where(lb == 255, 0, lb + 1).astype(np.uint8), "L").save(root / "Val" / "Urban" / "masks_png" / f"{i}.png")
+    data = f"loveda:{root}:val"
+    got = {}
+    for key, model in (("ckpt", trained_checkpoint), ("export", out), ("onnx", out / "model.onnx")):
+        res = _cli("eval", model, "--data", data, "--device", "cpu", "--out", tmp_path / f"{key}.json")
+        assert res.exit_code == 0, res.output
+        got[key] = json.loads((tmp_path / f"{key}.json").read_text())
+        assert got[key]["images"] == PARITY_MAX and got[key]["window"] == [PARITY_SIZE, PARITY_SIZE]
+    assert got["ckpt"]["backend"] == "torch" and got["onnx"]["backend"] == "onnxruntime"
+    assert sum(v is not None for v in got["ckpt"]["per_class_iou"].values()) >= 3  # a real score, not one class
+    for key in ("export", "onnx"):
+        assert abs(got[key]["miou"] - got["ckpt"]["miou"]) <= 0.005, (key, got[key]["miou"], got["ckpt"]["miou"])
+    # the default JSON goes beside the export folder, never inside it
+    res = _cli("eval", out, "--data", data, "--limit", 1)
+    assert res.exit_code == 0, res.output
+    assert not list(out.glob("*eval*")) and list(out.parent.glob(f"{out.name}.*.eval_val.json"))
+    assert_one_error(_cli("eval", out, "--data", data, "--size", "128x128"), 2, "--size 128x128",
+                     f"{PARITY_SIZE}x{PARITY_SIZE}")

@@ -53,7 +53,7 @@ def test_load_runner_same_interface_and_outputs(export_dir, trained_checkpoint, 
         assert not r.is_active
         assert res["mask"].dtype == np.uint8 and res["mask"].shape == (2, SIZE, SIZE)
         d = r.describe()
-        assert {"name", "backend", "precision", "artifact", "size_mb", "device", "providers"} <= set(d)
+        assert {"name", "backend", "precision", "artifact", "size_mib", "device", "providers"} <= set(d)
         assert d["backend"] == backend
         masks[key] = res["mask"]
         if backend == "torch":
@@ -61,7 +61,7 @@ def test_load_runner_same_interface_and_outputs(export_dir, trained_checkpoint, 
         else:
             assert "scores" not in res  # this export has no --scores
     assert load_runner(out).precision == "fp32" and load_runner(out, format="onnx_fp16").precision == "fp16"
-    assert load_runner(out / "model.onnx").describe()["size_mb"] > 1
+    assert load_runner(out / "model.onnx").describe()["size_mib"] > 1
     assert np.array_equal(masks["checkpoint"], masks["run_dir"])
     for key in ("onnx", "export_dir"):
         assert (masks[key] == masks["checkpoint"]).mean() >= 0.999

@@ -151,6 +151,7 @@ def test_train_and_eval_cli(sample_root, tmp_path):
                                   "--backbone-weights", "none", "--clip-checkpoint", "none", "--device", "cpu",
                                   "--prompt", "road=an asphalt road seen from above"])
     assert r.exit_code == 0, r.output
+    assert "warning: --max-steps 3 is shorter than the 50-step learning-rate warm-up" in r.stderr  # small preset
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["prompts"][2] == "an asphalt road seen from above"
     metrics = json.loads((out / "eval_val.json").read_text())
@@ -223,3 +224,40 @@ def test_ddp_two_gloo_processes_take_a_step(sample_root, tmp_path):
     assert out.count("RANK_OK") == 2
     ckpt = load_checkpoint(tmp_path / "ddp")
     assert ckpt["step"] == 1 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+
+
+def test_offline_named_weights_fail_at_once_naming_all(sample_root, tmp_path, monkeypatch):
+    """Named weights that are not cached and cannot be fetched: one line naming every one, before any download."""
+    monkeypatch.setenv("SEGCLIP_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached
+    r = CliRunner().invoke(main, ["train", "--data", f"sample:{sample_root}", "--preset", "segclip-small",
+                                  "--out", str(tmp_path / "r"), "--max-steps", "1", "--device", "cpu",
+                                  "--backbone-weights", "imagenet", "--clip-checkpoint", "openai"])
+    assert r.exit_code == 2, r.output
+    errs = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errs) == 1 and "Traceback" not in r.output, r.output
+    for needle in ("backbone resnet18 'imagenet'", "CLIP ViT-B-16 'openai'", "SEGCLIP_OFFLINE=1",
+                   "--backbone-weights PATH --clip-checkpoint PATH", "--backbone-weights none --clip-checkpoint none"):
+        assert needle in errs[0], (needle, errs[0])
+    assert not (tmp_path / "torch").exists() or not any((tmp_path / "torch").rglob("*.pth"))
+
+
+def test_cached_weights_need_no_network(tmp_path, monkeypatch):
+    from segclip.modeling.weights import check_pretrained_available
+
+    monkeypatch.setenv("SEGCLIP_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(SegclipError, match=r"backbone resnet18 'imagenet'"):
+        check_pretrained_available("resnet18", "imagenet")
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"cached")  # torchvision's file name
+    check_pretrained_available("resnet18", "imagenet")
+    check_pretrained_available("resnet18", "none", "ViT-B-16", "none")
+
+
+def test_explicit_random_clip_has_no_missing_weights_notice(caplog):
+    from segclip.modeling.text import load_clip
+
+    with caplog.at_level("INFO"):
+        load_clip("RN50", "none")
+    assert not [r for r in caplog.records if "no pretrained weights" in r.getMessage().lower()], caplog.text

@@ -28,7 +28,9 @@ from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, par
 from segclip.benchmarks.machine import describe as describe_machine
 from segclip.benchmarks.machine import machine_info
 from segclip.benchmarks.report import SCHEMA_VERSION, check_report, format_table, write_all, write_json
-from segclip.benchmarks.timing import default_threads, measure, random_batches, set_threads
+from segclip.benchmarks.timing import CpuMeter, default_threads, measure, random_batches, set_threads
+
+BUSY_THRESHOLD = 0.10  # a row is "busy" when other processes took more than this share of all CPUs
 
 @dataclasses.dataclass
 class Settings:
@@ -201,9 +203,10 @@ def make_runner(spec, settings: Settings, sources: Sources, size, export, triton
 
 def _base_row(spec, size, batch=None, **kw) -> dict:
     row = {"backend": spec.name, "name": None, "precision": None, "status": "ok", "device": None, "artifact": None,
-           "size_mb": None, "batch": batch, "height": int(size[0]), "width": int(size[1]), "p50_ms": None, "p90_ms": None,
+           "size_mib": None, "batch": batch, "height": int(size[0]), "width": int(size[1]), "p50_ms": None, "p90_ms": None,
            "p99_ms": None, "mean_ms": None, "reps": None, "throughput_ips": None, "speedup_vs_torch": None, "miou": None,
-           "pixel_agreement": None, "miou_delta": None, "accuracy_images": None, "notes": None}
+           "pixel_agreement": None, "miou_delta": None, "accuracy_images": None, "other_cpu": None, "busy": False,
+           "notes": None}
     row.update(kw)
     return row
 
@@ -228,7 +231,7 @@ def bench_runner(runner, spec, size, batches, timing: dict, items: list, log, no
     try:
         d = runner.describe()
         common = {"name": runner.name, "precision": runner.precision, "device": d.get("device") and str(d.get("device")),
-                  "artifact": d.get("artifact"), "size_mb": d.get("size_mb"), "notes": note}
+                  "artifact": d.get("artifact"), "size_mib": d.get("size_mib"), "notes": note}
         sig = runner.signature
         if not sig.dynamic_size and (sig.height, sig.width) != (h, w):
             return [_base_row(spec, size, **common, status=f"skipped: this artifact takes {sig.height}x{sig.width} images only")], None
@@ -239,15 +242,17 @@ def bench_runner(runner, spec, size, batches, timing: dict, items: list, log, no
             inputs = random_batches(b, h, w, count=timing["inputs"])
             try:
                 t = measure(runner.infer, inputs, warmup=timing["warmup"], min_reps=timing["min_reps"],
-                            budget_s=timing["budget_s"])
+                            budget_s=timing["budget_s"], meter=CpuMeter.for_this_tree())
             except Exception as e:
                 rows.append(_base_row(spec, size, b, **common, status=f"failed: {one_line(e, 300)}"))
                 continue
             st = t.stats
             rows.append(_base_row(spec, size, b, **common, p50_ms=st["p50_ms"], p90_ms=st["p90_ms"], p99_ms=st["p99_ms"],
-                                  mean_ms=st["mean_ms"], reps=t.reps, throughput_ips=t.throughput_ips))
+                                  mean_ms=st["mean_ms"], reps=t.reps, throughput_ips=t.throughput_ips,
+                                  **busy_fields(t.foreign_share, timing["busy_threshold"])))
+            busy = f", BUSY: other processes took {100 * t.foreign_share:.0f}% of the CPUs" if rows[-1]["busy"] else ""
             log(f"  {spec.name:17s} {h}x{w} batch {b}: p50 {st['p50_ms']:.1f} ms, p90 {st['p90_ms']:.1f} ms "
-                f"({t.reps} reps), {t.throughput_ips:.2f} img/s")
+                f"({t.reps} reps), {t.throughput_ips:.2f} img/s{busy}")
         if items and any(r["status"] == "ok" for r in rows):
             try:
                 preds = acc.predict_all(runner, items, h, w, batch=min(4, max(batches)))
@@ -257,6 +262,23 @@ def bench_runner(runner, spec, size, batches, timing: dict, items: list, log, no
         return rows, preds
     finally:
         runner.deactivate()
+
+
+def busy_fields(share: Optional[float], threshold: float) -> dict:
+    """``other_cpu`` (share of all CPUs other processes took while the row was measured) and
+    ``busy`` (that share was above ``threshold``: the timing measured the neighbours too)."""
+    return {"other_cpu": share, "busy": share is not None and share > threshold}
+
+
+def busy_warning(rows: list, load: list, threshold: float) -> Optional[str]:
+    """One line when any row was measured on a busy machine, else None."""
+    busy = [r for r in list(rows) + list(load) if r.get("busy")]
+    if not busy:
+        return None
+    worst = max(r["other_cpu"] for r in busy)
+    n = sum(1 for r in list(rows) + list(load) if r.get("other_cpu") is not None)
+    return (f"{len(busy)} of {n} measured rows ran while other processes took more than {100 * threshold:.0f}% of the "
+            f"CPUs (up to {100 * worst:.0f}%); their timings (flagged '!') are not reliable: re-run on a quiet machine")
 
 
 def _fill_accuracy(rows: list, preds, items, ref_preds, ref_miou, num_classes, classes) -> None:
@@ -332,7 +354,7 @@ def _speedups(rows: list) -> None:
             r["speedup_vs_torch"] = round(t / r["p50_ms"], 3)
 
 
-def summarize(rows: list, load: list, machine: dict) -> dict:
+def summarize(rows: list, load: list, machine: dict, busy_threshold: float = BUSY_THRESHOLD) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     size = (ok[0]["height"], ok[0]["width"]) if ok else (rows[0]["height"], rows[0]["width"]) if rows else (None, None)
     batch = min((r["batch"] for r in ok), default=None)
@@ -341,7 +363,7 @@ def summarize(rows: list, load: list, machine: dict) -> dict:
         if (r["height"], r["width"]) != size or (r["batch"] not in (batch, None)) or r["backend"] in per:
             continue
         per[r["backend"]] = {k: r[k] for k in ("status", "precision", "p50_ms", "throughput_ips", "speedup_vs_torch",
-                                               "miou", "pixel_agreement", "miou_delta", "size_mb")}
+                                               "miou", "pixel_agreement", "miou_delta", "size_mib")}
     fastest = min((b for b, v in per.items() if v["status"] == "ok" and v["p50_ms"]), key=lambda b: per[b]["p50_ms"], default=None)
     best_load = max((r for r in load if r.get("status") == "ok" and r.get("throughput_ips")), key=lambda r: r["throughput_ips"],
                     default=None)
@@ -353,6 +375,10 @@ def summarize(rows: list, load: list, machine: dict) -> dict:
         "unavailable": {r["backend"]: r["status"] for r in rows if r["status"].startswith("unavailable")},
         "triton_best": None if best_load is None else {k: best_load[k] for k in ("protocol", "concurrency", "throughput_ips", "p50_ms")},
         "triton_failures": sum(r.get("failures", 0) for r in load),
+        "busy_threshold": busy_threshold,
+        "busy_rows": sum(1 for r in list(rows) + list(load) if r.get("busy")),
+        "clean": not any(r.get("busy") for r in list(rows) + list(load)),
+        "warning": busy_warning(rows, load, busy_threshold),
         "machine": describe_machine(machine),
     }
 
@@ -363,7 +389,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                   threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
                   limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
                   load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
-                  force: bool = False) -> dict:
+                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD) -> dict:
     """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
     (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
 
@@ -372,8 +398,10 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     ``reps``: minimum timed calls per row (default 10); ``budget_s``: time per row after that
     (default 3 s); ``threads``: CPU threads for torch and ONNX Runtime (default: usable CPUs);
     ``device``: "cpu", "cuda" or "cuda:N" for torch / ONNX Runtime / TensorRT (default: cuda when visible);
-    ``limit``: accuracy images (default 16).  Every argument (and ``data``) is checked before
-    ``out`` is created; an ``out`` that already holds a benchmark is replaced only with ``force``.
+    ``limit``: accuracy images (default 16); ``busy_threshold``: rows measured while other processes
+    took more than this share of all CPUs are flagged ``busy`` (table, JSON, plot, summary warning).
+    Every argument (and ``data``) is checked before ``out`` is created; an ``out`` that already holds
+    a benchmark is replaced only with ``force``.
     """
     t_start = time.perf_counter()
     log = log or (lambda *a, **k: None)
@@ -390,7 +418,10 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = parse_device(device)
     threads = int(threads or default_threads())
-    timing = {"warmup": 2 if quick else 3, "min_reps": 5 if quick else 10, "budget_s": 1.0 if quick else 3.0, "inputs": 3}
+    if not 0 < float(busy_threshold) <= 1:
+        raise SegclipError(f"--busy-threshold {busy_threshold}: must be a share of the CPUs in (0, 1], e.g. 0.1")
+    timing = {"warmup": 2 if quick else 3, "min_reps": 5 if quick else 10, "budget_s": 1.0 if quick else 3.0, "inputs": 3,
+              "busy_threshold": float(busy_threshold)}
     if warmup is not None:
         timing["warmup"] = int(warmup)
     if reps is not None:
@@ -503,9 +534,13 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                                 log(f"Triton {proto} concurrency sweep {','.join(map(str, concurrency))} at {h}x{w}")
                                 from segclip.benchmarks.triton_load import sweep
 
+                                meter = CpuMeter.for_this_tree()  # the server started here is ours
+                                a = meter.snapshot()
                                 for r in sweep(urls[proto], concurrency, inputs, expected, duration_s=load_duration, log=log):
-                                    r.update(height=h, width=w)
+                                    b = meter.snapshot()
+                                    r.update(height=h, width=w, **busy_fields(CpuMeter.foreign_share(a, b), timing["busy_threshold"]))
                                     load.append(r)
+                                    a = meter.snapshot()
             rows += size_rows
         _speedups(rows)
 
@@ -518,6 +553,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
                 "backends": names, "batches": list(batches), "sizes": [f"{h}x{w}" for h, w in size_list],
                 "concurrency": list(concurrency), "quick": bool(quick), "device": device, "threads": threads,
                 "warmup": timing["warmup"], "min_reps": timing["min_reps"], "budget_s": timing["budget_s"],
+                "busy_threshold": timing["busy_threshold"],
                 "distinct_inputs": timing["inputs"], "triton_url": given_urls or None, "triton_shm": triton_shm,
                 "data": None if data_spec is None else ":".join(data_spec),
                 "accuracy_images": data_desc, "accuracy_method": acc.TILING,
@@ -527,7 +563,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
             },
             "rows": rows,
             "triton_load": load,
-            "summary": summarize(rows, load, machine),
+            "summary": summarize(rows, load, machine, timing["busy_threshold"]),
         }
         report["summary"]["seconds"] = round(time.perf_counter() - t_start, 1)
         try:
@@ -545,6 +581,8 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
             write_json(report, work_dir / "benchmark.json")  # again, now listing the files
         if show_table:
             log(report["table"])
+            if report["summary"]["warning"]:
+                log(f"warning: {report['summary']['warning']}")
         return report
     except BaseException:
         for d in created or ():  # folders this run made and left empty go again

@@ -10,19 +10,19 @@ from typing import Optional
 
 from segclip.atomic import atomic_file, atomic_write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: size_mib (was size_mb, already MiB), other_cpu and busy per row
 TOP_KEYS = ("schema_version", "machine", "config", "rows", "triton_load", "summary", "table")
 
 # key -> allowed types (None = JSON null allowed)
 _NUM = (int, float)
 ROW_KEYS = {
     "backend": (str,), "name": (str, None), "precision": (str, None), "status": (str,), "device": (str, None),
-    "artifact": (str, None), "size_mb": _NUM + (None,),
+    "artifact": (str, None), "size_mib": _NUM + (None,),
     "batch": (int, None), "height": (int, None), "width": (int, None),
     "p50_ms": _NUM + (None,), "p90_ms": _NUM + (None,), "p99_ms": _NUM + (None,), "mean_ms": _NUM + (None,),
     "reps": (int, None), "throughput_ips": _NUM + (None,), "speedup_vs_torch": _NUM + (None,),
     "miou": _NUM + (None,), "pixel_agreement": _NUM + (None,), "miou_delta": _NUM + (None,),
-    "accuracy_images": (int, None), "notes": (str, None),
+    "accuracy_images": (int, None), "other_cpu": _NUM + (None,), "busy": (bool,), "notes": (str, None),
 }
 LOAD_KEYS = {
     "protocol": (str,), "url": (str,), "tool": (str,), "status": (str,), "concurrency": (int,), "batch": (int,),
@@ -32,6 +32,7 @@ LOAD_KEYS = {
     "server_compute_input_ms": _NUM + (None,), "server_compute_infer_ms": _NUM + (None,),
     "server_compute_output_ms": _NUM + (None,), "server_batches": (int, None), "server_mean_batch": _NUM + (None,),
     "output_checks": (int,), "output_mismatches": (int,), "output_min_agreement": _NUM + (None,), "errors": (list,),
+    "other_cpu": _NUM + (None,), "busy": (bool,),
 }
 STATUS_PREFIXES = ("ok", "unavailable: ", "failed: ", "skipped: ")
 CSV_COLUMNS = list(ROW_KEYS)
@@ -81,19 +82,24 @@ def _f(v, fmt="{:.1f}", none="-"):
     return fmt.format(v)
 
 
+def _others(r) -> str:
+    """Other processes' CPU share while the row ran, '!' when above the busy threshold."""
+    return _f(None if r.get("other_cpu") is None else 100 * r["other_cpu"], "{:.0f}%") + (" !" if r.get("busy") else "")
+
+
 def format_table(report: dict) -> str:
     rows = report["rows"]
-    head = ["backend", "precision", "status", "MB", "HxW", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "x torch",
-            "mIoU", "agree %", "dmIoU"]
+    head = ["backend", "precision", "status", "MiB", "HxW", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "x torch",
+            "mIoU", "agree %", "dmIoU", "others CPU"]
     lines = []
     for r in rows:
         st = r["status"] if r["status"] == "ok" else r["status"].split(":", 1)[0]
         hw = f"{r['height']}x{r['width']}" if r.get("height") else "-"
-        lines.append([r["backend"], r.get("precision") or "-", st, _f(r.get("size_mb")), hw, _f(r.get("batch"), "{}"),
+        lines.append([r["backend"], r.get("precision") or "-", st, _f(r.get("size_mib")), hw, _f(r.get("batch"), "{}"),
                       _f(r.get("p50_ms")), _f(r.get("p90_ms")), _f(r.get("p99_ms")), _f(r.get("throughput_ips"), "{:.2f}"),
                       _f(r.get("speedup_vs_torch"), "{:.2f}"), _f(r.get("miou"), "{:.2f}"),
                       _f(None if r.get("pixel_agreement") is None else 100 * r["pixel_agreement"], "{:.3f}"),
-                      _f(r.get("miou_delta"), "{:+.2f}")])
+                      _f(r.get("miou_delta"), "{:+.2f}"), _others(r)])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
@@ -111,14 +117,18 @@ def format_table(report: dict) -> str:
     if load:
         out.append("")
         lh = ["protocol", "concurrency", "requests", "failures", "img/s", "p50 ms", "p90 ms", "p99 ms", "queue ms",
-              "compute ms", "batch", "status"]
+              "compute ms", "batch", "others CPU", "status"]
         ll = [[r["protocol"], str(r["concurrency"]), _f(r["requests"], "{}"), str(r["failures"]),
                _f(r["throughput_ips"], "{:.2f}"), _f(r["p50_ms"]), _f(r["p90_ms"]), _f(r["p99_ms"]),
                _f(r["server_queue_ms"], "{:.2f}"), _f(r["server_compute_ms"], "{:.1f}"), _f(r["server_mean_batch"], "{:.2f}"),
-               r["status"]] for r in load]
+               _others(r), r["status"]] for r in load]
         w = [max(len(h), *(len(l[i]) for l in ll)) for i, h in enumerate(lh)]
         out += ["  ".join(h.ljust(x) for h, x in zip(lh, w)), "  ".join("-" * x for x in w)]
         out += ["  ".join(c.ljust(x) for c, x in zip(l, w)) for l in ll]
+    if any(r.get("busy") for r in list(rows) + list(load)):
+        thr = (report.get("summary") or {}).get("busy_threshold") or (report.get("config") or {}).get("busy_threshold")
+        out += ["", f"! busy: other processes took more than {100 * (thr or 0):.0f}% of the CPUs while this row was "
+                    "measured; its timing is not reliable"]
     return "\n".join(out)
 
 
@@ -136,55 +146,112 @@ def write_csv(items: list, path, columns: list) -> Path:
     return Path(path)
 
 
+# one colour per backend, the same in every run (tab10 order)
+BACKEND_COLORS = {"torch": "#1f77b4", "onnxruntime": "#ff7f0e", "onnxruntime-fp16": "#2ca02c", "tensorrt": "#d62728",
+                  "triton-grpc": "#9467bd", "triton-http": "#8c564b"}
+PROTOCOL_COLORS = {"grpc": BACKEND_COLORS["triton-grpc"], "http": BACKEND_COLORS["triton-http"]}
+BUSY_HATCH = "//"
+
+
+def _color(backend: str) -> str:
+    return BACKEND_COLORS.get(backend, "#7f7f7f")
+
+
 def write_plot(report: dict, path) -> Optional[Path]:
-    """latency.png: p50 latency vs batch per backend (and size); Triton throughput vs concurrency."""
+    """latency.png.  One batch size: bars of p50 latency per backend (whisker to p90) and of
+    throughput; several: p50 latency vs batch per backend and size.  Triton throughput vs
+    concurrency when swept.  Fixed colours per backend; throughput axes start at zero; rows
+    measured on a busy machine are hatched (bars) or drawn hollow (lines)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     ok = [r for r in report["rows"] if r["status"] == "ok"]
     load = [r for r in report.get("triton_load") or [] if r.get("throughput_ips") is not None]
-    ncols = 2 if load else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.5), squeeze=False)
-    ax = axes[0][0]
-    series = {}
-    for r in ok:
-        series.setdefault(f"{r['backend']} {r['height']}x{r['width']}", []).append((r["batch"], r["p50_ms"], r["p90_ms"]))
-    for label, pts in sorted(series.items()):
-        pts.sort()
-        b = [p[0] for p in pts]
-        ax.plot(b, [p[1] for p in pts], marker="o", label=label)
-        ax.fill_between(b, [p[1] for p in pts], [p[2] for p in pts], alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ticks = sorted({r["batch"] for r in ok})
-    if ticks:
+    single = len({r["batch"] for r in ok}) <= 1
+    ncols = (2 if single else 1) + (1 if load else 0)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.0 * ncols, 4.5), squeeze=False)
+    axes = list(axes[0])
+    busy_any = any(r.get("busy") for r in ok + load)
+    if single:
+        labels = [r["backend"] + ("" if len({(x["height"], x["width"]) for x in ok}) == 1 else f" {r['height']}x{r['width']}")
+                  for r in ok]
+        x = list(range(len(ok)))
+        colors = [_color(r["backend"]) for r in ok]
+        hatches = [BUSY_HATCH if r.get("busy") else "" for r in ok]
+        lat, thr = axes[0], axes[1]
+        bars = lat.bar(x, [r["p50_ms"] for r in ok], color=colors, hatch=hatches, edgecolor="black",
+                       yerr=[[0] * len(ok), [r["p90_ms"] - r["p50_ms"] for r in ok]], capsize=4)
+        lat.bar_label(bars, fmt="%.1f", fontsize=8, label_type="center")
+        lat.set_ylabel("latency p50 ms (whisker: p90)")
+        bars = thr.bar(x, [r["throughput_ips"] for r in ok], color=colors, hatch=hatches, edgecolor="black")
+        thr.bar_label(bars, fmt="%.2f", fontsize=8)
+        thr.set_ylabel("throughput (images/s)")
+        b = ok[0]["batch"] if ok else "-"
+        size = f"{ok[0]['height']}x{ok[0]['width']}" if ok else ""
+        for ax, what in ((lat, "latency"), (thr, "throughput")):
+            ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+            ax.set_ylim(bottom=0)
+            ax.set_title(f"{what} per backend, batch {b} {size}")
+            ax.grid(True, axis="y", alpha=0.3)
+        rest = axes[2:]
+    else:
+        ax = axes[0]
+        series = {}
+        for r in ok:
+            series.setdefault((r["backend"], r["height"], r["width"]), []).append(r)
+        styles = ["-", "--", ":", "-."]
+        sizes = sorted({(k[1], k[2]) for k in series})
+        for (backend, h, w), pts in sorted(series.items()):
+            pts.sort(key=lambda r: r["batch"])
+            c, ls = _color(backend), styles[sizes.index((h, w)) % len(styles)]
+            bx = [r["batch"] for r in pts]
+            ax.plot(bx, [r["p50_ms"] for r in pts], color=c, linestyle=ls, label=f"{backend} {h}x{w}")
+            ax.fill_between(bx, [r["p50_ms"] for r in pts], [r["p90_ms"] for r in pts], color=c, alpha=0.15)
+            for r in pts:  # busy rows hollow
+                ax.plot([r["batch"]], [r["p50_ms"]], marker="o", color=c, markerfacecolor="white" if r.get("busy") else c)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({r["batch"] for r in ok})
         ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_xlabel("batch")
-    ax.set_ylabel("latency p50 ms (band: p90)")
-    ax.set_title("latency vs batch")
-    if series:
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("latency p50 ms (band: p90)")
+        ax.set_title("latency vs batch" + (" (hollow: busy machine)" if busy_any else ""))
+        if series:
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        rest = axes[1:]
     if load:
-        ax2 = axes[0][1]
+        ax2 = rest[0]
         by = {}
         for r in load:
-            by.setdefault(r["protocol"], []).append((r["concurrency"], r["throughput_ips"], r["p50_ms"]))
+            by.setdefault(r["protocol"], []).append(r)
         for proto, pts in sorted(by.items()):
-            pts.sort()
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"triton {proto}")
+            pts.sort(key=lambda r: r["concurrency"])
+            c = PROTOCOL_COLORS.get(proto, "#7f7f7f")
+            ax2.plot([r["concurrency"] for r in pts], [r["throughput_ips"] for r in pts], color=c, label=f"triton {proto}")
+            for r in pts:
+                ax2.plot([r["concurrency"]], [r["throughput_ips"]], marker="o", color=c,
+                         markerfacecolor="white" if r.get("busy") else c)
         ax2.set_xscale("log", base=2)
         cticks = sorted({r["concurrency"] for r in load})
         ax2.set_xticks(cticks, [str(t) for t in cticks])
+        ax2.set_ylim(bottom=0)
         ax2.set_xlabel("concurrent requests")
         ax2.set_ylabel("throughput (images/s)")
         ax2.set_title("Triton throughput vs concurrency")
         ax2.legend(fontsize=8)
         ax2.grid(True, alpha=0.3)
     m = report.get("machine") or {}
-    fig.suptitle(f"segclip benchmark - {m.get('cpu', '?')}, {m.get('gpu') or 'no GPU'}, {m.get('threads')} threads", fontsize=9)
+    title = f"segclip benchmark - {m.get('cpu', '?')}, {m.get('gpu') or 'no GPU'}, {m.get('threads')} threads"
+    if busy_any:
+        thr_share = (report.get("config") or {}).get("busy_threshold") or 0
+        title += f"\nBUSY MACHINE: hatched/hollow rows ran while other processes took > {100 * thr_share:.0f}% of the CPUs"
+        fig.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch=BUSY_HATCH, label="busy machine")],
+                   loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=9, color="firebrick" if busy_any else "black")
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110)

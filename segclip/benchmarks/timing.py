@@ -99,6 +99,13 @@ class Timing:
         return d
 
     @property
+    def foreign_share(self) -> Optional[float]:
+        """Share of the CPUs other processes took over all timed calls (time-weighted; None unmetered)."""
+        pairs = [(s, f) for s, f in zip(self.samples_ms, self.foreign) if f is not None]
+        total = math.fsum(s for s, _ in pairs)
+        return round(math.fsum(s * f for s, f in pairs) / total, 4) if pairs and total > 0 else None
+
+    @property
     def throughput_ips(self) -> Optional[float]:
         """Images per second of this single stream: images processed / summed call time
         (= batch / mean latency)."""
@@ -118,29 +125,34 @@ class Timing:
 
 
 def measure(fn: Callable, inputs: Sequence[np.ndarray], *, warmup: int = 3, min_reps: int = 10,
-            max_reps: int = 10000, budget_s: float = 5.0, sync: Callable = cuda_sync) -> Timing:
-    """Time ``fn(x)`` over ``inputs`` rotated; see the module docstring for the rules."""
+            max_reps: int = 10000, budget_s: float = 5.0, sync: Callable = cuda_sync,
+            meter: Optional["CpuMeter"] = None) -> Timing:
+    """Time ``fn(x)`` over ``inputs`` rotated; see the module docstring for the rules.  With a
+    ``meter``, each sample also records the CPU share other processes took during it."""
     if not inputs:
         raise ValueError("measure: no inputs")
     n_in = len(inputs)
     for i in range(max(0, warmup)):
         fn(inputs[i % n_in])
     sync()
-    samples = []
+    samples, foreign = [], []
     deadline = time.perf_counter() + max(0.0, budget_s)
     i = 0
     while i < max_reps and (i < min_reps or time.perf_counter() < deadline):
         x = inputs[(i + warmup) % n_in]
         sync()
+        a = meter.snapshot() if meter else None
         t0 = time.perf_counter()
         fn(x)
         t1 = time.perf_counter()
         samples.append((t1 - t0) * 1e3)
+        if meter:
+            foreign.append(CpuMeter.foreign_share(a, meter.snapshot()))
         i += 1
     # throughput counts only the timed calls (not the loop's own sync/bookkeeping)
     wall = math.fsum(samples) / 1e3
     return Timing(batch=int(inputs[0].shape[0]), reps=len(samples), warmup=max(0, warmup), wall_s=round(wall, 6),
-                  samples_ms=samples)
+                  samples_ms=samples, foreign=foreign)
 
 
 class CpuMeter:
@@ -151,6 +163,13 @@ class CpuMeter:
     ``own_pids()`` returns (e.g. a Triton server doing the work).  A timed call during which other
     jobs took a large share of the CPUs measured the neighbours as much as the code: on a shared
     machine such samples can be reported apart (``Timing`` keeps the share per sample)."""
+
+    @classmethod
+    def for_this_tree(cls) -> "CpuMeter":
+        """A meter whose "own" processes are this one and its descendants now (a Triton server or
+        worker started here does the benchmark's work; listed once, not at every snapshot)."""
+        pids = descendant_pids()
+        return cls(own_pids=lambda: pids)
 
     def __init__(self, own_pids: Optional[Callable] = None):
         self.own_pids = own_pids or (lambda: [])
@@ -187,6 +206,32 @@ class CpuMeter:
         if d_total <= 0:
             return None
         return max(0.0, min(1.0, ((b[0] - a[0]) - (b[2] - a[2])) / d_total))
+
+
+def descendant_pids(root: Optional[int] = None) -> list:
+    """Live descendants of ``root`` (default: this process), from ``/proc`` (empty elsewhere)."""
+    root = os.getpid() if root is None else int(root)
+    children = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
 def measure_interleaved(fns: dict, inputs: Sequence[np.ndarray], *, warmup: int = 1, min_rounds: int = 5,

@@ -39,11 +39,13 @@ def default_out(source) -> Path:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: usable CPUs).")
 @device_option(help="Device for torch / ONNX Runtime / TensorRT (default: cuda when visible).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Accuracy images taken from --data (default 16, --quick 4).")
+@click.option("--busy-threshold", type=float, default=0.10, show_default=True,
+              help="Flag rows measured while other processes took more than this share of all CPUs.")
 @click.option("--quick", is_flag=True, help="Batch 1, first size, torch + onnxruntime + onnxruntime-fp16, few reps, no Triton sweep.")
 @out_option(file_okay=False, help="Where benchmark.json/.csv and latency.png go (default: RUN_DIR/benchmark, or beside an export directory).")
 @click.option("--force", is_flag=True, help="Replace the results of an earlier benchmark in --out.")
 def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls, triton_env, triton_shm, reps, warmup,
-                  budget_s, threads, device, limit, quick, out, force):
+                  budget_s, threads, device, limit, busy_threshold, quick, out, force):
     """Benchmark RUN_DIR | EXPORT_DIR | CHECKPOINT on every backend: one table, JSON, CSV and a plot.
 
     Backends that cannot run here (no GPU, no tensorrt, no Triton server) get a row saying why.
@@ -55,9 +57,11 @@ def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls,
     report = run_benchmark(source, out=out, data=data, backends=backends, batches=batch, sizes=size,
                            concurrency=concurrency, quick=quick, triton_url=list(triton_urls) or None, reps=reps,
                            warmup=warmup, threads=threads, budget_s=budget_s, device=device, limit=limit,
-                           triton_shm=triton_shm, triton_env=triton_env, show_table=False,
+                           triton_shm=triton_shm, triton_env=triton_env, show_table=False, busy_threshold=busy_threshold,
                            log=lambda m: click.echo(m, err=True), force=force)
     click.echo(report["table"])
+    if report["summary"].get("warning"):
+        click.echo(f"warning: {report['summary']['warning']}", err=True)
     for k, v in report.get("files", {}).items():
         click.echo(f"{k:16s} {v}")
     failed = [f"{r['backend']} {r['height']}x{r['width']} batch {r['batch']}: {r['status']}" for r in report["rows"]

@@ -81,11 +81,14 @@ def trt_check_cmd(model, trt_version):
 @click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "onnx_fp16", "tensorrt"]), help="Artifact of an export dir.")
 @device_option(providers_alias=True, help="cpu, cuda or cuda:N for torch, ONNX Runtime and TensorRT (default: cuda when visible).")
 @click.option("--timeout", default=None, type=float, help="Seconds before a Triton request counts as failed (default 60).")
+@click.option("--label-ids", type=click.Choice(["model", "dataset"]), default="model", show_default=True,
+              help="Mask values: the model's class ids 0..K-1 (255 = no-data), or the training dataset's own "
+                   "mask-file ids (LoveDA: 1..7, 0 = no-data) for submissions.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--scene", help="Scene of the inputs for a model trained with metadata prompts: a name of its scene table "
               "(e.g. rural, urban) or an id; default generic (metadata unknown).")
 def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
-                device, providers, timeout, quiet, scene):
+                device, providers, timeout, label_ids, quiet, scene):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
     import sys
@@ -104,6 +107,7 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
     results, errors = predict_paths(models, inputs, out, tile=tile, overlap=overlap, batch=batch, bands=parse_bands(bands),
                                     value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
                                     runner_opts=opts, timeout=timeout, force=force, progress=not quiet, scene=scene,
+                                    label_ids=label_ids,
                                     log=lambda m: click.echo(m, err=m.startswith("error:")))
     for line in summary_lines(results):
         click.echo(line)
@@ -114,7 +118,8 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
 def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Optional[int] = None,
                   overlap: float = 0.25, batch: int = 8, bands=None, value_range=None, overlay: bool = False,
                   in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
-                  force: bool = False, progress: bool = True, scene=None, log: Callable = print) -> tuple:
+                  force: bool = False, progress: bool = True, scene=None, log: Callable = print,
+                  label_ids: str = "model") -> tuple:
     """``segclip predict`` in Python: -> (per-file summaries, [one-line errors]).  Raises
     ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
     (Here, not in ``segclip.engine.predict``: it loads runners, a layer above the engine.)
@@ -176,8 +181,16 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
                                    f"or re-export with --size {tile}x{tile}")
         limit = pool.endpoints[0].runners[0].max_batch  # fixed engine profiles; Triton splits big batches itself
         batch = min(batch, limit) if limit else batch
+        ids = None
+        if label_ids == "dataset":
+            from segclip.data import dataset_label_ids
+
+            ids = dataset_label_ids(sig.classes)
+            if ids is None:
+                raise SegclipError(f"--label-ids dataset: no dataset with its own mask-file ids has this model's classes "
+                                   f"({', '.join(sig.classes)}); its masks already hold the class ids 0..K-1: drop --label-ids")
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
-                              overlay=overlay, progress=progress, log=log, scene=scene_id)
+                              overlay=overlay, progress=progress, log=log, scene=scene_id, label_ids=ids)
         results, file_errors = predictor.run(paths, out, stems)
     if created and not any(out.iterdir()):  # every input failed: no empty folder either
         out.rmdir()

@@ -87,6 +87,10 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         val_ds = None
     if val_ds is not None:
         with_metadata(val_ds, sidecar, required=False)
+    if t.max_steps < t.warmup_steps:
+        click.echo(f"warning: --max-steps {t.max_steps} is shorter than the {t.warmup_steps}-step learning-rate warm-up of "
+                   f"{preset}: the rate never reaches --lr {t.lr:g} (it peaks at {t.lr * t.max_steps / t.warmup_steps:.2g})",
+                   err=True)
     trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device,
                       resume=resume, prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after)
     return trainer, trainer.fit()
@@ -150,48 +154,113 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
     return out
 
 
+def _eval_dest(source: str, name: str, runner) -> Path:
+    """Where eval writes ``<name>.json`` by default: in a run directory or beside a checkpoint; never
+    inside an export (beside the export folder); the current folder for a server URL."""
+    if runner.backend == "triton":
+        return Path(f"{name}_{runner.name}.json")
+    p = Path(source)
+    if runner.backend == "torch":
+        return p / f"{name}.json" if p.is_dir() else runner.checkpoint_path.with_suffix(f".{name}.json")
+    export = p if p.is_dir() else p.parent
+    if (export / "manifest.json").is_file():
+        return export.parent / f"{export.name}.{runner.name}.{name}.json"
+    return p.with_suffix(f".{name}.json")
+
+
+def _eval_scene_ids(runner, ds, mode: str, given):
+    """Per-image scene ids for a model trained with metadata prompts (None without), by the
+    signature's one rule (``Signature.scene_of``); ``mode`` "off" gives every image the generic scene."""
+    sig = runner.signature
+    if not sig.scenes:
+        if mode == "on":
+            raise SegclipError(f"{runner.artifact}: trained without metadata prompts, so --metadata {given} has nothing to "
+                               f"feed; omit --metadata or retrain with it")
+        return None
+    return [sig.scene_of(ds.meta(i)) if mode != "off" else 0 for i in range(len(ds))]
+
+
+def _eval_window(size, runner) -> tuple:
+    """The sliding window: --size, else a fixed-size artifact's size, else the checkpoint's eval size."""
+    sig = runner.signature
+    if size is not None:
+        hw = tuple(size)
+        if not sig.dynamic_size and hw != (sig.height, sig.width):
+            raise SegclipError(f"--size {hw[0]}x{hw[1]}: this {runner.backend} model takes {sig.height}x{sig.width} "
+                               f"windows only; drop --size or give --size {sig.height}x{sig.width}")
+        return hw
+    if not sig.dynamic_size:
+        return sig.height, sig.width
+    if runner.backend == "torch":
+        from segclip.config import train_config_from_dict
+
+        t = train_config_from_dict(dict(runner.checkpoint.get("train_config") or {}))
+        w = t.eval_size or t.crop_size
+        return (w, w) if isinstance(w, int) else tuple(w)
+    raise SegclipError(f"{runner.name}: this model takes any image size; give the sliding window with --size HxW "
+                       f"(e.g. its training crop size)")
+
+
 @click.command("eval")
-@click.argument("source", type=click.Path())
+@click.argument("model", metavar="MODEL")
 @data_option(default_split="val", help="Labelled images to score.")
-@size_option(legacy="--window", stride=False, help="Sliding-window size HxW (default: the checkpoint's eval size).")
-@batch_option("int", default=4, help="Windows per forward pass.")
-@device_option(help="cpu, cuda or cuda:N (default: cuda when available).")
+@size_option(legacy="--window", stride=False,
+             help="Sliding-window size HxW (default: a fixed-size artifact's size, else the checkpoint's eval size).")
+@batch_option("int", default=4, help="Windows per forward pass (at most the artifact's max batch).")
+@device_option(help="cpu, cuda or cuda:N (default: cuda when available; not for server URLs).")
+@click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "onnx_fp16", "tensorrt"]),
+              help="Artifact of an export directory (default: TensorRT when usable here, else ONNX).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images (a spot check: written to eval_<split>_first<N>.json, never over the full evaluation).")
 @click.option("--metadata", help="on (default for a model trained with metadata), off (withhold it: every image gets the "
               "generic scene; the ablation), or a CSV/JSON sidecar FILE for this data.")
-@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa].json; with --limit N eval_<split>[_nometa]_first<N>.json).")
-def eval_cmd(source, data, size, batch, device, limit, metadata, out):
-    """Evaluate a run directory or checkpoint: mIoU, per-class IoU, F1, overall accuracy."""
-    from segclip.config import train_config_from_dict
+@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa][_first<N>].json, beside a checkpoint, or beside "
+                 "an export folder).")
+def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, out):
+    """Evaluate MODEL -- a checkpoint, run directory, export directory, .onnx, .plan or a Triton
+    grpc:// / http:// URL -- on labelled data: mIoU, per-class IoU, F1, overall accuracy.
+
+    Every model is scored the same way (sliding window, one confusion matrix); artifacts without a
+    scores output are blended by their class maps."""
+    from segclip.contract import resolve_source
     from segclip.data import build_dataset
-    from segclip.engine.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-
+    from segclip.engine.evaluate import evaluate, runner_predict_fn
     from segclip.metadata import parse_switch
+    from segclip.runtime import load_runner
 
+    kind = resolve_source(model).kind
+    if kind == "url" and device:
+        raise SegclipError("--device: a Triton server URL runs where the server runs; drop --device")
+    if kind in ("checkpoint", "run"):
+        device = _default_device(device)  # PyTorch as train/eval always ran it; ONNX Runtime picks its own provider
     dataset, split = data.dataset, data.split
-    mode, sidecar = parse_switch(metadata)
-    device = _default_device(device)
+    meta_mode, sidecar = parse_switch(metadata)
     if out is not None and Path(out).is_dir():
         raise SegclipError(f"--out {out}: is a folder; give the metrics JSON file to write, e.g. --out {Path(out) / f'eval_{split}.json'}")
-    ckpt = load_checkpoint(source)
+    opts = {k: v for k, v in (("format", fmt), ("device", device)) if v}
+    runner = load_runner(model, **opts)
     ds = with_metadata(build_dataset(dataset, data.root, split), sidecar)
-    check_classes(ckpt, ds.classes, f"dataset {dataset}")
-    if mode == "on" and not ckpt.get("scenes"):
-        raise SegclipError(f"{ckpt['path']}: trained without metadata prompts, so --metadata {metadata} has nothing to feed; "
-                           f"omit --metadata or retrain with it")
+    if tuple(runner.signature.classes) != tuple(ds.classes):
+        raise SegclipError(f"{model}: trained on classes {list(runner.signature.classes)} but dataset {dataset} has "
+                           f"{list(ds.classes)}; evaluate a model trained on this dataset")
+    window = _eval_window(size, runner)
+    scene_ids = _eval_scene_ids(runner, ds, meta_mode, metadata)
     # where the metrics go, decided before the work; a spot check (--limit) never replaces the full evaluation's file
-    tag = f"{split}_nometa" if (mode == "off" and ckpt.get("scenes")) else split
-    name = f"eval_{tag}" + (f"_first{limit}" if limit else "")
-    dest = Path(out) if out else (Path(source) / f"{name}.json" if Path(source).is_dir() else Path(ckpt["path"]).with_suffix(f".{name}.json"))
+    tag = f"{split}_nometa" if (meta_mode == "off" and runner.signature.scenes) else split
+    dest = Path(out) if out else _eval_dest(model, f"eval_{tag}" + (f"_first{limit}" if limit else ""), runner)
     clean_partials(dest.parent)
-    model = model_from_checkpoint(ckpt).to(device)
-    tcfg = train_config_from_dict(dict(ckpt.get("train_config") or {}))
-    if size:
-        tcfg.eval_size = size
-    metrics = _evaluate_model(model, ds, tcfg, device, batch_size=batch, limit=limit, metadata=mode != "off")
-    metrics.update({"checkpoint": ckpt["path"], "dataset": dataset, "split": split, "limit": limit})
+    with runner:
+        fn, mode = runner_predict_fn(runner)
+        metrics = evaluate(fn, ds, runner.signature.num_classes, window, limit=limit, mode=mode, scene_ids=scene_ids,
+                           batch_size=max(1, min(batch, runner.max_batch or batch)))
+    metrics["metadata"] = "on" if scene_ids is not None and meta_mode != "off" else "off"
+    metrics.update({"model": str(model), "backend": runner.backend, "artifact": runner.name, "window": list(window),
+                    "dataset": dataset, "split": split, "limit": limit})
+    if runner.backend == "torch":
+        metrics["checkpoint"] = str(runner.checkpoint_path)
     atomic_write_json(dest, metrics)
-    click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}  (metadata {metrics['metadata']})")
+    click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}  "
+               f"(metadata {metrics['metadata']})")
+    click.echo(f"  model: {runner.backend} {runner.name}, window {window[0]}x{window[1]}")
     for name, v in metrics["per_class_iou"].items():
         click.echo(f"  {name:<20} IoU {'-' if v is None else f'{v:.4f}'}")
     click.echo(f"-> {dest}")

@@ -15,4 +15,15 @@ from __future__ import annotations
 
 from segclip.data.registry import DATASETS, PATCH_DEFAULTS, build_dataset, dataset_info
 
-__all__ = ["DATASETS", "PATCH_DEFAULTS", "build_dataset", "dataset_info"]
+def dataset_label_ids(classes):
+    """For a model trained on a dataset whose mask files use other ids than the model's 0..K-1:
+    ``(name, encode, {file id: (class name, colour)})``, found by the model's class list; None when
+    the mask files already hold the class indices (folder index masks) or hold colours (iSAID, UAVid)."""
+    from segclip.data import loveda
+
+    if tuple(classes) == tuple(loveda.CLASSES):  # LoveDA and the sample set (LoveDA format)
+        return "loveda", loveda.to_file_ids, loveda.FILE_IDS
+    return None
+
+
+__all__ = ["DATASETS", "PATCH_DEFAULTS", "build_dataset", "dataset_info", "dataset_label_ids"]

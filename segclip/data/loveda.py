@@ -27,6 +27,19 @@ _LUT[0] = IGNORE_INDEX
 _LUT[1:8] = np.arange(7)
 
 
+def to_file_ids(mask: np.ndarray) -> np.ndarray:
+    """Model class map (0..6, 255 = no-data) -> LoveDA mask-file ids (1..7, 0 = no-data), the
+    inverse of the reader's mapping (what LoveDA submissions and ground truth use)."""
+    mask = np.asarray(mask)
+    out = (mask.astype(np.int16) + 1).clip(0, 255).astype(np.uint8)
+    out[mask == IGNORE_INDEX] = 0
+    return out
+
+
+# mask-file id -> (name, colour) after to_file_ids
+FILE_IDS = {0: ("no-data", (0, 0, 0)), **{i + 1: (c, PALETTE[i]) for i, c in enumerate(CLASSES)}}
+
+
 class LoveDADataset(SegDataset):
     name = "loveda"
     metadata_keys = ("domain",)  # Urban/Rural from the folders: the scene prompt's built-in source

@@ -38,10 +38,23 @@ def scene_ids_for(dataset, scenes, metadata: bool = True):
     return [scenes.scene_id(dataset.meta(i)) if metadata else 0 for i in range(len(dataset))]
 
 
+def runner_predict_fn(runner) -> tuple:
+    """``(predict_fn, mode)`` for ``evaluate`` over any ``Runner``: its scores when it outputs them,
+    else its class maps (blended by the sliding window's class-map rule)."""
+    key = "scores" if runner.signature.scores else "mask"
+
+    def fn(batch: np.ndarray, scene_ids=None) -> np.ndarray:
+        return runner.infer(np.ascontiguousarray(batch, dtype=np.uint8), scene_ids)[key]
+
+    return fn, key
+
+
 def evaluate(scores_fn: Callable, dataset, num_classes: int, window: int, batch_size: int = 4,
-             progress: bool = True, class_names=None, limit: int | None = None, scene_ids=None) -> dict:
+             progress: bool = True, class_names=None, limit: int | None = None, scene_ids=None,
+             mode: str = "scores") -> dict:
     """mIoU, per-class IoU, F1 and overall accuracy of ``scores_fn`` on ``dataset`` (ignore 255).
-    With ``scene_ids`` (one per image) ``scores_fn`` is called as ``scores_fn(batch, ids)``."""
+    With ``scene_ids`` (one per image) ``scores_fn`` is called as ``scores_fn(batch, ids)``;
+    ``mode="mask"``: ``scores_fn`` returns class maps (artifacts without a scores output)."""
     from segclip.data.sliding import sliding_window_predict
 
     cm = ConfusionMatrix(num_classes, getattr(dataset, "ignore_index", 255))
@@ -53,7 +66,8 @@ def evaluate(scores_fn: Callable, dataset, num_classes: int, window: int, batch_
         fn = scores_fn
         if scene_ids is not None:  # every window of an image shares its scene
             fn = (lambda b, s=int(scene_ids[i]): scores_fn(b, np.full(len(b), s, np.int64)))
-        pred = sliding_window_predict(fn, item["image"], window, batch_size=batch_size, num_classes=num_classes)
+        pred = sliding_window_predict(fn, item["image"], window, batch_size=batch_size, num_classes=num_classes,
+                                      mode=mode)
         cm.update(pred, item["mask"])
     out = cm.compute(class_names or getattr(dataset, "classes", None))
     out["images"] = n

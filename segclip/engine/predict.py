@@ -152,7 +152,10 @@ class Predictor:
     """Streams rasters through a ``RunnerPool``.  ``window`` is the model's input size."""
 
     def __init__(self, pool, window: tuple, overlap: float = 0.25, batch: int = 8, bands=None, value_range=None,
-                 overlay: bool = False, progress: bool = True, log: Callable = print, scene: Optional[int] = None):
+                 overlay: bool = False, progress: bool = True, log: Callable = print, scene: Optional[int] = None,
+                 label_ids=None):
+        """``label_ids``: ``segclip.data.dataset_label_ids(...)`` to write the dataset's own mask-file ids
+        (e.g. LoveDA 1..7, 0 = no-data) instead of the model's 0..K-1 (255 = no-data)."""
         self.pool, self.window, self.overlap = pool, window, overlap
         self.batch = max(1, int(batch))
         self.bands, self.value_range, self.overlay = bands, value_range, overlay
@@ -161,6 +164,7 @@ class Predictor:
         sig = pool.signature
         self.classes, self.palette, self.k = list(sig.classes), list(sig.palette), sig.num_classes
         self.mode = "scores" if pool.has_scores else "mask"
+        self.encode, self.file_ids = (label_ids[1], label_ids[2]) if label_ids else (None, None)
 
     # ---- one raster ------------------------------------------------------------------------------
     def predict_file(self, path: Path, stem: Path) -> dict:
@@ -176,7 +180,12 @@ class Predictor:
             try:
                 plan = SlidingPlan(source.height, source.width, self.window, overlap=self.overlap)
                 blender = Blender(plan, self.k, mode=self.mode)
-                sink = ClassMapSink(Path(f"{stem}_mask"), source, self.palette, self.k, IGNORE_INDEX)
+                if self.encode:  # dataset ids: their own colours, their no-data id
+                    ids = range(max(self.file_ids) + 1)
+                    sink = ClassMapSink(Path(f"{stem}_mask"), source, [self.file_ids[i][1] for i in ids], len(ids),
+                                        int(self.encode(np.array([IGNORE_INDEX]))[0]))
+                else:
+                    sink = ClassMapSink(Path(f"{stem}_mask"), source, self.palette, self.k, IGNORE_INDEX)
                 counts, preview = _Counts(self.k), _Preview(source.height, source.width, IGNORE_INDEX)
                 bar = tqdm(total=len(plan), desc=path.name[:30], unit="win", leave=False, position=1,
                            disable=None if self.progress else True, dynamic_ncols=True)  # None: bars on terminals only
@@ -241,7 +250,7 @@ class Predictor:
                         valid = src.valid(y0, 0, y1, src.width)
                         if valid is not None:
                             rows[~valid] = IGNORE_INDEX
-                        sink.write(y0, rows)
+                        sink.write(y0, self.encode(rows) if self.encode else rows)
                         counts.add(rows, valid, src.row_pixel_areas(y0, y1))
                         preview.add(y0, rows)
             except _Stop:
@@ -371,7 +380,11 @@ class Predictor:
             shares = describe_shares(self.shares(r.pop("counts")), self.classes)
             self.log(f"{path.name}: {r['width']}x{r['height']} {r['windows']} windows, {r['seconds']:.1f} s, "
                      f"{r['megapixels_per_s']:.2f} Mpx/s -> {r['outputs']['mask']} ({shares})")
-        if results:
+        if results and self.encode:
+            ids = range(max(self.file_ids) + 1)
+            save_png(legend_image([self.file_ids[i][0] for i in ids], [self.file_ids[i][1] for i in ids], ignore=False),
+                     out / "legend.png")
+        elif results:
             save_png(legend_image(self.classes, self.palette), out / "legend.png")
         return results, errors
 

@@ -22,6 +22,11 @@ def build_model(cfg: ModelConfig, classes: Sequence[str], prompts: Sequence[str]
     encoded once, class and scene prompts in one pass, with the configured frozen open_clip text
     encoder (this is the only place CLIP runs)."""
     cfg.validate()
+    from segclip.modeling.weights import check_pretrained_available
+
+    # every named weight at once, before torchvision/open_clip start their own retries
+    check_pretrained_available(cfg.backbone, cfg.backbone_weights,
+                               cfg.clip_model if text_embeddings is None else None, cfg.clip_pretrained)
     prompts = list(prompts) if prompts is not None else list(make_prompts(classes, template=cfg.prompt_template))
     scene_prompts = list(scenes.prompts) if scenes is not None and scene_embeddings is None else []
     if text_embeddings is None or scene_prompts:

@@ -8,6 +8,8 @@ beyond the classes start from context alone (the "blank" text information CFF le
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Sequence
 
@@ -16,6 +18,22 @@ from torch import nn
 
 from segclip.errors import SegclipError, one_line
 from segclip.modeling.layers import MLP
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool):
+    """Drop open_clip's "No pretrained weights loaded" warning (root logger) while ``active``."""
+    def keep(record) -> bool:
+        return not str(record.getMessage()).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    if active:
+        root.addFilter(keep)
+    try:
+        yield
+    finally:
+        if active:
+            root.removeFilter(keep)
 
 
 def load_clip(model_name: str, pretrained: str | None):
@@ -28,7 +46,8 @@ def load_clip(model_name: str, pretrained: str | None):
     if tag is not None and (os.sep in tag or tag.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not os.path.isfile(tag):
         raise SegclipError(f"CLIP: checkpoint file {tag} not found; pass --clip-checkpoint PATH to an open_clip {model_name} checkpoint")
     try:
-        model = open_clip.create_model(model_name, pretrained=tag, device="cpu")
+        with _quiet_random_init(tag is None):  # random init was asked for: no "no pretrained weights" notice
+            model = open_clip.create_model(model_name, pretrained=tag, device="cpu")
     except SegclipError:
         raise
     except Exception as e:

@@ -29,7 +29,7 @@ from segclip.errors import SegclipError, one_line
 from segclip.signature import MASK_NAME, SCORES_NAME, Signature
 
 
-def file_size_mb(path) -> Optional[float]:
+def file_size_mib(path) -> Optional[float]:
     try:
         return round(os.path.getsize(path) / 2**20, 3)
     except (OSError, TypeError):
@@ -124,7 +124,7 @@ class Runner:
             "backend": self.backend,
             "precision": self.precision,
             "artifact": self.artifact,
-            "size_mb": file_size_mb(self.artifact) if self.artifact and Path(self.artifact).is_file() else None,
+            "size_mib": file_size_mib(self.artifact) if self.artifact and Path(self.artifact).is_file() else None,
             "device": self._device(),
             "providers": self._providers(),
             "input": self._expected(),
@@ -152,4 +152,4 @@ class Runner:
         raise NotImplementedError
 
 
-__all__ = ["Runner", "one_line", "file_size_mb", "MASK_NAME", "SCORES_NAME"]
+__all__ = ["Runner", "one_line", "file_size_mib", "MASK_NAME", "SCORES_NAME"]

@@ -77,3 +77,8 @@ class TorchRunner(Runner):
             except Exception:
                 return self.device
         return self.device
+
+    @property
+    def checkpoint(self) -> dict:
+        """The loaded checkpoint (its train config gives eval's default window)."""
+        return self._ckpt
