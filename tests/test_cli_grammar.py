@@ -12,7 +12,7 @@ SHARED = {
     "eval": {"--data", "--size", "--batch", "--device", "--out"},
     "quickstart": {"--out", "--max-steps", "--device"},
     "export": {"--data", "--size", "--batch", "--device", "--out"},
-    "predict": {"--batch", "--device", "--out"},
+    "predict": {"--size", "--batch", "--device", "--out"},
     "benchmark": {"--data", "--size", "--batch", "--device", "--out"},
     "sample-data": {"--size", "--out"},
     "prepare": {"--out"},

@@ -259,7 +259,7 @@ def test_predict_scene_on_torch_and_onnx_and_bad_scene(scene_export_dir, trained
         for scene in ("rural", "urban"):
             dest = tmp_path / f"{Path(model).name}_{scene}"
             run = CliRunner().invoke(main, ["predict", "--model", str(model), str(img), "--out", str(dest), "--scene", scene,
-                                            "--device", "cpu", "--tile", str(SIZE), "--quiet"])
+                                            "--device", "cpu", "--size", str(SIZE), "--quiet"])
             assert run.exit_code == 0, run.output
             masks[(Path(model).name, scene)] = np.asarray(Image.open(dest / "tile_mask.png"))
     for scene in ("rural", "urban"):  # the checkpoint (PyTorch) and the export (ONNX Runtime) agree per scene

@@ -66,8 +66,8 @@ def trt_check_cmd(model, trt_version):
                    "Triton endpoints to spread the windows over them.")
 @click.argument("inputs", nargs=-1, required=True)
 @out_option(default="predictions", help="Output folder.")
-@click.option("--tile", default=None, type=int, help="Window size for models that take any size (default 1024); "
-                                                      "fixed-size exports use their own.")
+@size_option(legacy="--tile", stride=False, square=True,
+             help="Window size S or SxS for models that take any size (default 1024); fixed-size exports use their own.")
 @click.option("--overlap", default=0.25, show_default=True, type=float, help="Overlap of neighbouring windows.")
 @batch_option("int", default=8, help="Windows per request (default 8; engines with a smaller profile use theirs).")
 @click.option("--bands", default=None, help="1-based bands to read: R,G,B or one grey band (default: RGB by colour "
@@ -87,7 +87,7 @@ def trt_check_cmd(model, trt_version):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--scene", help="Scene of the inputs for a model trained with metadata prompts: a name of its scene table "
               "(e.g. rural, urban) or an id; default generic (metadata unknown).")
-def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
+def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
                 device, providers, timeout, label_ids, quiet, scene):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
@@ -96,8 +96,7 @@ def predict_cmd(models, inputs, out, tile, overlap, batch, bands, value_range, i
     from segclip.data.raster import parse_bands, parse_range
     from segclip.engine.predict import release_freed_memory, summary_lines
 
-    if tile is not None and tile < 1:
-        raise SegclipError(f"--tile {tile}: must be a positive number of pixels; give e.g. --tile 1024")
+    tile = size
     if in_flight < 1:
         raise SegclipError(f"--in-flight {in_flight}: must be >= 1; give e.g. --in-flight 2")
     opts = {k: v for k, v in (("format", fmt), ("device", device), ("providers", providers), ("allow_failed", allow_failed)) if v}
@@ -177,7 +176,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
         else:
             window = (sig.height, sig.width)
             if tile and (tile, tile) != window:
-                raise SegclipError(f"--tile {tile}: the model takes {sig.height}x{sig.width} windows; leave --tile out, "
+                raise SegclipError(f"--size {tile}: the model takes {sig.height}x{sig.width} windows; leave --size out, "
                                    f"or re-export with --size {tile}x{tile}")
         limit = pool.endpoints[0].runners[0].max_batch  # fixed engine profiles; Triton splits big batches itself
         batch = min(batch, limit) if limit else batch
