@@ -16,6 +16,12 @@ unit vectors):
    Runtime p50, batch 1 (also measured with system shared memory).
 4. On an NVIDIA GPU: TensorRT FP16 >= 5x faster than PyTorch eager FP32 at 1024x1024 batch 1 with
    mIoU delta <= 0.1 point (recorded as not measured, with the reason, when there is no GPU).
+5. INT8 on CPU (``segclip export --int8``): ONNX Runtime INT8 >= 2.0x PyTorch eager FP32 at 512x512 and
+   >= 2.5x at 1024x1024, and faster than torch.compile (inductor) and OpenVINO FP32 at both sizes;
+   the table names the fastest segclip CPU path.  Accuracy on a trained model (``--int8-accuracy
+   CKPT``, e.g. the quickstart's segclip-small): pixel agreement >= 98%, |dmIoU| <= 1 point on
+   held-out labelled images.  ``--only int8`` measures this target alone and keeps the other
+   sections of an earlier RESULTS.json.
 
 A/B pairs are timed interleaved (round by round, order alternating), so load from other processes
 on a shared machine falls on both sides alike.  Where a target is missed, the per-operator profiles
@@ -46,6 +52,10 @@ ORT_SPEEDUP = {512: 2.0, 1024: 2.5}
 FLOP_SHARE = 0.60
 TRITON_RATIO = 1.10
 TRT_SPEEDUP, TRT_MIOU_DELTA = 5.0, 0.1
+INT8_SPEEDUP = {512: 2.0, 1024: 2.5}
+INT8_AGREEMENT, INT8_MIOU_POINTS = 0.98, 1.0
+# the CPU paths of target 5: benchmark backend name -> what it runs (segclip.benchmarks.backends)
+INT8_PATHS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 GAP_S = 0.3  # idle seconds before each timed call in the interleaved comparisons
 MAX_FOREIGN = 0.15  # a sample is "clean" when other processes took <= 15% of the machine's CPU time during it
 
@@ -75,7 +85,7 @@ def make_checkpoint(path: Path, preset: str = "segclip-r50", seed: int = 0) -> P
     return path
 
 
-def export_at(ckpt: Path, out: Path, size: int, fp16: bool = False, trt: bool = False) -> Path:
+def export_at(ckpt: Path, out: Path, size: int, fp16: bool = False, trt: bool = False, int8: bool = False, data=None) -> Path:
     from segclip.errors import GateFailed, SegclipError
     from segclip.contract import is_export_dir, read_manifest, sha256_file
     from segclip.export import export
@@ -85,14 +95,15 @@ def export_at(ckpt: Path, out: Path, size: int, fp16: bool = False, trt: bool = 
         m = read_manifest(d)
         arts = m.get("artifacts") or {}
         if (m.get("source") or {}).get("sha256") == sha256_file(ckpt) and (not fp16 or "onnx_fp16" in arts) \
-                and (not trt or (arts.get("tensorrt") or {}).get("file")):
+                and (not trt or (arts.get("tensorrt") or {}).get("file")) and (not int8 or "onnx_int8_cpu" in arts):
             log(f"reusing {d}")
             return d
     log(f"exporting {ckpt.name} at {size}x{size} (onnx{', fp16' if fp16 else ''}{', tensorrt' if trt else ''}) -> {d}")
     t0 = time.perf_counter()
     try:
-        export(ckpt, d, fp16=fp16, trt=trt, size=size, batch=(1, 1, 1), parity_images=2, force=True,
-               log=lambda m: log(f"  export: {m.splitlines()[0]}"))
+        # INT8 of a random-init model: latency only (its class maps are near-ties), so no fallback rounds
+        export(ckpt, d, fp16=fp16, trt=trt, size=size, batch=(1, 1, 1), parity_images=2, force=True, int8=int8,
+               data=data, int8_fallback=0, log=lambda m: log(f"  export: {m.splitlines()[0]}"))
     except GateFailed as e:
         log(f"  export parity gate failed (artifacts kept, measured anyway): {e}")
     except SegclipError as e:
@@ -289,6 +300,164 @@ def gpu_target(ckpt: Path, out: Path, size: int, reps: int, warmup: int, budget_
     return res
 
 
+# ---- target 5: INT8 on CPU -------------------------------------------------------------------------------
+def sample_data(out: Path, size: int, n: int = 24) -> str:
+    from segclip.data.sample import generate_sample_dataset
+
+    root = out / f"sample_{size}"
+    generate_sample_dataset(root, num_train=1, num_val=n, size=size)
+    return f"sample:{root}:val"
+
+
+def int8_speed(ckpt: Path, out: Path, sizes, threads: int, reps: int, warmup: int, min_clean: int, max_s: float) -> dict:
+    """Every CPU path of segclip on the same inputs, interleaved, batch 1, at each size."""
+    from segclip.benchmarks.backends import BACKENDS
+    from segclip.benchmarks.core import Settings
+    from segclip.runtime import load_runner
+
+    res = {}
+    for size in sizes:
+        d = export_at(ckpt, out, size, int8=True, data=sample_data(out, size))
+        settings = Settings(device="cpu", threads=threads)
+        runners, unavailable = {}, {}
+        for name in INT8_PATHS:
+            spec = BACKENDS[name]
+            why = spec.probe(settings) if spec.probe else None
+            if why:
+                unavailable[name] = why
+                continue
+            src = ckpt if spec.source == "checkpoint" else d
+            kw = {} if spec.source == "checkpoint" else {"format": spec.artifact, "allow_failed": True}
+            runners[name] = load_runner(src, **kw, **spec.options(settings))
+        inputs = random_batches(1, size, size, count=3)
+        for name, r in list(runners.items()):
+            try:
+                t0 = time.perf_counter()
+                r.activate()
+                r.infer(inputs[0])  # torch.compile compiles here; OpenVINO compiles the shape
+                log(f"  {name}: ready in {time.perf_counter() - t0:.1f} s")
+            except Exception as e:
+                unavailable[name] = " ".join(str(e).split())[:300]
+                runners.pop(name)
+        log(f"INT8 {size}x{size}: {', '.join(runners)} interleaved, batch 1, {threads} threads")
+        t = measure_interleaved({n: r.infer for n, r in runners.items()}, inputs, warmup=warmup, min_rounds=reps, gap_s=GAP_S,
+                                min_clean=min_clean, max_foreign=MAX_FOREIGN, max_s=max_s, log=log)
+        for r in runners.values():
+            r.deactivate()
+        rows = {n: timing_summary(v) for n, v in t.items()}
+        basis, p50s = pick(list(rows.values()))
+        p50 = dict(zip(rows, p50s))
+        from segclip.export import read_manifest
+
+        arts = read_manifest(d)["artifacts"]
+        sizes_mb = {k: round((d / a["file"]).stat().st_size / 2**20, 2) for k, a in arts.items() if a.get("file")}
+        res[size] = {"timing": rows, "basis": basis, "p50": p50, "unavailable": unavailable, "file_mb": sizes_mb,
+                     "speedup_vs_torch": {n: round(p50["torch"] / v, 3) for n, v in p50.items()} if "torch" in p50 else {},
+                     "fastest": min(p50, key=p50.get), "export": str(d)}
+        log("  " + ", ".join(f"{n} {v:.0f} ms" for n, v in p50.items()) + f" ({basis} samples); fastest {res[size]['fastest']}")
+    return res
+
+
+def int8_accuracy(ckpt: Path, out: Path, data, size: int) -> dict:
+    """The exporter's own INT8 gate on a trained model: held-out labelled images, never calibration ones."""
+    from segclip.errors import GateFailed
+    from segclip.export import export, read_manifest
+
+    d = out / f"int8_accuracy_{size}"
+    data = data or sample_data(out, size, n=32)
+    try:
+        export(ckpt, d, int8=True, data=data, size=size, calib_images=16, parity_images=16, batch=(1, 1, 4), force=True,
+               log=lambda m: log(f"  export: {m.splitlines()[0]}"))
+    except GateFailed as e:
+        log(f"  INT8 gate failed: {e}")
+    m = read_manifest(d)
+    rows = {}
+    for k in ("onnx_int8", "onnx_int8_cpu"):
+        a = m["artifacts"][k]
+        rows[k] = {"pixel_agreement": a["parity"]["pixel_agreement"], "miou": a["parity"]["miou"],
+                   "miou_delta_points": None if a["parity"]["miou_delta"] is None else round(100 * a["parity"]["miou_delta"], 3),
+                   "per_class_iou_delta": a["parity"].get("per_class_iou_delta"), "status": a["status"],
+                   "fallback_float_nodes": [x["name"] for x in a["int8"].get("fallback_float_nodes", [])]}
+    cal = m["artifacts"]["onnx_int8"]["int8"]["calibration"]
+    return {"checkpoint": str(ckpt), "size": size, "data": cal["source"], "calibration_images": cal["calibration_images"],
+            "gate_images": cal["gate_images"], "torch_miou": m["parity"]["reference"]["miou"], "rows": rows,
+            "table": m["parity"]["table"]}
+
+
+def int8_targets(res: dict) -> list:
+    out = []
+    i8 = res.get("int8") or {}
+    for size, r in (i8.get("speed") or {}).items():
+        size = int(size)
+        sp = r["speedup_vs_torch"].get("onnxruntime-int8")
+        req = INT8_SPEEDUP.get(size, 2.0)
+        out.append({"id": "5", "name": f"ORT CPU INT8 vs PyTorch eager FP32, {size}x{size} batch 1", "measured": sp,
+                    "measured_text": f"{sp:.2f}x" if sp else "not measured", "required_text": f">= {req:g}x",
+                    "verdict": verdict(sp, req, True)})
+        p = r["p50"]
+        if "onnxruntime-int8" in p:
+            others = {k: p[k] for k in ("torch-compile", "openvino") if k in p}
+            worst = min(others.values()) / p["onnxruntime-int8"] if others else None
+            out.append({"id": "5", "name": f"ORT CPU INT8 faster than torch-compile and OpenVINO FP32, {size}x{size}",
+                        "measured": worst, "measured_text": ", ".join(f"{k} / ORT INT8 = {v / p['onnxruntime-int8']:.2f}x" for k, v in others.items())
+                        + "".join(f"; {k}: {w}" for k, w in r["unavailable"].items() if k in ("torch-compile", "openvino")),
+                        "required_text": "> 1x each", "verdict": verdict(worst, 1.0, True) if worst is None or worst != 1.0 else verdict(worst, 1.0001, True)})
+    acc = i8.get("accuracy")
+    if acc:
+        for k, row in acc["rows"].items():
+            out.append({"id": "5", "name": f"INT8 {k} vs PyTorch FP32 on a trained model: pixel agreement", "measured": row["pixel_agreement"],
+                        "measured_text": f"{100 * row['pixel_agreement']:.2f}%", "required_text": f">= {100 * INT8_AGREEMENT:.0f}%",
+                        "verdict": verdict(row["pixel_agreement"], INT8_AGREEMENT, True)})
+            d = row["miou_delta_points"]
+            out.append({"id": "5", "name": f"INT8 {k} vs PyTorch FP32 on a trained model: |dmIoU|", "measured": d,
+                        "measured_text": "n/a" if d is None else f"{d:+.2f} points", "required_text": f"<= {INT8_MIOU_POINTS:g} point",
+                        "verdict": verdict(None if d is None else abs(d), INT8_MIOU_POINTS, False)})
+    return out
+
+
+def int8_section(res: dict) -> list:
+    i8 = res.get("int8")
+    L = ["", "## 5. INT8 on CPU: every segclip CPU path side by side", ""]
+    if not i8:
+        return L + ["not measured in this run (`--only int8` measures it)."]
+    if i8.get("measured"):
+        L += [f"Measured {i8['measured']} (`{i8.get('command', '')}`); load average before: {i8.get('load_before')}, after: "
+              f"{i8.get('load_after')}.", ""]
+    L += [f"INT8 graphs by `segclip export --int8` (ONNX Runtime `quantize_static`, QDQ, per-channel int8 weights, "
+          f"{i8.get('calibration', '16 calibration images of a rendered sample set at the same size')}): `model_int8_cpu.onnx` "
+          f"(uint8 activations) for ONNX Runtime, `model_int8.onnx` (symmetric int8, the TensorRT graph) for OpenVINO. "
+          f"Same random-init `{res.get('preset', 'segclip-r50')}` as above (latency does not depend on training). "
+          f"Interleaved rounds, {GAP_S} s idle before each call, batch 1, {res.get('threads')} threads; p50 ms (samples).", ""]
+    for size, r in (i8.get("speed") or {}).items():
+        L += [f"**{size}x{size}** ({r['basis']} samples); fastest: **{r['fastest']}**", "",
+              "| path | p50 ms | speedup vs torch eager | file MB |", "|---|---:|---:|---:|"]
+        fm = r["file_mb"]
+        files = {"onnxruntime": fm.get("onnx"), "openvino": fm.get("onnx"), "onnxruntime-int8": fm.get("onnx_int8_cpu"),
+                 "openvino-int8": fm.get("onnx_int8")}
+        for n, v in r["p50"].items():
+            t = r["timing"][n]
+            L.append(f"| {n} | {v:.1f} ({(t.get('clean') or t)['reps']}) | {r['speedup_vs_torch'].get(n, 0):.2f}x | "
+                     f"{files.get(n) if files.get(n) is not None else '-'} |")
+        for n, why in r["unavailable"].items():
+            L.append(f"| {n} | unavailable: {why} | - | - |")
+        L.append("")
+    sp = i8.get("speed") or {}
+    if sp:
+        r0 = next(iter(sp.values()))
+        fm = r0["file_mb"]
+        if fm.get("onnx") and fm.get("onnx_int8_cpu"):
+            L += [f"File sizes: `model.onnx` {fm['onnx']} MB, `model_int8.onnx` {fm.get('onnx_int8')} MB, `model_int8_cpu.onnx` "
+                  f"{fm['onnx_int8_cpu']} MB ({fm['onnx_int8_cpu'] / fm['onnx']:.2f} of FP32).", ""]
+    acc = i8.get("accuracy")
+    if acc:
+        L += [f"**Accuracy** ({acc['checkpoint']}, {acc['size']}x{acc['size']}): calibrated on {acc['calibration_images']} images of "
+              f"{acc['data']}, gated on {acc['gate_images']} other labelled images of it (never a calibration image). "
+              f"Torch FP32 mIoU {acc['torch_miou']}.", "", "```", acc["table"], "```", ""]
+    if i8.get("quantizers"):
+        L += ["**Quantizer choice.** " + i8["quantizers"], ""]
+    return L
+
+
 # ---- RESULTS.md -------------------------------------------------------------------------------------
 def _v(v: dict) -> str:
     if v["result"] == "PASS":
@@ -406,6 +575,7 @@ def write_results(res: dict, path: Path) -> None:
         L += [f"**{gp.get('status')}.** The code path is ready for a GPU box: `run_targets.py` exports the engine "
               f"(`segclip export --fp16 --trt --size 1024`), times `TensorRTRunner` against the PyTorch runner on cuda "
               f"(interleaved, >= 20 rounds) and compares mIoU on a labelled set (`--data`, else a generated 1024 px sample set)."]
+    L += int8_section(res)
     if res.get("notes"):
         L += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     L += ["", f"Raw numbers, per-sample times and the profiles: `{res['json']}` (written by the same run).", ""]
@@ -435,8 +605,15 @@ def main(argv=None) -> int:
                     help="only re-write --results (and its .json twin) from a targets.json of an earlier run; measures nothing")
     ap.add_argument("--variants", choices=["auto", "all", "none"], default="auto",
                     help="ORT session/graph variants (benchmarks/variants.py): at the largest size that misses the speedup target")
+    ap.add_argument("--only", choices=["all", "int8"], default="all",
+                    help="int8: measure target 5 alone, keeping the other sections of an earlier --results JSON")
+    ap.add_argument("--int8-accuracy", metavar="CKPT", default=None,
+                    help="trained checkpoint for the INT8 accuracy gate (e.g. QUICKSTART/run/model_final.pt)")
+    ap.add_argument("--int8-accuracy-size", type=int, default=256)
     args = ap.parse_args(argv)
     results = Path(args.results)
+    if args.only == "int8":
+        return main_int8(args, results)
     if args.render:
         res = json.loads(Path(args.render).read_text())
         res["json"] = str(results.with_suffix(".json").name)
@@ -568,6 +745,47 @@ def main(argv=None) -> int:
     for t in targets:
         log(f"target {t['id']}: {t['name']}: {t['measured_text']} (required {t['required_text']}) -> {_v(t['verdict'])}")
     log(f"wrote {results} and {results.with_suffix('.json')} in {res['seconds'] / 60:.1f} min")
+    return 0
+
+
+def run_int8(res: dict, args, out: Path, ckpt: Path, threads: int, sizes) -> None:
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    log(f"target 5 (INT8 on CPU), load average {load_before}")
+    i8 = {"load_before": load_before, "measured": None}
+    i8["speed"] = int8_speed(ckpt, out, sizes, threads, args.reps, args.warmup, args.reps if args.wait_clean else 0,
+                             args.max_minutes * 60)
+    if args.int8_accuracy:
+        i8["accuracy"] = int8_accuracy(Path(args.int8_accuracy), out, args.data, args.int8_accuracy_size)
+    i8["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    i8["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    res["int8"] = i8
+    res["targets"] = [t for t in res.get("targets", []) if t["id"] != "5"] + int8_targets(res)
+
+
+def main_int8(args, results: Path) -> int:
+    """Target 5 alone; the other sections come from the earlier results JSON beside --results."""
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = int(args.threads or default_threads())
+    set_threads(threads)
+    prev = results.with_suffix(".json")
+    res = json.loads(prev.read_text()) if prev.is_file() else None
+    if res is None:
+        log(f"{prev} not found: run without --only first")
+        return 2
+    ckpt = make_checkpoint(out / f"{res.get('preset', args.preset)}-random.pt", res.get("preset", args.preset))
+    run_int8(res, args, out, ckpt, threads, [int(s) for s in args.sizes.split(",") if s.strip()])
+    res["int8"]["command"] = "cd " + str(HERE.parent) + " && " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(sys.executable, HERE.parent), "benchmarks/run_targets.py", *sys.argv[1:]])
+    res["int8"]["seconds"] = round(time.perf_counter() - t_start, 1)
+    text = json.dumps(res, indent=2, default=str) + "\n"
+    (out / "targets.json").write_text(text)
+    prev.write_text(text)
+    write_results(res, results)
+    for t in res["targets"]:
+        if t["id"] == "5":
+            log(f"target 5: {t['name']}: {t['measured_text']} (required {t['required_text']}) -> {_v(t['verdict'])}")
     return 0
 
 

@@ -58,7 +58,9 @@ from segclip.signature import DEFAULT_SCENE, SCENE_DTYPE, SCENE_NAME, Signature,
 MANIFEST_NAME = "manifest.json"
 FORMAT = "segclip-export"
 FORMAT_VERSION = 1
-FORMATS = ("onnx", "onnx_fp16", "tensorrt")  # the manifest's artifact keys, in load_runner's default order
+# the manifest's artifact keys; INT8: the symmetric Q/DQ graph (TensorRT, OpenVINO), the u8/s8 one ONNX
+# Runtime runs fastest on x86, and the symmetric one with FP16 elsewhere (INT8 + FP16 TensorRT engines)
+FORMATS = ("onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "onnx_int8_fp16", "tensorrt")
 TRTEXEC_NAME = "trtexec.sh"
 
 # artifact "status" values
@@ -215,7 +217,8 @@ def tensorrt_unavailable_reason() -> Optional[str]:
     return None
 
 
-_FLAGS = {"onnx_fp16": " --fp16", "tensorrt": " --trt"}
+_FLAGS = {"onnx_fp16": " --fp16", "tensorrt": " --trt", "onnx_int8": " --int8", "onnx_int8_cpu": " --int8",
+          "onnx_int8_fp16": " --int8 --fp16 --trt"}
 
 
 def artifact_problem(manifest: dict, key: str, directory=None, *, allow_failed: bool = False) -> Optional[str]:

@@ -8,7 +8,8 @@ Every spec names where its runner comes from:
 
 * ``checkpoint``: the PyTorch reference (``SegCLIPInference``, the module that is exported);
 * ``artifact``: an artifact of the export directory (``manifest.json`` key: onnx, onnx_fp16,
-  tensorrt), through ``segclip.runtime.load_runner(export_dir, format=...)``;
+  onnx_int8, onnx_int8_cpu, tensorrt), through ``segclip.runtime.load_runner(export_dir, format=...)``
+  (``runtime="openvino"`` in the options for the OpenVINO rows);
 * ``triton``: a model URL on a Triton server (``grpc://`` or ``http://``).
 """
 from __future__ import annotations
@@ -43,6 +44,32 @@ def _ort_opts(ctx) -> dict:
     return {"providers": "cpu" if ctx.device == "cpu" else None, "threads": ctx.threads}
 
 
+def _torch_compile_opts(ctx) -> dict:
+    return {**_torch_opts(ctx), "compile": True, "name": "torch-compile"}
+
+
+def _openvino_opts(ctx) -> dict:
+    return {"runtime": "openvino", "threads": ctx.threads}
+
+
+def _openvino_probe(ctx) -> Optional[str]:
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'segclip[openvino]')"
+    if ctx.device != "cpu":
+        return "segclip's OpenVINO rows run on the CPU; benchmark with --device cpu"
+    return None
+
+
+def _torch_compile_probe(ctx) -> Optional[str]:
+    import shutil
+
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        return "torch.compile (inductor) needs a C/C++ compiler on the CPU and none is on PATH"
+    return None
+
+
 def _trt_opts(ctx) -> dict:
     return {"device": ctx.device} if ctx.device.startswith("cuda") else {}
 
@@ -60,6 +87,13 @@ BACKENDS = {
     "torch": BackendSpec("torch", "checkpoint", options=_torch_opts),
     "onnxruntime": BackendSpec("onnxruntime", "artifact", artifact="onnx", options=_ort_opts),
     "onnxruntime-fp16": BackendSpec("onnxruntime-fp16", "artifact", artifact="onnx_fp16", options=_ort_opts),
+    # INT8 Q/DQ: the uint8-activation graph ONNX Runtime runs fastest on x86; OpenVINO runs the symmetric one
+    "onnxruntime-int8": BackendSpec("onnxruntime-int8", "artifact", artifact="onnx_int8_cpu", options=_ort_opts),
+    "openvino": BackendSpec("openvino", "artifact", artifact="onnx", options=_openvino_opts, probe=_openvino_probe),
+    "openvino-int8": BackendSpec("openvino-int8", "artifact", artifact="onnx_int8", options=_openvino_opts,
+                                 probe=_openvino_probe),
+    # torch.compile (inductor) FP32: what a PyTorch user would try instead of exporting
+    "torch-compile": BackendSpec("torch-compile", "checkpoint", options=_torch_compile_opts, probe=_torch_compile_probe),
     "tensorrt": BackendSpec("tensorrt", "artifact", artifact="tensorrt", options=_trt_opts, probe=_trt_probe),
     "triton-grpc": BackendSpec("triton-grpc", "triton", protocol="grpc", options=_triton_opts),
     "triton-http": BackendSpec("triton-http", "triton", protocol="http", options=_triton_opts),
@@ -68,7 +102,9 @@ DEFAULT_BACKENDS = tuple(BACKENDS)
 QUICK_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16")
 REFERENCE = "torch"
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "ort-fp16": "onnxruntime-fp16", "onnx-fp16": "onnxruntime-fp16",
-           "onnx_fp16": "onnxruntime-fp16", "trt": "tensorrt", "pytorch": "torch", "triton": "triton-grpc"}
+           "onnx_fp16": "onnxruntime-fp16", "trt": "tensorrt", "pytorch": "torch", "triton": "triton-grpc",
+           "ort-int8": "onnxruntime-int8", "onnx-int8": "onnxruntime-int8", "onnx_int8": "onnxruntime-int8",
+           "ov": "openvino", "ov-int8": "openvino-int8", "compile": "torch-compile"}
 
 
 def parse_backends(value) -> list:

@@ -60,12 +60,12 @@ def parse_triton_urls(value) -> dict:
 class Sources:
     """The checkpoint (PyTorch reference) and an export directory per benchmark size."""
 
-    def __init__(self, source, work_dir: Path, *, fp16: bool, trt: bool, max_batch: int, log):
+    def __init__(self, source, work_dir: Path, *, fp16: bool, trt: bool, max_batch: int, log, int8: bool = False):
         from segclip.engine.checkpoint import resolve_checkpoint
 
         p = Path(source)
         self.work_dir = work_dir
-        self.fp16, self.trt, self.max_batch = fp16, trt, max_batch
+        self.fp16, self.trt, self.int8, self.max_batch = fp16, trt, int8, max_batch
         self.log = log
         self.base_export: Optional[Path] = None
         self.base_manifest: Optional[dict] = None
@@ -146,6 +146,7 @@ class Sources:
                 arts = m.get("artifacts") or {}
                 same = (m.get("source") or {}).get("sha256") == sha256_file(self.checkpoint)
                 if same and "onnx" in arts and (not self.fp16 or "onnx_fp16" in arts) and (not self.trt or "tensorrt" in arts) \
+                        and (not self.int8 or "onnx_int8" in arts) \
                         and int((m.get("input") or {}).get("batch", {}).get("max", 0)) >= self.max_batch:
                     self.log(f"using the export in {d}")
                     return d, m
@@ -153,12 +154,13 @@ class Sources:
                 pass
         from segclip.export import export
 
-        self.log(f"exporting {self.checkpoint} at {h}x{w} to {d} (onnx{', fp16' if self.fp16 else ''}{', tensorrt' if self.trt else ''})")
+        self.log(f"exporting {self.checkpoint} at {h}x{w} to {d} (onnx{', fp16' if self.fp16 else ''}{', int8' if self.int8 else ''}"
+                 f"{', tensorrt' if self.trt else ''})")
         t0 = time.perf_counter()
         quiet = lambda *a, **k: None  # noqa: E731
         try:
             export(self.checkpoint, d, onnx=True, fp16=self.fp16, trt=self.trt, batch=(1, 1, max(1, self.max_batch)),
-                   size=(h, w), parity_images=2, force=True, log=quiet)
+                   size=(h, w), parity_images=2, force=True, int8=self.int8, int8_fallback=0, log=quiet)
         except GateFailed:
             pass  # artifacts kept and marked failed: measured anyway, flagged in the rows' notes
         except SegclipError as e:
@@ -455,7 +457,9 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
         import importlib.util
 
         want_trt = "tensorrt" in names and torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
-        sources = Sources(source, work_dir, fp16="onnxruntime-fp16" in names, trt=want_trt, max_batch=max(batches), log=log)
+        int8 = any(BACKENDS[n].artifact in ("onnx_int8", "onnx_int8_cpu") for n in names)
+        sources = Sources(source, work_dir, fp16="onnxruntime-fp16" in names, trt=want_trt, max_batch=max(batches), log=log,
+                          int8=int8)
         data_items = data_desc = None
         if data_spec is not None:
             data_items, data_desc = acc.load_items(data_spec, limit, sources.classes)

@@ -8,6 +8,7 @@ import click
 
 from segclip.cli.group import clean_partials
 from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
+from segclip.contract import FORMATS
 from segclip.errors import SegclipError
 
 
@@ -15,13 +16,20 @@ from segclip.errors import SegclipError
 @click.argument("source", type=click.Path())
 @click.option("--onnx", "onnx_", is_flag=True, help="ONNX FP32 (always written: the other formats derive from it).")
 @click.option("--fp16", is_flag=True, help="Also model_fp16.onnx: FP16 weights/ops with FP32 islands (strongly typed).")
+@click.option("--int8", is_flag=True, help="Also model_int8.onnx (symmetric Q/DQ, TensorRT) and model_int8_cpu.onnx (u8/s8, x86 CPUs), calibrated on --data.")
+@click.option("--calib-images", default=16, show_default=True, type=int, help="INT8 calibration images from --data (the gate uses others).")
+@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]))
+@click.option("--int8-threshold", default="0.98:1.0", show_default=True, metavar="AGREEMENT[:MIOU_POINTS]",
+              help="INT8 gate: min pixel agreement and max |dmIoU| in points.")
+@click.option("--int8-fallback", default=12, show_default=True, type=int,
+              help="When the INT8 gate fails: at most this many most sensitive Conv/MatMul nodes go back to float.")
 @click.option("--trt", is_flag=True, help="Also a TensorRT engine (needs an NVIDIA GPU + tensorrt; else writes trtexec.sh and exits 2).")
 @batch_option("profile", default="1:1:8", legacy=None, help="Batch profile (dynamic batch in ONNX; TensorRT profile).")
 @size_option(help="Input HxW, multiples of 32 (default: the checkpoint's training crop size, else 512).")
 @click.option("--dynamic-size", is_flag=True, help="Dynamic H/W in the ONNX (checked at a second size).")
 @click.option("--scores", is_flag=True, help="Also output the N x K x H x W FP32 class scores.")
 @click.option("--opset", default=17, show_default=True, type=int)
-@data_option(required=False, help="Parity images (default: the rendered sample set).")
+@data_option(required=False, help="Parity (and INT8 calibration) images (default: the rendered sample set).")
 @click.option("--parity-images", default=8, show_default=True, type=click.IntRange(min=1), help="Images through PyTorch and every artifact.")
 @out_option(help="Export directory (default: RUN_DIR/export or next to the checkpoint).")
 @device_option(help="Device for the PyTorch reference of the parity gate and the TensorRT build (default: cpu; TensorRT: cuda).")
@@ -29,14 +37,16 @@ from segclip.errors import SegclipError
 @click.option("--fp32-threshold", default=0.999, show_default=True, type=float, help="Min pixel agreement, FP32 artifacts.")
 @click.option("--fp16-threshold", default=0.995, show_default=True, type=float, help="Min pixel agreement, FP16 artifacts.")
 @click.option("--workspace", default=4096, show_default=True, type=int, help="TensorRT workspace limit (MiB).")
-def export_cmd(source, onnx_, fp16, trt, batch, size, dynamic_size, scores, opset, data, parity_images, out, device, force,
+def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_threshold, int8_fallback, trt, batch, size,
+               dynamic_size, scores, opset, data, parity_images, out, device, force,
                fp32_threshold, fp16_threshold, workspace):
-    """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
+    """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / INT8 Q/DQ ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
     from segclip.export import export
 
     export(source, out=out, device=device, onnx=True, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
            opset=opset, data=data, parity_images=parity_images, force=force, fp32_threshold=fp32_threshold,
-           fp16_threshold=fp16_threshold, workspace_mb=workspace, log=click.echo)
+           fp16_threshold=fp16_threshold, workspace_mb=workspace, int8=int8, calib_images=calib_images,
+           calib_method=calib_method, int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=click.echo)
 
 
 @click.command("trt-check")
@@ -78,7 +88,10 @@ def trt_check_cmd(model, trt_version):
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (class colours over the image).")
 @click.option("--force", is_flag=True, help="Replace outputs already in --out (default: refuse).")
 @click.option("--allow-failed", is_flag=True, help="Use an export artifact that failed its parity gate anyway.")
-@click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "onnx_fp16", "tensorrt"]), help="Artifact of an export dir.")
+@click.option("--format", "fmt", default=None, type=click.Choice(list(FORMATS)),
+              help="Artifact of an export dir (onnx_int8_cpu: the INT8 graph ONNX Runtime runs fastest on x86).")
+@click.option("--runtime", default=None, type=click.Choice(["onnxruntime", "openvino"]),
+              help="Runtime for ONNX artifacts (default onnxruntime; openvino: OpenVINO CPU).")
 @device_option(providers_alias=True, help="cpu, cuda or cuda:N for torch, ONNX Runtime and TensorRT (default: cuda when visible).")
 @click.option("--timeout", default=None, type=float, help="Seconds before a Triton request counts as failed (default 60).")
 @click.option("--label-ids", type=click.Choice(["model", "dataset"]), default="model", show_default=True,
@@ -88,7 +101,7 @@ def trt_check_cmd(model, trt_version):
 @click.option("--scene", help="Scene of the inputs for a model trained with metadata prompts: a name of its scene table "
               "(e.g. rural, urban) or an id; default generic (metadata unknown).")
 def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
-                device, providers, timeout, label_ids, quiet, scene):
+                runtime, device, providers, timeout, label_ids, quiet, scene):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
     import sys
@@ -99,7 +112,8 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
     tile = size
     if in_flight < 1:
         raise SegclipError(f"--in-flight {in_flight}: must be >= 1; give e.g. --in-flight 2")
-    opts = {k: v for k, v in (("format", fmt), ("device", device), ("providers", providers), ("allow_failed", allow_failed)) if v}
+    opts = {k: v for k, v in (("format", fmt), ("runtime", runtime), ("device", device), ("providers", providers),
+                              ("allow_failed", allow_failed)) if v}
     if timeout is not None and timeout <= 0:
         raise SegclipError(f"--timeout {timeout}: must be > 0 seconds; give e.g. --timeout 60")
     release_freed_memory()

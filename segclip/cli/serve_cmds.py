@@ -22,8 +22,8 @@ from segclip.parsers import split_list
               help="Instance kind for segclip_onnx/segclip_python (segclip_trt is always GPU).")
 @click.option("--models", "models", multiple=True,
               help="Which of segclip_onnx, segclip_trt, segclip_python to write (comma list; default: all the export supports).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="ONNX artifact served by segclip_onnx/segclip_python.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="ONNX artifact served by segclip_onnx/segclip_python (int8: model_int8.onnx for --kind gpu, model_int8_cpu.onnx for cpu).")
 @click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime intra-op threads per instance (0: its default).")
 @click.option("--force", is_flag=True, help="Replace models already in --out.")
 def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind, models, precision, threads, force):

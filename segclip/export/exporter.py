@@ -1,6 +1,7 @@
-"""The ``Exporter``: checkpoint -> ONNX (FP32), FP16 ONNX, TensorRT engine, each behind a parity gate.
+"""The ``Exporter``: checkpoint -> ONNX (FP32), FP16 ONNX, INT8 Q/DQ ONNX, TensorRT engine, each behind a parity gate.
 
-One method per format (Ultralytics style): ``export_onnx``, ``export_fp16``, ``export_tensorrt``;
+One method per format (Ultralytics style): ``export_onnx``, ``export_fp16``, ``export_int8`` (one
+per flavour of ``int8.FLAVOURS``), ``export_int8_fp16``, ``export_tensorrt``;
 a new format adds an ``export_<format>`` method, a line in ``run()`` and, when it can be run
 here, its runner in ``parity_candidates``.  ``parity`` runs the PyTorch runner and every artifact
 on the same images.  Constructing an ``Exporter`` only checks its arguments; all I/O (checkpoint,
@@ -63,14 +64,19 @@ class Exporter:
     fp16_threshold: float = 0.995
     workspace_mb: int = 4096
     device: Optional[str] = None  # torch reference + TensorRT GPU; None: cpu reference, cuda:0 engine
+    int8: bool = False
+    calib_images: int = 16
+    calib_method: str = "minmax"
+    int8_threshold: object = None  # "AGREEMENT[:MIOU_POINTS]", default 0.98:1.0
+    int8_fallback: int = 12  # at most this many quantized nodes kept in float when the INT8 gate fails
     log: object = print
 
     def __post_init__(self):
         """Argument checks only (no I/O): a bad option fails before anything is read or written."""
         self.batch = parse_batch(self.batch)
         self.size = parse_size(self.size)
-        if not (self.onnx or self.fp16 or self.trt):
-            raise SegclipError("nothing to export: give --onnx, --fp16 and/or --trt")
+        if not (self.onnx or self.fp16 or self.trt or self.int8):
+            raise SegclipError("nothing to export: give --onnx, --fp16, --int8 and/or --trt")
         for name in ("fp32_threshold", "fp16_threshold"):
             v = getattr(self, name)
             if not 0.0 < float(v) <= 1.01:
@@ -86,6 +92,15 @@ class Exporter:
         if int(self.opset) < MIN_OPSET:
             raise SegclipError(f"--opset {self.opset}: segclip needs opset >= {MIN_OPSET} (LayerNormalization, GridSample); "
                                f"give e.g. --opset 17")
+        self.int8_data = None
+        if self.int8:
+            from segclip.export import int8 as q8
+
+            if self.dynamic_size:
+                raise SegclipError("--int8 with --dynamic-size: calibrate and gate at a fixed --size")
+            q8.check_calibration_args(self.calib_images, self.calib_method)
+            self.int8_agreement, self.int8_miou_points = q8.parse_int8_threshold(self.int8_threshold)
+        self.int8_twins = {}
         self.artifacts = {}
         self.twins = {}  # format -> scores-enabled twin file (for score differences in the gate)
         self.trt_twin = None  # scores-enabled twin engine (under .parity/) when the public engine has no scores
@@ -119,6 +134,11 @@ class Exporter:
         self.signature = signature_from_checkpoint(self.ckpt, height=h, width=w, scores=self.scores, max_batch=self.batch[2])
         self.twin_signature = dataclasses.replace(self.signature, scores=True)
         self.trt_reason = tensorrt_unavailable_reason() if self.trt else None
+        if self.int8:  # calibration + held-out gate images: a bad --data fails here, before anything is written
+            from segclip.export import int8 as q8
+
+            self.int8_data = q8.Int8Images(self.parity_data, int(self.calib_images), int(self.parity_images), *self.size,
+                                           self.signature.classes, log=self.log)
         self.source_sha256 = sha256_file(self.ckpt_path)
 
     # ---- formats -------------------------------------------------------------------------------
@@ -186,10 +206,82 @@ class Exporter:
         self._write_onnx(stage, ONNX_FP16_NAME, pub, twin16, "onnx_fp16", "fp16", info, t0,
                          extra_meta={"fp32_nodes": str(report["fp32_node_count"])})
 
+    def export_int8(self, stage: Path, key: str, exclude=(), sensitivity=None) -> None:
+        """One INT8 flavour (``int8.FLAVOURS[key]``): calibrated Q/DQ graph from the FP32 twin, with the
+        quantizable nodes in ``exclude`` kept in float (the sensitivity fallback)."""
+        from segclip.export import int8 as q8
+        from segclip.export import onnx_export as ox
+
+        t0 = time.perf_counter()
+        spec = q8.FLAVOURS[key]
+        (stage / ".parity").mkdir(exist_ok=True)
+        twin = q8.quantize(self.twin32, key, self.int8_data.calib, self.calib_method, exclude=exclude,
+                           cache=stage / ".parity" / f"calibration_{self.calib_method}.json")
+        pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
+        summary = q8.qdq_summary(pub)
+        info = {"ops": ox.check_graph(pub, spec["file"]), "int8": {
+            "quantizer": "onnxruntime.quantization.quantize_static (QDQ, per-channel weights)",
+            "target": spec["target"], "activations": spec["activations"], "weights": "int8 symmetric per-channel",
+            "calibration": {"method": self.calib_method, **self.int8_data.describe()},
+            "quantized_op_types": list(q8.QUANT_OPS), "float_op_types": list(q8.FLOAT_OPS),
+            "quantized_nodes": summary["quantized_nodes"], "float_nodes": summary["float_nodes"],
+            "fallback_float_nodes": [{"name": n, "added_error": (sensitivity or {}).get(n)} for n in exclude],
+            "fp32_size_bytes": self.artifacts["onnx"]["size_bytes"],
+        }}
+        self.int8_twins[key] = twin
+        self._write_onnx(stage, spec["file"], pub, twin, key, "int8", info, t0,
+                         extra_meta={"int8_target": spec["target"], "float_nodes": str(len(summary["float_nodes"]))})
+
+    def export_int8_fp16(self, stage: Path, images: np.ndarray) -> None:
+        """``model_int8_fp16.onnx``: the TensorRT INT8 graph with FP16 elsewhere (``--int8 --fp16 --trt``)."""
+        from segclip.export import int8 as q8
+        from segclip.export import onnx_export as ox
+
+        t0 = time.perf_counter()
+        twin, report = q8.with_fp16(self.int8_twins["onnx_int8"], images, output_dtypes={SCORES_NAME: self.signature.scores_dtype})
+        pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
+        info = {"ops": ox.check_graph(pub, q8.INT8_FP16_NAME), "fp16": report,
+                "int8": {"from": q8.INT8_NAME, "qdq_opset": q8.QDQ_FP16_OPSET}}
+        self._write_onnx(stage, q8.INT8_FP16_NAME, pub, twin, "onnx_int8_fp16", "int8", info, t0,
+                         extra_meta={"int8_target": "tensorrt", "fp32_nodes": str(report["fp32_node_count"])})
+
+    def int8_fallback_rounds(self, stage: Path, result: dict, ref, gate: tuple) -> None:
+        """Failed INT8 rows: rank quantized nodes by the error they add (on calibration images), keep
+        the worst ones in float and re-gate, in rounds within ``int8_fallback`` nodes."""
+        from segclip.export import int8 as q8
+        from segclip.export.parity import compare
+        from segclip.runtime.onnx_runner import OnnxRunner
+
+        for i, row in enumerate(result["rows"]):
+            key = row["name"]
+            if key not in q8.FLAVOURS or row["status"] == OK:
+                continue
+            n_sens = min(q8.SENSITIVITY_IMAGES, len(self.int8_data.calib))
+            ranked = q8.sensitivity(self.twin32, self.int8_twins[key], self.int8_data.calib[:n_sens])
+            added = dict(ranked)
+            tried = []
+            for k in q8.fallback_schedule(self.int8_fallback):
+                exclude = [n for n, _ in ranked[:k]]
+                self.log(f"{key}: parity gate failed ({100 * row['pixel_agreement']:.2f}% agreement, dmIoU "
+                         f"{row['miou_delta'] if row['miou_delta'] is not None else 'n/a'}); keeping the {k} most "
+                         f"sensitive node(s) in float and re-gating")
+                self.export_int8(stage, key, exclude=exclude, sensitivity=added)
+                images, labels, scene_ids = gate  # the gate's own (held-out) images, every scene
+                one = compare(ref, [OnnxRunner(self.twins[key], providers="cpu", name=key)], images, labels,
+                              {key: self.int8_agreement}, batch_size=min(4, self.batch[2]), scene_ids=scene_ids)
+                row = q8.gate_int8(one["rows"][0], self.int8_miou_points)
+                tried.append({"float_nodes": k, "pixel_agreement": row["pixel_agreement"], "miou_delta": row["miou_delta"],
+                              "status": row["status"]})
+                if row["status"] == OK:
+                    break
+            row["fallback"] = tried
+            result["rows"][i] = row
+            self.artifacts[key]["int8"]["fallback_rounds"] = tried
+
     def export_tensorrt(self, stage: Path) -> None:
         from segclip.export.tensorrt import ENGINE_NAME, TIMING_CACHE_NAME, build_engine, write_trtexec_script
 
-        src_key = "onnx_fp16" if self.fp16 else "onnx"
+        src_key = ("onnx_int8_fp16" if self.fp16 else "onnx_int8") if self.int8 else "onnx_fp16" if self.fp16 else "onnx"
         onnx_name = self.artifacts[src_key]["file"]
         scenes = bool(self.signature.scenes)  # a scene_id input needs its own profile
         write_trtexec_script(stage, onnx_name, self.batch, self.size, self.workspace_mb, scenes=scenes)
@@ -227,7 +319,7 @@ class Exporter:
 
     # ---- parity --------------------------------------------------------------------------------
     def threshold(self, precision: str) -> float:
-        return self.fp16_threshold if precision == "fp16" else self.fp32_threshold
+        return {"fp16": self.fp16_threshold, "int8": getattr(self, "int8_agreement", None)}.get(precision, self.fp32_threshold)
 
     def parity_candidates(self, stage: Path) -> list:
         """A runner per artifact the gate measures (ONNX ones through their scores-enabled twins)."""
@@ -262,6 +354,14 @@ class Exporter:
         bs = min(4, self.batch[2])
         images, labels, scene_ids = every_scene(images, labels, self.signature.scenes)
         result = compare(ref, candidates, images, labels, thresholds, batch_size=bs, scene_ids=scene_ids)
+        if self.int8:  # INT8 rows also need |dmIoU| within tolerance; failing ones get the sensitivity fallback
+            from segclip.export import int8 as q8
+
+            for row in result["rows"]:
+                if row["precision"] == "int8":
+                    q8.gate_int8(row, self.int8_miou_points)
+            if self.int8_fallback > 0:
+                self.int8_fallback_rounds(stage, result, ref, (images, labels, scene_ids))
         # the public artifacts compute exactly what their scores-enabled twins measured
         if not self.scores:
             pairs = {key: (OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key),
@@ -318,9 +418,19 @@ class Exporter:
             # formats, in dependency order: every other format derives from the FP32 ONNX twin
             self.export_onnx(stage)
             h, w = self.size
-            images, labels, src = load_parity_images(self.parity_data, self.parity_images, h, w, self.signature.classes, log=self.log)
-            if self.fp16:
-                self.export_fp16(stage, images)
+            if self.int8_data is not None:  # held out from calibration: the gate never sees a calibration image
+                images, labels, src = self.int8_data.gate, self.int8_data.labels, self.int8_data.source + " (held out)"
+            else:
+                images, labels, src = load_parity_images(self.parity_data, self.parity_images, h, w, self.signature.classes, log=self.log)
+            if self.fp16:  # the FP16 range pass, too, on calibration images when there are any
+                self.export_fp16(stage, images if self.int8_data is None else self.int8_data.calib)
+            if self.int8:
+                from segclip.export.int8 import FLAVOURS
+
+                for key in FLAVOURS:
+                    self.export_int8(stage, key)
+                if self.fp16 and self.trt:
+                    self.export_int8_fp16(stage, self.int8_data.calib)
             if self.trt:
                 self.export_tensorrt(stage)
             n_built = sum(a["status"] == PENDING for a in self.artifacts.values())
@@ -339,7 +449,8 @@ class Exporter:
         self.log(f"export: {self.out} ({', '.join(k for k, a in self.artifacts.items() if a.get('file'))}) "
                  f"in {manifest['export_seconds']} s")
         if failed:
-            names = ", ".join(f"{r['name']} {100 * r['pixel_agreement']:.3f}% < {100 * r['threshold']:.3f}%" for r in failed)
+            names = ", ".join(r.get("note") or f"{r['name']} {100 * r['pixel_agreement']:.3f}% < {100 * r['threshold']:.3f}%"
+                              for r in failed)
             raise GateFailed(f"parity gate failed ({names}); artifacts kept in {self.out} and marked failed in {MANIFEST_NAME}")
         if self.trt and self.trt_reason:
             raise SegclipError(f"--trt: {self.trt_reason}; the ONNX export in {self.out} is done and "
@@ -350,10 +461,13 @@ class Exporter:
 def export(source, out=None, *, onnx: bool = True, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
-           workspace_mb: int = 4096, device: Optional[str] = None, log=print, out_dir=None) -> dict:
+           workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = 16,
+           calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = 12, log=print, out_dir=None) -> dict:
     """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
 
-    ``model.onnx`` (FP32) is always written: the FP16 ONNX and the TensorRT engine derive from it.
+    ``model.onnx`` (FP32) is always written: the FP16 ONNX, the INT8 Q/DQ ONNX (``model_int8.onnx`` for
+    TensorRT, ``model_int8_cpu.onnx`` for x86 CPUs; calibrated on ``calib_images`` images of ``data``,
+    gated on held-out ones) and the TensorRT engine derive from it.
     ``device``: "cpu" | "cuda" | "cuda:N" for the PyTorch reference of the parity gate (default cpu)
     and the GPU the TensorRT engine is built and checked on.  ``out_dir`` is the old name of ``out``.
     Raises ``GateFailed`` (exit 1) when an artifact fails its parity gate (artifacts kept, marked
@@ -370,4 +484,5 @@ def export(source, out=None, *, onnx: bool = True, fp16: bool = False, trt: bool
     return Exporter(source=source, out_dir=out, onnx=onnx, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,
-                    workspace_mb=workspace_mb, device=device, log=log).run()
+                    workspace_mb=workspace_mb, device=device, int8=int8, calib_images=calib_images, calib_method=calib_method,
+                    int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=log).run()

@@ -34,9 +34,15 @@ def run_all(runner, images: np.ndarray, batch_size: int = 4, scene_ids=None) -> 
 
 def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
     """mIoU exactly as ``segclip eval`` computes it (classes present in the ground truth)."""
+    return class_iou(pred, gt, num_classes)[0]
+
+
+def class_iou(pred: np.ndarray, gt: np.ndarray, num_classes: int, names=None) -> tuple:
+    """(mIoU, {class: IoU or None when absent from the ground truth}), as ``segclip eval``."""
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX)
     cm.update(pred, gt)
-    return cm.compute()["miou"]
+    res = cm.compute(names)
+    return res["miou"], res["per_class_iou"]
 
 
 def _r(x, nd=6):
@@ -62,7 +68,8 @@ def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optiona
     k = num_classes or reference.signature.num_classes
     t0 = time.perf_counter()
     ref = run_all(reference, images, batch_size, scene_ids)
-    ref_miou = miou(ref["mask"], labels, k) if labels is not None else None
+    names = list(reference.signature.classes)[:k] if len(reference.signature.classes) >= k else None
+    ref_miou, ref_cls = class_iou(ref["mask"], labels, k, names) if labels is not None else (None, None)
     result = {
         "reference": {"name": reference.name, "backend": reference.backend, "precision": reference.precision,
                       "miou": _r(ref_miou), "seconds": _r(ref["seconds"], 3)},
@@ -83,7 +90,9 @@ def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optiona
         if out["scores"] is not None and ref["scores"] is not None:
             d = np.abs(out["scores"] - ref["scores"])
             max_d, mean_d = float(d.max()), float(d.mean())
-        m = miou(out["mask"], labels, k) if labels is not None else None
+        m, cls = class_iou(out["mask"], labels, k, names) if labels is not None else (None, None)
+        cls_delta = None if cls is None else {c: _r(None if v is None or ref_cls[c] is None else v - ref_cls[c])
+                                              for c, v in cls.items()}
         thr = thresholds.get(cand.name)
         worst = agree if per_scene is None else min(agree, *per_scene.values())
         status = "ok" if thr is None or worst >= thr else "failed"
@@ -91,7 +100,7 @@ def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optiona
             "name": cand.name, "backend": cand.backend, "precision": cand.precision,
             "pixel_agreement": _r(agree), "max_abs_diff": _r(max_d, 8), "mean_abs_diff": _r(mean_d, 8),
             "miou": _r(m), "miou_delta": _r(None if m is None or ref_miou is None else m - ref_miou),
-            "threshold": thr, "status": status, "seconds": _r(out["seconds"], 3),
+            "threshold": thr, "status": status, "seconds": _r(out["seconds"], 3), "per_class_iou_delta": cls_delta,
             **({} if per_scene is None else {"pixel_agreement_per_scene": per_scene}),
         })
     result["seconds"] = _r(time.perf_counter() - t0, 3)
@@ -126,4 +135,8 @@ def format_table(result: dict) -> str:
              + (f" over {result['scenes']} scenes" if result.get("scenes") else "")
              + (" with labels" if result["labels"] else " (no labels: mIoU n/a)"),
              fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    for r in result["rows"]:  # quantized artifacts: where the mIoU delta comes from
+        if r["precision"] == "int8" and r.get("per_class_iou_delta"):
+            d = ", ".join(f"{c} {100 * v:+.2f}" for c, v in r["per_class_iou_delta"].items() if v is not None)
+            lines.append(f"{r['name']} per-class dIoU (points): {d}")
     return "\n".join(lines)

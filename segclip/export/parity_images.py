@@ -61,11 +61,11 @@ def synthetic_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def _from_dataset(ds, n: int, h: int, w: int, classes) -> tuple:
+def _from_dataset(ds, n: int, h: int, w: int, classes, indices=None) -> tuple:
     total = len(ds)
     if total == 0:
         raise SegclipError("the parity dataset is empty")
-    idx = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+    idx = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int)) if indices is None else indices
     images, labels = [], []
     for i in idx:
         item = ds[int(i)]

@@ -1,6 +1,7 @@
 """ONNX -> TensorRT engine with the TensorRT Python API (strongly typed, TRT 10.x and 11.x).
 
-Precision comes from the ONNX graph itself (``model_fp16.onnx`` for FP16), built with
+Precision comes from the ONNX graph itself (``model_fp16.onnx`` for FP16, the Q/DQ ``model_int8.onnx``
+for INT8 explicit quantization, ``model_int8_fp16.onnx`` for INT8 with FP16 elsewhere), built with
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: no weakly typed ``FP16`` builder flag (removed in
 TensorRT 11; Jetson's TensorRT 10 supports the same strongly typed build).  One optimisation
 profile from ``--batch MIN:OPT:MAX``; the timing cache ``DIR/timing.cache`` is loaded when present
@@ -87,8 +88,12 @@ def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: i
         "#!/bin/sh\n"
         "# Build the TensorRT engine of this segclip export on the machine that will run it (GPU or Jetson,\n"
         "# TensorRT >= 10): engines are tied to the GPU architecture and the TensorRT version.\n"
-        "# Strongly typed: the precision comes from the ONNX graph (model_fp16.onnx is FP16 with FP32 islands).\n"
-        "set -e\n"
+        "# Strongly typed: the precision comes from the ONNX graph (model_fp16.onnx is FP16 with FP32 islands;\n"
+        "# model_int8.onnx carries calibrated INT8 Q/DQ pairs: explicit quantization, float elsewhere;\n"
+        "# model_int8_fp16.onnx the same with FP16 elsewhere).  Jetson / JetPack 6 (TensorRT 10) builds it as is.\n"
+        + (f"# TensorRT 8.6 (JetPack 5) has no strongly typed INT8 build: add --int8{' --fp16' if 'fp16' in onnx_name else ''} "
+           f"and drop --stronglyTyped there.\n" if "int8" in onnx_name else "")
+        + "set -e\n"
         'cd "$(dirname "$0")"\n'
         + " \\\n    ".join(shlex.quote(c) for c in cmd) + "\n"
     )

@@ -32,9 +32,24 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
 
         return _make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
                      precision=entry.get("precision"), **opts)
-    from segclip.runtime.onnx_runner import OnnxRunner
+    cls = onnx_runner_class(opts.pop("runtime", None))
+    return _make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
 
-    return _make(OnnxRunner, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def onnx_runner_class(runtime: str | None):
+    """``runtime`` option -> the runner class for ONNX files: ONNX Runtime (default) or OpenVINO."""
+    if runtime in (None, "onnxruntime", "ort"):
+        from segclip.runtime.onnx_runner import OnnxRunner
+
+        return OnnxRunner
+    if runtime == "openvino":
+        from segclip.runtime.openvino_runner import OpenVINORunner
+
+        return OpenVINORunner
+    raise SegclipError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)} for ONNX artifacts")
 
 
 def _make(cls, what: str, *args, **opts):
@@ -59,9 +74,7 @@ def load_runner(path_or_url, **opts) -> Runner:
         return _make(TorchRunner, str(src), src.path, **opts)
     opts.pop("format", None)
     if src.kind == "onnx":
-        from segclip.runtime.onnx_runner import OnnxRunner
-
-        return _make(OnnxRunner, str(src), src.path, **opts)
+        return _make(onnx_runner_class(opts.pop("runtime", None)), str(src), src.path, **opts)
     from segclip.runtime.tensorrt_runner import TensorRTRunner
 
     return _make(TensorRTRunner, str(src), src.path, **opts)

@@ -16,12 +16,14 @@ from segclip.runtime.base import Runner
 class TorchRunner(Runner):
     """Options: ``device`` ("cpu", "cuda", "cuda:1"), ``precision`` ("fp32"; "fp16" = CUDA autocast),
     ``scores`` (default True: a checkpoint can always give scores), ``size`` ((h, w) to pin the
-    signature to a fixed input size, default any size)."""
+    signature to a fixed input size, default any size), ``compile`` (``torch.compile`` with inductor:
+    what a PyTorch user would try instead of exporting; compiled on the first call of each shape)."""
 
     backend = "torch"
 
     def __init__(self, checkpoint, *, device: str = "cpu", precision: str = "fp32", scores: bool = True,
-                 size: Optional[tuple] = None, name: Optional[str] = None, max_batch: int = 8, threads: Optional[int] = None):
+                 size: Optional[tuple] = None, name: Optional[str] = None, max_batch: int = 8, threads: Optional[int] = None,
+                 compile: bool = False):
         from segclip.engine.checkpoint import load_checkpoint
 
         # a path/run dir, or a checkpoint dict already loaded by the caller (the exporter)
@@ -33,6 +35,7 @@ class TorchRunner(Runner):
             raise SegclipError("torch runner: precision fp16 needs device='cuda' (CPU runs fp32)")
         self.device = str(device)
         self.threads = threads
+        self.compile = bool(compile)
         h, w = (size if size is not None else (None, None))
         sig = signature_from_checkpoint(self._ckpt, height=h, width=w, scores=scores, max_batch=max_batch)
         super().__init__(sig, name=name or f"torch-{precision}", precision=precision, artifact=self.checkpoint_path)
@@ -51,6 +54,8 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(self.threads))
         model = model_from_checkpoint(self._ckpt)
         self._module = SegCLIPInference(model, scores=self.signature.scores).to(self.device).eval()
+        if self.compile:
+            self._module = torch.compile(self._module, backend="inductor", dynamic=False)
 
     def _deactivate(self) -> None:
         self._module = None

@@ -255,7 +255,8 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
     ``models`` defaults to every model the export supports (segclip_trt only with a passing engine).
     ``max_batch`` defaults to the export's profile max (it may not exceed a TensorRT profile's max).
     ``precision`` picks the ONNX artifact that segclip_onnx/segclip_python serve: "fp32" (``onnx``)
-    or "fp16" (``onnx_fp16``).
+    or "fp16" (``onnx_fp16``) or "int8": the symmetric Q/DQ ``onnx_int8`` for GPU instances (TensorRT
+    and CUDA run it), the u8/s8 ``onnx_int8_cpu`` that ONNX Runtime runs fastest for CPU instances.
     """
     from segclip.atomic import atomic_dir
 
@@ -268,9 +269,10 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
         raise SegclipError(f"--queue-delay-us {queue_delay_us}: must be >= 0; give e.g. --queue-delay-us 100")
     manifest = read_manifest(export_dir)
     sig = manifest_signature(manifest)
-    if precision not in ("fp32", "fp16"):
-        raise SegclipError(f"--precision {precision!r}: not a precision; give --precision fp32 or fp16")
-    onnx_key = "onnx" if precision == "fp32" else "onnx_fp16"
+    keys = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8" if kind == "gpu" else "onnx_int8_cpu"}
+    if precision not in keys:
+        raise SegclipError(f"--precision {precision!r}: not a precision; give --precision {', '.join(keys)}")
+    onnx_key = keys[precision]
     onnx_art = _artifact(manifest, export_dir, onnx_key, required=True)
     onnx_path = export_dir / onnx_art["file"]
     if onnx_art.get("sha256") and sha256_file(onnx_path) != onnx_art["sha256"]:

@@ -1,0 +1,345 @@
+"""INT8 in the graph: calibrated Q/DQ ONNX for TensorRT explicit quantization and for x86 CPUs.
+
+TensorRT 10.1 deprecated implicit INT8 calibration and TensorRT 11 removed it: the scales must be in
+the ONNX as QuantizeLinear/DequantizeLinear pairs.  ONNX Runtime's ``quantize_static`` (QDQ format,
+per-channel weights) calibrates once on real images and writes two flavours of the FP32 graph:
+
+* ``model_int8.onnx`` (``FLAVOURS["tensorrt"]``): symmetric INT8 everywhere (activations and weights
+  int8, zero points 0, weights per output channel), Q/DQ on the *inputs* of Conv/MatMul/Gemm only
+  and float biases: the placement TensorRT's explicit quantization fuses (NVIDIA's Q/DQ placement
+  guide; ModelOpt places them the same way);
+* ``model_int8_cpu.onnx`` (``FLAVOURS["onnx_int8_cpu"]``): uint8 activations (asymmetric) with int8
+  per-channel weights, so ONNX Runtime runs its u8 x s8 VNNI kernels (int8 x int8 activations take
+  its slow path: 0.88x FP32 here, u8 x s8 1.6x).  Conv outputs are quantized too (QLinearConv);
+  MatMul/Gemm outputs stay float (MatMulIntegerToFloat): 8-bit mask and class logits flipped the
+  class of most pixels in our measurements (6% agreement) where float logits kept 100%.
+
+Only Conv, MatMul and Gemm are quantized; GridSample (deformable sampling), Softmax, LayerNorm/
+GroupNorm, the reductions and the ArgMax stay float (``FLOAT_OPS``): they carry little compute and
+most of the quantization error.  When the parity gate fails, ``sensitivity`` ranks the quantized
+nodes by the error they *add* (relative L2 error of the node's output minus that of its input,
+FP32 graph vs Q/DQ graph, on calibration images -- never the gate's) and the worst ones are kept in
+float, in rounds within a budget; the manifest lists them.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from segclip.errors import SegclipError
+from segclip.signature import INPUT_NAME
+
+INT8_NAME = "model_int8.onnx"
+INT8_CPU_NAME = "model_int8_cpu.onnx"
+INT8_FP16_NAME = "model_int8_fp16.onnx"
+QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
+QUANT_OPS = ("Conv", "MatMul", "Gemm")
+FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum",
+             "ReduceMax", "ArgMax")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+MIN_CALIB_IMAGES = 4
+DEFAULT_CALIB_IMAGES = 16
+DEFAULT_AGREEMENT, DEFAULT_MIOU_POINTS = 0.98, 1.0
+FALLBACK_BUDGET = 12  # at most this many quantized nodes go back to float, over FALLBACK_ROUNDS
+FALLBACK_ROUNDS = 3
+SENSITIVITY_IMAGES = 4
+
+# manifest key -> how the flavour is quantized
+FLAVOURS = {
+    "onnx_int8": {
+        "file": INT8_NAME, "target": "tensorrt", "activations": "int8 symmetric",
+        "activation_type": "QInt8", "extra": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                              "OpTypesToExcludeOutputQuantization": list(QUANT_OPS)},
+    },
+    "onnx_int8_cpu": {
+        "file": INT8_CPU_NAME, "target": "cpu", "activations": "uint8 asymmetric",
+        "activation_type": "QUInt8", "extra": {"WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
+    },
+}
+
+
+def parse_int8_threshold(value) -> tuple:
+    """"0.98" | "0.98:1.0" | (0.98, 1.0) | None -> (min pixel agreement, max |dmIoU| in points)."""
+    if value is None:
+        return DEFAULT_AGREEMENT, DEFAULT_MIOU_POINTS
+    try:
+        parts = [float(x) for x in value.split(":")] if isinstance(value, str) else \
+            [float(value)] if isinstance(value, (int, float)) else [float(x) for x in value]
+        if len(parts) == 1:
+            parts.append(DEFAULT_MIOU_POINTS)
+        if len(parts) != 2:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise SegclipError(f"--int8-threshold {value!r}: expected AGREEMENT[:MIOU_POINTS], e.g. 0.98:1.0") from None
+    agree, points = parts
+    if not 0.0 < agree <= 1.0 or points < 0:
+        raise SegclipError(f"--int8-threshold {value!r}: agreement must be in (0, 1] and the mIoU tolerance >= 0 points")
+    return agree, points
+
+
+def check_calibration_args(calib_images: int, calib_method: str) -> None:
+    if calib_method not in CALIB_METHODS:
+        raise SegclipError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+    if int(calib_images) < MIN_CALIB_IMAGES:
+        raise SegclipError(f"--calib-images {calib_images}: too few calibration images (need >= {MIN_CALIB_IMAGES}); "
+                           f"give --calib-images 16 or more")
+
+
+# ---- calibration / held-out split -------------------------------------------------------------------
+def split_indices(total: int, n_calib: int, n_gate: int, seed: int = 0) -> tuple:
+    """Disjoint (calibration, gate) index arrays of a dataset of ``total`` items: a fixed shuffle,
+    calibration first, the gate's held-out images spread over the rest."""
+    if total < n_calib + n_gate:
+        raise SegclipError(f"too few images for INT8: the dataset has {total}, calibration needs {n_calib} and the "
+                           f"parity gate {n_gate} more (held out); lower --calib-images / --parity-images or give a "
+                           f"larger --data split")
+    perm = np.random.default_rng(seed).permutation(total)
+    calib = np.sort(perm[:n_calib])
+    rest = np.sort(perm[n_calib:])
+    gate = rest[np.unique(np.linspace(0, len(rest) - 1, n_gate).round().astype(int))]
+    assert not set(calib.tolist()) & set(gate.tolist())
+    return calib, gate
+
+
+class Int8Images:
+    """Calibration images and the parity gate's held-out labelled images, drawn from one dataset
+    (``--data``, default: a rendered sample set) with disjoint indices (``split_indices``).
+
+    Built before anything is written, so a missing dataset, a class list that differs from the
+    checkpoint's or too few images fail with one line and leave nothing behind."""
+
+    def __init__(self, data, n_calib: int, n_gate: int, h: int, w: int, classes, log=print):
+        """``data``: (dataset, description) from ``parity_images.parity_dataset`` (it checked the
+        dataset exists and has the checkpoint's classes), or None for a rendered sample set."""
+        import shutil
+        import tempfile
+
+        from segclip.data import build_dataset
+        from segclip.data.sample import generate_sample_dataset
+        from segclip.export.parity_images import _from_dataset
+
+        tmp = None
+        try:
+            if data is None:
+                log("warning: int8: calibrating on the rendered sample set; calibrate on imagery like the deployment's "
+                    "with --data DATASET:ROOT:SPLIT")
+                tmp = Path(tempfile.mkdtemp(prefix="segclip-calib-"))
+                root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=n_calib + n_gate, size=max(256, h, w))
+                ds, self.source = build_dataset("loveda", root, "val"), "sample:loveda:val"
+            else:
+                ds, self.source = data
+            ds_classes = tuple(getattr(ds, "classes", ()) or ())
+            if ds_classes and ds_classes != tuple(classes):
+                raise SegclipError(f"--data {self.source[5:]}: its classes {list(ds_classes)} differ from the checkpoint's "
+                                   f"{list(classes)}; calibrate and gate on data with the model's classes")
+            if not getattr(ds, "has_labels", True):
+                raise SegclipError(f"--data {self.source}: has no labels; the INT8 parity gate needs a labelled split (e.g. val)")
+            self.calib_idx, self.gate_idx = split_indices(len(ds), n_calib, n_gate)
+            self.calib, _ = _from_dataset(ds, n_calib, h, w, classes, indices=self.calib_idx)
+            self.gate, self.labels = _from_dataset(ds, n_gate, h, w, classes, indices=self.gate_idx)
+            self.calib_files = [_item_name(ds, i) for i in self.calib_idx]
+            self.gate_files = [_item_name(ds, i) for i in self.gate_idx]
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def describe(self) -> dict:
+        return {"source": self.source, "calibration_images": len(self.calib), "gate_images": len(self.gate),
+                "calibration_files": self.calib_files, "gate_files": self.gate_files}
+
+
+def _item_name(ds, i) -> str:
+    try:
+        p = Path(ds.records[int(i)][0])
+        return f"{p.parent.parent.name}/{p.parent.name}/{p.name}"
+    except (AttributeError, IndexError, TypeError):  # e.g. a tiled view: no per-item file
+        return f"#{int(i)}"
+
+
+class CalibrationReader:
+    """ONNX Runtime ``CalibrationDataReader`` over N x H x W x 3 uint8 images, one image per call."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+        self.rewind()
+
+    def get_next(self) -> Optional[dict]:
+        if self._i >= len(self.images):
+            return None
+        x = self.images[self._i:self._i + 1]
+        self._i += 1
+        return {INPUT_NAME: np.ascontiguousarray(x, dtype=np.uint8)}
+
+    def rewind(self) -> None:
+        self._i = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+# ---- quantization ------------------------------------------------------------------------------------
+def quantizable_nodes(model) -> list:
+    return [n.name for n in model.graph.node if n.op_type in QUANT_OPS]
+
+
+def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "minmax",
+             exclude: Sequence[str] = (), cache=None):
+    """FP32 ModelProto -> Q/DQ ModelProto of ``flavour`` (a ``FLAVOURS`` key), calibrated on ``calib_images``.
+
+    ``cache``: a JSON file of calibrated tensor ranges (ONNX Runtime's calibration cache): written by
+    the first call, reused by the next ones (the other flavour, the fallback rounds) -- the ranges of
+    every Conv/MatMul/Gemm tensor do not depend on the flavour or on which nodes are excluded."""
+    import logging
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    spec = FLAVOURS[flavour]
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory(prefix="segclip-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        m = onnx.ModelProto()
+        m.CopyFrom(twin_fp32)
+        del m.metadata_props[:]
+        onnx.save(m, str(src))
+        extra = dict(spec["extra"])
+        if method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        import inspect
+
+        cache_kw = {}  # onnxruntime >= 1.31; older ones calibrate each time
+        if cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+            cache_kw["calibration_cache_path"] = str(cache)
+        root.setLevel(logging.ERROR)  # "consider pre-processing": onnxslim already simplified the graph
+        try:
+            quantize_static(
+                str(src), str(dst), CalibrationReader(calib_images), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=False,
+                activation_type=getattr(QuantType, spec["activation_type"]), weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude), calibrate_method=methods[method], extra_options=extra,
+                **cache_kw,
+            )
+        finally:
+            root.setLevel(level)
+        return onnx.load(str(dst))
+
+
+def qdq_summary(model) -> dict:
+    """What got quantized: counts of Q/DQ nodes and of quantized / float Conv-MatMul-Gemm nodes."""
+    g = model.graph
+    prod = {o: n for n in g.node for o in n.output}
+    ops = collections.Counter(n.op_type for n in g.node)
+    quantized, floating = [], []
+    for n in g.node:
+        if n.op_type not in QUANT_OPS:
+            continue
+        fed = [prod.get(i) for i in n.input[:2]]
+        (quantized if any(p is not None and p.op_type == "DequantizeLinear" for p in fed) else floating).append(n.name)
+    return {"quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
+            "quantized_nodes": len(quantized), "float_nodes": sorted(floating)}
+
+
+def with_fp16(qdq_twin, images: np.ndarray, output_dtypes=None):
+    """The symmetric Q/DQ graph with its float parts in FP16 (``segclip.export.fp16``: norms, softmax,
+    reductions and overflowing activations stay FP32), for a strongly typed INT8 + FP16 TensorRT
+    engine: a strongly typed build takes each layer's precision from its tensor types, so the
+    DequantizeLinear scales become FP16 (opset 19) and the Conv/MatMul they feed run INT8 -> FP16.
+    Returns (ModelProto, fp16 report)."""
+    import onnx
+
+    from segclip.export import fp16 as f16
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qdq_twin)
+    del m.metadata_props[:]
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < QDQ_FP16_OPSET:
+            o.version = QDQ_FP16_OPSET
+    twin16, _, _, report = f16.make_fp16(m, images, output_dtypes=output_dtypes)
+    return twin16, report
+
+
+# ---- sensitivity -------------------------------------------------------------------------------------
+def _expose(model, names: Sequence[str]):
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+    return m
+
+
+def _run_exposed(model, names: list, images: np.ndarray) -> dict:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # no fusion: the exposed tensors must be the graph's own, not a fused kernel's
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(_expose(model, names).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out = {n: [] for n in names}
+    for img in images:
+        for n, a in zip(names, sess.run(names, {INPUT_NAME: img[None]})):
+            out[n].append(np.asarray(a, dtype=np.float32))
+    return out
+
+
+def sensitivity(twin_fp32, qdq, images: np.ndarray) -> list:
+    """[(node name, added relative error)], worst first, for every quantized Conv/MatMul/Gemm of ``qdq``.
+
+    The added error of a node is rel_err(its output) - max rel_err(its float inputs): what quantizing
+    this node contributes on top of the error it receives."""
+    summary = qdq_summary(qdq)
+    float_nodes = set(summary["float_nodes"])
+    nodes = [n for n in twin_fp32.graph.node if n.op_type in QUANT_OPS and n.name not in float_nodes]
+    inits = {t.name for t in twin_fp32.graph.initializer}
+    tensors = sorted({t for n in nodes for t in list(n.input[:2]) + [n.output[0]] if t and t not in inits and t != INPUT_NAME})
+    ref = _run_exposed(twin_fp32, tensors, images)
+    got = _run_exposed(qdq, tensors, images)
+
+    def rel(t):
+        num = sum(float(np.sum((g - r) ** 2)) for g, r in zip(got[t], ref[t]))
+        den = sum(float(np.sum(r ** 2)) for r in ref[t]) or 1e-30
+        return (num / den) ** 0.5
+
+    err = {t: rel(t) for t in tensors}
+    ranked = []
+    for n in nodes:
+        inp = max((err.get(t, 0.0) for t in n.input[:2]), default=0.0)
+        ranked.append((n.name, round(err[n.output[0]] - inp, 6)))
+    ranked.sort(key=lambda x: -x[1])
+    return ranked
+
+
+def fallback_schedule(budget: int = FALLBACK_BUDGET, rounds: int = FALLBACK_ROUNDS) -> list:
+    """Cumulative number of float-kept nodes per retry, e.g. budget 12, 3 rounds -> [3, 6, 12]."""
+    if budget <= 0 or rounds <= 0:
+        return []
+    steps = sorted({max(1, round(budget * f)) for f in ([2 ** -(rounds - 1 - i) for i in range(rounds)])})
+    return steps
+
+
+def gate_int8(row: dict, miou_points: float) -> dict:
+    """Add the mIoU-delta part of the INT8 gate to a parity row (agreement is checked by ``compare``)."""
+    d = row.get("miou_delta")
+    row["miou_tolerance"] = miou_points
+    if d is not None and abs(d) > miou_points / 100.0 + 1e-12:
+        row["status"] = "failed"
+        row["note"] = f"{row['name']} |dmIoU| {100 * abs(d):.2f} points > {miou_points:g}"
+    return row
+
+
+__all__ = ["INT8_NAME", "INT8_CPU_NAME", "FLAVOURS", "QUANT_OPS", "FLOAT_OPS", "CALIB_METHODS", "quantize", "sensitivity",
+           "qdq_summary", "split_indices", "CalibrationReader", "parse_int8_threshold", "fallback_schedule"]

@@ -1,0 +1,88 @@
+"""OpenVINO runner: the same ``model.onnx`` / ``model_int8.onnx`` on OpenVINO's CPU plugin.
+
+On x86 CPUs OpenVINO may be the fastest path (its oneDNN kernels run Q/DQ graphs as INT8 and FP32
+graphs at the GEMM rate), and Triton has an OpenVINO backend for the same files.  The signature
+comes from the ONNX metadata like ``OnnxRunner``.  The model is compiled for the exact input shape
+of each call (static shapes run fastest; one compile per batch size, kept) with the precision hint
+pinned to f32, so an FP32 graph is not silently run in bf16 on CPUs that have it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from segclip.errors import SegclipError
+from segclip.runtime.base import Runner, one_line
+from segclip.contract import META_PRECISION
+from segclip.runtime.onnx_runner import corrupt_onnx_error, read_onnx_metadata, signature_from_onnx
+from segclip.signature import Signature
+
+
+class OpenVINORunner(Runner):
+    """Options: ``threads`` (inference threads), ``device`` (OpenVINO device, default "CPU"),
+    ``signature`` (override the metadata), ``name``, ``precision`` (default: from metadata)."""
+
+    backend = "openvino"
+
+    def __init__(self, path, *, threads: Optional[int] = None, device: Optional[str] = None,
+                 signature: Optional[Signature] = None, name: Optional[str] = None, precision: Optional[str] = None):
+        self.path = Path(path)
+        meta = read_onnx_metadata(self.path)
+        if signature is None:
+            signature = signature_from_onnx(self.path, meta)
+        precision = precision or meta.get(META_PRECISION, "fp32")
+        self.threads = threads
+        self.ov_device = "CPU" if device in (None, "cpu") else str(device)
+        super().__init__(signature, name=name or f"openvino-{precision}", precision=precision, artifact=self.path)
+        self._model = None
+        self._compiled = {}  # input shape -> (compiled model, infer request)
+
+    def _activate(self) -> None:
+        import openvino as ov
+
+        self._core = ov.Core()
+        if self.ov_device not in self._core.available_devices:
+            raise SegclipError(f"{self.name}: OpenVINO {ov.__version__} offers {self._core.available_devices}, "
+                               f"not {self.ov_device}; use device='cpu'")
+        try:
+            self._model = self._core.read_model(str(self.path))
+        except Exception as e:
+            raise corrupt_onnx_error(self.path, e) from None
+        names = [o.get_any_name() for o in self._model.outputs]
+        want = [t.name for t in self.signature.outputs]
+        if sorted(names) != sorted(want):
+            raise SegclipError(f"{self.path}: outputs {names} do not match the signature {want}; re-export with segclip export")
+
+    def _config(self) -> dict:
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if self.threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return cfg
+
+    def _request(self, shape: tuple):
+        if shape not in self._compiled:
+            m = self._model.clone()
+            m.reshape({self.signature.inputs[0].name: list(shape)})
+            try:
+                compiled = self._core.compile_model(m, self.ov_device, self._config())
+            except Exception as e:
+                raise SegclipError(f"{self.path}: OpenVINO cannot compile the model for input {shape} ({one_line(e)})") from None
+            self._compiled[shape] = (compiled, compiled.create_infer_request())
+        return self._compiled[shape]
+
+    def _deactivate(self) -> None:
+        self._compiled = {}
+        self._model = None
+
+    def _infer(self, images: np.ndarray) -> dict:
+        compiled, req = self._request(tuple(images.shape))
+        req.infer({self.signature.inputs[0].name: images})
+        return {o.get_any_name(): np.array(req.get_tensor(o).data) for o in compiled.outputs}
+
+    def _device(self) -> str:
+        return self.ov_device.lower()
+
+    def _providers(self) -> list:
+        return [f"openvino:{self.ov_device}"]

@@ -1,0 +1,223 @@
+"""INT8 export: calibrated Q/DQ graphs, their placement, the held-out parity gate, bad input.
+
+One export of the trained small model (``trained_ckpt``: several classes per image, decided by clear
+margins) serves the graph and gate tests; spies record every image the calibration reader hands to
+ONNX Runtime and every image a parity runner sees, so "calibration images never reach the gate" is
+checked on the pixels themselves, not on the exporter's own bookkeeping.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from test_export_helpers import SIZE, assert_one_error
+
+pytest_plugins = ["test_export_helpers"]  # the session-wide trained checkpoint (several classes per image)
+
+N_CALIB, N_GATE = 4, 4
+QUANT_OPS = ("Conv", "MatMul", "Gemm")
+FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum", "ArgMax")
+
+
+def _cli(*args):
+    from segclip.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def int8_data(tmp_path_factory):
+    from segclip.data.sample import generate_sample_dataset
+
+    root = tmp_path_factory.mktemp("int8_sample") / "sample"
+    generate_sample_dataset(root, num_train=1, num_val=N_CALIB + N_GATE + 2, size=SIZE)
+    return f"sample:{root}:val"
+
+
+@pytest.fixture(scope="module")
+def int8_export(trained_ckpt, int8_data, tmp_path_factory):
+    """(dir, manifest, calibration images seen, gate images seen) of one --int8 export at 64x64."""
+    from segclip.export import export
+    from segclip.export import int8 as q8
+    from segclip.export import parity
+
+    calib_seen, gate_seen = [], []
+    get_next, run_all = q8.CalibrationReader.get_next, parity.run_all
+
+    def spy_next(self):
+        out = get_next(self)
+        if out is not None:
+            calib_seen.extend(np.array(x) for x in out["image"])
+        return out
+
+    def spy_run_all(runner, images, batch_size=4):
+        gate_seen.extend(np.array(x) for x in images)
+        return run_all(runner, images, batch_size)
+
+    out = tmp_path_factory.mktemp("int8") / "export"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(q8.CalibrationReader, "get_next", spy_next)
+        mp.setattr(parity, "run_all", spy_run_all)
+        manifest = export(trained_ckpt, out, int8=True, data=int8_data, calib_images=N_CALIB, parity_images=N_GATE,
+                          batch=(1, 1, 4), log=lambda *a: None)
+    return out, manifest, calib_seen, gate_seen
+
+
+def _producers(g):
+    return {o: n for n in g.node for o in n.output}
+
+
+def _init(g):
+    return {t.name: numpy_helper.to_array(t) for t in g.initializer}
+
+
+def _dq_inputs(node, prod, inits):
+    """For each of the first two inputs of ``node``: (quantized value, scale, zero point) of the
+    DequantizeLinear feeding it (value None for an activation), or None when no DQ feeds it."""
+    out = []
+    for x in node.input[:2]:
+        dq = prod.get(x)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            out.append(None)
+            continue
+        zp = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        out.append((inits.get(dq.input[0]), inits[dq.input[1]], zp))
+    return out
+
+
+# ---- the graphs -------------------------------------------------------------------------------------
+def test_qdq_symmetric_per_channel_weights_and_float_islands(int8_export):
+    out, manifest, _, _ = int8_export
+    fp32 = onnx.load(str(out / "model.onnx"))
+    n_conv = sum(n.op_type == "Conv" for n in fp32.graph.node)
+    for fname, act_dtype in (("model_int8.onnx", np.int8), ("model_int8_cpu.onnx", np.uint8)):
+        m = onnx.load(str(out / fname))
+        g = m.graph
+        prod, inits = _producers(g), _init(g)
+        quantized_weights = 0
+        for n in g.node:
+            if n.op_type not in QUANT_OPS:
+                continue
+            dq = _dq_inputs(n, prod, inits)
+            for q in dq:
+                if q is None:
+                    continue
+                value, scale, zp = q
+                assert zp is not None
+                if value is not None:  # a weight: int8, symmetric (all zero points 0), per output channel
+                    quantized_weights += 1
+                    assert value.dtype == np.int8 and zp.dtype == np.int8 and not zp.any(), (fname, n.name)
+                    if n.op_type == "Conv":
+                        assert scale.shape == (value.shape[0],), (fname, n.name, scale.shape)
+                    elif n.op_type == "MatMul" and value.ndim == 2:  # x @ W[K, N]: one scale per output column
+                        assert scale.shape == (value.shape[1],), (fname, n.name, scale.shape)
+                else:  # an activation
+                    assert zp.dtype == act_dtype, (fname, n.name, zp.dtype)
+                    if act_dtype == np.int8:
+                        assert not zp.any(), (fname, n.name)  # TensorRT: symmetric, zero point 0
+        # every Conv weight is quantized except the ones the manifest says stayed float
+        float_nodes = set(manifest["artifacts"]["onnx_int8" if "cpu" not in fname else "onnx_int8_cpu"]["int8"]["float_nodes"])
+        convs = [n for n in g.node if n.op_type == "Conv"]
+        assert len(convs) == n_conv
+        for n in convs:
+            w = _dq_inputs(n, prod, inits)[1]
+            assert (w is not None) or n.name in float_nodes, (fname, n.name)
+        assert quantized_weights >= n_conv - len(float_nodes)
+        # GridSample, Softmax, norms, reductions and the ArgMax read float tensors
+        for n in g.node:
+            if n.op_type in FLOAT_OPS:
+                p = prod.get(n.input[0])
+                assert p is None or p.op_type != "DequantizeLinear", (fname, n.op_type, n.name)
+        if act_dtype == np.int8:  # TensorRT placement: Q/DQ only in front of Conv/MatMul/Gemm, float biases
+            cons = {}
+            for n in g.node:
+                for x in n.input:
+                    cons.setdefault(x, []).append(n)
+            for n in g.node:
+                if n.op_type == "DequantizeLinear":
+                    assert {c.op_type for c in cons.get(n.output[0], [])} <= set(QUANT_OPS), n.name
+                if n.op_type == "Conv" and len(n.input) > 2 and n.input[2]:
+                    assert inits[n.input[2]].dtype == np.float32, n.name
+    # about a quarter of the FP32 file
+    fp32_size = (out / "model.onnx").stat().st_size
+    for key in ("onnx_int8", "onnx_int8_cpu"):
+        size = (out / manifest["artifacts"][key]["file"]).stat().st_size
+        assert size < 0.4 * fp32_size, (key, size, fp32_size)
+
+
+# ---- the gate ---------------------------------------------------------------------------------------
+def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, trained_ckpt):
+    from segclip.runtime import load_runner
+
+    out, manifest, _, gate_seen = int8_export
+    assert manifest["status"] == "ok"
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model_int8.onnx", "model_int8_cpu.onnx"]
+    # independent check: torch on the gate's own images vs each INT8 artifact on ONNX Runtime
+    images = np.stack(gate_seen[:N_GATE])
+    with load_runner(trained_ckpt, scores=False) as ref:
+        want = ref.infer(images)["mask"]
+    assert min(len(np.unique(m)) for m in want) >= 3  # several classes per image: not a one-class model
+    for fmt in ("onnx_int8", "onnx_int8_cpu"):
+        a = manifest["artifacts"][fmt]
+        assert a["status"] == "ok" and a["precision"] == "int8"
+        assert a["parity"]["threshold"] == 0.98 and a["parity"]["miou_tolerance"] == 1.0
+        assert a["parity"]["per_class_iou_delta"]  # reported per class
+        with load_runner(out, format=fmt, providers="cpu") as r:
+            got = r.infer(images)["mask"]
+        agree = float((got == want).mean())
+        assert agree >= 0.98, (fmt, agree)
+        assert abs(agree - a["parity"]["pixel_agreement"]) < 1e-6
+
+
+def test_calibration_images_never_reach_the_gate(int8_export):
+    out, manifest, calib_seen, gate_seen = int8_export
+    assert len(calib_seen) >= N_CALIB and len(gate_seen) >= N_GATE
+    calib = {x.tobytes() for x in calib_seen}
+    assert len(calib) == N_CALIB  # distinct images
+    assert not any(x.tobytes() in calib for x in gate_seen)
+    cal = manifest["artifacts"]["onnx_int8"]["int8"]["calibration"]
+    assert cal["calibration_images"] == N_CALIB and not set(cal["calibration_files"]) & set(cal["gate_files"])
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+def test_int8_bad_input_exits_2_and_writes_nothing(trained_ckpt, int8_data, tmp_path):
+    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+
+    from conftest import make_small_model
+
+    out = tmp_path / "e"
+    r = _cli("export", trained_ckpt, "--int8", "--data", f"loveda:{tmp_path / 'nope'}:val", "--out", out)
+    assert_one_error(r, 2, "nope")
+    r = _cli("export", trained_ckpt, "--int8", "--data", int8_data, "--calib-images", 2, "--out", out)
+    assert_one_error(r, 2, "too few calibration images")
+    r = _cli("export", trained_ckpt, "--int8", "--data", int8_data, "--calib-images", 64, "--out", out)
+    assert_one_error(r, 2, "too few images", "--calib-images")
+    other = tmp_path / "three.pt"
+    atomic_save(checkpoint_dict(make_small_model(classes=("land", "water", "road")), ((0, 0, 0), (0, 0, 255), (255, 255, 0)),
+                                dataset="other"), other)
+    r = _cli("export", other, "--int8", "--data", int8_data, "--out", out)
+    assert_one_error(r, 2, "classes", "differ")
+    r = _cli("export", trained_ckpt, "--int8", "--int8-threshold", "1.5", "--out", out)
+    assert_one_error(r, 2, "--int8-threshold")
+    assert not out.exists() and not any(p.name.startswith(".e") for p in tmp_path.iterdir())
+
+
+def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, trained_ckpt):
+    from segclip.runtime import load_runner
+
+    out, _, _, gate_seen = int8_export
+    images = np.stack(gate_seen[:N_GATE])
+    with load_runner(trained_ckpt, scores=False) as ref:
+        want = ref.infer(images)["mask"]
+    for fmt, need in (("onnx", 0.999), ("onnx_int8", 0.98)):
+        with load_runner(out, format=fmt, runtime="openvino", threads=2) as r:
+            assert r.backend == "openvino"
+            got = np.concatenate([r.infer(images[i:i + 1])["mask"] for i in range(len(images))])  # batch 1 and
+            got2 = r.infer(images)["mask"]  # a second compiled shape
+        assert np.array_equal(got, got2)
+        assert float((got == want).mean()) >= need, fmt
