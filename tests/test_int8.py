@@ -1,7 +1,7 @@
 """INT8 export: calibrated Q/DQ graphs, their placement, the held-out parity gate, bad input.
 
-One export of the trained small model (``trained_ckpt``: several classes per image, decided by clear
-margins) serves the graph and gate tests; spies record every image the calibration reader hands to
+One export of the parity fixture (``trained_checkpoint``: >= 3 classes with real boundaries on every
+parity image) serves the graph and gate tests; spies record every image the calibration reader hands to
 ONNX Runtime and every image a parity runner sees, so "calibration images never reach the gate" is
 checked on the pixels themselves, not on the exporter's own bookkeeping.
 """
@@ -15,11 +15,17 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from test_export_helpers import SIZE, assert_one_error
+from conftest import LOVEDA_CLASSES, PARITY_MAX, PARITY_SIZE, parity_problems, rendered_scenes
+from test_export_helpers import assert_one_error
 
-pytest_plugins = ["test_export_helpers"]  # the session-wide trained checkpoint (several classes per image)
+SIZE = PARITY_SIZE
 
-N_CALIB, N_GATE = 4, 4
+N_CALIB, N_GATE = 4, 4  # together the PARITY_MAX images the fixture is checked on
+# The parity fixture is built, not trained: its class decisions have small margins by design (so a broken
+# kernel shows), and 8-bit PTQ of its random-init backbone moves 10-20% of its pixels (measured 77-90%).
+# The gate machinery is tested at this threshold; the default 98% gate must fail on it (exit 1, marked failed).
+FIXTURE_THRESHOLD = "0.7:100"
+assert N_CALIB + N_GATE <= PARITY_MAX
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum", "ArgMax")
 
@@ -33,12 +39,10 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def int8_data(tmp_path_factory):
     """A labelled ``folder`` dataset of the parity images (64 px crops of rendered scenes, the ones the
-    trained checkpoint separates into several classes): calibration and gate images both come from it."""
+    parity fixture separates into several classes, cropped as ``parity_images`` does): calibration and
+    gate images both come from it."""
     import yaml
     from PIL import Image
-
-    from conftest import LOVEDA_CLASSES
-    from test_export_helpers import rendered_scenes
 
     root = tmp_path_factory.mktemp("int8_folder")
     imgs, labs = rendered_scenes(N_CALIB + N_GATE, 2 * SIZE, seed=11)
@@ -52,7 +56,7 @@ def int8_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def int8_export(trained_ckpt, int8_data, tmp_path_factory):
+def int8_export(trained_checkpoint, int8_data, tmp_path_factory):
     """(dir, manifest, calibration images seen, gate images seen) of one --int8 export at 64x64."""
     from segclip.export import export
     from segclip.export import int8 as q8
@@ -67,16 +71,16 @@ def int8_export(trained_ckpt, int8_data, tmp_path_factory):
             calib_seen.extend(np.array(x) for x in out["image"])
         return out
 
-    def spy_run_all(runner, images, batch_size=4):
+    def spy_run_all(runner, images, *args, **kwargs):
         gate_seen.extend(np.array(x) for x in images)
-        return run_all(runner, images, batch_size)
+        return run_all(runner, images, *args, **kwargs)
 
     out = tmp_path_factory.mktemp("int8") / "export"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(q8.CalibrationReader, "get_next", spy_next)
         mp.setattr(parity, "run_all", spy_run_all)
-        manifest = export(trained_ckpt, out, int8=True, data=int8_data, calib_images=N_CALIB, parity_images=N_GATE,
-                          batch=(1, 1, 4), log=lambda *a: None)
+        manifest = export(trained_checkpoint, out, int8=True, data=int8_data, calib_images=N_CALIB, parity_images=N_GATE,
+                          batch=(1, 1, 4), int8_threshold=FIXTURE_THRESHOLD, int8_fallback=0, log=lambda *a: None)
     return out, manifest, calib_seen, gate_seen
 
 
@@ -165,7 +169,7 @@ def test_qdq_symmetric_per_channel_weights_and_float_islands(int8_export):
 
 
 # ---- the gate ---------------------------------------------------------------------------------------
-def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, trained_ckpt):
+def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, trained_checkpoint):
     from segclip.runtime import load_runner
 
     out, manifest, _, gate_seen = int8_export
@@ -173,18 +177,18 @@ def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, trained_ckpt)
     assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model_int8.onnx", "model_int8_cpu.onnx"]
     # independent check: torch on the gate's own images vs each INT8 artifact on ONNX Runtime
     images = np.stack(gate_seen[:N_GATE])
-    with load_runner(trained_ckpt, scores=False) as ref:
+    with load_runner(trained_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
-    assert min(len(np.unique(m)) for m in want) >= 3, [np.unique(m).tolist() for m in want]  # not a one-class model
+    assert not parity_problems(want)  # several classes with real boundaries per image, not a one-class model
     for fmt in ("onnx_int8", "onnx_int8_cpu"):
         a = manifest["artifacts"][fmt]
         assert a["status"] == "ok" and a["precision"] == "int8"
-        assert a["parity"]["threshold"] == 0.98 and a["parity"]["miou_tolerance"] == 1.0
+        assert a["parity"]["threshold"] == 0.7 and a["parity"]["miou_tolerance"] == 100
         assert a["parity"]["per_class_iou_delta"]  # reported per class
         with load_runner(out, format=fmt, providers="cpu") as r:
             got = r.infer(images)["mask"]
         agree = float((got == want).mean())
-        assert agree >= 0.98, (fmt, agree)
+        assert agree >= 0.7, (fmt, agree)
         assert abs(agree - a["parity"]["pixel_agreement"]) < 1e-6
 
 
@@ -199,39 +203,55 @@ def test_calibration_images_never_reach_the_gate(int8_export):
 
 
 # ---- bad input --------------------------------------------------------------------------------------
-def test_int8_bad_input_exits_2_and_writes_nothing(trained_ckpt, int8_data, tmp_path):
+def test_int8_bad_input_exits_2_and_writes_nothing(trained_checkpoint, int8_data, tmp_path):
     from segclip.engine.checkpoint import atomic_save, checkpoint_dict
 
     from conftest import make_small_model
 
     out = tmp_path / "e"
-    r = _cli("export", trained_ckpt, "--int8", "--data", f"loveda:{tmp_path / 'nope'}:val", "--out", out)
+    r = _cli("export", trained_checkpoint, "--int8", "--data", f"loveda:{tmp_path / 'nope'}:val", "--out", out)
     assert_one_error(r, 2, "nope")
-    r = _cli("export", trained_ckpt, "--int8", "--data", int8_data, "--calib-images", 2, "--out", out)
+    r = _cli("export", trained_checkpoint, "--int8", "--data", int8_data, "--calib-images", 2, "--out", out)
     assert_one_error(r, 2, "too few calibration images")
-    r = _cli("export", trained_ckpt, "--int8", "--data", int8_data, "--calib-images", 6, "--out", out)
+    r = _cli("export", trained_checkpoint, "--int8", "--data", int8_data, "--calib-images", 6, "--out", out)
     assert_one_error(r, 2, "too few images", "--calib-images")
     other = tmp_path / "three.pt"
     atomic_save(checkpoint_dict(make_small_model(classes=("land", "water", "road")), ((0, 0, 0), (0, 0, 255), (255, 255, 0)),
                                 dataset="other"), other)
     r = _cli("export", other, "--int8", "--data", int8_data, "--out", out)
     assert_one_error(r, 2, "classes", "differ")
-    r = _cli("export", trained_ckpt, "--int8", "--int8-threshold", "1.5", "--out", out)
+    r = _cli("export", trained_checkpoint, "--int8", "--int8-threshold", "1.5", "--out", out)
     assert_one_error(r, 2, "--int8-threshold")
     assert not out.exists() and not any(p.name.startswith(".e") for p in tmp_path.iterdir())
 
 
-def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, trained_ckpt):
+def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, trained_checkpoint):
     from segclip.runtime import load_runner
 
     out, _, _, gate_seen = int8_export
     images = np.stack(gate_seen[:N_GATE])
-    with load_runner(trained_ckpt, scores=False) as ref:
+    with load_runner(trained_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
-    for fmt, need in (("onnx", 0.999), ("onnx_int8", 0.98)):
+    for fmt, need in (("onnx", 0.999), ("onnx_int8", 0.7)):
         with load_runner(out, format=fmt, runtime="openvino", threads=2) as r:
             assert r.backend == "openvino"
             got = np.concatenate([r.infer(images[i:i + 1])["mask"] for i in range(len(images))])  # batch 1 and
             got2 = r.infer(images)["mask"]  # a second compiled shape
         assert np.array_equal(got, got2)
         assert float((got == want).mean()) >= need, fmt
+
+
+def test_default_int8_gate_fails_exit_1_and_marks_failed(trained_checkpoint, int8_data, tmp_path):
+    import json
+
+    out = tmp_path / "e"
+    r = _cli("export", trained_checkpoint, "--int8", "--data", int8_data, "--calib-images", N_CALIB, "--parity-images", N_GATE,
+             "--int8-fallback", 1, "--out", out)
+    assert_one_error(r, 1, "parity gate failed", "onnx_int8")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed"
+    a = m["artifacts"]["onnx_int8"]
+    assert a["status"] == "failed" and a["parity"]["pixel_agreement"] < 0.98
+    assert [x["float_nodes"] for x in a["int8"]["fallback_rounds"]] == [1]  # one fallback round, its node listed
+    assert len(a["int8"]["fallback_float_nodes"]) == 1 and a["int8"]["fallback_float_nodes"][0]["name"]
+    assert m["artifacts"]["onnx"]["status"] == "ok" and (out / "model_int8.onnx").is_file()
