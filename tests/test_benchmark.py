@@ -76,22 +76,42 @@ def assert_schema(report: dict) -> None:
 
 # ---- fixtures ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def export_dir(small_checkpoint, tmp_path_factory):
+def export_dir(trained_checkpoint, sample_data, tmp_path_factory):
     from segclip.export import export
 
     d = tmp_path_factory.mktemp("bench") / "export"
-    export(small_checkpoint, d, fp16=True, size=SIZE, batch=(1, 1, 4), parity_images=2, log=lambda *a, **k: None)
+    # the benchmark measures agreement itself; the export gate is not under test here (this tiny model's
+    # FP16 graph agrees on about 97.5 % of the parity images' pixels, below the 99.5 % default gate)
+    export(trained_checkpoint, d, fp16=True, size=SIZE, batch=(1, 1, 4), data=sample_data, parity_images=2,
+           fp16_threshold=0.9, log=lambda *a, **k: None)
     return d
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory):
-    """DATASET:ROOT:SPLIT of a tiny labelled sample set (96 px images: tiled into 64 px windows)."""
-    from segclip.data.sample import generate_sample_dataset
+def sample_data(trained_checkpoint, tmp_path_factory):
+    """FOLDER:ROOT:SPLIT of the parity images (64 px, LoveDA classes, their rendered labels).  Agreement
+    between backends only means something if the reference differs pixel to pixel and image to image:
+    asserted here, before any test compares backends on it."""
+    import yaml
+    from PIL import Image
 
-    root = tmp_path_factory.mktemp("bench_sample") / "sample"
-    generate_sample_dataset(root, num_train=1, num_val=2, size=96)
-    return f"sample:{root}:val"
+    from conftest import LOVEDA_CLASSES, parity_problems, rendered_scenes
+    from segclip.runtime import load_runner
+
+    imgs, labs = rendered_scenes(4, 2 * SIZE, 11)  # parity_images(4): the same crops
+    imgs, labs = imgs[:, 20:20 + SIZE, 30:30 + SIZE], labs[:, 20:20 + SIZE, 30:30 + SIZE]
+    root = tmp_path_factory.mktemp("bench_data") / "parity"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": list(LOVEDA_CLASSES)}))
+    for i, (im, lb) in enumerate(zip(imgs, labs)):
+        Image.fromarray(np.ascontiguousarray(im)).save(root / "images" / f"{i}.png")
+        Image.fromarray(lb.astype(np.uint8), mode="L").save(root / "masks" / f"{i}.png")
+    with load_runner(trained_checkpoint) as r:
+        ref = r.infer(np.ascontiguousarray(imgs))["mask"]
+    assert parity_problems(ref) == []
+    assert all((ref[i] != ref[i + 1]).mean() > 0.05 for i in range(len(ref) - 1))
+    return f"folder:{root}:val"
 
 
 # ---- end to end -------------------------------------------------------------------------------------
@@ -369,13 +389,13 @@ def triton(export_dir, server_env, tmp_path_factory):
         yield srv
 
 
-def test_triton_rows_and_concurrency_sweep(triton, export_dir, tmp_path):
+def test_triton_rows_and_concurrency_sweep(triton, export_dir, sample_data, tmp_path):
     from segclip.benchmarks import run_benchmark
 
     model = triton.models[0]
     urls = [triton.model_url(model, "grpc"), triton.model_url(model, "http")]
     report = run_benchmark(export_dir, out=tmp_path / "t", backends="onnxruntime,triton-grpc,triton-http", batches=[1],
-                           concurrency=[1, 3], triton_url=urls, load_duration_s=1.0, log=None, **FAST)
+                           concurrency=[1, 3], triton_url=urls, load_duration_s=1.0, data=sample_data, log=None, **FAST)
     assert_schema(report)
     rows = {r["backend"]: r for r in report["rows"]}
     for b in ("triton-grpc", "triton-http"):
