@@ -142,14 +142,16 @@ def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weight
     D.cleanup()
 
 
-def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, progress=True, metadata=True) -> dict:
+def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, progress=True, metadata=True,
+                    exclude=()) -> dict:
     """Metrics of ``model`` on ``dataset``; ``metadata=False`` withholds the scene metadata (every
-    image gets the generic scene) for the on/off ablation on the same checkpoint and data."""
+    image gets the generic scene) for the on/off ablation on the same checkpoint and data;
+    ``exclude``: class indices left out of the means."""
     from segclip.engine.evaluate import evaluate, scene_ids_for, torch_scores_fn
 
     window = tcfg.eval_size or tcfg.crop_size
     out = evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
-                   progress=progress, limit=limit, scene_ids=scene_ids_for(dataset, model.scenes, metadata))
+                   progress=progress, limit=limit, scene_ids=scene_ids_for(dataset, model.scenes, metadata), exclude=exclude)
     out["metadata"] = "on" if (model.scenes is not None and metadata) else "off"
     return out
 
@@ -171,13 +173,16 @@ def _eval_dest(source: str, name: str, runner) -> Path:
 def _eval_scene_ids(runner, ds, mode: str, given):
     """Per-image scene ids for a model trained with metadata prompts (None without), by the
     signature's one rule (``Signature.scene_of``); ``mode`` "off" gives every image the generic scene."""
+    from segclip.data.prepare import whole_images
+
     sig = runner.signature
     if not sig.scenes:
         if mode == "on":
             raise SegclipError(f"{runner.artifact}: trained without metadata prompts, so --metadata {given} has nothing to "
                                f"feed; omit --metadata or retrain with it")
         return None
-    return [sig.scene_of(ds.meta(i)) if mode != "off" else 0 for i in range(len(ds))]
+    images = whole_images(ds)  # what evaluate scores: one id per whole image
+    return [sig.scene_of(images.meta(i)) if mode != "off" else 0 for i in range(len(images))]
 
 
 def _eval_window(size, runner) -> tuple:
@@ -213,14 +218,16 @@ def _eval_window(size, runner) -> tuple:
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images (a spot check: written to eval_<split>_first<N>.json, never over the full evaluation).")
 @click.option("--metadata", help="on (default for a model trained with metadata), off (withhold it: every image gets the "
               "generic scene; the ablation), or a CSV/JSON sidecar FILE for this data.")
+@click.option("--foreground-only", is_flag=True,
+              help="Leave class 0 (background) out of mIoU/mF1, as iSAID results are reported.")
 @out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa][_first<N>].json, beside a checkpoint, or beside "
                  "an export folder).")
-def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, out):
+def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, foreground_only, out):
     """Evaluate MODEL -- a checkpoint, run directory, export directory, .onnx, .plan or a Triton
     grpc:// / http:// URL -- on labelled data: mIoU, per-class IoU, F1, overall accuracy.
 
-    Every model is scored the same way (sliding window, one confusion matrix); artifacts without a
-    scores output are blended by their class maps."""
+    Every model is scored the same way (mmseg protocol: whole images by sliding window, one confusion
+    matrix over the split); artifacts without a scores output are blended by their class maps."""
     from segclip.contract import resolve_source
     from segclip.data import build_dataset
     from segclip.engine.evaluate import evaluate, runner_predict_fn
@@ -251,10 +258,11 @@ def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, out):
     with runner:
         fn, mode = runner_predict_fn(runner)
         metrics = evaluate(fn, ds, runner.signature.num_classes, window, limit=limit, mode=mode, scene_ids=scene_ids,
-                           batch_size=max(1, min(batch, runner.max_batch or batch)))
+                           batch_size=max(1, min(batch, runner.max_batch or batch)), exclude=(0,) if foreground_only else ())
     metrics["metadata"] = "on" if scene_ids is not None and meta_mode != "off" else "off"
     metrics.update({"model": str(model), "backend": runner.backend, "artifact": runner.name, "window": list(window),
-                    "dataset": dataset, "split": split, "limit": limit})
+                    "dataset": dataset, "split": split, "limit": limit,
+                    "foreground_only": foreground_only})
     if runner.backend == "torch":
         metrics["checkpoint"] = str(runner.checkpoint_path)
     atomic_write_json(dest, metrics)
@@ -330,7 +338,7 @@ def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, fo
 def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
     from segclip.export import export
 
-    manifest = export(run, out / "export", onnx=True, fp16=True, batch=(1, 1, 4), data=f"sample:{out / 'data'}:val")
+    manifest = export(run, out / "export", fp16=True, batch=(1, 1, 4), data=f"sample:{out / 'data'}:val")
     summary["artifacts"]["export"] = str(out / "export")
     summary["export"] = {k: {"status": v.get("status"), "file": str(out / "export" / v["file"]) if v.get("file") else None}
                          for k, v in manifest.get("artifacts", {}).items()}

@@ -141,3 +141,58 @@ class PatchedDataset(SegDataset):
 
     def decode_mask(self, path: Path) -> np.ndarray:
         return self._lut[read_index_mask(path)]
+
+
+class FramesDataset:
+    """The whole frames of a patch folder, each reassembled from its patches (every pixel once).
+
+    Evaluation reads these: metrics over the patches themselves would count the pixels where
+    patches overlap (the last patch of a row or column is shifted back to the border) twice.
+    Padding that ``prepare`` added to frames smaller than a patch stays, labelled ignore (255)."""
+
+    def __init__(self, patches: PatchedDataset):
+        self.patches = patches
+        for k in ("classes", "palette", "prompts", "ignore_index", "has_labels", "name"):
+            setattr(self, k, getattr(patches, k))
+        frames = {}
+        for i, (_, _, meta) in enumerate(patches.records):
+            frames.setdefault(meta["source"], []).append((i, meta["origin"]))
+        self.frames = sorted(frames.items())
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def meta(self, i: int) -> dict:
+        """The frame's metadata: its first patch's, without the patch origin (no decoding)."""
+        source, parts = self.frames[i]
+        m = self.patches.meta(parts[0][0])
+        m.pop("origin", None)
+        return m
+
+    def __getitem__(self, i: int) -> dict:
+        source, parts = self.frames[i]
+        read = [(y0, x0, *self.patches.read(j)[:2]) for j, (y0, x0) in parts]
+        h = max(y0 + img.shape[0] for y0, _, img, _ in read)
+        w = max(x0 + img.shape[1] for _, x0, img, _ in read)
+        image = np.zeros((h, w, 3), np.uint8)
+        mask = np.full((h, w), IGNORE_INDEX, np.int64) if self.has_labels else None
+        for y0, x0, img, m in read:
+            image[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
+            if mask is not None:
+                mask[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
+        item = {"image": image, "meta": {"source": source, "patches": len(parts)}}
+        if mask is not None:
+            item["mask"] = mask
+        return item
+
+
+def whole_images(dataset):
+    """The dataset whose items are whole images: a patch folder's frames, a tiled dataset's source
+    images, else the dataset itself (what ``segclip eval`` scores, so no pixel counts twice)."""
+    from segclip.data.tiling import TiledDataset
+
+    if isinstance(dataset, PatchedDataset):
+        return FramesDataset(dataset)
+    if isinstance(dataset, TiledDataset):
+        return dataset.dataset
+    return dataset

@@ -1,7 +1,10 @@
-"""Evaluation: sliding-window prediction over a dataset, confusion matrix, metrics JSON.
+"""Evaluation as published results do it (mmseg): whole images by sliding window, one confusion
+matrix over the whole split, per-class IoU from it (``metrics.ConfusionMatrix``), metrics JSON.
 
-Works with anything that maps a uint8 batch to per-class scores, so PyTorch models and the
-runners share it.
+Images are scored whole: a prepared patch folder is reassembled into its frames and a tiled
+dataset gives back its source images (``data.prepare.whole_images``), so no pixel counts twice.
+The PyTorch model is scored through ``SegCLIPInference`` (FP32): the module the PyTorch runner,
+every exported artifact and the parity gate compute.
 """
 from __future__ import annotations
 
@@ -11,31 +14,37 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from segclip.data.sliding import OVERLAP, sliding_window_predict
 from segclip.engine.metrics import ConfusionMatrix
 
 
 def torch_scores_fn(model, device: str = "cpu") -> Callable:
-    """uint8 N x h x w x 3 numpy (+ N scene ids) -> float32 N x K x h x w numpy, model in eval mode."""
-    model.eval()
+    """uint8 N x h x w x 3 numpy (+ N scene ids) -> float32 N x K x h x w numpy scores of
+    ``SegCLIPInference(model)``."""
+    from segclip.modeling import SegCLIPInference
 
-    @torch.no_grad()
+    module = SegCLIPInference(model, scores=True).to(device).eval()
+
+    @torch.inference_mode()
     def fn(batch: np.ndarray, scene_ids=None) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-        ids = None if scene_ids is None else torch.as_tensor(np.asarray(scene_ids), device=device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
-            scores = model.predict_scores(x, ids)
+        ids = None if scene_ids is None else torch.as_tensor(np.asarray(scene_ids), dtype=torch.int64, device=device)
+        _, scores = module(x, ids)
         return scores.float().cpu().numpy()
 
     return fn
 
 
 def scene_ids_for(dataset, scenes, metadata: bool = True):
-    """Per-image scene ids of ``dataset`` under a model's scene table (``segclip.metadata``), or None
-    when the model has none.  ``metadata=False`` withholds it: every image gets the generic scene 0
-    (the ablation ``segclip eval --metadata off``)."""
+    """Per-image scene ids (of the whole images ``evaluate`` scores) under a model's scene table
+    (``segclip.metadata``), or None when the model has none.  ``metadata=False`` withholds it: every
+    image gets the generic scene 0 (the ablation ``segclip eval --metadata off``)."""
+    from segclip.data.prepare import whole_images
+
     if scenes is None:
         return None
-    return [scenes.scene_id(dataset.meta(i)) if metadata else 0 for i in range(len(dataset))]
+    data = whole_images(dataset)
+    return [scenes.scene_id(data.meta(i)) if metadata else 0 for i in range(len(data))]
 
 
 def runner_predict_fn(runner) -> tuple:
@@ -49,26 +58,33 @@ def runner_predict_fn(runner) -> tuple:
     return fn, key
 
 
-def evaluate(scores_fn: Callable, dataset, num_classes: int, window: int, batch_size: int = 4,
-             progress: bool = True, class_names=None, limit: int | None = None, scene_ids=None,
-             mode: str = "scores") -> dict:
-    """mIoU, per-class IoU, F1 and overall accuracy of ``scores_fn`` on ``dataset`` (ignore 255).
-    With ``scene_ids`` (one per image) ``scores_fn`` is called as ``scores_fn(batch, ids)``;
-    ``mode="mask"``: ``scores_fn`` returns class maps (artifacts without a scores output)."""
-    from segclip.data.sliding import sliding_window_predict
+def evaluate(scores_fn: Callable, dataset, num_classes: int, window, batch_size: int = 4, progress: bool = True,
+             class_names=None, limit: int | None = None, scene_ids=None, mode: str = "scores", overlap: float = OVERLAP,
+             exclude=()) -> dict:
+    """mIoU, per-class IoU, F1 and overall accuracy (fractions) of ``scores_fn`` on ``dataset``.
 
-    cm = ConfusionMatrix(num_classes, getattr(dataset, "ignore_index", 255))
-    n = len(dataset) if limit is None else min(limit, len(dataset))
+    With ``scene_ids`` (one per whole image, ``scene_ids_for``) ``scores_fn`` is called as
+    ``scores_fn(batch, ids)``; ``mode="mask"``: ``scores_fn`` returns class maps (artifacts without a
+    scores output).  ``exclude``: class indices left out of the means (iSAID's
+    foreground-only mIoU: ``(0,)``)."""
+    from segclip.data.prepare import whole_images
+
+    data = whole_images(dataset)
+    cm = ConfusionMatrix(num_classes, getattr(data, "ignore_index", 255))
+    n = len(data) if limit is None else min(limit, len(data))
     for i in tqdm(range(n), desc="eval", unit="img", disable=not progress, dynamic_ncols=True):
-        item = dataset[i]
+        item = data[i]
         if "mask" not in item:
             raise ValueError("evaluate: this split has no labels")
         fn = scores_fn
         if scene_ids is not None:  # every window of an image shares its scene
             fn = (lambda b, s=int(scene_ids[i]): scores_fn(b, np.full(len(b), s, np.int64)))
-        pred = sliding_window_predict(fn, item["image"], window, batch_size=batch_size, num_classes=num_classes,
-                                      mode=mode)
+        pred = sliding_window_predict(fn, item["image"], window, overlap=overlap, batch_size=batch_size,
+                                      num_classes=num_classes, mode=mode)
         cm.update(pred, item["mask"])
-    out = cm.compute(class_names or getattr(dataset, "classes", None))
+    out = cm.compute(class_names or getattr(data, "classes", None), exclude=exclude)
     out["images"] = n
+    out["protocol"] = ("mmseg: one confusion matrix over whole images (sliding window, overlap "
+                       f"{overlap:.2f}); IoU per class, empty-union classes left out"
+                       + (f"; excluded from the means: {list(exclude)}" if exclude else ""))
     return out

@@ -1,4 +1,12 @@
-"""Segmentation metrics from a confusion matrix: per-class IoU and F1, mIoU, overall accuracy."""
+"""Segmentation metrics from a confusion matrix: per-class IoU and F1, mIoU, overall accuracy.
+
+The protocol published results use (mmseg's ``IoUMetric``): the matrix accumulates every pixel of
+the whole split (ignore index left out), then per class ``IoU = TP / (TP + FP + FN)``.  A class
+that is predicted but absent from the ground truth has IoU 0 and counts in the mean; a class with
+an empty union (neither present nor predicted) is left out.  ``exclude`` leaves classes out of the
+means as well, e.g. iSAID's foreground-only mIoU (``exclude=(0,)``: the background class).
+All values are fractions in 0..1 (tables show percent).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -20,21 +28,25 @@ class ConfusionMatrix:
     def merge(self, other: "ConfusionMatrix") -> None:
         self.mat += other.mat
 
-    def compute(self, class_names=None) -> dict:
+    def compute(self, class_names=None, exclude=()) -> dict:
         tp = np.diag(self.mat).astype(np.float64)
         fp = self.mat.sum(0) - tp
         fn = self.mat.sum(1) - tp
-        present = (tp + fn) > 0  # classes with ground truth; others do not count in the means
+        union = tp + fp + fn
+        counted = union > 0  # present or predicted; an empty union says nothing about the class
+        for i in exclude:
+            counted[int(i)] = False
         with np.errstate(divide="ignore", invalid="ignore"):
-            iou = tp / (tp + fp + fn)
+            iou = tp / union
             f1 = 2 * tp / (2 * tp + fp + fn)
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.k)]
         total = self.mat.sum()
         return {
-            "miou": float(np.nanmean(np.where(present, iou, np.nan))) if present.any() else 0.0,
-            "mf1": float(np.nanmean(np.where(present, f1, np.nan))) if present.any() else 0.0,
+            "miou": float(iou[counted].mean()) if counted.any() else 0.0,
+            "mf1": float(f1[counted].mean()) if counted.any() else 0.0,
             "overall_accuracy": float(tp.sum() / total) if total else 0.0,
-            "per_class_iou": {n: (None if not p else float(v)) for n, v, p in zip(names, iou, present)},
-            "per_class_f1": {n: (None if not p else float(v)) for n, v, p in zip(names, f1, present)},
+            "per_class_iou": {n: (float(v) if u > 0 else None) for n, v, u in zip(names, iou, union)},
+            "per_class_f1": {n: (float(v) if u > 0 else None) for n, v, u in zip(names, f1, union)},
+            "classes_in_mean": [n for n, c in zip(names, counted) if c],
             "pixels": int(total),
         }
