@@ -418,3 +418,12 @@ def test_prepare_uavid_tiles_with_custom_tile(tmp_path):
         y0, x0 = it["meta"]["origin"]
         np.testing.assert_array_equal(it["image"], img[y0:y0 + 64, x0:x0 + 64])
         np.testing.assert_array_equal(it["mask"], np.where(np.arange(x0, x0 + 64) >= 100, 2, 1)[None].repeat(64, 0))
+    # eval reads whole frames: the patches reassembled, every pixel once (patches overlap at 90 and 150)
+    from segclip.data.prepare import whole_images
+
+    frames = whole_images(ds)
+    assert len(frames) == 1
+    f = frames[0]
+    assert f["image"].shape == (90, 150, 3) and int((f["mask"] != 255).sum()) == 90 * 150
+    np.testing.assert_array_equal(f["image"], img)
+    np.testing.assert_array_equal(f["mask"], np.where(np.arange(150) >= 100, 2, 1)[None].repeat(90, 0))
