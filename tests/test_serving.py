@@ -686,3 +686,21 @@ def test_triton_requests_with_scene_id(scene_repo, scene_export_dir, server_env)
         g.close()
     finally:
         srv.stop()
+
+
+def test_committed_example_configs_are_current_and_parse():
+    """serving/triton_repo/examples holds what build_repository writes for the sample model (text only)."""
+    from segclip.data import dataset_info
+    from segclip.serving.repo import example_configs
+
+    examples = REPO_ROOT / "serving" / "triton_repo" / "examples"
+    want = example_configs()
+    have = {str(p.relative_to(examples)): p.read_text() for p in examples.rglob("*") if p.is_file()}
+    assert have == want, "regenerate: python -c \"from segclip.serving.repo import write_examples; write_examples('serving/triton_repo/examples')\""
+    classes = list(dataset_info("sample")["classes"])
+    for model in ("segclip_onnx", "segclip_trt", "segclip_python"):
+        cfg = _parse(examples / model / "config.pbtxt")
+        assert cfg.name == model and cfg.max_batch_size == 8
+        assert [(t.name, list(t.dims)) for t in cfg.input] == [("image", [512, 512, 3])]
+        assert [(t.name, list(t.dims)) for t in cfg.output] == [("mask", [512, 512])]
+        assert (examples / model / "labels.txt").read_text().split("\n")[:-1] == classes

@@ -390,3 +390,32 @@ def check_repository(repo_dir, models: Optional[Iterable[str]] = None) -> dict:
     if not names:
         raise SegclipError(f"model repository {repo_dir} has no models; create them with `segclip triton-repo EXPORT_DIR --out {repo_dir}`")
     return {n: check_model(repo_dir, n) for n in names}
+
+
+# ---- example configs (committed under serving/triton_repo/examples) --------------------------------
+def example_signature(size: int = 512, max_batch: int = 8) -> Signature:
+    """The signature of the sample model (``segclip quickstart``: the sample set's classes) at ``size``."""
+    from segclip.data import dataset_info
+
+    info = dataset_info("sample")
+    return Signature(classes=info["classes"], palette=info["palette"], height=size, width=size, max_batch=max_batch)
+
+
+def example_configs(size: int = 512, max_batch: int = 8) -> dict:
+    """{"<model>/config.pbtxt": text, "<model>/labels.txt": text} for every segclip model, exactly as
+    ``build_repository`` writes them for an export of the sample model at ``size`` (text only, no model files)."""
+    sig = example_signature(size, max_batch)
+    out = {}
+    for m in ALL_MODELS:
+        cfg = model_config(m, sig, max_batch=max_batch, kind="gpu" if m == MODEL_TRT else "cpu",
+                           precision="fp16" if m == MODEL_TRT else "fp32")
+        out[f"{m}/{CONFIG}"] = config_text(cfg)
+        out[f"{m}/{LABELS}"] = "".join(f"{c}\n" for c in sig.classes)
+    return out
+
+
+def write_examples(dest) -> list:
+    """Write ``example_configs()`` under ``dest`` (``serving/triton_repo/examples`` in the source tree)."""
+    from segclip.atomic import atomic_write_text
+
+    return [atomic_write_text(Path(dest) / rel, text) for rel, text in example_configs().items()]
