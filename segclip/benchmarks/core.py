@@ -159,7 +159,7 @@ class Sources:
         t0 = time.perf_counter()
         quiet = lambda *a, **k: None  # noqa: E731
         try:
-            export(self.checkpoint, d, onnx=True, fp16=self.fp16, trt=self.trt, batch=(1, 1, max(1, self.max_batch)),
+            export(self.checkpoint, d, fp16=self.fp16, trt=self.trt, batch=(1, 1, max(1, self.max_batch)),
                    size=(h, w), parity_images=2, force=True, int8=self.int8, int8_fallback=0, log=quiet)
         except GateFailed:
             pass  # artifacts kept and marked failed: measured anyway, flagged in the rows' notes

@@ -14,7 +14,7 @@ from segclip.errors import SegclipError
 
 @click.command("export")
 @click.argument("source", type=click.Path())
-@click.option("--onnx", "onnx_", is_flag=True, help="ONNX FP32 (always written: the other formats derive from it).")
+@click.option("--onnx", "onnx_", is_flag=True, hidden=True)  # old spelling: ONNX FP32 is always written
 @click.option("--fp16", is_flag=True, help="Also model_fp16.onnx: FP16 weights/ops with FP32 islands (strongly typed).")
 @click.option("--int8", is_flag=True, help="Also model_int8.onnx (symmetric Q/DQ, TensorRT) and model_int8_cpu.onnx (u8/s8, x86 CPUs), calibrated on --data.")
 @click.option("--calib-images", default=16, show_default=True, type=int, help="INT8 calibration images from --data (the gate uses others).")
@@ -43,7 +43,11 @@ def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_thres
     """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / INT8 Q/DQ ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
     from segclip.export import export
 
-    export(source, out=out, device=device, onnx=True, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
+    if onnx_:
+        from segclip.cli.options import deprecated
+
+        deprecated("--onnx", "nothing (model.onnx is always written; the other formats derive from it)")
+    export(source, out=out, device=device, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
            opset=opset, data=data, parity_images=parity_images, force=force, fp32_threshold=fp32_threshold,
            fp16_threshold=fp16_threshold, workspace_mb=workspace, int8=int8, calib_images=calib_images,
            calib_method=calib_method, int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=click.echo)

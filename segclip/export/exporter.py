@@ -49,7 +49,6 @@ def _nonempty(p: Path) -> bool:
 class Exporter:
     source: str
     out_dir: Optional[str] = None
-    onnx: bool = True
     fp16: bool = False
     trt: bool = False
     batch: tuple = (1, 1, 8)
@@ -75,8 +74,6 @@ class Exporter:
         """Argument checks only (no I/O): a bad option fails before anything is read or written."""
         self.batch = parse_batch(self.batch)
         self.size = parse_size(self.size)
-        if not (self.onnx or self.fp16 or self.trt or self.int8):
-            raise SegclipError("nothing to export: give --onnx, --fp16, --int8 and/or --trt")
         for name in ("fp32_threshold", "fp16_threshold"):
             v = getattr(self, name)
             if not 0.0 < float(v) <= 1.01:
@@ -458,7 +455,7 @@ class Exporter:
         return manifest
 
 
-def export(source, out=None, *, onnx: bool = True, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
+def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
            workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = 16,
@@ -481,7 +478,7 @@ def export(source, out=None, *, onnx: bool = True, fp16: bool = False, trt: bool
         if out is not None and str(out) != str(out_dir):
             raise SegclipError("export: out and out_dir given with different values; use out alone")
         out = out_dir
-    return Exporter(source=source, out_dir=out, onnx=onnx, fp16=fp16, trt=trt, batch=batch, size=size,
+    return Exporter(source=source, out_dir=out, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,
                     workspace_mb=workspace_mb, device=device, int8=int8, calib_images=calib_images, calib_method=calib_method,
