@@ -123,7 +123,7 @@ def test_cli_end_to_end_schema_files_and_unavailable_rows(export_dir, sample_dat
     out = tmp_path / "bench"
     res = CliRunner().invoke(main, [
         "benchmark", str(export_dir), "--backends", "torch,onnxruntime,onnxruntime-fp16,tensorrt",
-        "--batch", "1,2", "--reps", "2", "--warmup", "1", "--budget", "0", "--threads", "2", "--limit", "2",
+        "--batch", "1,2", "--reps", "2", "--warmup", "1", "--budget", "0.01", "--threads", "2", "--limit", "2",
         "--data", sample_data, "--out", str(out)])
     assert res.exit_code == 0, res.output + str(res.exception)
     report = json.loads((out / "benchmark.json").read_text())
