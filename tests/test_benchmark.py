@@ -137,7 +137,7 @@ def test_cli_end_to_end_schema_files_and_unavailable_rows(export_dir, sample_dat
         assert [r["batch"] for r in by[b]] == [1, 2] and all(r["status"] == "ok" for r in by[b]), by[b]
         for r in by[b]:
             assert (r["height"], r["width"]) == (SIZE, SIZE)
-            assert 0 <= r["miou"] <= 100 and 0.9 <= r["pixel_agreement"] <= 1 and r["accuracy_images"] == 2
+            assert 0 <= r["miou"] <= 1 and 0.9 <= r["pixel_agreement"] <= 1 and r["accuracy_images"] == 2
             assert r["speedup_vs_torch"] > 0 and r["size_mib"] > 0
     assert by["onnxruntime-fp16"][0]["precision"] == "fp16" and by["onnxruntime"][0]["precision"] == "fp32"
     for r in by["torch"]:  # the reference agrees with itself
@@ -482,9 +482,9 @@ def test_pixel_agreement_and_miou_of_known_maps():
     assert agreement(a, b) == 0.75 and agreement(a, a) == 1.0 and agreement(a, b[:1]) is None
     items = [{"mask": np.array([[0, 1], [2, 255]])}, {"mask": np.array([[1, 1, 1, 1]])}]
     # kept pixels (truth, pred): (0,0), (1,1), (2,2), (1,1) x4 -> every present class perfect; class 3 is ignore-only
-    assert score(a, items, 4) == 100.0
+    assert score(a, items, 4) == 1.0  # a fraction, as in every segclip JSON
     # b: one class-1 pixel predicted 0 -> class 0 IoU 1/2, class 1 IoU 4/5, class 2 IoU 1
-    assert score(b, items, 4) == pytest.approx(100 * (1 / 2 + 4 / 5 + 1) / 3, abs=1e-3)
+    assert score(b, items, 4) == pytest.approx((1 / 2 + 4 / 5 + 1) / 3, abs=1e-5)
 
 
 def test_server_split_divides_by_requests_and_batches():

@@ -76,7 +76,8 @@ def predict_all(runner, items: list, height: int, width: int, batch: int = 4) ->
 
 
 def score(preds: list, items: list, num_classes: int, classes=None, ignore_index: int = 255) -> Optional[float]:
-    """mIoU in percent (0-100) of ``preds`` against the items' labels, None without labels."""
+    """mIoU as a fraction (0-1, like every segclip JSON; tables show percent) of ``preds`` against the
+    items' labels, None without labels."""
     if not items or "mask" not in items[0]:
         return None
     from segclip.engine.metrics import ConfusionMatrix
@@ -84,7 +85,7 @@ def score(preds: list, items: list, num_classes: int, classes=None, ignore_index
     cm = ConfusionMatrix(num_classes, ignore_index)
     for p, it in zip(preds, items):
         cm.update(p, it["mask"])
-    return round(100.0 * cm.compute(classes)["miou"], 3)
+    return round(cm.compute(classes)["miou"], 6)
 
 
 def agreement(preds: list, ref: list) -> Optional[float]:

@@ -292,7 +292,7 @@ def _fill_accuracy(rows: list, preds, items, ref_preds, ref_miou, num_classes, c
         if r["status"] == "ok":
             r["miou"] = m
             r["pixel_agreement"] = agree
-            r["miou_delta"] = round(m - ref_miou, 3) if m is not None and ref_miou is not None else None
+            r["miou_delta"] = round(m - ref_miou, 6) if m is not None and ref_miou is not None else None
             r["accuracy_images"] = len(items)
 
 

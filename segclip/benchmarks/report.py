@@ -87,19 +87,24 @@ def _others(r) -> str:
     return _f(None if r.get("other_cpu") is None else 100 * r["other_cpu"], "{:.0f}%") + (" !" if r.get("busy") else "")
 
 
+def _pct(x):
+    """A fraction (how mIoU and agreement are stored) as the percent a table shows."""
+    return None if x is None else 100 * x
+
+
 def format_table(report: dict) -> str:
     rows = report["rows"]
     head = ["backend", "precision", "status", "MiB", "HxW", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "x torch",
-            "mIoU", "agree %", "dmIoU", "others CPU"]
+            "mIoU %", "agree %", "dmIoU", "others CPU"]
     lines = []
     for r in rows:
         st = r["status"] if r["status"] == "ok" else r["status"].split(":", 1)[0]
         hw = f"{r['height']}x{r['width']}" if r.get("height") else "-"
         lines.append([r["backend"], r.get("precision") or "-", st, _f(r.get("size_mib")), hw, _f(r.get("batch"), "{}"),
                       _f(r.get("p50_ms")), _f(r.get("p90_ms")), _f(r.get("p99_ms")), _f(r.get("throughput_ips"), "{:.2f}"),
-                      _f(r.get("speedup_vs_torch"), "{:.2f}"), _f(r.get("miou"), "{:.2f}"),
+                      _f(r.get("speedup_vs_torch"), "{:.2f}"), _f(_pct(r.get("miou")), "{:.2f}"),
                       _f(None if r.get("pixel_agreement") is None else 100 * r["pixel_agreement"], "{:.3f}"),
-                      _f(r.get("miou_delta"), "{:+.2f}"), _others(r)])
+                      _f(_pct(r.get("miou_delta")), "{:+.2f}"), _others(r)])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
