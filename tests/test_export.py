@@ -426,6 +426,6 @@ def test_eval_on_deployed_artifacts_matches_its_checkpoint(tmp_path, trained_che
     # the default JSON goes beside the export folder, never inside it
     res = _cli("eval", out, "--data", data, "--limit", 1)
     assert res.exit_code == 0, res.output
-    assert not list(out.glob("*eval*")) and list(out.parent.glob(f"{out.name}.*.eval_val.json"))
+    assert not list(out.glob("*eval*")) and list(out.parent.glob(f"{out.name}.*.eval_val_first1.json"))  # --limit: the spot-check name
     assert_one_error(_cli("eval", out, "--data", data, "--size", "128x128"), 2, "--size 128x128",
                      f"{PARITY_SIZE}x{PARITY_SIZE}")
