@@ -344,10 +344,10 @@ def test_predict_cli_direct_tiled_and_corrupt(tmp_path, export_dir):
 
     out, manifest = export_dir
     small = images(1)[0]
-    big = np.concatenate([images(1, seed=4)[0]] * 2, axis=1)[:50]  # 50 x 128: smaller and larger than 64
+    big = np.concatenate([images(1, seed=4)[0]] * 2, axis=1)[:50]  # 50 x 128: smaller and larger than 64 (PNG: lossless, so the reference reads the same pixels)
     Image.fromarray(small).save(tmp_path / "a.png")
-    Image.fromarray(big).save(tmp_path / "b.jpg")
-    res = _cli("predict", "--model", out, tmp_path / "a.png", tmp_path / "b.jpg", "--out", tmp_path / "pred", "--overlay",
+    Image.fromarray(big).save(tmp_path / "b.png")
+    res = _cli("predict", "--model", out, tmp_path / "a.png", tmp_path / "b.png", "--out", tmp_path / "pred", "--overlay",
                "--overlap", 0.25)
     assert res.exit_code == 0, res.output
     ma = Image.open(tmp_path / "pred" / "a_mask.png")
@@ -372,7 +372,7 @@ def test_predict_cli_direct_tiled_and_corrupt(tmp_path, export_dir):
         # the tiled image, by content: 50 x 128 through 64 px windows at overlap 0.25 (columns start at
         # 0, 48 and 64; the 50 rows mirror-padded to 64): a pixel that one window alone covers has
         # that window's prediction
-        b = np.asarray(Image.open(tmp_path / "b.jpg").convert("RGB"))
+        b = np.asarray(Image.open(tmp_path / "b.png").convert("RGB"))
         padded = np.pad(b, ((0, SIZE - 50), (0, 0), (0, 0)), mode="symmetric")
         first = r.infer(padded[None, :, :SIZE])["mask"][0, :50]
         last = r.infer(padded[None, :, 128 - SIZE:])["mask"][0, :50]

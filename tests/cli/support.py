@@ -53,7 +53,7 @@ def error_line(output: str, code: int, exit_code: int) -> str:
     lines = [l for l in output.splitlines() if l.strip()]
     errors = [l for l in lines if l.startswith("error:")]
     assert len(errors) == 1, f"want exactly one error line:\n{output}"
-    others = [l for l in lines if not l.startswith(("error:", "note:"))]
+    others = [l for l in lines if not l.startswith(("error:", "note:", "warning:"))]
     assert not others, f"unexpected output besides the error line:\n{output}"
     what, sep, fix = errors[0][len("error:"):].partition("; ")
     assert what.strip() and sep and fix.strip(), f"the error line must say what, then '; ' and what to do:\n{errors[0]}"
