@@ -179,14 +179,14 @@ def test_checkpoint_source_and_other_size_export_on_demand(small_checkpoint, exp
     from segclip.benchmarks import run_benchmark
 
     out = tmp_path / "b"
-    report = run_benchmark(export_dir, out=out, backends="onnxruntime", sizes=[SIZE, 96], batches=[1], log=None, **FAST)
+    report = run_benchmark(export_dir, out=out, backends="onnxruntime", size=[SIZE, 96], batch=[1], log=None, **FAST)
     assert_schema(report)
     assert [(r["height"], r["status"]) for r in report["rows"]] == [(SIZE, "ok"), (96, "ok")]
     assert (out / "exports" / "96x96" / "manifest.json").is_file() and not (out / "exports" / f"{SIZE}x{SIZE}").exists()
     assert all(r["pixel_agreement"] is not None and r["miou"] is None for r in report["rows"])  # torch reference, no labels
 
     out2 = tmp_path / "c"
-    report = run_benchmark(small_checkpoint, out=out2, backends="torch,onnxruntime", sizes=SIZE, batches=1, log=None, **FAST)
+    report = run_benchmark(small_checkpoint, out=out2, backends="torch,onnxruntime", size=SIZE, batch=1, log=None, **FAST)
     assert [r["status"] for r in report["rows"]] == ["ok", "ok"]
     assert (out2 / "exports" / f"{SIZE}x{SIZE}" / "model.onnx").is_file()
 
@@ -201,7 +201,7 @@ def test_status_rows_instead_of_crashes(export_dir, tmp_path):
     m["source"]["checkpoint"] = str(tmp_path / "gone.pt")
     (moved / "manifest.json").write_text(json.dumps(m))
     url = "grpc://127.0.0.1:1/segclip_python"  # nothing listens on port 1
-    report = run_benchmark(moved, out=tmp_path / "o", backends="torch,onnxruntime,triton-grpc,triton-http", batches=[1, 8],
+    report = run_benchmark(moved, out=tmp_path / "o", backends="torch,onnxruntime,triton-grpc,triton-http", batch=[1, 8],
                            triton_url=url, concurrency=[1], log=None, **FAST)
     assert_schema(report)
     st = {(r["backend"], r["batch"]): r["status"] for r in report["rows"]}
@@ -394,7 +394,7 @@ def test_triton_rows_and_concurrency_sweep(triton, export_dir, sample_data, tmp_
 
     model = triton.models[0]
     urls = [triton.model_url(model, "grpc"), triton.model_url(model, "http")]
-    report = run_benchmark(export_dir, out=tmp_path / "t", backends="onnxruntime,triton-grpc,triton-http", batches=[1],
+    report = run_benchmark(export_dir, out=tmp_path / "t", backends="onnxruntime,triton-grpc,triton-http", batch=[1],
                            concurrency=[1, 3], triton_url=urls, load_duration_s=1.0, data=sample_data, log=None, **FAST)
     assert_schema(report)
     rows = {r["backend"]: r for r in report["rows"]}
@@ -428,7 +428,7 @@ def test_benchmark_starts_its_own_server(export_dir, server_env, tmp_path, monke
         return out
 
     monkeypatch.setattr(srv_mod.TritonServer, "start", spy)
-    report = run_benchmark(export_dir, out=tmp_path / "s", backends="triton-grpc", batches=[1], concurrency=[2],
+    report = run_benchmark(export_dir, out=tmp_path / "s", backends="triton-grpc", batch=[1], concurrency=[2],
                            load_duration_s=0.5, log=None, **FAST)
     assert_schema(report)
     assert report["rows"][0]["status"] == "ok" and report["rows"][0]["pixel_agreement"] == 1.0

@@ -154,3 +154,19 @@ def test_readme_preset_figures_match_the_presets():
             assert (int(crop), int(batch), int(steps)) == (t.crop_size, t.batch_size, t.max_steps), name
             assert (float(lr), float(mult), int(warm), float(clip)) == (t.lr, t.backbone_lr_mult, t.warmup_steps, t.grad_clip), name
             assert (window == "crop" and t.eval_size is None) or int(window) == t.eval_size, name
+
+
+def test_python_twins_warn_on_their_old_keywords(tmp_path):
+    """``build_repository(repo_dir=)`` / ``run_benchmark(batches=, sizes=)`` still work for one release, with a warning."""
+    import pytest
+
+    from segclip.benchmarks import run_benchmark
+    from segclip.errors import SegclipError
+    from segclip.serving.repo import build_repository
+
+    with pytest.warns(DeprecationWarning, match=r"use out="), pytest.raises(SegclipError, match="manifest"):
+        build_repository(tmp_path / "no-export", repo_dir=tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+    with pytest.warns(DeprecationWarning, match=r"use batch="), pytest.raises(SegclipError, match="batch"):
+        run_benchmark(tmp_path / "nothing", out=tmp_path / "bench", batches="x")
+    assert not (tmp_path / "bench").exists()

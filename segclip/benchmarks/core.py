@@ -386,12 +386,21 @@ def summarize(rows: list, load: list, machine: dict, busy_threshold: float = BUS
 
 
 # ---- the entry point ---------------------------------------------------------------------------------
-def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8), sizes=None, concurrency=(1, 4, 8),
+def _deprecated_keyword(old: str, old_value, new: str, new_value):
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"run_benchmark({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+def run_benchmark(source, out=None, data=None, backends=None, batch=(1, 4, 8), size=None, concurrency=(1, 4, 8),
                   quick: bool = False, triton_url=None, *, reps: Optional[int] = None, warmup: Optional[int] = None,
                   threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
                   limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
                   load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
-                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD) -> dict:
+                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None) -> dict:
     """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
     (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
 
@@ -408,11 +417,14 @@ def run_benchmark(source, out=None, data=None, backends=None, batches=(1, 4, 8),
     t_start = time.perf_counter()
     log = log or (lambda *a, **k: None)
     names = parse_backends(backends if backends is not None else (QUICK_BACKENDS if quick else None))
-    batches = parse_ints(batches, "batch") or (1,)
+    # ``batch``/``size`` as on the command line; ``batches``/``sizes`` kept for one release
+    batch = _deprecated_keyword("batches", batches, "batch", batch)
+    size = _deprecated_keyword("sizes", sizes, "size", size)
+    batches = parse_ints(batch, "batch") or (1,)
     if quick:
         batches = batches[:1]
     concurrency = parse_ints(concurrency, "concurrency")
-    size_list = parse_sizes(sizes)
+    size_list = parse_sizes(size)
     given_urls = parse_triton_urls(triton_url)
     data_spec = acc.parse_data(data)
     import torch

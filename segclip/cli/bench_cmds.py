@@ -54,7 +54,7 @@ def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls,
 
     out = Path(out) if out else default_out(source)
     clean_partials(out)
-    report = run_benchmark(source, out=out, data=data, backends=backends, batches=batch, sizes=size,
+    report = run_benchmark(source, out=out, data=data, backends=backends, batch=batch, size=size,
                            concurrency=concurrency, quick=quick, triton_url=list(triton_urls) or None, reps=reps,
                            warmup=warmup, threads=threads, budget_s=budget_s, device=device, limit=limit,
                            triton_shm=triton_shm, triton_env=triton_env, show_table=False, busy_threshold=busy_threshold,

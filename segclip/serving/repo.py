@@ -247,10 +247,11 @@ def _trt_plan(manifest: dict, export_dir: Path) -> Optional[Path]:
     return None if art is None else export_dir / art["file"]
 
 
-def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
+def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
                      queue_delay_us: int = 100, instances: int = 1, kind: str = "cpu", intra_op_threads: int = 0,
-                     precision: str = "fp32", force: bool = False) -> dict:
-    """Generate the Triton models for an export into ``repo_dir``; returns ``{model: folder}``.
+                     precision: str = "fp32", force: bool = False, repo_dir=None) -> dict:
+    """Generate the Triton models for an export into ``out`` (the repository folder, ``--out`` on the
+    command line; ``repo_dir=`` is its old keyword, kept for one release); returns ``{model: folder}``.
 
     ``models`` defaults to every model the export supports (segclip_trt only with a passing engine).
     ``max_batch`` defaults to the export's profile max (it may not exceed a TensorRT profile's max).
@@ -260,7 +261,14 @@ def build_repository(export_dir, repo_dir, *, models: Optional[Iterable[str]] = 
     """
     from segclip.atomic import atomic_dir
 
-    export_dir, repo_dir = Path(export_dir), Path(repo_dir)
+    if repo_dir is not None:
+        import warnings
+
+        warnings.warn("build_repository(repo_dir=...) is deprecated; use out=...", DeprecationWarning, stacklevel=2)
+        out = repo_dir if out is None else out
+    if out is None:
+        raise SegclipError("build_repository: no repository folder; give out=DIR (--out on the command line)")
+    export_dir, repo_dir = Path(export_dir), Path(out)
     if kind not in ("cpu", "gpu"):
         raise SegclipError(f"--kind {kind!r}: not a kind; give --kind cpu or --kind gpu")
     if instances < 1:
