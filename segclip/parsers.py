@@ -146,3 +146,16 @@ def check_options(fn, opts, what: str, kind: str) -> None:
 
 
 __all__ = ["split_list", "unique", "parse_ints", "parse_size", "parse_sizes", "parse_batch", "parse_data", "parse_device", "check_options"]
+
+
+def renamed_keyword(func: str, old: str, old_value, new: str, new_value):
+    """A Python keyword renamed to the CLI's spelling: the old one still works for one release, with a
+    DeprecationWarning; both given with different values is an error."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"{func}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
+    if new_value is not None and str(new_value) != str(old_value):
+        raise SegclipError(f"{func}: {new} and {old} given with different values; use {new} alone")
+    return old_value

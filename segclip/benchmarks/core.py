@@ -21,7 +21,7 @@ from typing import Optional
 
 from segclip.contract import artifact_problem, is_export_dir, manifest_signature, read_manifest, sha256_file, signature_from_checkpoint
 from segclip.errors import GateFailed, SegclipError, one_line
-from segclip.parsers import parse_device, parse_ints, parse_sizes, split_list
+from segclip.parsers import parse_device, parse_ints, parse_sizes, renamed_keyword, split_list
 
 from segclip.benchmarks import accuracy as acc
 from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, parse_backends
@@ -386,16 +386,7 @@ def summarize(rows: list, load: list, machine: dict, busy_threshold: float = BUS
 
 
 # ---- the entry point ---------------------------------------------------------------------------------
-def _deprecated_keyword(old: str, old_value, new: str, new_value):
-    if old_value is None:
-        return new_value
-    import warnings
-
-    warnings.warn(f"run_benchmark({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
-    return old_value
-
-
-def run_benchmark(source, out=None, data=None, backends=None, batch=(1, 4, 8), size=None, concurrency=(1, 4, 8),
+def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=None, concurrency=(1, 4, 8),
                   quick: bool = False, triton_url=None, *, reps: Optional[int] = None, warmup: Optional[int] = None,
                   threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
                   limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
@@ -418,9 +409,9 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=(1, 4, 8), s
     log = log or (lambda *a, **k: None)
     names = parse_backends(backends if backends is not None else (QUICK_BACKENDS if quick else None))
     # ``batch``/``size`` as on the command line; ``batches``/``sizes`` kept for one release
-    batch = _deprecated_keyword("batches", batches, "batch", batch)
-    size = _deprecated_keyword("sizes", sizes, "size", size)
-    batches = parse_ints(batch, "batch") or (1,)
+    batch = renamed_keyword("run_benchmark", "batches", batches, "batch", batch)
+    size = renamed_keyword("run_benchmark", "sizes", sizes, "size", size)
+    batches = parse_ints(batch if batch is not None else (1, 4, 8), "batch") or (1,)
     if quick:
         batches = batches[:1]
     concurrency = parse_ints(concurrency, "concurrency")

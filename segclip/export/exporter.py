@@ -28,7 +28,7 @@ from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT
                               write_manifest)
 from segclip.errors import GateFailed, SegclipError
 from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images
-from segclip.parsers import parse_batch, parse_size
+from segclip.parsers import parse_batch, parse_size, renamed_keyword
 from segclip.signature import SCORES_NAME
 
 ONNX_NAME = "model.onnx"
@@ -471,13 +471,7 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
     failed) and ``SegclipError`` (exit 2) for bad arguments, an existing export without ``force``,
     or ``trt=True`` where no engine can be built (after writing the ONNX files and ``trtexec.sh``).
     """
-    if out_dir is not None:
-        import warnings
-
-        warnings.warn("export(out_dir=...) is deprecated; use export(..., out=...)", DeprecationWarning, stacklevel=2)
-        if out is not None and str(out) != str(out_dir):
-            raise SegclipError("export: out and out_dir given with different values; use out alone")
-        out = out_dir
+    out = renamed_keyword("export", "out_dir", out_dir, "out", out)
     return Exporter(source=source, out_dir=out, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,

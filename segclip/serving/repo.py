@@ -31,6 +31,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError, one_line
+from segclip.parsers import renamed_keyword
 from segclip.contract import MANIFEST_NAME, artifact_problem, batch_profile, manifest_signature, read_manifest, sha256_file
 from segclip.runtime.triton import PRECISION_PARAM, SCENE_DEFAULT_PARAM, SIGNATURE_PARAM
 from segclip.signature import DEFAULT_SCENE, MASK_NAME, SCENE_NAME, Signature, triton_config_type, triton_dims
@@ -261,11 +262,7 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
     """
     from segclip.atomic import atomic_dir
 
-    if repo_dir is not None:
-        import warnings
-
-        warnings.warn("build_repository(repo_dir=...) is deprecated; use out=...", DeprecationWarning, stacklevel=2)
-        out = repo_dir if out is None else out
+    out = renamed_keyword("build_repository", "repo_dir", repo_dir, "out", out)
     if out is None:
         raise SegclipError("build_repository: no repository folder; give out=DIR (--out on the command line)")
     export_dir, repo_dir = Path(export_dir), Path(out)
