@@ -245,8 +245,9 @@ def test_default_int8_gate_fails_exit_1_and_marks_failed(trained_checkpoint, int
     import json
 
     out = tmp_path / "e"
-    r = _cli("export", trained_checkpoint, "--int8", "--data", int8_data, "--calib-images", N_CALIB, "--parity-images", N_GATE,
-             "--int8-fallback", 1, "--out", out)
+    # --fp16 --trt: the INT8+FP16 graph (and the engine, on a GPU) must derive from the graph the fallback kept
+    r = _cli("export", trained_checkpoint, "--int8", "--fp16", "--trt", "--data", int8_data, "--calib-images", N_CALIB,
+             "--parity-images", N_GATE, "--int8-fallback", 1, "--out", out)
     assert_one_error(r, 1, "parity gate failed", "onnx_int8")
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "failed"
@@ -254,4 +255,12 @@ def test_default_int8_gate_fails_exit_1_and_marks_failed(trained_checkpoint, int
     assert a["status"] == "failed" and a["parity"]["pixel_agreement"] < 0.98
     assert [x["float_nodes"] for x in a["int8"]["fallback_rounds"]] == [1]  # one fallback round, its node listed
     assert len(a["int8"]["fallback_float_nodes"]) == 1 and a["int8"]["fallback_float_nodes"][0]["name"]
+    kept = a["int8"]["fallback_float_nodes"][0]["name"]
+    for fname in ("model_int8.onnx", "model_int8_fp16.onnx"):
+        g = onnx.load(str(out / fname)).graph
+        node = next(n for n in g.node if n.name == kept)
+        assert _dq_inputs(node, _producers(g), _init(g))[1] is None, (fname, kept)  # its weight is not quantized
+        quantized = [n.name for n in g.node if n.op_type in QUANT_OPS and _dq_inputs(n, _producers(g), _init(g))[1]]
+        assert quantized, fname  # ... while the other layers are
+    assert m["artifacts"]["onnx_int8_fp16"]["status"] in ("ok", "failed")  # gated like every artifact
     assert m["artifacts"]["onnx"]["status"] == "ok" and (out / "model_int8.onnx").is_file()
