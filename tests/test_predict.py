@@ -39,8 +39,15 @@ def reference(h: int, w: int) -> np.ndarray:
     return ((yy // 37 + xx // 53) % K).astype(np.uint8)
 
 
-def _position_onnx(path, scores: bool):
-    """uint8 N x 64 x 64 x 3 -> mask = (y // 37 + x // 53) % 7 decoded from the pixel values [+ one-hot scores]."""
+def _local(n: int = SIZE) -> np.ndarray:
+    """A class offset by position inside the window: overlapping windows disagree, the blend decides."""
+    i, j = np.mgrid[0:n, 0:n]
+    return ((i // 16 + 2 * (j // 16)) % K).astype(np.int32)
+
+
+def _position_onnx(path, scores: bool, local: bool = False):
+    """uint8 N x 64 x 64 x 3 -> mask = (y // 37 + x // 53 [+ _local()]) % 7 decoded from the pixel values
+    [+ scores 1.0 for that class, 0.1 for the others]."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -50,6 +57,8 @@ def _position_onnx(path, scores: bool):
         return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT32, [], [v]))
 
     nodes = [const(f"c{v}", v) for v in (16, 37, 53, 256, K)]
+    nodes += [helper.make_node("Constant", [], ["local"], value=helper.make_tensor(
+        "local", TensorProto.INT32, [SIZE, SIZE], _local().ravel().tolist()))]
     nodes += [helper.make_node("Cast", ["image"], ["xi"], to=TensorProto.INT32)]
     for i, ch in enumerate("rgb"):
         nodes += [helper.make_node("Constant", [], [f"i{i}"], value=helper.make_tensor(f"i{i}", TensorProto.INT64, [], [i])),
@@ -59,7 +68,9 @@ def _position_onnx(path, scores: bool):
         helper.make_node("Mul", ["bhi", "c256"], ["yh"]), helper.make_node("Add", ["r", "yh"], ["y"]),
         helper.make_node("Mul", ["blo", "c256"], ["xh"]), helper.make_node("Add", ["g", "xh"], ["x"]),
         helper.make_node("Div", ["y", "c37"], ["yq"]), helper.make_node("Div", ["x", "c53"], ["xq"]),
-        helper.make_node("Add", ["yq", "xq"], ["s"]), helper.make_node("Mod", ["s", f"c{K}"], ["cls"]),
+        helper.make_node("Add", ["yq", "xq"], ["s0"]),
+        helper.make_node("Add", ["s0", "local"], ["s"]) if local else helper.make_node("Identity", ["s0"], ["s"]),
+        helper.make_node("Mod", ["s", f"c{K}"], ["cls"]),
         helper.make_node("Cast", ["cls"], ["mask"], to=TensorProto.UINT8),
     ]
     outputs = [helper.make_tensor_value_info("mask", TensorProto.UINT8, ["N", SIZE, SIZE])]
@@ -273,3 +284,97 @@ def test_endpoint_that_never_answers(tmp_path, mask_model):
         res = predict("--model", url, "--model", mask_model, good, "--out", tmp_path / "out", "--timeout", 1)
     one_error(res, url)
     np.testing.assert_array_equal(read(tmp_path / "out" / "good_mask.tif")[0], reference(70, 70))
+
+
+# ---- column strips: bounded in width, seams blended as within a strip -----------------------------
+@pytest.fixture(scope="module", params=["mask", "scores"])
+def local_model(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("posl") / f"local_{request.param}.onnx"
+    return _position_onnx(path, request.param == "scores", local=True), request.param
+
+
+def _starts(n, win, stride):
+    return [0] if n <= win else list(range(0, n - win, stride)) + [n - win]
+
+
+def blend_reference(h, w, mode, stride):
+    """The documented blend, written out: windows every ``stride`` (the last one at the border),
+    row-major; tent weight min(i + 1, n - i) / ceil(n / 2) per axis; scores: argmax of the weighted
+    sum, class maps: the class of the window with the highest weight (ties: the earlier window)."""
+    t = np.arange(SIZE, dtype=np.float32)
+    t = np.minimum(t + 1, SIZE - t) / ((SIZE + 1) // 2)
+    weight = t[:, None] * t[None, :]
+    acc = np.zeros((K, h, w), np.float32)
+    best, cls = np.full((h, w), -1.0, np.float32), np.zeros((h, w), np.uint8)
+    for y in _starts(h, SIZE, stride):
+        for x in _starts(w, SIZE, stride):
+            yy, xx = np.mgrid[y:y + SIZE, x:x + SIZE]
+            c = (yy // 37 + xx // 53 + _local()) % K
+            if mode == "scores":
+                onehot = np.where(np.arange(K)[:, None, None] == c, np.float32(1.0), np.float32(0.1))
+                acc[:, y:y + SIZE, x:x + SIZE] += onehot * weight
+            else:
+                b, k = best[y:y + SIZE, x:x + SIZE], cls[y:y + SIZE, x:x + SIZE]
+                win = weight > b
+                b[win], k[win] = weight[win], c[win]
+    return acc.argmax(0).astype(np.uint8) if mode == "scores" else cls
+
+
+def test_column_strips_blend_seams_exactly_as_one_strip(tmp_path, monkeypatch, local_model):
+    from segclip.data import sliding
+
+    model, mode = local_model
+    h, w = 150, 700  # overlap 0.25: stride 48, 14 window columns
+    src = write_geotiff(tmp_path / "wide.tif", np.moveaxis(encode(h, w), -1, 0))
+    ref = blend_reference(h, w, mode, 48)
+    assert (ref != (reference(h, w) + _local(1)[0, 0]) % K).any()  # windows disagree: the blend decides
+    res = predict("--model", model, src, "--out", tmp_path / "one", "--overlap", 0.25, "--batch", 5)
+    assert res.exit_code == 0, res.output
+    one = read(tmp_path / "one" / "wide_mask.tif")[0]
+    np.testing.assert_array_equal(one, ref)
+    monkeypatch.setattr(sliding, "BLEND_BYTES", 1)  # strips of at most two windows' width (128 px)
+    plan = sliding.SlidingPlan(h, w, SIZE, overlap=0.25)
+    strips = plan.strips(sliding.blend_bytes_per_pixel(mode, K))
+    assert len(strips) >= 5 and max(x1 - x0 for x0, x1, _ in strips) <= 2 * SIZE
+    res = predict("--model", model, src, "--out", tmp_path / "strips", "--overlap", 0.25, "--batch", 5)
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(read(tmp_path / "strips" / "wide_mask.tif")[0], one)
+    doc = json.loads((tmp_path / "strips" / "wide_counts.json").read_text())
+    assert [doc["classes"][c]["pixels"] for c in CLASSES] == np.bincount(one.ravel(), minlength=K).tolist()
+
+
+def test_column_strips_memory_does_not_grow_with_width(tmp_path, monkeypatch, model):
+    """The blend buffers and the blocks handed to the writer stay under one bound however wide the
+    scene (and, as a check that this measure sees width at all, they grow with one full-width strip)."""
+    from segclip.data import raster, sliding
+
+    sizes = {"blend": 0, "block": 0}
+    alloc, write = sliding.Blender._alloc, raster.ClassMapSink.write
+
+    def spy_alloc(self, k):
+        alloc(self, k)
+        held = sum(a.nbytes for a in (self.acc, self.best, self.cls, self.wsum) if a is not None)
+        sizes["blend"] = max(sizes["blend"], held)
+
+    def spy_write(self, y0, rows, x0=0):
+        sizes["block"] = max(sizes["block"], rows.nbytes)
+        write(self, y0, rows, x0)
+
+    monkeypatch.setattr(sliding.Blender, "_alloc", spy_alloc)
+    monkeypatch.setattr(raster.ClassMapSink, "write", spy_write)
+
+    def peak(w, budget):
+        monkeypatch.setattr(sliding, "BLEND_BYTES", budget)
+        sizes.update(blend=0, block=0)
+        src = write_geotiff(tmp_path / f"s{w}.tif", np.moveaxis(encode(100, w), -1, 0))
+        res = predict("--model", model, src, "--out", tmp_path / f"o{w}_{budget}", "--overlap", 0.25)
+        assert res.exit_code == 0, res.output
+        np.testing.assert_array_equal(read(tmp_path / f"o{w}_{budget}" / f"s{w}_mask.tif")[0], reference(100, w))
+        return dict(sizes)
+
+    bpp = sliding.blend_bytes_per_pixel("scores" if "scores" in model.name else "mask", K)
+    for w in (500, 1000, 2000):  # strips at most two windows wide: window_h x 2 window_w x bytes per pixel
+        got = peak(w, 1)
+        assert 0 < got["blend"] <= SIZE * 2 * SIZE * bpp and 0 < got["block"] <= SIZE * 2 * SIZE, (w, got)
+    whole_narrow, whole_wide = peak(500, 1 << 30), peak(1000, 1 << 30)
+    assert whole_wide["blend"] > 1.9 * whole_narrow["blend"] and whole_wide["block"] > 1.9 * whole_narrow["block"]

@@ -265,8 +265,9 @@ def _colormap(palette, ignore: int) -> dict:
 
 class ClassMapSink:
     """Class-map rows in, one file out (``<dst>.tif`` as a COG when ``source`` is georeferenced, else
-    ``<dst>.png``).  Use ``write(y0, rows)`` for consecutive row bands, then ``close()``; an error or
-    ``abort()`` leaves nothing behind."""
+    ``<dst>.png``).  Use ``write(y0, rows, x0)`` for blocks in any order (GDAL reads back a tile
+    that an earlier block left half written), then ``close()``; an error or ``abort()`` leaves
+    nothing behind."""
 
     def __init__(self, dst_stem: Path, source: RasterSource, palette, num_classes: int, ignore: int = 255):
         import rasterio
@@ -295,16 +296,16 @@ class ClassMapSink:
         except Exception as e:
             self.tmp.unlink(missing_ok=True)
             raise _write_error(self.dst, e) from None
-        self.rows_written = 0
+        self.pixels_written = 0
 
-    def write(self, y0: int, rows: np.ndarray) -> None:
+    def write(self, y0: int, rows: np.ndarray, x0: int = 0) -> None:
         from rasterio.windows import Window
 
         try:
-            self.ds.write(rows.astype(self.dtype, copy=False)[None], window=Window(0, y0, self.width, rows.shape[0]))
+            self.ds.write(rows.astype(self.dtype, copy=False)[None], window=Window(x0, y0, rows.shape[1], rows.shape[0]))
         except Exception as e:
             raise _write_error(self.dst, e) from None
-        self.rows_written += rows.shape[0]
+        self.pixels_written += rows.size
 
     def close(self) -> Path:
         """Finish the file (COG with overviews / PNG) and move it into place atomically."""

@@ -7,9 +7,15 @@ window by window over rasters that never fit in memory (``segclip.predict``).
   artificial black border) and the padding is cropped off the result.
 * ``Blender`` takes the windows' outputs in plan order (batches of any size; windows may be skipped,
   e.g. all-nodata ones) and hands back finished row bands of the class map as soon as no later
-  window touches them.  Memory is one ring buffer of ``window_h x W`` pixels: every window row starts
-  where the previous one's finished pixel rows end, so finished rows are reduced and their buffer
-  rows reused.
+  window touches them.  Memory is one ring buffer of ``window_h x strip width`` pixels: every window
+  row starts where the previous one's finished pixel rows end, so finished rows are reduced and
+  their buffer rows reused.
+* ``SlidingPlan.strips`` cuts the image into column strips so that this buffer is bounded in width
+  too (``BLEND_BYTES``): the streaming predictor blends one strip at a time, top to bottom.  The
+  windows stay where the plan puts them; a strip owns the output columns between two window starts
+  and takes *every* window that touches them, so a window straddling a strip boundary is run once
+  for each side (overlap > 0: one window column per boundary) and every pixel is blended from the
+  same windows in the same order as without strips -- the same bits, seams included.
 
 How overlapping windows are blended:
 
@@ -37,6 +43,18 @@ from segclip.data.tiling import _pair, tile_coords
 
 MODES = ("scores", "mask")
 OVERLAP = 1 / 3  # default window overlap of every caller (mmseg's slide mode uses about the same)
+# Blend state of one strip, in bytes (see SlidingPlan.strips): wide scenes are blended in column strips
+# of at most BLEND_BYTES / (window_h x bytes per pixel) columns -- and never narrower than two windows,
+# so a window straddles at most a small share of the strips' windows.
+BLEND_BYTES = 256 << 20
+_ARGMAX_ROWS = 64  # score rows reduced per argmax call: bounds its int64 temporary
+
+
+def blend_bytes_per_pixel(mode: str, num_classes: Optional[int]) -> int:
+    """Bytes of blend state per pixel: K float32 scores, or the class-map rule's weight and class."""
+    if mode == "scores":
+        return 4 * int(num_classes or 1)
+    return 4 + (1 if num_classes is not None and num_classes <= 255 else 4)
 
 
 def _tent(n: int) -> np.ndarray:
@@ -77,6 +95,23 @@ class SlidingPlan:
     def __len__(self) -> int:
         return len(self.coords)
 
+    def strips(self, bytes_per_pixel: int, budget: Optional[int] = None) -> list:
+        """Column strips ``[(x0, x1, window ids)]``: strip s owns output columns x0..x1-1 (padded
+        coordinates; x0 and the next strip's x0 are window starts) and lists, ascending, every window
+        that touches them.  Strips are at most ``max(budget / (window_h x bytes_per_pixel), 2 x
+        window_w)`` columns wide (budget: ``BLEND_BYTES``), or one stride where that is smaller."""
+        wh, ww = self.window
+        budget = BLEND_BYTES if budget is None else budget
+        widest = max(int(budget) // (wh * max(1, int(bytes_per_pixel))), 2 * ww)
+        starts = sorted({c[1] for c in self.coords})
+        bounds = [0]
+        while self.padded_width - bounds[-1] > widest:
+            nxt = [x for x in starts if bounds[-1] < x <= bounds[-1] + widest]
+            bounds.append(max(nxt) if nxt else min(x for x in starts if x > bounds[-1]))
+        bounds.append(self.padded_width)
+        return [(x0, x1, [i for i, c in enumerate(self.coords) if c[1] < x1 and c[3] > x0])
+                for x0, x1 in zip(bounds, bounds[1:])]
+
     def crop(self, image: np.ndarray, c) -> np.ndarray:
         """Window ``c`` of an in-memory H x W x C image (mirror-padded where the image is smaller)."""
         y, x, y1, x1 = c
@@ -94,30 +129,35 @@ class SlidingPlan:
 
 class Blender:
     """Accumulates window outputs in plan order; ``add`` returns the row bands it finished as
-    ``[(y0, y1, class map rows (y1 - y0) x width)]`` (cropped to the image)."""
+    ``[(y0, y1, class map rows (y1 - y0) x strip width)]`` (cropped to the image; the band's first
+    column is ``self.x0``).  ``strip``: one of ``plan.strips(...)`` (default: the whole width); only
+    its windows may be added."""
 
     def __init__(self, plan: SlidingPlan, num_classes: Optional[int] = None, mode: str = "scores",
-                 keep_scores: bool = False):
+                 keep_scores: bool = False, strip: Optional[tuple] = None):
         if mode not in MODES:
             raise SegclipError(f"sliding window: mode must be one of {MODES}, got {mode!r}")
         if keep_scores and mode != "scores":
             raise SegclipError("sliding window: keep_scores needs mode='scores'")
         self.plan, self.mode, self.k, self.keep_scores = plan, mode, num_classes, keep_scores
+        self.x0, self.x1, ids = strip if strip is not None else (0, plan.padded_width, range(len(plan)))
+        self.ids = frozenset(ids)
+        self.width = min(self.x1, plan.width) - self.x0  # output columns of this strip
         wh = plan.window[0]
         # keep_scores: a ring as tall as the image never wraps, so it ends up holding every score
         self.ring = plan.padded_height if keep_scores else wh
         self.next = 0  # index of the next window expected
         self.row = 0  # index into plan.row_starts of the first unfinished window row
         row_of = {y: r for r, y in enumerate(plan.row_starts)}
-        self._row_end = {}  # window-row index -> index of its last window (coords are row-major)
-        for i, c in enumerate(plan.coords):
-            self._row_end[row_of[c[0]]] = i
+        self._row_end = {r: -1 for r in range(len(plan.row_starts))}  # window row -> its last window here
+        for i in sorted(self.ids):  # coords are row-major
+            self._row_end[row_of[plan.coords[i][0]]] = i
         self.acc = self.best = self.cls = self.wsum = None
         if mode == "mask" or num_classes:
             self._alloc(num_classes)
 
     def _alloc(self, k: Optional[int]) -> None:
-        wp = self.plan.padded_width
+        wp = self.x1 - self.x0
         self.k = k
         if self.mode == "scores":
             self.acc = np.zeros((k, self.ring, wp), np.float32)
@@ -157,19 +197,24 @@ class Blender:
         for i, out in zip(ids, outputs):
             if i < self.next or i >= len(self.plan):
                 raise SegclipError(f"sliding window: window {i} out of order (next is {self.next} of {len(self.plan)})")
+            if i not in self.ids:
+                raise SegclipError(f"sliding window: window {i} is not in the strip of columns {self.x0}..{self.x1 - 1}")
             done += self._advance(i)
             y, x, _, x1 = self.plan.coords[i]
-            w = self.plan.weight
+            # the part of the window inside the strip: buffer columns b0..b1, window columns c0..c1
+            b0, b1 = max(x, self.x0) - self.x0, min(x1, self.x1) - self.x0
+            c = slice(b0 + self.x0 - x, b1 + self.x0 - x)
+            w = self.plan.weight[:, c]
             for phys, j in _ring(y, wh, self.ring):
                 if self.mode == "scores":
-                    self.acc[:, phys, x:x1] += out[:, j] * w[j]
+                    self.acc[:, phys, b0:b1] += out[:, j, c] * w[j]
                     if self.wsum is not None:
-                        self.wsum[phys, x:x1] += w[j]
+                        self.wsum[phys, b0:b1] += w[j]
                 else:
-                    best, cls = self.best[phys, x:x1], self.cls[phys, x:x1]
+                    best, cls = self.best[phys, b0:b1], self.cls[phys, b0:b1]
                     win = w[j] > best
                     best[win] = w[j][win]
-                    cls[win] = out[j][win]
+                    cls[win] = out[j][:, c][win]
             self.next = i + 1
         return done + self._advance(self.next)
 
@@ -188,12 +233,14 @@ class Blender:
             y_stop = min(y_end, self.plan.height)
             if y0 >= y_stop:
                 continue  # mirror padding only
-            rows = np.zeros((y_stop - y0, self.plan.width), self.mask_dtype)
+            rows = np.zeros((y_stop - y0, self.width), self.mask_dtype)
             for phys, j in _ring(y0, y_stop - y0, self.ring):
                 if self.mode == "mask":
-                    rows[j] = self.cls[phys, :self.plan.width]
+                    rows[j] = self.cls[phys, :self.width]
                 elif self.acc is not None:  # None: every window so far was skipped
-                    rows[j] = self.acc[:, phys, :self.plan.width].argmax(0)
+                    for r in range(phys.start, phys.stop, _ARGMAX_ROWS):
+                        r1 = min(r + _ARGMAX_ROWS, phys.stop)
+                        rows[j.start + r - phys.start:j.start + r1 - phys.start] = self.acc[:, r:r1, :self.width].argmax(0)
             if not self.keep_scores:
                 for phys, _ in _ring(y0, y_end - y0, self.ring):
                     if self.mode == "scores":
@@ -211,7 +258,7 @@ class Blender:
         if not self.keep_scores:
             raise SegclipError("sliding window: scores() needs keep_scores=True")
         s = self.acc / np.maximum(self.wsum, 1e-12)
-        return s[:, :self.plan.height, :self.plan.width]
+        return s[:, :self.plan.height, :self.width]
 
 
 def sliding_window_predict(predict_fn: Callable, image: np.ndarray, window, overlap: float = OVERLAP, stride=None,

@@ -3,14 +3,16 @@
 Per input raster three threads overlap, joined by bounded queues so that memory stays flat:
 
     reader  -- windows of the plan (``segclip.data.sliding.SlidingPlan``) read from the raster,
-               scaled to uint8, batched; all-nodata windows are skipped
+               column strip by column strip (``SlidingPlan.strips``), scaled to uint8, batched;
+               all-nodata windows are skipped
     main    -- batches to the ``RunnerPool`` (local runner, or several Triton endpoints with a
-               bounded number in flight each); results, in plan order, into the ``Blender``
-    writer  -- finished row bands: nodata -> ignore, into the class-map file, the pixel counts and
-               the downsampled preview
+               bounded number in flight each); results, in plan order, into the strip's ``Blender``
+    writer  -- finished blocks (row band x strip): nodata -> ignore, into the class-map file, the
+               pixel counts and the downsampled preview
 
-Peak memory is the model, a few batches, and one band of ``window_h x width`` blend state; it does
-not depend on the image height (and the band is 5 bytes per pixel for class-map runners).
+Peak memory is the model, a few batches, one strip's ``window_h x strip width`` blend state (at
+most ``sliding.BLEND_BYTES``) and two finished blocks queued for the writer; none of it depends on
+the image's height or width.
 
 Outputs per input ``DIR/<stem>``: ``_mask.tif`` (COG; georeferenced input) or ``_mask.png``,
 ``_preview.png`` (palette colours + legend, long side <= ``PREVIEW_MAX``), ``_counts.json`` (pixels
@@ -114,14 +116,13 @@ class _Preview:
 
     def __init__(self, h: int, w: int, ignore: int):
         self.step = max(1, math.ceil(max(h, w) / PREVIEW_MAX))
-        self.cols = slice(0, w, self.step)
         self.map = np.full((math.ceil(h / self.step), math.ceil(w / self.step)), ignore, np.int32)
 
-    def add(self, y0: int, rows: np.ndarray) -> None:
-        first = -(-y0 // self.step) * self.step  # first kept row >= y0
-        ys = np.arange(first, y0 + rows.shape[0], self.step)
-        if ys.size:
-            self.map[ys // self.step] = rows[ys - y0][:, self.cols]
+    def add(self, y0: int, rows: np.ndarray, x0: int = 0) -> None:
+        ys = np.arange(-(-y0 // self.step) * self.step, y0 + rows.shape[0], self.step)  # kept rows >= y0
+        xs = np.arange(-(-x0 // self.step) * self.step, x0 + rows.shape[1], self.step)
+        if ys.size and xs.size:
+            self.map[np.ix_(ys // self.step, xs // self.step)] = rows[np.ix_(ys - y0, xs - x0)]
 
 
 def _put(q: queue.Queue, item, failed: Callable[[], bool]) -> bool:
@@ -171,7 +172,7 @@ class Predictor:
         from tqdm import tqdm
 
         from segclip.data.raster import ClassMapSink, RasterSource, gdal_env
-        from segclip.data.sliding import Blender, SlidingPlan
+        from segclip.data.sliding import SlidingPlan, blend_bytes_per_pixel
 
         t0 = time.perf_counter()
         with gdal_env(), warnings.catch_warnings():
@@ -179,7 +180,7 @@ class Predictor:
             source = RasterSource(path, self.bands, self.value_range)
             try:
                 plan = SlidingPlan(source.height, source.width, self.window, overlap=self.overlap)
-                blender = Blender(plan, self.k, mode=self.mode)
+                strips = plan.strips(blend_bytes_per_pixel(self.mode, self.k))
                 if self.encode:  # dataset ids: their own colours, their no-data id
                     ids = range(max(self.file_ids) + 1)
                     sink = ClassMapSink(Path(f"{stem}_mask"), source, [self.file_ids[i][1] for i in ids], len(ids),
@@ -187,10 +188,10 @@ class Predictor:
                 else:
                     sink = ClassMapSink(Path(f"{stem}_mask"), source, self.palette, self.k, IGNORE_INDEX)
                 counts, preview = _Counts(self.k), _Preview(source.height, source.width, IGNORE_INDEX)
-                bar = tqdm(total=len(plan), desc=path.name[:30], unit="win", leave=False, position=1,
-                           disable=None if self.progress else True, dynamic_ncols=True)  # None: bars on terminals only
+                bar = tqdm(total=sum(len(s[2]) for s in strips), desc=path.name[:30], unit="win", leave=False,
+                           position=1, disable=None if self.progress else True, dynamic_ncols=True)  # None: terminals only
                 try:
-                    skipped = self._stream(source, plan, blender, sink, counts, preview, bar)
+                    skipped = self._stream(source, plan, strips, sink, counts, preview, bar)
                 except BaseException:
                     sink.abort()
                     raise
@@ -203,30 +204,35 @@ class Predictor:
         seconds = time.perf_counter() - t0
         mpx = source.height * source.width / 1e6
         return {"input": str(path), "width": source.width, "height": source.height, "windows": len(plan),
-                "skipped_windows": skipped, "seconds": round(seconds, 3), "megapixels": round(mpx, 3),
+                "strips": len(strips), "skipped_windows": skipped, "seconds": round(seconds, 3), "megapixels": round(mpx, 3),
                 "megapixels_per_s": round(mpx / max(seconds, 1e-9), 3), "scaling": source.describe_scaling(),
                 "outputs": outputs, "counts": counts}
 
-    def _stream(self, source, plan, blender, sink, counts, preview, bar) -> int:
+    def _stream(self, source, plan, strips, sink, counts, preview, bar) -> int:
+        from segclip.data.sliding import Blender
+
         pool = self.pool
         q_in: queue.Queue = queue.Queue(maxsize=pool.slots + 1)  # batches read, not yet sent
-        q_out: queue.Queue = queue.Queue(maxsize=2)  # finished row bands, not yet written
+        q_out: queue.Queue = queue.Queue(maxsize=2)  # finished blocks, not yet written
         errors: list = []
         failed = lambda: bool(errors)  # noqa: E731
         skipped = [0]
+        # every window of every strip, in the order they are read: (position, strip, window id)
+        order = [(n, s, i) for n, (s, i) in enumerate((s, i) for s, st in enumerate(strips) for i in st[2])]
 
         def reader():
             try:
                 with source.reopen() as src:
                     ids, batch = [], []
-                    for i, c in enumerate(plan.coords):
+                    for n, s, i in order:  # a batch may span two strips: the main thread splits it
                         if errors:
                             return
+                        c = plan.coords[i]
                         v = src.valid(*c)
                         if v is not None and not v.any():
                             skipped[0] += 1
                             continue
-                        ids.append(i)
+                        ids.append((n, s, i))
                         batch.append(plan.pad(src.read(*c)))
                         if len(ids) == self.batch:
                             if not _put(q_in, (ids, np.stack(batch)), failed):
@@ -246,13 +252,14 @@ class Predictor:
                         item = _get(q_out, failed)
                         if item is None:
                             return
-                        y0, y1, rows = item
-                        valid = src.valid(y0, 0, y1, src.width)
+                        y0, x0, rows = item
+                        y1, x1 = y0 + rows.shape[0], x0 + rows.shape[1]
+                        valid = src.valid(y0, x0, y1, x1)
                         if valid is not None:
                             rows[~valid] = IGNORE_INDEX
-                        sink.write(y0, self.encode(rows) if self.encode else rows)
+                        sink.write(y0, self.encode(rows) if self.encode else rows, x0)
                         counts.add(rows, valid, src.row_pixel_areas(y0, y1))
-                        preview.add(y0, rows)
+                        preview.add(y0, rows, x0)
             except _Stop:
                 pass
             except BaseException as e:
@@ -265,15 +272,33 @@ class Predictor:
         key = "scores" if self.mode == "scores" else "mask"
         pending: deque = deque()
         done = [0]
+        cur = [-1, None]  # the open strip: (index, Blender) -- one at a time
+
+        def emit(x0, bands):
+            for y0, _, rows in bands:
+                if not _put(q_out, (y0, x0, rows), failed):
+                    raise _Stop()
+
+        def open_strip(s):
+            """Finish the open strip and the strips before ``s`` that got no window (all nodata); open ``s``."""
+            for t in range(max(cur[0], 0), s):
+                b = cur[1] if t == cur[0] else Blender(plan, self.k, mode=self.mode, strip=strips[t])
+                emit(b.x0, b.finish())
+            cur[:] = [s, Blender(plan, self.k, mode=self.mode, strip=strips[s]) if s < len(strips) else None]
 
         def drain_one():
             ids, fut = pending.popleft()
             out = fut.result()[key]
-            for band in blender.add(ids, out):
-                if not _put(q_out, band, failed):
-                    raise _Stop()
-            bar.update(ids[-1] + 1 - done[0])
-            done[0] = ids[-1] + 1
+            start = 0
+            for end in range(1, len(ids) + 1):  # runs of one strip
+                if end == len(ids) or ids[end][1] != ids[start][1]:
+                    s = ids[start][1]
+                    if cur[0] != s:
+                        open_strip(s)
+                    emit(cur[1].x0, cur[1].add([i for _, _, i in ids[start:end]], out[start:end]))
+                    start = end
+            bar.update(ids[-1][0] + 1 - done[0])
+            done[0] = ids[-1][0] + 1
 
         try:
             while True:
@@ -286,10 +311,8 @@ class Predictor:
                     drain_one()
             while pending:
                 drain_one()
-            for band in blender.finish():
-                if not _put(q_out, band, failed):
-                    raise _Stop()
-            bar.update(len(plan) - done[0])
+            open_strip(len(strips))  # finishes the last strips
+            bar.update(len(order) - done[0])
             _put(q_out, None, failed)
         except _Stop:
             pass
