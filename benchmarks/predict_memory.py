@@ -4,10 +4,12 @@ growing size: streaming means the peak must stay flat as the scene grows.
 
     .venv/bin/python benchmarks/predict_memory.py --model exports/small --sizes 2000,5000,10000 --out /tmp/pm
     .venv/bin/python benchmarks/predict_memory.py --model exports/small --sizes 20000 --out /tmp/pm --keep
+    .venv/bin/python benchmarks/predict_memory.py --model exports/small --sizes 2048x5000,2048x20000 --out /tmp/pm
 
-Each size gets a 3-band uint8 GeoTIFF (written strip by strip, never whole), then ``segclip predict``
-runs in its own process; its peak RSS is the kernel's ``ru_maxrss`` for that child (os.wait4),
-its throughput the file's megapixels over the command's wall time (model loading included).
+Each size (S for S x S, or HxW: wide scenes show that width costs no memory either) gets a 3-band
+uint8 GeoTIFF (written strip by strip, never whole), then ``segclip predict`` runs in its own
+process; its peak RSS is the kernel's ``ru_maxrss`` for that child (os.wait4), its throughput the
+file's megapixels over the command's wall time (model loading included).
 Prints a Markdown table and writes ``predict_memory.json`` under ``--out``.
 """
 from __future__ import annotations
@@ -22,26 +24,30 @@ from pathlib import Path
 
 import numpy as np
 
+from segclip.parsers import parse_size
 
-def make_scene(path: Path, size: int, strip: int = 512) -> Path:
-    """A size x size RGB GeoTIFF of smooth fields and edges (compresses, looks like land cover)."""
+
+def make_scene(path: Path, size, strip: int = 512) -> Path:
+    """A W x H (``size``: (W, H) or one side) RGB GeoTIFF of smooth fields and edges (compresses, looks
+    like land cover)."""
     import rasterio
     from rasterio.transform import Affine
 
+    width, height = (size, size) if isinstance(size, int) else size
     if path.exists():
         return path
     tmp = path.with_suffix(".partial.tif")
-    with rasterio.open(tmp, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
+    with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:32633",
                        transform=Affine(0.3, 0, 500000, 0, -0.3, 5000000), tiled=True, blockxsize=512, blockysize=512,
                        compress="deflate", BIGTIFF="IF_SAFER") as d:
-        xx = np.arange(size, dtype=np.float32)[None, :]
-        for y0 in range(0, size, strip):
-            yy = np.arange(y0, min(y0 + strip, size), dtype=np.float32)[:, None]
+        xx = np.arange(width, dtype=np.float32)[None, :]
+        for y0 in range(0, height, strip):
+            yy = np.arange(y0, min(y0 + strip, height), dtype=np.float32)[:, None]
             a = np.sin(xx / 97.0) * np.cos(yy / 131.0)
             b = np.sin((xx + yy) / 53.0)
             c = ((xx // 211 + yy // 173) % 3) / 2.0
             rgb = np.stack([a * 60 + 120 + c * 40, b * 50 + 110, (a * b) * 70 + 90 + c * 30]).clip(0, 255).astype(np.uint8)
-            d.write(rgb, window=rasterio.windows.Window(0, y0, size, rgb.shape[1]))
+            d.write(rgb, window=rasterio.windows.Window(0, y0, width, rgb.shape[1]))
     os.replace(tmp, path)
     return path
 
@@ -62,7 +68,7 @@ def run_predict(model: str, scene: Path, out: Path, extra: list) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="anything segclip predict takes (export dir, .onnx, checkpoint, URL)")
-    ap.add_argument("--sizes", default="2000,5000,10000", help="scene sides in pixels, comma separated")
+    ap.add_argument("--sizes", default="2000,5000,10000", help="scene sizes in pixels (S or HxW), comma separated")
     ap.add_argument("--out", required=True, help="work folder (scenes are kept there for re-runs)")
     ap.add_argument("--keep", action="store_true", help="keep the predictions")
     ap.add_argument("args", nargs="*", help="extra predict arguments after --, e.g. -- --tile 1024 --batch 4")
@@ -70,20 +76,23 @@ def main() -> None:
     work = Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for size in (int(s) for s in a.sizes.split(",")):
-        scene = make_scene(work / f"scene_{size}.tif", size)
+    for text in a.sizes.split(","):
+        h, w = parse_size(text, "sizes", multiple_of=1)
+        size = str(w) if w == h else f"{w}x{h}"  # square scenes keep their old names (re-used between runs)
+        scene = make_scene(work / f"scene_{size}.tif", (w, h))
         r = run_predict(a.model, scene, work / f"pred_{size}", a.args)
-        mpx = size * size / 1e6
-        rows.append({"size": size, "megapixels": mpx, **r, "megapixels_per_s": round(mpx / r["seconds"], 3)})
-        print(f"{size}x{size}: peak RSS {r['peak_rss_mib']} MiB, {r['seconds']} s, {rows[-1]['megapixels_per_s']} Mpx/s",
+        mpx = w * h / 1e6
+        rows.append({"size": size, "width": w, "height": h, "megapixels": mpx, **r,
+                     "megapixels_per_s": round(mpx / r["seconds"], 3)})
+        print(f"{w}x{h}: peak RSS {r['peak_rss_mib']} MiB, {r['seconds']} s, {rows[-1]['megapixels_per_s']} Mpx/s",
               flush=True)
         if not a.keep:
             import shutil
 
             shutil.rmtree(work / f"pred_{size}", ignore_errors=True)
-    print("\n| scene | Mpx | peak RSS (MiB) | wall (s) | Mpx/s |\n|---|---|---|---|---|")
+    print("\n| scene (W x H) | Mpx | peak RSS (MiB) | wall (s) | Mpx/s |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']}x{r['size']} | {r['megapixels']:.0f} | {r['peak_rss_mib']} | {r['seconds']} | {r['megapixels_per_s']} |")
+        print(f"| {r['width']}x{r['height']} | {r['megapixels']:.0f} | {r['peak_rss_mib']} | {r['seconds']} | {r['megapixels_per_s']} |")
     (work / "predict_memory.json").write_text(json.dumps({"model": a.model, "args": a.args, "rows": rows}, indent=2) + "\n")
 
 
