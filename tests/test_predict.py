@@ -378,3 +378,48 @@ def test_column_strips_memory_does_not_grow_with_width(tmp_path, monkeypatch, mo
         assert 0 < got["blend"] <= SIZE * 2 * SIZE * bpp and 0 < got["block"] <= SIZE * 2 * SIZE, (w, got)
     whole_narrow, whole_wide = peak(500, 1 << 30), peak(1000, 1 << 30)
     assert whole_wide["blend"] > 1.9 * whole_narrow["blend"] and whole_wide["block"] > 1.9 * whole_narrow["block"]
+
+
+# ---- one decoder for 8-bit PNG/JPEG: predict and the datasets see the same pixels ------------------
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_predict_and_dataset_decode_png_and_jpeg_alike(tmp_path):
+    from segclip.data import build_dataset
+    from segclip.data.raster import RasterSource
+
+    h, w = 96, 130
+    rgb = encode(h, w)
+    rgb[::9] = rgb[::9, ::-1] ^ 0x5A  # sharp colour edges: where chroma upsampling shows
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rgb).save(images / "rgb420.jpg", quality=75, subsampling=2)
+    Image.fromarray(rgb[..., 1]).save(images / "grey.jpeg", quality=90)
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=50).save(images / "palette.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(images / "rgba.png")
+    Image.fromarray(rgb[..., 0] > 100).save(images / "bits.png")  # 1-bit grey
+    (tmp_path / "classes.yaml").write_text("classes: [a, b]\n")
+    ds = build_dataset("folder", tmp_path, "train")
+    assert len(ds) == 5
+    for i in range(len(ds)):
+        item = ds[i]
+        path = item["meta"]["path"]
+        with RasterSource(path) as src:  # what predict's windows are cut from
+            fed = src.read(0, 0, h, w)
+        np.testing.assert_array_equal(item["image"], fed, err_msg=path)
+        pil = np.asarray(Image.open(path).convert("RGB"))
+        if path.endswith("rgb420.jpg"):  # the two JPEG decoders really differ: the test can tell them apart
+            assert (pil != fed).mean() > 0.01
+        elif path.endswith(".png"):  # lossless: the pixels PIL sees too
+            np.testing.assert_array_equal(pil, fed, err_msg=path)
+
+
+def test_batch_default_is_small_on_cpu_and_explicit_batch_kept(tmp_path, mask_model):
+    from segclip.cli.export_cmds import predict_paths
+
+    src = write_geotiff(tmp_path / "b.tif", np.moveaxis(encode(100, 100), -1, 0))
+    runs = {}
+    for batch in (None, 5):
+        res, errors = predict_paths([mask_model], [src], tmp_path / f"out{batch}", batch=batch, progress=False,
+                                    log=lambda *a: None)
+        assert not errors
+        runs[batch] = res[0]["batch"]
+    assert runs == {None: 2, 5: 5}  # ONNX Runtime on the CPU: 2 windows per request unless told otherwise

@@ -83,7 +83,9 @@ def trt_check_cmd(model, trt_version):
 @size_option(legacy="--tile", stride=False, square=True,
              help="Window size S or SxS for models that take any size (default 1024); fixed-size exports use their own.")
 @click.option("--overlap", default=0.25, show_default=True, type=float, help="Overlap of neighbouring windows.")
-@batch_option("int", default=8, help="Windows per request (default 8; engines with a smaller profile use theirs).")
+@batch_option("int", help="Windows per request (default: 2 when the model runs on the CPU -- larger batches only cost "
+                          "activation memory there, ~1.3 GiB at 8 x 1024 px -- else 8; engines with a smaller profile "
+                          "use theirs).")
 @click.option("--bands", default=None, help="1-based bands to read: R,G,B or one grey band (default: RGB by colour "
                                            "interpretation, else 1,2,3, else 1).")
 @click.option("--range", "value_range", default=None, metavar="LOW,HIGH",
@@ -133,21 +135,22 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
 
 
 def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Optional[int] = None,
-                  overlap: float = 0.25, batch: int = 8, bands=None, value_range=None, overlay: bool = False,
+                  overlap: float = 0.25, batch: Optional[int] = None, bands=None, value_range=None, overlay: bool = False,
                   in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
                   force: bool = False, progress: bool = True, scene=None, log: Callable = print,
                   label_ids: str = "model") -> tuple:
     """``segclip predict`` in Python: -> (per-file summaries, [one-line errors]).  Raises
     ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
     (Here, not in ``segclip.engine.predict``: it loads runners, a layer above the engine.)
-    ``scene``: a scene name or id of a model trained with metadata prompts, for every input."""
-    from segclip.engine.predict import OUTPUT_SUFFIXES, Predictor, expand_inputs, output_stems
+    ``scene``: a scene name or id of a model trained with metadata prompts, for every input.
+    ``batch``: windows per request; None: ``predict.default_batch`` of the (first) model."""
+    from segclip.engine.predict import OUTPUT_SUFFIXES, Predictor, default_batch, expand_inputs, output_stems
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool
 
     if not 0 <= overlap < 1:
         raise SegclipError(f"--overlap {overlap}: must be in [0, 1); give e.g. --overlap 0.25")
-    if batch < 1:
+    if batch is not None and batch < 1:
         raise SegclipError(f"--batch {batch}: must be >= 1; give e.g. --batch 8")
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -196,7 +199,9 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, tile: Op
             if tile and (tile, tile) != window:
                 raise SegclipError(f"--size {tile}: the model takes {sig.height}x{sig.width} windows; leave --size out, "
                                    f"or re-export with --size {tile}x{tile}")
-        limit = pool.endpoints[0].runners[0].max_batch  # fixed engine profiles; Triton splits big batches itself
+        first = pool.endpoints[0].runners[0]
+        batch = default_batch(first) if batch is None else batch
+        limit = first.max_batch  # fixed engine profiles; Triton splits big batches itself
         batch = min(batch, limit) if limit else batch
         ids = None
         if label_ids == "dataset":

@@ -1,4 +1,5 @@
-"""Reading images and masks with PIL, turning every failure into a one-line error naming the file.
+"""Reading images and masks with PIL, turning every failure into a one-line error naming the file
+(8-bit PNG/JPEG images: with GDAL, as ``segclip predict`` reads them -- see ``segclip.data.raster``).
 
 Remote-sensing scenes are large (iSAID reaches ~13k px on a side), beyond PIL's default
 decompression-bomb limit, so the limit is raised to 20k x 20k here (never lowered, and left alone
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from segclip.data.raster import STRETCH_PERCENTILES
+from segclip.data.raster import IMAGE_SUFFIXES, STRETCH_PERCENTILES, read_image
 from segclip.errors import SegclipError
 
 MAX_PIXELS = 20000 * 20000
@@ -69,7 +70,12 @@ def stretch_to_uint8(a: np.ndarray, percentiles=STRETCH_PERCENTILES) -> np.ndarr
 
 def read_rgb(path: Path, note=None) -> np.ndarray:
     """H x W x 3 uint8 RGB (alpha dropped, grey/palette images expanded, deeper than 8-bit
-    greyscale stretched by :func:`stretch_to_uint8`; ``note(message)`` is told when that happens)."""
+    greyscale stretched by :func:`stretch_to_uint8`; ``note(message)`` is told when that happens).
+    8-bit PNG/JPEG: decoded by GDAL as ``segclip predict`` decodes them (``raster.read_image``: why)."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        rgb = read_image(path)
+        if rgb is not None:
+            return rgb
     im = _open(path)
     if im.mode in HIGH_DEPTH_MODES:
         a = np.asarray(im)

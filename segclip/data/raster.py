@@ -6,12 +6,21 @@ Reading (``RasterSource``): PNG/JPEG/TIFF/GeoTIFF and anything else GDAL reads.
 * Bands: ``bands`` (1-based) picks 1 or 3 of them; by default the bands GDAL labels red/green/blue,
   else the first three, else the first (grey, repeated to RGB).  A palette band is expanded through
   its colour table.
-* 8-bit data passes through.  Anything else (16-bit, float) is scaled to 0..255 by a linear stretch:
+* 8-bit data passes through (grey PNGs of 1, 2 or 4 bits are spread to 0..255, as PIL does).
+  Anything else (16-bit, float) is scaled to 0..255 by a linear stretch:
   ``value_range=(lo, hi)`` for every band, or by default each band's 2nd..98th percentile (the
   common GIS "cumulative cut"), estimated once per file on a decimated read (<= ~1 Mpx) of the
   valid pixels.
 * Validity comes from GDAL's masks (nodata value, alpha band or internal mask): a pixel is nodata
   when every selected band is masked.
+
+8-bit PNG and JPEG images are decoded here for the datasets too (``read_image``, called by
+``imageio.read_rgb``), so ``segclip predict`` and ``segclip train/eval`` see the same pixels.  GDAL
+owns them rather than PIL because only GDAL decodes a window of a scene without the whole image
+(predict streams), and the two JPEG decoders disagree: the rasterio wheels bundle IJG libjpeg 9,
+Pillow's libjpeg-turbo, which upsample chroma differently (a 4:2:0 JPEG differs in a quarter of its
+pixels, by tens of levels at sharp colour edges).  JPEG-compressed GeoTIFFs go through GDAL's
+libjpeg anyway.  The cost: JPEG decodes ~2x slower than libjpeg-turbo (PNG decodes faster).
 
 Writing (``ClassMapSink``): row bands of the class map go into a tiled, DEFLATE-compressed GeoTIFF
 beside the destination; at the end GDAL copies it -- block by block, never whole -- into a
@@ -31,6 +40,7 @@ from segclip.errors import SegclipError, one_line
 
 GDAL_CACHE_MB = 128  # GDAL's block cache is RSS too: bound it (its default is a share of the machine's RAM)
 STRETCH_PERCENTILES = (2.0, 98.0)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # 8-bit ones decoded by GDAL for predict and the datasets alike
 _SAMPLE_PIXELS = 1 << 20
 
 
@@ -134,6 +144,9 @@ class RasterSource:
                 if i < len(self.colormap):
                     self.colormap[i] = c[:3]
         self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
+        nbits = int(ds.tags(self.bands[0], ns="IMAGE_STRUCTURE").get("NBITS", 8))
+        # grey PNGs of 1/2/4 bits come as 0..2^n-1: spread to 0..255 (x255, x85, x17), as PIL decodes them
+        self.spread = 255 // (2 ** nbits - 1) if self.dtype == np.uint8 and nbits < 8 and self.colormap is None else 1
         flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
         self.has_nodata = not all(MaskFlags.all_valid in f for f in flags)
         self.nodata = ds.nodata
@@ -195,6 +208,8 @@ class RasterSource:
             raise _read_error(self.path, e) from None
         if self.colormap is not None:
             return self.colormap[a[0]]
+        if self.spread > 1:
+            a *= np.uint8(self.spread)
         if self.scaling is not None:
             lo, hi = self.scaling
             a = a.astype(np.float32)
@@ -247,6 +262,18 @@ class RasterSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_image(path) -> Optional[np.ndarray]:
+    """A whole 8-bit image (``IMAGE_SUFFIXES``) as uint8 H x W x 3 RGB, decoded exactly as ``segclip
+    predict`` decodes it (bands, palette, grey as above); None when it is deeper than 8 bits."""
+    from rasterio.errors import NotGeoreferencedWarning
+    import warnings
+
+    with gdal_env(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with RasterSource(path) as src:
+            return None if src.scaling is not None else src.read(0, 0, src.height, src.width)
 
 
 def _write_error(dst, e) -> SegclipError:

@@ -40,6 +40,16 @@ PREVIEW_MAX = 2048
 OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_preview.png", "_overlay.png", "_counts.json")
 NODATA_RGBS = ((0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255))  # the first the palette does not use
 _POLL = 0.2  # seconds between checks of the other threads while waiting on a queue
+# Default windows per request.  On a CPU a larger batch buys no throughput (one 1024 px window already
+# keeps every core busy) and costs activation memory: ONNX Runtime needs ~1.2-1.4 GiB at 8 x 1024 px
+# (benchmarks/PREDICT_MEMORY.md).  GPUs and Triton servers (which batch on their side) get 8.
+CPU_BATCH, DEVICE_BATCH = 2, 8
+
+
+def default_batch(runner) -> int:
+    """``CPU_BATCH`` for a runner that computes on this machine's CPU, else ``DEVICE_BATCH``."""
+    device = str(runner.describe().get("device") or "")
+    return CPU_BATCH if device.lower().startswith("cpu") else DEVICE_BATCH
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple:
@@ -204,7 +214,7 @@ class Predictor:
         seconds = time.perf_counter() - t0
         mpx = source.height * source.width / 1e6
         return {"input": str(path), "width": source.width, "height": source.height, "windows": len(plan),
-                "strips": len(strips), "skipped_windows": skipped, "seconds": round(seconds, 3), "megapixels": round(mpx, 3),
+                "strips": len(strips), "batch": self.batch, "skipped_windows": skipped, "seconds": round(seconds, 3), "megapixels": round(mpx, 3),
                 "megapixels_per_s": round(mpx / max(seconds, 1e-9), 3), "scaling": source.describe_scaling(),
                 "outputs": outputs, "counts": counts}
 
