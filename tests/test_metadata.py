@@ -267,3 +267,29 @@ def test_predict_scene_on_torch_and_onnx_and_bad_scene(scene_export_dir, trained
     run = CliRunner().invoke(main, ["predict", "--model", str(out), str(img), "--out", str(tmp_path / "x"), "--scene", "desert"])
     assert_one_error(run, 2, "unknown scene 'desert'", "generic, rural, urban")
     assert not list((tmp_path / "x").glob("*mask*"))
+
+
+def test_int8_export_of_a_scene_model_calibrates_under_every_scene(trained_scene_ckpt, sample_root, tmp_path):
+    """--int8 --fp16 --trt on a model with a scene_id input (the quickstart's model has scenes): the
+    calibration, the INT8+FP16 range pass and the sensitivity ranking all feed scene ids."""
+    import onnx
+
+    from segclip.errors import SegclipError
+    from segclip.export import export
+    from segclip.export import int8 as q8
+
+    out = tmp_path / "e"
+    try:
+        export(trained_scene_ckpt, out, int8=True, fp16=True, trt=True, data=f"sample:{sample_root}:train", calib_images=4,
+               parity_images=3, batch=(1, 1, 2), int8_threshold="0.5:100", log=lambda *a: None)
+    except SegclipError as e:  # no GPU here: the ONNX files are written, the engine is left to trtexec.sh
+        assert "--trt" in str(e), e
+    m = json.loads((out / "manifest.json").read_text())
+    for key in ("onnx_int8", "onnx_int8_cpu", "onnx_int8_fp16"):
+        a = m["artifacts"][key]
+        assert a["status"] == "ok" and set(a["parity"]["pixel_agreement_per_scene"]) == {"0", "1", "2"}, key
+        assert "scene_id" in [i.name for i in onnx.load(str(out / a["file"])).graph.input], key
+    fp32, qdq = onnx.load(str(out / "model.onnx")), onnx.load(str(out / "model_int8.onnx"))
+    images = export_images(2, seed=3)
+    ranked = q8.sensitivity(fp32, qdq, images, scene_ids=np.array([1, 2], np.int32))
+    assert len(ranked) == q8.qdq_summary(qdq)["quantized_nodes"] and all(np.isfinite(e) for _, e in ranked)

@@ -185,6 +185,11 @@ class Exporter:
         self.log(f"{key}: wrote {fname} ({path.stat().st_size / 2**20:.1f} MB, {len(pub.graph.node)} nodes) "
                  f"in {time.perf_counter() - t0:.1f} s")
 
+    def scene_cycle(self, n: int) -> Optional[np.ndarray]:
+        """Scene ids for the range / calibration / sensitivity passes of a model with metadata prompts:
+        image i under scene i % S, so every scene's activations count; None without scenes."""
+        return np.arange(n, dtype=np.int32) % len(self.signature.scenes) if self.signature.scenes else None
+
     def export_fp16(self, stage: Path, images: np.ndarray) -> None:
         from segclip.export import fp16 as f16
         from segclip.export import onnx_export as ox
@@ -194,9 +199,7 @@ class Exporter:
         base.CopyFrom(self.twin32)
         del base.metadata_props[:]
         out_dtypes = {SCORES_NAME: self.signature.scores_dtype}
-        # metadata prompts: image i is measured under scene i % S, so every scene's activations count
-        ids = np.arange(len(images), dtype=np.int32) % len(self.signature.scenes) if self.signature.scenes else None
-        twin16, keep, ops, report = f16.make_fp16(base, images, output_dtypes=out_dtypes, scene_ids=ids)
+        twin16, keep, ops, report = f16.make_fp16(base, images, output_dtypes=out_dtypes, scene_ids=self.scene_cycle(len(images)))
         ox.check_graph(twin16, ONNX_FP16_NAME)
         pub = twin16 if self.scores else ox.drop_output(twin16, SCORES_NAME)
         info = {"ops": ox.check_graph(pub, ONNX_FP16_NAME), "fp16": report}
@@ -213,7 +216,8 @@ class Exporter:
         spec = q8.FLAVOURS[key]
         (stage / ".parity").mkdir(exist_ok=True)
         twin = q8.quantize(self.twin32, key, self.int8_data.calib, self.calib_method, exclude=exclude,
-                           cache=stage / ".parity" / f"calibration_{self.calib_method}.json")
+                           cache=stage / ".parity" / f"calibration_{self.calib_method}.json",
+                           scene_ids=self.scene_cycle(len(self.int8_data.calib)))
         pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
         summary = q8.qdq_summary(pub)
         info = {"ops": ox.check_graph(pub, spec["file"]), "int8": {
@@ -235,7 +239,8 @@ class Exporter:
         from segclip.export import onnx_export as ox
 
         t0 = time.perf_counter()
-        twin, report = q8.with_fp16(self.int8_twins["onnx_int8"], images, output_dtypes={SCORES_NAME: self.signature.scores_dtype})
+        twin, report = q8.with_fp16(self.int8_twins["onnx_int8"], images, output_dtypes={SCORES_NAME: self.signature.scores_dtype},
+                                    scene_ids=self.scene_cycle(len(images)))
         pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
         info = {"ops": ox.check_graph(pub, q8.INT8_FP16_NAME), "fp16": report,
                 "int8": {"from": q8.INT8_NAME, "qdq_opset": q8.QDQ_FP16_OPSET}}
@@ -254,7 +259,7 @@ class Exporter:
             if key not in q8.FLAVOURS or row["status"] == OK:
                 continue
             n_sens = min(q8.SENSITIVITY_IMAGES, len(self.int8_data.calib))
-            ranked = q8.sensitivity(self.twin32, self.int8_twins[key], self.int8_data.calib[:n_sens])
+            ranked = q8.sensitivity(self.twin32, self.int8_twins[key], self.int8_data.calib[:n_sens], self.scene_cycle(n_sens))
             added = dict(ranked)
             tried = []
             for k in q8.fallback_schedule(self.int8_fallback):

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from segclip.errors import SegclipError
-from segclip.signature import INPUT_NAME
+from segclip.signature import INPUT_NAME, SCENE_NAME
 
 INT8_NAME = "model_int8.onnx"
 INT8_CPU_NAME = "model_int8_cpu.onnx"
@@ -161,18 +161,22 @@ def _item_name(ds, i) -> str:
 
 
 class CalibrationReader:
-    """ONNX Runtime ``CalibrationDataReader`` over N x H x W x 3 uint8 images, one image per call."""
+    """ONNX Runtime ``CalibrationDataReader`` over N x H x W x 3 uint8 images, one image per call
+    (with its ``scene_ids`` entry for a graph with a scene_id input)."""
 
-    def __init__(self, images: np.ndarray):
-        self.images = images
+    def __init__(self, images: np.ndarray, scene_ids=None):
+        self.images, self.scene_ids = images, scene_ids
         self.rewind()
 
     def get_next(self) -> Optional[dict]:
         if self._i >= len(self.images):
             return None
         x = self.images[self._i:self._i + 1]
+        feed = {INPUT_NAME: np.ascontiguousarray(x, dtype=np.uint8)}
+        if self.scene_ids is not None:
+            feed[SCENE_NAME] = np.asarray(self.scene_ids[self._i:self._i + 1], np.int32)
         self._i += 1
-        return {INPUT_NAME: np.ascontiguousarray(x, dtype=np.uint8)}
+        return feed
 
     def rewind(self) -> None:
         self._i = 0
@@ -187,8 +191,9 @@ def quantizable_nodes(model) -> list:
 
 
 def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "minmax",
-             exclude: Sequence[str] = (), cache=None):
-    """FP32 ModelProto -> Q/DQ ModelProto of ``flavour`` (a ``FLAVOURS`` key), calibrated on ``calib_images``.
+             exclude: Sequence[str] = (), cache=None, scene_ids=None):
+    """FP32 ModelProto -> Q/DQ ModelProto of ``flavour`` (a ``FLAVOURS`` key), calibrated on ``calib_images``
+    (``scene_ids``: one per image when the graph has a scene_id input).
 
     ``cache``: a JSON file of calibrated tensor ranges (ONNX Runtime's calibration cache): written by
     the first call, reused by the next ones (the other flavour, the fallback rounds) -- the ranges of
@@ -221,7 +226,7 @@ def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "m
         root.setLevel(logging.ERROR)  # "consider pre-processing": onnxslim already simplified the graph
         try:
             quantize_static(
-                str(src), str(dst), CalibrationReader(calib_images), quant_format=QuantFormat.QDQ,
+                str(src), str(dst), CalibrationReader(calib_images, scene_ids), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=False,
                 activation_type=getattr(QuantType, spec["activation_type"]), weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(exclude), calibrate_method=methods[method], extra_options=extra,
@@ -247,7 +252,7 @@ def qdq_summary(model) -> dict:
             "quantized_nodes": len(quantized), "float_nodes": sorted(floating)}
 
 
-def with_fp16(qdq_twin, images: np.ndarray, output_dtypes=None):
+def with_fp16(qdq_twin, images: np.ndarray, output_dtypes=None, scene_ids=None):
     """The symmetric Q/DQ graph with its float parts in FP16 (``segclip.export.fp16``: norms, softmax,
     reductions and overflowing activations stay FP32), for a strongly typed INT8 + FP16 TensorRT
     engine: a strongly typed build takes each layer's precision from its tensor types, so the
@@ -263,7 +268,7 @@ def with_fp16(qdq_twin, images: np.ndarray, output_dtypes=None):
     for o in m.opset_import:
         if o.domain in ("", "ai.onnx") and o.version < QDQ_FP16_OPSET:
             o.version = QDQ_FP16_OPSET
-    twin16, _, _, report = f16.make_fp16(m, images, output_dtypes=output_dtypes)
+    twin16, _, _, report = f16.make_fp16(m, images, output_dtypes=output_dtypes, scene_ids=scene_ids)
     return twin16, report
 
 
@@ -281,7 +286,7 @@ def _expose(model, names: Sequence[str]):
     return m
 
 
-def _run_exposed(model, names: list, images: np.ndarray) -> dict:
+def _run_exposed(model, names: list, images: np.ndarray, scene_ids=None) -> dict:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -290,13 +295,16 @@ def _run_exposed(model, names: list, images: np.ndarray) -> dict:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(_expose(model, names).SerializeToString(), so, providers=["CPUExecutionProvider"])
     out = {n: [] for n in names}
-    for img in images:
-        for n, a in zip(names, sess.run(names, {INPUT_NAME: img[None]})):
+    for j, img in enumerate(images):
+        feed = {INPUT_NAME: img[None]}
+        if scene_ids is not None:
+            feed[SCENE_NAME] = np.asarray(scene_ids[j:j + 1], np.int32)
+        for n, a in zip(names, sess.run(names, feed)):
             out[n].append(np.asarray(a, dtype=np.float32))
     return out
 
 
-def sensitivity(twin_fp32, qdq, images: np.ndarray) -> list:
+def sensitivity(twin_fp32, qdq, images: np.ndarray, scene_ids=None) -> list:
     """[(node name, added relative error)], worst first, for every quantized Conv/MatMul/Gemm of ``qdq``.
 
     The added error of a node is rel_err(its output) - max rel_err(its float inputs): what quantizing
@@ -306,8 +314,8 @@ def sensitivity(twin_fp32, qdq, images: np.ndarray) -> list:
     nodes = [n for n in twin_fp32.graph.node if n.op_type in QUANT_OPS and n.name not in float_nodes]
     inits = {t.name for t in twin_fp32.graph.initializer}
     tensors = sorted({t for n in nodes for t in list(n.input[:2]) + [n.output[0]] if t and t not in inits and t != INPUT_NAME})
-    ref = _run_exposed(twin_fp32, tensors, images)
-    got = _run_exposed(qdq, tensors, images)
+    ref = _run_exposed(twin_fp32, tensors, images, scene_ids)
+    got = _run_exposed(qdq, tensors, images, scene_ids)
 
     def rel(t):
         num = sum(float(np.sum((g - r) ** 2)) for g, r in zip(got[t], ref[t]))
