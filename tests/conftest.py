@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+# Fixture modules shared by several test modules (session-wide, so each expensive export, repository
+# and tritonserver is built once): export_fixtures (the trained exports), serving_fixtures (the server).
+pytest_plugins = ["export_fixtures", "serving_fixtures"]
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 

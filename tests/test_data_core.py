@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from data_files import png as _png, rgb as _rgb
 from segclip.cli import main
 from segclip.data import build_dataset, dataset_info
 from segclip.data.sliding import sliding_window_predict
@@ -35,15 +36,6 @@ UAVID_COLORS = {"clutter": (0, 0, 0), "building": (128, 0, 0), "road": (128, 64,
                 "low_vegetation": (128, 128, 0), "moving_car": (64, 0, 128), "static_car": (192, 0, 192),
                 "human": (64, 64, 0)}
 UAVID_OFFICIAL = ("clutter", "building", "road", "tree", "low_vegetation", "moving_car", "static_car", "human")
-
-
-def _png(path, array, mode=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, dtype=np.uint8), mode=mode).save(path)
-
-
-def _rgb(h, w, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------- LoveDA ----------------------

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_export_helpers import FP16_AGREEMENT, SIZE, assert_one_error, images
-
-pytest_plugins = ["test_export_helpers"]  # one session-wide trained checkpoint and export for all modules
+from export_fixtures import FP16_AGREEMENT, SIZE, assert_one_error, images
 
 import onnx
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from conftest import LOVEDA_CLASSES, PARITY_MAX, PARITY_SIZE, parity_problems, rendered_scenes
-from test_export_helpers import assert_one_error
+from export_fixtures import assert_one_error
 
 SIZE = PARITY_SIZE
 

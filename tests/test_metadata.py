@@ -10,12 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from conftest import LOVEDA_CLASSES, LOVEDA_PALETTE, make_scene_model
+from export_fixtures import SIZE, images as export_images
 from segclip.cli import main
 from segclip.errors import SegclipError
 from segclip.metadata import SceneTable, apply_sidecar, load_sidecar, lookup_scene
-from test_export_helpers import SIZE, images as export_images
-
-pytest_plugins = ["test_export_helpers"]  # the session-wide trained scene checkpoint and its export
 
 _scene_model = make_scene_model
 
@@ -249,7 +247,7 @@ def test_trtexec_profile_covers_scene_id():
 def test_predict_scene_on_torch_and_onnx_and_bad_scene(scene_export_dir, trained_scene_ckpt, tmp_path):
     from PIL import Image
 
-    from test_export_helpers import assert_one_error
+    from export_fixtures import assert_one_error
 
     out, _ = scene_export_dir
     img = tmp_path / "tile.png"

@@ -4,7 +4,7 @@ multiband input, nodata, counts, bad input.
 The model is a real ONNX graph run by ONNX Runtime whose class map is a known function of absolute
 position: the test images encode each pixel's (y, x) in its RGB values, so any window placed,
 blended or written at the wrong offset shows up as wrong classes.  The reference is computed
-directly from coordinates with numpy.  (Triton endpoints: tests/test_serving.py.)
+directly from coordinates with numpy.  (Triton endpoints: tests/test_serving_predict.py.)
 """
 from __future__ import annotations
 

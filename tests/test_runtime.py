@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_export_helpers import SIZE, assert_one_error, images
-
-pytest_plugins = ["test_export_helpers"]  # one session-wide trained checkpoint and export for all modules
-
+from export_fixtures import SIZE, assert_one_error, images
 from segclip.errors import SegclipError
 from segclip.runtime import Runner, load_runner
 

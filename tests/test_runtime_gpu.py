@@ -13,9 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from test_export_helpers import FP16_AGREEMENT, SIZE, images
-
-pytest_plugins = ["test_export_helpers"]  # one session-wide trained checkpoint and export for all modules
+from export_fixtures import FP16_AGREEMENT, SIZE, images
 
 
 def _gpu_skip_reason():

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper, save
 
-from test_export_helpers import assert_one_error
+from export_fixtures import assert_one_error
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):

@@ -1,4 +1,4 @@
-"""Shared fixtures of the export/runtime tests (imported by test_export*.py and test_runtime*.py).
+"""Shared fixtures of the export/runtime tests (a pytest plugin, loaded by conftest's ``pytest_plugins``).
 
 ``export_dir``: one FP32 + FP16 export at 64x64 of the parity fixture ``trained_checkpoint`` (conftest),
 shared.  Backends are compared on ``parity_images`` (conftest), where that model gives every image
