@@ -25,9 +25,16 @@ def test_200_concurrent_grpc_requests_in_mixed_batches(server, images, expected)
     plan = [((k * 5) % (len(images) - 2), 1 + k % 3) for k in range(n_req)]  # (first image, batch size)
 
     def counts():
-        with grpcclient.InferenceServerClient(address) as c:
-            (st,) = c.get_inference_statistics("segclip_python", as_json=True)["model_stats"]
-        return int(st.get("execution_count", 0)), int(st.get("inference_count", 0))
+        # Triton records a python-backend execution after its response is sent: poll until it settles
+        last, deadline = None, time.monotonic() + 10
+        while True:
+            with grpcclient.InferenceServerClient(address) as c:
+                (st,) = c.get_inference_statistics("segclip_python", as_json=True)["model_stats"]
+            now = int(st.get("execution_count", 0)), int(st.get("inference_count", 0))
+            if now == last or time.monotonic() > deadline:
+                return now
+            last = now
+            time.sleep(0.5)
 
     async def run():
         client = aio.InferenceServerClient(address)
