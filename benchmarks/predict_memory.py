@@ -27,9 +27,11 @@ import numpy as np
 from segclip.parsers import parse_size
 
 
-def make_scene(path: Path, size, strip: int = 512) -> Path:
+def make_scene(path: Path, size, block: int = 512) -> Path:
     """A W x H (``size``: (W, H) or one side) RGB GeoTIFF of smooth fields and edges (compresses, looks
-    like land cover)."""
+    like land cover), written in ``block`` x 8 ``block`` chunks.  Small chunks matter: the predict
+    child inherits this process's peak RSS as its own starting ``ru_maxrss`` (Linux keeps the
+    high-water mark across fork and exec), so a scene built in full-width strips would inflate it."""
     import rasterio
     from rasterio.transform import Affine
 
@@ -40,14 +42,15 @@ def make_scene(path: Path, size, strip: int = 512) -> Path:
     with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:32633",
                        transform=Affine(0.3, 0, 500000, 0, -0.3, 5000000), tiled=True, blockxsize=512, blockysize=512,
                        compress="deflate", BIGTIFF="IF_SAFER") as d:
-        xx = np.arange(width, dtype=np.float32)[None, :]
-        for y0 in range(0, height, strip):
-            yy = np.arange(y0, min(y0 + strip, height), dtype=np.float32)[:, None]
-            a = np.sin(xx / 97.0) * np.cos(yy / 131.0)
-            b = np.sin((xx + yy) / 53.0)
-            c = ((xx // 211 + yy // 173) % 3) / 2.0
-            rgb = np.stack([a * 60 + 120 + c * 40, b * 50 + 110, (a * b) * 70 + 90 + c * 30]).clip(0, 255).astype(np.uint8)
-            d.write(rgb, window=rasterio.windows.Window(0, y0, width, rgb.shape[1]))
+        for y0 in range(0, height, block):
+            yy = np.arange(y0, min(y0 + block, height), dtype=np.float32)[:, None]
+            for x0 in range(0, width, 8 * block):
+                xx = np.arange(x0, min(x0 + 8 * block, width), dtype=np.float32)[None, :]
+                a = np.sin(xx / 97.0) * np.cos(yy / 131.0)
+                b = np.sin((xx + yy) / 53.0)
+                c = ((xx // 211 + yy // 173) % 3) / 2.0
+                rgb = np.stack([a * 60 + 120 + c * 40, b * 50 + 110, (a * b) * 70 + 90 + c * 30]).clip(0, 255).astype(np.uint8)
+                d.write(rgb, window=rasterio.windows.Window(x0, y0, rgb.shape[2], rgb.shape[1]))
     os.replace(tmp, path)
     return path
 
@@ -78,21 +81,21 @@ def main() -> None:
     rows = []
     for text in a.sizes.split(","):
         h, w = parse_size(text, "sizes", multiple_of=1)
-        size = str(w) if w == h else f"{w}x{h}"  # square scenes keep their old names (re-used between runs)
+        size = str(w) if w == h else f"{h}x{w}"  # square scenes keep their old names (re-used between runs)
         scene = make_scene(work / f"scene_{size}.tif", (w, h))
         r = run_predict(a.model, scene, work / f"pred_{size}", a.args)
         mpx = w * h / 1e6
         rows.append({"size": size, "width": w, "height": h, "megapixels": mpx, **r,
                      "megapixels_per_s": round(mpx / r["seconds"], 3)})
-        print(f"{w}x{h}: peak RSS {r['peak_rss_mib']} MiB, {r['seconds']} s, {rows[-1]['megapixels_per_s']} Mpx/s",
+        print(f"{h}x{w}: peak RSS {r['peak_rss_mib']} MiB, {r['seconds']} s, {rows[-1]['megapixels_per_s']} Mpx/s",
               flush=True)
         if not a.keep:
             import shutil
 
             shutil.rmtree(work / f"pred_{size}", ignore_errors=True)
-    print("\n| scene (W x H) | Mpx | peak RSS (MiB) | wall (s) | Mpx/s |\n|---|---|---|---|---|")
+    print("\n| scene (H x W) | Mpx | peak RSS (MiB) | wall (s) | Mpx/s |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['width']}x{r['height']} | {r['megapixels']:.0f} | {r['peak_rss_mib']} | {r['seconds']} | {r['megapixels_per_s']} |")
+        print(f"| {r['height']}x{r['width']} | {r['megapixels']:.0f} | {r['peak_rss_mib']} | {r['seconds']} | {r['megapixels_per_s']} |")
     (work / "predict_memory.json").write_text(json.dumps({"model": a.model, "args": a.args, "rows": rows}, indent=2) + "\n")
 
 

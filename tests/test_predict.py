@@ -57,8 +57,9 @@ def _position_onnx(path, scores: bool, local: bool = False):
         return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT32, [], [v]))
 
     nodes = [const(f"c{v}", v) for v in (16, 37, 53, 256, K)]
-    nodes += [helper.make_node("Constant", [], ["local"], value=helper.make_tensor(
-        "local", TensorProto.INT32, [SIZE, SIZE], _local().ravel().tolist()))]
+    if local:
+        nodes += [helper.make_node("Constant", [], ["local"], value=helper.make_tensor(
+            "local", TensorProto.INT32, [SIZE, SIZE], _local().ravel().tolist()))]
     nodes += [helper.make_node("Cast", ["image"], ["xi"], to=TensorProto.INT32)]
     for i, ch in enumerate("rgb"):
         nodes += [helper.make_node("Constant", [], [f"i{i}"], value=helper.make_tensor(f"i{i}", TensorProto.INT64, [], [i])),

@@ -293,7 +293,9 @@ class Predictor:
             """Finish the open strip and the strips before ``s`` that got no window (all nodata); open ``s``."""
             for t in range(max(cur[0], 0), s):
                 b = cur[1] if t == cur[0] else Blender(plan, self.k, mode=self.mode, strip=strips[t])
+                cur[1] = None  # one blend band alive at a time
                 emit(b.x0, b.finish())
+                del b
             cur[:] = [s, Blender(plan, self.k, mode=self.mode, strip=strips[s]) if s < len(strips) else None]
 
         def drain_one():
