@@ -424,3 +424,20 @@ def test_batch_default_is_small_on_cpu_and_explicit_batch_kept(tmp_path, mask_mo
         assert not errors
         runs[batch] = res[0]["batch"]
     assert runs == {None: 2, 5: 5}  # ONNX Runtime on the CPU: 2 windows per request unless told otherwise
+
+
+def test_column_strips_all_nodata_strips_are_still_written(tmp_path, monkeypatch, model):
+    from segclip.data import sliding
+
+    monkeypatch.setattr(sliding, "BLEND_BYTES", 1)  # strips of at most 128 px
+    h, w = 100, 600
+    bands = np.moveaxis(encode(h, w), -1, 0).astype(np.uint16) + 1
+    bands[:, :, 100:330] = 0  # whole strips (and the windows in them) are nodata
+    bands[:, 60:, 500:] = 0
+    src = write_geotiff(tmp_path / "holes.tif", bands, nodata=0)
+    res = predict("--model", model, src, "--out", tmp_path / "out", "--overlap", 0.25, "--range", "1,256")
+    assert res.exit_code == 0, res.output
+    mask = read(tmp_path / "out" / "holes_mask.tif")[0]
+    nodata = (bands == 0).all(0)
+    np.testing.assert_array_equal(mask[nodata], 255)
+    np.testing.assert_array_equal(mask[~nodata], reference(h, w)[~nodata])
