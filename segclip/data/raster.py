@@ -18,8 +18,8 @@ Reading (``RasterSource``): PNG/JPEG/TIFF/GeoTIFF and anything else GDAL reads.
 ``imageio.read_rgb``), so ``segclip predict`` and ``segclip train/eval`` see the same pixels.  GDAL
 owns them rather than PIL because only GDAL decodes a window of a scene without the whole image
 (predict streams), and the two JPEG decoders disagree: the rasterio wheels bundle IJG libjpeg 9,
-Pillow's libjpeg-turbo, which upsample chroma differently (a 4:2:0 JPEG differs in a quarter of its
-pixels, by tens of levels at sharp colour edges).  JPEG-compressed GeoTIFFs go through GDAL's
+Pillow's libjpeg-turbo, which upsample chroma differently (measured on a synthetic 4:2:0 JPEG: a
+quarter of the pixels differ, by up to 85 levels at sharp colour edges).  JPEG-compressed GeoTIFFs go through GDAL's
 libjpeg anyway.  The cost: JPEG decodes ~2x slower than libjpeg-turbo (PNG decodes faster).
 
 Writing (``ClassMapSink``): row bands of the class map go into a tiled, DEFLATE-compressed GeoTIFF
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -268,7 +269,6 @@ def read_image(path) -> Optional[np.ndarray]:
     """A whole 8-bit image (``IMAGE_SUFFIXES``) as uint8 H x W x 3 RGB, decoded exactly as ``segclip
     predict`` decodes it (bands, palette, grey as above); None when it is deeper than 8 bits."""
     from rasterio.errors import NotGeoreferencedWarning
-    import warnings
 
     with gdal_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
