@@ -87,31 +87,12 @@ def make_checkpoint(path: Path, preset: str = "segclip-r50", seed: int = 0) -> P
 
 def export_at(ckpt: Path, out: Path, size: int, fp16: bool = False, trt: bool = False, int8: bool = False, data=None,
               calib_images: int = 16) -> Path:
-    from segclip.errors import GateFailed, SegclipError
-    from segclip.contract import is_export_dir, read_manifest, sha256_file
-    from segclip.export import export
+    """The export of ``ckpt`` at size x size under ``out`` (batch 1): core's export-or-reuse.  INT8 of
+    a random-init model is for latency only (its class maps are near-ties), so no fallback rounds."""
+    from segclip.benchmarks.core import export_or_reuse
 
-    d = out / f"export_{size}"
-    if is_export_dir(d):
-        m = read_manifest(d)
-        arts = m.get("artifacts") or {}
-        if (m.get("source") or {}).get("sha256") == sha256_file(ckpt) and (not fp16 or "onnx_fp16" in arts) \
-                and (not trt or (arts.get("tensorrt") or {}).get("file")) and (not int8 or "onnx_int8_cpu" in arts):
-            log(f"reusing {d}")
-            return d
-    log(f"exporting {ckpt.name} at {size}x{size} (onnx{', fp16' if fp16 else ''}{', tensorrt' if trt else ''}) -> {d}")
-    t0 = time.perf_counter()
-    try:
-        # INT8 of a random-init model: latency only (its class maps are near-ties), so no fallback rounds
-        export(ckpt, d, fp16=fp16, trt=trt, size=size, batch=(1, 1, 1), parity_images=2, force=True, int8=int8,
-               data=data, calib_images=calib_images, int8_fallback=0, log=lambda m: log(f"  export: {m.splitlines()[0]}"))
-    except GateFailed as e:
-        log(f"  export parity gate failed (artifacts kept, measured anyway): {e}")
-    except SegclipError as e:
-        if not is_export_dir(d):
-            raise
-        log(f"  export note: {e}")
-    log(f"  exported in {time.perf_counter() - t0:.0f} s")
+    d, _ = export_or_reuse(ckpt, out / f"export_{size}", (size, size), fp16=fp16, trt=trt, int8=int8, max_batch=1, data=data,
+                           calib_images=calib_images, log=log, export_log=lambda m: log(f"  export: {m.splitlines()[0]}"))
     return d
 
 
@@ -194,21 +175,17 @@ def add_profiles(res: dict, ckpt: Path, exports: dict, threads: int, which: str)
 # ---- target 3: Triton gRPC vs in-process ONNX Runtime -------------------------------------------------
 def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: int, budget_s: float, work: Path,
                   min_clean: int = 0, max_s: float = 600.0) -> dict:
+    from segclip.benchmarks.core import start_triton
+    from segclip.errors import one_line
     from segclip.runtime import load_runner
 
     try:
-        from segclip.serving.repo import build_repository
-        from segclip.serving.server import TritonServer, free_ports
+        server = start_triton(export_dir, work / f"triton_repo_{size}", threads=threads, max_batch=1, queue_delay_us=0,
+                              startup_timeout=300, log=log)
     except ImportError as e:
         return {"status": f"not measured: segclip.serving is not available ({e})"}
-    repo = work / f"triton_repo_{size}"
-    try:
-        build_repository(export_dir, repo, intra_op_threads=threads, max_batch=1, queue_delay_us=0, force=True)
-        http, grpc, metrics = free_ports(3)
-        server = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, startup_timeout=300)
-        server.start()
     except Exception as e:
-        return {"status": f"not measured: cannot start a Triton server here ({' '.join(str(e).split())[:300]})"}
+        return {"status": f"not measured: cannot start a Triton server here ({one_line(e, 300)})"}
     try:
         model = server.models[0]
         url = server.model_url(model, "grpc")
@@ -222,7 +199,7 @@ def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: 
             shm_r = load_runner(url, shm=True)
             shm_r.activate()
         except Exception as e:
-            shm_note = f"shared memory unavailable: {' '.join(str(e).split())[:200]}"
+            shm_note = f"shared memory unavailable: {one_line(e)}"
             shm_r = None
         with local, grpc_r:
             ref = local.infer(inputs[0])["mask"]
@@ -264,6 +241,7 @@ def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: 
 def gpu_target(ckpt: Path, out: Path, size: int, reps: int, warmup: int, budget_s: float, data) -> dict:
     from segclip.benchmarks import accuracy as acc
     from segclip.contract import read_manifest, tensorrt_unavailable_reason
+    from segclip.export.parity import miou, score
     from segclip.runtime import load_runner
 
     why = tensorrt_unavailable_reason()
@@ -288,14 +266,15 @@ def gpu_target(ckpt: Path, out: Path, size: int, reps: int, warmup: int, budget_
             generate_sample_dataset(root, num_train=1, num_val=8, size=size)
             data = f"sample:{root}:val"
         items, desc = acc.load_items(data, 8, LOVEDA_CLASSES)
-        ref = acc.predict_all(torch_r, items, size, size, batch=1)
-        got = acc.predict_all(trt_r, items, size, size, batch=1)
-    k = len(LOVEDA_CLASSES)
-    m_ref, m_trt = acc.score(ref, items, k, LOVEDA_CLASSES), acc.score(got, items, k, LOVEDA_CLASSES)
+        ref = acc.predict(torch_r, items, size, size, batch=1)
+        got = acc.predict(trt_r, items, size, size, batch=1)
+    k, labels = len(LOVEDA_CLASSES), acc.labels_of(items)
+    m_ref = miou(ref, labels, k, LOVEDA_CLASSES)
+    s = score(got, ref, labels, k, m_ref, LOVEDA_CLASSES)  # the comparator of the export parity gate
     res = {"status": "measured", "size": size, "torch-cuda": timing_summary(t["torch-cuda"]), "tensorrt": timing_summary(t["tensorrt"]),
            "precision": art.get("precision"), "gpu": art.get("gpu"), "tensorrt_version": art.get("tensorrt_version"),
-           "miou_torch": m_ref, "miou_tensorrt": m_trt, "miou_delta": round(m_trt - m_ref, 6) if None not in (m_ref, m_trt) else None,
-           "pixel_agreement": acc.agreement(got, ref), "data": desc}
+           "miou_torch": None if m_ref is None else round(m_ref, 6), "miou_tensorrt": s["miou"], "miou_delta": s["miou_delta"],
+           "pixel_agreement": s["pixel_agreement"], "data": desc}
     res["basis"], (p_t, p_r) = pick([res["torch-cuda"], res["tensorrt"]])
     res["speedup"] = round(p_t / p_r, 3)
     return res
@@ -314,6 +293,7 @@ def int8_speed(ckpt: Path, out: Path, sizes, threads: int, reps: int, warmup: in
     """Every CPU path of segclip on the same inputs, interleaved, batch 1, at each size."""
     from segclip.benchmarks.backends import BACKENDS
     from segclip.benchmarks.core import Settings
+    from segclip.errors import one_line
     from segclip.runtime import load_runner
 
     res = {}
@@ -339,7 +319,7 @@ def int8_speed(ckpt: Path, out: Path, sizes, threads: int, reps: int, warmup: in
                 r.infer(inputs[0])  # torch.compile compiles here; OpenVINO compiles the shape
                 log(f"  {name}: ready in {time.perf_counter() - t0:.1f} s")
             except Exception as e:
-                unavailable[name] = " ".join(str(e).split())[:300]
+                unavailable[name] = one_line(e, 300)
                 runners.pop(name)
         log(f"INT8 {size}x{size}: {', '.join(runners)} interleaved, batch 1, {threads} threads")
         t = measure_interleaved({n: r.infer for n, r in runners.items()}, inputs, warmup=warmup, min_rounds=reps, gap_s=GAP_S,

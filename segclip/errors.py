@@ -19,14 +19,16 @@ class GateFailed(SegclipError):
     exit_code = 1
 
 
-def one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message as one line for ``error: ...`` -- whole sentences only.
+def one_line(e, limit: int = 200) -> str:
+    """An exception's message (or a text) as one line for ``error: ...`` -- whole sentences only.
 
     Backends print long or multi-line dumps; cutting at a character count leaves half a sentence
     (and hides the useful part).  Whitespace is collapsed; text longer than ``limit`` ends at the
     last sentence boundary before it, or after the first sentence when that alone is longer.
+    tritonclient's exceptions keep their text in ``message()``.
     """
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = e.message() if callable(getattr(e, "message", None)) else e
+    text = " ".join(str(text).split()) or type(e).__name__
     if len(text) <= limit:
         return text.rstrip(".")
     ends = [i + 1 for i, c in enumerate(text) if c in ".;:" and (i + 1 == len(text) or text[i + 1] == " ")]

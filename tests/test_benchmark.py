@@ -475,16 +475,17 @@ def test_percentiles_and_throughput_of_known_samples():
 
 
 def test_pixel_agreement_and_miou_of_known_maps():
-    from segclip.benchmarks.accuracy import agreement, score
+    from segclip.benchmarks.accuracy import labels_of
+    from segclip.export.parity import agreement, miou  # the benchmark's accuracy columns use the parity comparator
 
     a = [np.array([[0, 1], [2, 3]]), np.array([[1, 1, 1, 1]])]
     b = [np.array([[0, 1], [2, 0]]), np.array([[1, 1, 0, 1]])]
     assert agreement(a, b) == 0.75 and agreement(a, a) == 1.0 and agreement(a, b[:1]) is None
     items = [{"mask": np.array([[0, 1], [2, 255]])}, {"mask": np.array([[1, 1, 1, 1]])}]
     # kept pixels (truth, pred): (0,0), (1,1), (2,2), (1,1) x4 -> every present class perfect; class 3 is ignore-only
-    assert score(a, items, 4) == 1.0  # a fraction, as in every segclip JSON
+    assert miou(a, labels_of(items), 4) == 1.0  # a fraction, as in every segclip JSON
     # b: one class-1 pixel predicted 0 -> class 0 IoU 1/2, class 1 IoU 4/5, class 2 IoU 1
-    assert score(b, items, 4) == pytest.approx((1 / 2 + 4 / 5 + 1) / 3, abs=1e-5)
+    assert miou(b, labels_of(items), 4) == pytest.approx((1 / 2 + 4 / 5 + 1) / 3, abs=1e-5)
 
 
 def test_server_split_divides_by_requests_and_batches():

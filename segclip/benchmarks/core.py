@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Optional
 
 
-from segclip.contract import artifact_problem, is_export_dir, manifest_signature, read_manifest, sha256_file, signature_from_checkpoint
+from segclip.contract import (artifact_problem, batch_profile, is_export_dir, manifest_signature, read_manifest, sha256_file,
+                              signature_from_checkpoint, tensorrt_unavailable_reason)
 from segclip.errors import GateFailed, SegclipError, one_line
+from segclip.export.parity import miou, score
 from segclip.parsers import parse_device, parse_ints, parse_sizes, renamed_keyword, split_list
 
 from segclip.benchmarks import accuracy as acc
@@ -139,35 +141,55 @@ class Sources:
         if self.checkpoint is None:
             raise SegclipError(f"the export {self.base_export} is fixed at {self.signature.height}x{self.signature.width} "
                                f"and {self.checkpoint_problem}; re-export with --size {h}x{w}")
-        d = self.work_dir / "exports" / f"{h}x{w}"
-        if is_export_dir(d):  # reuse an export this benchmark made before, if it matches
-            try:
-                m = read_manifest(d)
-                arts = m.get("artifacts") or {}
-                same = (m.get("source") or {}).get("sha256") == sha256_file(self.checkpoint)
-                if same and "onnx" in arts and (not self.fp16 or "onnx_fp16" in arts) and (not self.trt or "tensorrt" in arts) \
-                        and (not self.int8 or "onnx_int8" in arts) \
-                        and int((m.get("input") or {}).get("batch", {}).get("max", 0)) >= self.max_batch:
-                    self.log(f"using the export in {d}")
-                    return d, m
-            except SegclipError:
-                pass
-        from segclip.export import export
+        return export_or_reuse(self.checkpoint, self.work_dir / "exports" / f"{h}x{w}", size, fp16=self.fp16, trt=self.trt,
+                               int8=self.int8, max_batch=self.max_batch, log=self.log)
 
-        self.log(f"exporting {self.checkpoint} at {h}x{w} to {d} (onnx{', fp16' if self.fp16 else ''}{', int8' if self.int8 else ''}"
-                 f"{', tensorrt' if self.trt else ''})")
-        t0 = time.perf_counter()
-        quiet = lambda *a, **k: None  # noqa: E731
+
+def _reusable(m: dict, checkpoint, *, fp16: bool, trt: bool, int8: bool, max_batch: int) -> bool:
+    """Whether an export made before holds what is asked for, from this checkpoint."""
+    arts = m.get("artifacts") or {}
+    engine = arts.get("tensorrt") or {}
+    return ((m.get("source") or {}).get("sha256") == sha256_file(checkpoint) and "onnx" in arts
+            and (not fp16 or "onnx_fp16" in arts)
+            and (not int8 or ("onnx_int8" in arts and "onnx_int8_cpu" in arts))
+            # a not-built engine is reused only where it still cannot be built
+            and (not trt or bool(engine.get("file")) or (bool(engine) and tensorrt_unavailable_reason() is not None))
+            and int(batch_profile(m).get("max", 0)) >= max_batch)
+
+
+def export_or_reuse(checkpoint, d, size, *, fp16: bool = False, trt: bool = False, int8: bool = False, max_batch: int = 1,
+                    data=None, calib_images: int = 16, log=print, export_log=None) -> tuple:
+    """(export dir, manifest) of ``checkpoint`` at ``size`` in ``d``: the export made there before when
+    it holds what is asked for, else a fresh one (2 parity images; INT8 calibrated on ``data``, no
+    fallback rounds: these exports are for timing).  A failed parity gate keeps the artifacts (they
+    are measured and flagged); ``--trt`` without a GPU keeps the ONNX export.  ``export_log``: where
+    the exporter's own lines go (default: nowhere)."""
+    d, (h, w) = Path(d), size
+    if is_export_dir(d):
         try:
-            export(self.checkpoint, d, fp16=self.fp16, trt=self.trt, batch=(1, 1, max(1, self.max_batch)),
-                   size=(h, w), parity_images=2, force=True, int8=self.int8, int8_fallback=0, log=quiet)
-        except GateFailed:
-            pass  # artifacts kept and marked failed: measured anyway, flagged in the rows' notes
-        except SegclipError as e:
-            if not is_export_dir(d):  # e.g. --trt without a GPU still writes the ONNX export
-                raise SegclipError(f"export at {h}x{w} failed: {one_line(e)}") from None
-        self.log(f"exported in {time.perf_counter() - t0:.1f} s")
-        return d, read_manifest(d)
+            m = read_manifest(d)
+            if _reusable(m, checkpoint, fp16=fp16, trt=trt, int8=int8, max_batch=max_batch):
+                log(f"using the export in {d}")
+                return d, m
+        except SegclipError:
+            pass
+    from segclip.export import export
+
+    log(f"exporting {checkpoint} at {h}x{w} to {d} (onnx{', fp16' if fp16 else ''}{', int8' if int8 else ''}"
+        f"{', tensorrt' if trt else ''})")
+    t0 = time.perf_counter()
+    try:
+        export(checkpoint, d, fp16=fp16, trt=trt, batch=(1, 1, max(1, max_batch)), size=(h, w), parity_images=2,
+               force=True, int8=int8, data=data, calib_images=calib_images, int8_fallback=0,
+               log=export_log or (lambda *a, **k: None))
+    except GateFailed as e:  # artifacts kept and marked failed: measured anyway, flagged in the rows' notes
+        log(f"export parity gate failed (artifacts kept, measured anyway, flagged): {one_line(e)}")
+    except SegclipError as e:
+        if not is_export_dir(d):  # e.g. --trt without a GPU still writes the ONNX export
+            raise SegclipError(f"export at {h}x{w} failed: {one_line(e)}") from None
+        log(f"export note: {one_line(e)}")
+    log(f"exported in {time.perf_counter() - t0:.1f} s")
+    return d, read_manifest(d)
 
 
 # ---- runners ---------------------------------------------------------------------------------------
@@ -222,46 +244,50 @@ def _artifact_note(export, spec) -> Optional[str]:
     return None
 
 
-def bench_runner(runner, spec, size, batches, timing: dict, items: list, log, note=None) -> tuple:
-    """Rows for one runner at one size (one per batch) and its predictions on the accuracy images."""
+def _time_batches(runner, spec, size, batches, timing: dict, common: dict, log) -> list:
+    """One row per batch size: latency percentiles and throughput of ``runner.infer``, with the share
+    of the CPUs other processes took meanwhile (``busy``)."""
     h, w = size
-    rows, preds = [], None
+    rows = []
+    for b in batches:
+        if runner.max_batch is not None and b > runner.max_batch:
+            rows.append(_base_row(spec, size, b, **common, status=f"skipped: batch {b} > the artifact's max batch {runner.max_batch}"))
+            continue
+        inputs = random_batches(b, h, w, count=timing["inputs"])
+        try:
+            t = measure(runner.infer, inputs, warmup=timing["warmup"], min_reps=timing["min_reps"],
+                        budget_s=timing["budget_s"], meter=CpuMeter.for_this_tree())
+        except Exception as e:
+            rows.append(_base_row(spec, size, b, **common, status=f"failed: {one_line(e, 300)}"))
+            continue
+        st = t.stats
+        rows.append(_base_row(spec, size, b, **common, p50_ms=st["p50_ms"], p90_ms=st["p90_ms"], p99_ms=st["p99_ms"],
+                              mean_ms=st["mean_ms"], reps=t.reps, throughput_ips=t.throughput_ips,
+                              **busy_fields(t.foreign_share, timing["busy_threshold"])))
+        busy = f", BUSY: other processes took {100 * t.foreign_share:.0f}% of the CPUs" if rows[-1]["busy"] else ""
+        log(f"  {spec.name:17s} {h}x{w} batch {b}: p50 {st['p50_ms']:.1f} ms, p90 {st['p90_ms']:.1f} ms "
+            f"({t.reps} reps), {t.throughput_ips:.2f} img/s{busy}")
+    return rows
+
+
+def bench_runner(runner, spec, size, batches, timing: dict, accuracy: "Accuracy", log, note=None) -> list:
+    """Rows for one runner at one size (one per batch), with its accuracy on the accuracy images."""
+    h, w = size
     try:
         runner.activate()
     except Exception as e:
-        return [_base_row(spec, size, status=f"unavailable: {one_line(e, 300)}")], None
+        return [_base_row(spec, size, status=f"unavailable: {one_line(e, 300)}")]
     try:
         d = runner.describe()
         common = {"name": runner.name, "precision": runner.precision, "device": d.get("device") and str(d.get("device")),
                   "artifact": d.get("artifact"), "size_mib": d.get("size_mib"), "notes": note}
         sig = runner.signature
         if not sig.dynamic_size and (sig.height, sig.width) != (h, w):
-            return [_base_row(spec, size, **common, status=f"skipped: this artifact takes {sig.height}x{sig.width} images only")], None
-        for b in batches:
-            if runner.max_batch is not None and b > runner.max_batch:
-                rows.append(_base_row(spec, size, b, **common, status=f"skipped: batch {b} > the artifact's max batch {runner.max_batch}"))
-                continue
-            inputs = random_batches(b, h, w, count=timing["inputs"])
-            try:
-                t = measure(runner.infer, inputs, warmup=timing["warmup"], min_reps=timing["min_reps"],
-                            budget_s=timing["budget_s"], meter=CpuMeter.for_this_tree())
-            except Exception as e:
-                rows.append(_base_row(spec, size, b, **common, status=f"failed: {one_line(e, 300)}"))
-                continue
-            st = t.stats
-            rows.append(_base_row(spec, size, b, **common, p50_ms=st["p50_ms"], p90_ms=st["p90_ms"], p99_ms=st["p99_ms"],
-                                  mean_ms=st["mean_ms"], reps=t.reps, throughput_ips=t.throughput_ips,
-                                  **busy_fields(t.foreign_share, timing["busy_threshold"])))
-            busy = f", BUSY: other processes took {100 * t.foreign_share:.0f}% of the CPUs" if rows[-1]["busy"] else ""
-            log(f"  {spec.name:17s} {h}x{w} batch {b}: p50 {st['p50_ms']:.1f} ms, p90 {st['p90_ms']:.1f} ms "
-                f"({t.reps} reps), {t.throughput_ips:.2f} img/s{busy}")
-        if items and any(r["status"] == "ok" for r in rows):
-            try:
-                preds = acc.predict_all(runner, items, h, w, batch=min(4, max(batches)))
-            except Exception as e:
-                for r in rows:
-                    r["notes"] = "; ".join(x for x in (r["notes"], f"accuracy failed: {one_line(e)}") if x)
-        return rows, preds
+            return [_base_row(spec, size, **common, status=f"skipped: this artifact takes {sig.height}x{sig.width} images only")]
+        rows = _time_batches(runner, spec, size, batches, timing, common, log)
+        if any(r["status"] == "ok" for r in rows):
+            accuracy.measure(runner, rows, reference=spec.name == REFERENCE, batch=min(4, max(batches)))
+        return rows
     finally:
         runner.deactivate()
 
@@ -283,20 +309,75 @@ def busy_warning(rows: list, load: list, threshold: float) -> Optional[str]:
             f"CPUs (up to {100 * worst:.0f}%); their timings (flagged '!') are not reliable: re-run on a quiet machine")
 
 
-def _fill_accuracy(rows: list, preds, items, ref_preds, ref_miou, num_classes, classes) -> None:
-    if preds is None:
-        return
-    m = acc.score(preds, items, num_classes, classes)
-    agree = acc.agreement(preds, ref_preds)
-    for r in rows:
-        if r["status"] == "ok":
-            r["miou"] = m
-            r["pixel_agreement"] = agree
-            r["miou_delta"] = round(m - ref_miou, 6) if m is not None and ref_miou is not None else None
-            r["accuracy_images"] = len(items)
+class Accuracy:
+    """The accuracy images of one size and the PyTorch reference's class maps on them; fills the
+    accuracy columns of a runner's rows through the parity gate's comparator (mIoU a fraction)."""
+
+    def __init__(self, items: list, size, classes):
+        self.items, self.size, self.classes = items, tuple(size), tuple(classes)
+        self.labels = acc.labels_of(items)
+        self.ref_preds = self.ref_miou = None
+
+    def predict(self, runner, batch: int = 4) -> list:
+        return acc.predict(runner, self.items, *self.size, batch=batch)
+
+    def set_reference(self, preds) -> None:
+        self.ref_preds = preds
+        self.ref_miou = miou(preds, self.labels, len(self.classes), self.classes)
+
+    def measure(self, runner, rows: list, *, reference: bool = False, batch: int = 4) -> None:
+        if not self.items:
+            return
+        try:
+            preds = self.predict(runner, batch)
+        except Exception as e:
+            for r in rows:
+                r["notes"] = "; ".join(x for x in (r["notes"], f"accuracy failed: {one_line(e)}") if x)
+            return
+        if reference:
+            self.set_reference(preds)
+        s = score(preds, self.ref_preds, self.labels, len(self.classes), self.ref_miou, self.classes)
+        for r in rows:
+            if r["status"] == "ok":
+                r.update(s, accuracy_images=len(self.items))
+
+
+def backend_rows(names, plan: "Plan", settings: Settings, sources: Sources, size, export, urls: dict, accuracy: Accuracy,
+                 log) -> list:
+    """Rows of the given backends at one size -- local and Triton ones alike: a runner per backend
+    spec, timed and scored, or a status row saying why it cannot run here."""
+    rows = []
+    for name in names:
+        spec = BACKENDS[name]
+        runner, why = make_runner(spec, settings, sources, size, export, urls)
+        if runner is None:
+            rows.append(_base_row(spec, size, status=f"unavailable: {why}"))
+            log(f"  {name:17s} {size[0]}x{size[1]}: unavailable: {why}")
+            continue
+        rows += bench_runner(runner, spec, size, plan.batches, plan.timing, accuracy, log, note=_artifact_note(export, spec))
+    return rows
 
 
 # ---- Triton ----------------------------------------------------------------------------------------
+def start_triton(export_dir, repo, *, threads: int = 0, max_batch: Optional[int] = None, queue_delay_us: int = 100,
+                 env=None, startup_timeout: float = 300.0, log=print):
+    """A Triton server on free 127.0.0.1 ports serving a repository generated from ``export_dir``
+    into ``repo``: started (ready), or an exception.  The caller stops it."""
+    from segclip.serving.repo import build_repository
+    from segclip.serving.server import TritonServer, free_ports
+
+    build_repository(export_dir, repo, intra_op_threads=threads, max_batch=max_batch, queue_delay_us=queue_delay_us, force=True)
+    hp, gp, mp = free_ports(3)
+    server = TritonServer(repo, http_port=hp, grpc_port=gp, metrics_port=mp, env=env, startup_timeout=startup_timeout)
+    log(f"starting Triton on 127.0.0.1 (http {hp}, grpc {gp}) for {repo}")
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 @contextlib.contextmanager
 def triton_endpoints(given: dict, export, work_dir: Path, size, threads: int, log, env=None):
     """{protocol: model URL} (given, or a server started here for ``export``), or {"_why": reason}."""
@@ -307,23 +388,15 @@ def triton_endpoints(given: dict, export, work_dir: Path, size, threads: int, lo
         yield {"_why": f"no export to serve ({one_line(export) if export else 'none'}) and no --triton-url"}
         return
     try:
-        from segclip.serving.repo import build_repository
-        from segclip.serving.server import TritonServer, free_ports
+        import segclip.serving.repo  # noqa: F401  (tritonclient and the server are optional extras)
+        import segclip.serving.server  # noqa: F401
     except ImportError as e:
         yield {"_why": f"segclip.serving is not available ({one_line(e)}); pass --triton-url"}
         return
     h, w = size
-    repo = work_dir / "triton_repo" / f"{h}x{w}"
-    server = None
     try:
-        build_repository(export[0], repo, intra_op_threads=threads, force=True)
-        hp, gp, mp = free_ports(3)
-        server = TritonServer(repo, http_port=hp, grpc_port=gp, metrics_port=mp, env=env)
-        log(f"starting Triton on 127.0.0.1 (http {hp}, grpc {gp}) for {repo}")
-        server.start()
+        server = start_triton(export[0], work_dir / "triton_repo" / f"{h}x{w}", threads=threads, env=env, log=log)
     except Exception as e:
-        if server is not None:
-            server.stop()
         yield {"_why": f"cannot start a Triton server here: {one_line(e, 300)} (or pass --triton-url)"}
         return
     try:
@@ -386,42 +459,37 @@ def summarize(rows: list, load: list, machine: dict, busy_threshold: float = BUS
 
 
 # ---- the entry point ---------------------------------------------------------------------------------
-def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=None, concurrency=(1, 4, 8),
-                  quick: bool = False, triton_url=None, *, reps: Optional[int] = None, warmup: Optional[int] = None,
-                  threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
-                  limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
-                  load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
-                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None) -> dict:
-    """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
-    (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
+@dataclasses.dataclass
+class Plan:
+    """What one benchmark run measures: the parsed and defaulted arguments of ``run_benchmark``."""
 
-    ``quick``: batch 1, the first size, torch + onnxruntime + onnxruntime-fp16 (unless ``backends``
-    is given), 2 warm-up calls, >= 5 reps in a 1 s budget, 4 accuracy images, no Triton sweep.
-    ``reps``: minimum timed calls per row (default 10); ``budget_s``: time per row after that
-    (default 3 s); ``threads``: CPU threads for torch and ONNX Runtime (default: usable CPUs);
-    ``device``: "cpu", "cuda" or "cuda:N" for torch / ONNX Runtime / TensorRT (default: cuda when visible);
-    ``limit``: accuracy images (default 16); ``busy_threshold``: rows measured while other processes
-    took more than this share of all CPUs are flagged ``busy`` (table, JSON, plot, summary warning).
-    Every argument (and ``data``) is checked before ``out`` is created; an ``out`` that already holds
-    a benchmark is replaced only with ``force``.
-    """
-    t_start = time.perf_counter()
-    log = log or (lambda *a, **k: None)
+    names: list
+    batches: tuple
+    sizes: Optional[list]
+    concurrency: tuple
+    given_urls: dict
+    data_spec: Optional[tuple]
+    device: str
+    threads: int
+    timing: dict
+    limit: int
+    load_duration: float
+    quick: bool
+    triton_shm: bool
+
+
+def make_plan(backends, batch, size, concurrency, quick, triton_url, data, reps, warmup, threads, budget_s, device,
+              limit, triton_shm, load_duration_s, busy_threshold) -> Plan:
+    """Parse and check every argument: a bad one fails before anything is read, exported or started."""
     names = parse_backends(backends if backends is not None else (QUICK_BACKENDS if quick else None))
-    # ``batch``/``size`` as on the command line; ``batches``/``sizes`` kept for one release
-    batch = renamed_keyword("run_benchmark", "batches", batches, "batch", batch)
-    size = renamed_keyword("run_benchmark", "sizes", sizes, "size", size)
     batches = parse_ints(batch if batch is not None else (1, 4, 8), "batch") or (1,)
-    if quick:
-        batches = batches[:1]
     concurrency = parse_ints(concurrency, "concurrency")
-    size_list = parse_sizes(size)
+    sizes = parse_sizes(size)
     given_urls = parse_triton_urls(triton_url)
     data_spec = acc.parse_data(data)
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = parse_device(device)
+    device = parse_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = int(threads or default_threads())
     if not 0 < float(busy_threshold) <= 1:
         raise SegclipError(f"--busy-threshold {busy_threshold}: must be a share of the CPUs in (0, 1], e.g. 0.1")
@@ -439,15 +507,153 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
             raise SegclipError(f"{flag} {v}: must be at least {low}; leave it out for the default")
     if budget_s is not None and not float(budget_s) > 0:
         raise SegclipError(f"--budget {budget_s}: must be a positive number of seconds; leave it out for the default")
-    if out is not None:
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise SegclipError(f"--out {out}: exists and is a file; give a folder for the benchmark results")
-        done = [f for f in ("benchmark.json", "benchmark.csv", "latency.png", "triton_load.csv") if (out / f).exists()]
-        if done and not force:
-            raise SegclipError(f"{out} already holds benchmark results ({', '.join(done)}); pass --force to replace "
-                               f"them or choose another --out")
-    load_duration = float(load_duration_s if load_duration_s is not None else (2.0 if quick else 5.0))
+    return Plan(names=names, batches=batches[:1] if quick else batches, sizes=sizes, concurrency=concurrency,
+                given_urls=given_urls, data_spec=data_spec, device=device, threads=threads, timing=timing, limit=limit,
+                load_duration=float(load_duration_s if load_duration_s is not None else (2.0 if quick else 5.0)),
+                quick=bool(quick), triton_shm=triton_shm)
+
+
+def check_out(out, force: bool) -> Optional[Path]:
+    """``--out`` as a folder that may take the results (replacing earlier ones only with ``force``)."""
+    if out is None:
+        return None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SegclipError(f"--out {out}: exists and is a file; give a folder for the benchmark results")
+    done = [f for f in ("benchmark.json", "benchmark.csv", "latency.png", "triton_load.csv") if (out / f).exists()]
+    if done and not force:
+        raise SegclipError(f"{out} already holds benchmark results ({', '.join(done)}); pass --force to replace "
+                           f"them or choose another --out")
+    return out
+
+
+def _reference_only(plan: Plan, settings: Settings, sources: Sources, size, export, accuracy: Accuracy) -> None:
+    """The accuracy deltas need the PyTorch reference's class maps even when it is not benchmarked."""
+    if REFERENCE in plan.names or not accuracy.items or sources.checkpoint is None:
+        return
+    runner, _ = make_runner(BACKENDS[REFERENCE], settings, sources, size, export, {})
+    if runner is not None:
+        with runner:
+            accuracy.set_reference(accuracy.predict(runner))
+
+
+def _load_sweep(plan: Plan, urls: dict, served: set, export, size, log) -> list:
+    """Triton's concurrency sweep on the protocols whose latency rows ran, each level flagged busy
+    when other processes took the CPUs (the server started here counts as ours)."""
+    from segclip.benchmarks.triton_load import sweep
+
+    h, w = size
+    inputs = random_batches(1, h, w, count=plan.timing["inputs"], seed=7)
+    expected = _local_masks(export, inputs, plan.threads)
+    load = []
+    for proto in ("grpc", "http"):
+        if proto not in served:
+            continue
+        log(f"Triton {proto} concurrency sweep {','.join(map(str, plan.concurrency))} at {h}x{w}")
+        meter = CpuMeter.for_this_tree()
+        a = meter.snapshot()
+        for r in sweep(urls[proto], plan.concurrency, inputs, expected, duration_s=plan.load_duration, log=log):
+            b = meter.snapshot()
+            r.update(height=h, width=w, **busy_fields(CpuMeter.foreign_share(a, b), plan.timing["busy_threshold"]))
+            load.append(r)
+            a = meter.snapshot()
+    return load
+
+
+def bench_size(plan: Plan, settings: Settings, sources: Sources, size, items: list, work_dir: Path, *, sweep: bool,
+               triton_env, log) -> tuple:
+    """(rows, Triton load rows) of every backend at one size: the reference first, Triton last."""
+    order = sorted(plan.names, key=lambda n: (n != REFERENCE, BACKENDS[n].source == "triton"))
+    local = [n for n in order if BACKENDS[n].source != "triton"]
+    triton = [n for n in order if BACKENDS[n].source == "triton"]
+    export = None
+    if any(BACKENDS[n].source == "artifact" for n in plan.names) or (triton and not plan.given_urls):
+        try:
+            export = sources.export_for(size)
+        except SegclipError as e:
+            export = e
+    accuracy = Accuracy(items, size, sources.classes)
+    _reference_only(plan, settings, sources, size, export, accuracy)
+    rows = backend_rows(local, plan, settings, sources, size, export, {}, accuracy, log)
+    load = []
+    if triton:
+        with triton_endpoints(plan.given_urls, export, work_dir, size, plan.threads, log, env=triton_env) as urls:
+            t_rows = backend_rows(triton, plan, settings, sources, size, export, urls, accuracy, log)
+            rows += t_rows
+            if sweep and plan.concurrency and not plan.quick:
+                served = {BACKENDS[r["backend"]].protocol for r in t_rows if r["status"] == "ok"}
+                load = _load_sweep(plan, urls, served, export, size, log)
+    return rows, load
+
+
+def build_report(plan: Plan, source, sources: Sources, machine: dict, rows: list, load: list, data_desc, t_start: float) -> dict:
+    """The report (schema ``SCHEMA_VERSION``) with its table; checked against the schema."""
+    _speedups(rows)
+    timing = plan.timing
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "machine": machine,
+        "config": {
+            "source": str(source), "checkpoint": str(sources.checkpoint) if sources.checkpoint else None,
+            "export": str(sources.base_export) if sources.base_export else None,
+            "backends": plan.names, "batches": list(plan.batches), "sizes": [f"{h}x{w}" for h, w in plan.sizes],
+            "concurrency": list(plan.concurrency), "quick": plan.quick, "device": plan.device, "threads": plan.threads,
+            "warmup": timing["warmup"], "min_reps": timing["min_reps"], "budget_s": timing["budget_s"],
+            "busy_threshold": timing["busy_threshold"],
+            "distinct_inputs": timing["inputs"], "triton_url": plan.given_urls or None, "triton_shm": plan.triton_shm,
+            "data": None if plan.data_spec is None else ":".join(plan.data_spec),
+            "accuracy_images": data_desc, "accuracy_method": acc.METHOD,
+            "latency": "host uint8 in -> host arrays out, perf_counter around runner.infer; warm-up excluded; "
+                       "CUDA synchronised before each call when initialised",
+            "classes": list(sources.classes),
+        },
+        "rows": rows,
+        "triton_load": load,
+        "summary": summarize(rows, load, machine, timing["busy_threshold"]),
+    }
+    report["summary"]["seconds"] = round(time.perf_counter() - t_start, 1)
+    try:
+        import os
+
+        machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        machine["load_average_end"] = None
+    report["table"] = format_table(report)
+    problems = check_report(report)
+    if problems:  # a bug here, not the user's: say so loudly
+        raise RuntimeError("benchmark report does not match its schema: " + "; ".join(problems[:5]))
+    return report
+
+
+def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=None, concurrency=(1, 4, 8),
+                  quick: bool = False, triton_url=None, *, reps: Optional[int] = None, warmup: Optional[int] = None,
+                  threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
+                  limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
+                  load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
+                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None) -> dict:
+    """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
+    (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
+
+    ``quick``: batch 1, the first size, torch + onnxruntime + onnxruntime-fp16 (unless ``backends``
+    is given), 2 warm-up calls, >= 5 reps in a 1 s budget, 4 accuracy images, no Triton sweep.
+    ``reps``: minimum timed calls per row (default 10); ``budget_s``: time per row after that
+    (default 3 s); ``threads``: CPU threads for torch and ONNX Runtime (default: usable CPUs);
+    ``device``: "cpu", "cuda" or "cuda:N" for torch / ONNX Runtime / TensorRT (default: cuda when visible);
+    ``limit``: accuracy images (default 16); ``busy_threshold``: rows measured while other processes
+    took more than this share of all CPUs are flagged ``busy`` (table, JSON, plot, summary warning).
+    mIoU values are fractions (0..1); the table shows percent.
+    Every argument (and ``data``) is checked before ``out`` is created; an ``out`` that already holds
+    a benchmark is replaced only with ``force``.
+    """
+    t_start = time.perf_counter()
+    log = log or (lambda *a, **k: None)
+    # ``batch``/``size`` as on the command line; ``batches``/``sizes`` kept for one release
+    batch = renamed_keyword("run_benchmark", "batches", batches, "batch", batch)
+    size = renamed_keyword("run_benchmark", "sizes", sizes, "size", size)
+    plan = make_plan(backends, batch, size, concurrency, quick, triton_url, data, reps, warmup, threads, budget_s, device,
+                     limit, triton_shm, load_duration_s, busy_threshold)
+    out = check_out(out, force)
+    import torch
 
     tmp = created = None
     if out is not None:
@@ -455,134 +661,33 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     else:
         tmp = work_dir = Path(tempfile.mkdtemp(prefix="segclip-bench-"))
     old_threads = torch.get_num_threads()
-    set_threads(threads)
+    set_threads(plan.threads)
     try:
         import importlib.util
 
-        want_trt = "tensorrt" in names and torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
-        int8 = any(BACKENDS[n].artifact in ("onnx_int8", "onnx_int8_cpu") for n in names)
-        sources = Sources(source, work_dir, fp16="onnxruntime-fp16" in names, trt=want_trt, max_batch=max(batches), log=log,
-                          int8=int8)
-        data_items = data_desc = None
-        if data_spec is not None:
-            data_items, data_desc = acc.load_items(data_spec, limit, sources.classes)
+        want_trt = "tensorrt" in plan.names and torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+        int8 = any(BACKENDS[n].artifact in ("onnx_int8", "onnx_int8_cpu") for n in plan.names)
+        sources = Sources(source, work_dir, fp16="onnxruntime-fp16" in plan.names, trt=want_trt, max_batch=max(plan.batches),
+                          log=log, int8=int8)
+        data_items = None
+        data_desc = "random uint8 images (no labels: pixel agreement only)"
+        if plan.data_spec is not None:
+            data_items, data_desc = acc.load_items(plan.data_spec, plan.limit, sources.classes)
         if out is not None:
             created = [d for d in (work_dir, *work_dir.parents) if not d.exists()]
             work_dir.mkdir(parents=True, exist_ok=True)
-        if size_list is None:
-            size_list = sources.default_sizes()
-        if quick:
-            size_list = size_list[:1]
-        settings = Settings(device=device, threads=threads, scores=bool(sources.signature.scores), triton_shm=triton_shm)
-        machine = machine_info(threads)
+        plan.sizes = (plan.sizes or sources.default_sizes())[:1 if plan.quick else None]
+        settings = Settings(device=plan.device, threads=plan.threads, scores=bool(sources.signature.scores),
+                            triton_shm=plan.triton_shm)
+        machine = machine_info(plan.threads)
         log(f"machine: {describe_machine(machine)}")
-
-        order = sorted(names, key=lambda n: (n != REFERENCE, BACKENDS[n].source == "triton"))
         rows, load = [], []
-        for si, size in enumerate(size_list):
-            h, w = size
-            need_export = any(BACKENDS[n].source == "artifact" for n in names) or \
-                (any(BACKENDS[n].source == "triton" for n in names) and not given_urls)
-            export = None
-            if need_export:
-                try:
-                    export = sources.export_for(size)
-                except SegclipError as e:
-                    export = e
-            if data_items is not None:
-                items = data_items
-            else:
-                items, data_desc = acc.random_items(min(limit, 4), h, w), "random uint8 images (no labels: pixel agreement only)"
-            ref_preds = ref_miou = None
-            size_rows = []
-            if REFERENCE not in names and items and sources.checkpoint is not None:
-                # the accuracy deltas need the PyTorch reference even when it is not benchmarked
-                ref_runner, _ = make_runner(BACKENDS[REFERENCE], settings, sources, size, export, {})
-                if ref_runner is not None:
-                    with ref_runner:
-                        ref_preds = acc.predict_all(ref_runner, items, h, w)
-                    ref_miou = acc.score(ref_preds, items, len(sources.classes), sources.classes)
-            for name in order:
-                spec = BACKENDS[name]
-                if spec.source == "triton":
-                    continue
-                runner, why = make_runner(spec, settings, sources, size, export, {})
-                if runner is None:
-                    size_rows.append(_base_row(spec, size, status=f"unavailable: {why}"))
-                    log(f"  {name:17s} {h}x{w}: unavailable: {why}")
-                    continue
-                r_rows, preds = bench_runner(runner, spec, size, batches, timing, items, log,
-                                             note=_artifact_note(export, spec))
-                if name == REFERENCE and preds is not None:
-                    ref_preds, ref_miou = preds, acc.score(preds, items, len(sources.classes), sources.classes)
-                _fill_accuracy(r_rows, preds, items, ref_preds, ref_miou, len(sources.classes), sources.classes)
-                size_rows += r_rows
-            triton_names = [n for n in order if BACKENDS[n].source == "triton"]
-            if triton_names:
-                with triton_endpoints(given_urls, export, work_dir, size, threads, log, env=triton_env) as urls:
-                    served = set()  # protocols whose latency rows ran: the sweep goes only there
-                    for name in triton_names:
-                        spec = BACKENDS[name]
-                        runner, why = make_runner(spec, settings, sources, size, export, urls)
-                        if runner is None:
-                            size_rows.append(_base_row(spec, size, status=f"unavailable: {why}"))
-                            log(f"  {name:17s} {h}x{w}: unavailable: {why}")
-                            continue
-                        r_rows, preds = bench_runner(runner, spec, size, batches, timing, items, log)
-                        _fill_accuracy(r_rows, preds, items, ref_preds, ref_miou, len(sources.classes), sources.classes)
-                        size_rows += r_rows
-                        if any(r["status"] == "ok" for r in r_rows):
-                            served.add(spec.protocol)
-                    if si == 0 and concurrency and not quick:
-                        inputs = random_batches(1, h, w, count=timing["inputs"], seed=7)
-                        expected = _local_masks(export, inputs, threads)
-                        for proto in ("grpc", "http"):
-                            if proto in served:
-                                log(f"Triton {proto} concurrency sweep {','.join(map(str, concurrency))} at {h}x{w}")
-                                from segclip.benchmarks.triton_load import sweep
-
-                                meter = CpuMeter.for_this_tree()  # the server started here is ours
-                                a = meter.snapshot()
-                                for r in sweep(urls[proto], concurrency, inputs, expected, duration_s=load_duration, log=log):
-                                    b = meter.snapshot()
-                                    r.update(height=h, width=w, **busy_fields(CpuMeter.foreign_share(a, b), timing["busy_threshold"]))
-                                    load.append(r)
-                                    a = meter.snapshot()
-            rows += size_rows
-        _speedups(rows)
-
-        report = {
-            "schema_version": SCHEMA_VERSION,
-            "machine": machine,
-            "config": {
-                "source": str(source), "checkpoint": str(sources.checkpoint) if sources.checkpoint else None,
-                "export": str(sources.base_export) if sources.base_export else None,
-                "backends": names, "batches": list(batches), "sizes": [f"{h}x{w}" for h, w in size_list],
-                "concurrency": list(concurrency), "quick": bool(quick), "device": device, "threads": threads,
-                "warmup": timing["warmup"], "min_reps": timing["min_reps"], "budget_s": timing["budget_s"],
-                "busy_threshold": timing["busy_threshold"],
-                "distinct_inputs": timing["inputs"], "triton_url": given_urls or None, "triton_shm": triton_shm,
-                "data": None if data_spec is None else ":".join(data_spec),
-                "accuracy_images": data_desc, "accuracy_method": acc.TILING,
-                "latency": "host uint8 in -> host arrays out, perf_counter around runner.infer; warm-up excluded; "
-                           "CUDA synchronised before each call when initialised",
-                "classes": list(sources.classes),
-            },
-            "rows": rows,
-            "triton_load": load,
-            "summary": summarize(rows, load, machine, timing["busy_threshold"]),
-        }
-        report["summary"]["seconds"] = round(time.perf_counter() - t_start, 1)
-        try:
-            import os
-
-            machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-        except OSError:
-            machine["load_average_end"] = None
-        report["table"] = format_table(report)
-        problems = check_report(report)
-        if problems:  # a bug here, not the user's: say so loudly
-            raise RuntimeError("benchmark report does not match its schema: " + "; ".join(problems[:5]))
+        for i, (h, w) in enumerate(plan.sizes):
+            items = data_items if data_items is not None else acc.random_items(min(plan.limit, 4), h, w)
+            r, lo = bench_size(plan, settings, sources, (h, w), items, work_dir, sweep=i == 0, triton_env=triton_env, log=log)
+            rows += r
+            load += lo
+        report = build_report(plan, source, sources, machine, rows, load, data_desc, t_start)
         if out is not None:
             report["files"] = write_all(report, work_dir, plot=plot)
             write_json(report, work_dir / "benchmark.json")  # again, now listing the files

@@ -201,7 +201,7 @@ def _perf_analyzer(url: str, concurrency: int, height: int, width: int, duration
         cmd += ["-x", version]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(120, 10 * duration_s))
     if r.returncode != 0:
-        raise SegclipError(f"perf_analyzer failed: {' '.join((r.stderr or r.stdout).split())[:300]}")
+        raise SegclipError(f"perf_analyzer failed: {one_line(r.stderr or r.stdout, 300)}")
     text = r.stdout[r.stdout.find("Concurrency,"):]
     rec = next(csv.DictReader(io.StringIO(text)))
     us = lambda k: round(float(rec[k]) / 1e3, 3) if rec.get(k) not in (None, "") else None  # noqa: E731
@@ -242,7 +242,7 @@ def sweep(url: str, concurrency=(1, 4, 8), inputs: Optional[list] = None, expect
             else:
                 row = asyncio.run(_level(url, c, inputs, expected, duration_s, n_min, check_every))
         except Exception as e:
-            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            msg = one_line(e, 300)
             row = {"protocol": _parse(url)[0], "url": url, "tool": "perf_analyzer" if use_pa else "tritonclient.aio",
                    "concurrency": c, "batch": 1, "requests": 0, "failures": 0, "throughput_ips": None, "duration_s": None,
                    "p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, **server_split({}, {}),

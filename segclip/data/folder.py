@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.signature import default_palette
 from segclip.data.base import IGNORE_INDEX, SegDataset, list_images, pair_masks
 from segclip.data.imageio import read_mask
@@ -40,7 +40,7 @@ def load_classes_yaml(root) -> dict:
     try:
         doc = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SegclipError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise SegclipError(f"{path}: not valid YAML ({one_line(e)})") from None
     entries = doc.get("classes") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SegclipError(f"{path}: needs a non-empty 'classes:' list (names or {{name:, color:, prompt:}} mappings)")

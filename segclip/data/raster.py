@@ -87,8 +87,7 @@ def parse_range(text) -> Optional[tuple]:
 
 
 def _read_error(path, e) -> SegclipError:
-    msg = " ".join(str(e).split())[:200] or type(e).__name__
-    return SegclipError(f"{path}: cannot read raster ({msg}); check the file is complete and a format GDAL reads")
+    return SegclipError(f"{path}: cannot read raster ({one_line(e)}); check the file is complete and a format GDAL reads")
 
 
 def _check_png(path: Path) -> None:
@@ -277,8 +276,7 @@ def read_image(path) -> Optional[np.ndarray]:
 
 
 def _write_error(dst, e) -> SegclipError:
-    msg = " ".join(str(e).split())[:200] or type(e).__name__
-    return SegclipError(f"{dst}: cannot write ({msg}); check the output folder is writable and has free space")
+    return SegclipError(f"{dst}: cannot write ({one_line(e)}); check the output folder is writable and has free space")
 
 
 def _colormap(palette, ignore: int) -> dict:

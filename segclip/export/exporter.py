@@ -27,7 +27,7 @@ from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT
                               scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
                               write_manifest)
 from segclip.errors import GateFailed, SegclipError
-from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images
+from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images, windows
 from segclip.parsers import parse_batch, parse_size, renamed_keyword
 from segclip.signature import SCORES_NAME
 
@@ -345,7 +345,7 @@ class Exporter:
         return TensorRTRunner(path, signature=sig, manifest_entry=trt, name=name, precision=trt["precision"],
                               device=self._cuda_index())
 
-    def parity(self, stage: Path, images: np.ndarray, labels, keys=None) -> dict:
+    def parity(self, stage: Path, images: list, labels, keys=None) -> dict:
         """Gate the artifacts built so far (``keys``: only these); INT8 rows get the sensitivity fallback."""
         from segclip.export.parity import compare, every_scene, run_all
         from segclip.runtime.onnx_runner import OnnxRunner
@@ -376,7 +376,8 @@ class Exporter:
             for key, (pub, twin) in pairs.items():
                 k = min(len(images), 2)
                 ids = None if scene_ids is None else scene_ids[:k]
-                if not np.array_equal(run_all(pub, images[:k], bs, ids)["mask"], run_all(twin, images[:k], bs, ids)["mask"]):
+                a, b = run_all(pub, images[:k], bs, ids)["mask"], run_all(twin, images[:k], bs, ids, scores=False)["mask"]
+                if not all(np.array_equal(x, y) for x, y in zip(a, b)):
                     for r in result["rows"]:
                         if r["name"] == key:
                             r["status"] = FAILED
@@ -384,7 +385,7 @@ class Exporter:
         return result
 
     # ---- the manifest --------------------------------------------------------------------------
-    def build_manifest(self, images: np.ndarray, labels, src: str, result: dict, table: str, failed: list, t_start: float) -> dict:
+    def build_manifest(self, images: list, labels, src: str, result: dict, table: str, failed: list, t_start: float) -> dict:
         from segclip import __version__
 
         sig = self.signature
@@ -428,7 +429,7 @@ class Exporter:
             else:
                 images, labels, src = load_parity_images(self.parity_data, self.parity_images, h, w, self.signature.classes, log=self.log)
             if self.fp16:  # the FP16 range pass, too, on calibration images when there are any
-                self.export_fp16(stage, images if self.int8_data is None else self.int8_data.calib)
+                self.export_fp16(stage, np.stack(windows(images, h, w)) if self.int8_data is None else self.int8_data.calib)
             if self.int8:
                 from segclip.export.int8 import FLAVOURS
 

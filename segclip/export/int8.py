@@ -120,7 +120,7 @@ class Int8Images:
 
         from segclip.data import build_dataset
         from segclip.data.sample import generate_sample_dataset
-        from segclip.export.parity_images import _from_dataset
+        from segclip.export.parity_images import _from_dataset, sample_size, windows
 
         tmp = None
         try:
@@ -128,7 +128,7 @@ class Int8Images:
                 log("warning: int8: calibrating on the rendered sample set; calibrate on imagery like the deployment's "
                     "with --data DATASET:ROOT:SPLIT")
                 tmp = Path(tempfile.mkdtemp(prefix="segclip-calib-"))
-                root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=n_calib + n_gate, size=max(256, h, w))
+                root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=n_calib + n_gate, size=sample_size(h, w))
                 ds, self.source = build_dataset("loveda", root, "val"), "sample:loveda:val"
             else:
                 ds, self.source = data
@@ -139,8 +139,9 @@ class Int8Images:
             if not getattr(ds, "has_labels", True):
                 raise SegclipError(f"--data {self.source}: has no labels; the INT8 parity gate needs a labelled split (e.g. val)")
             self.calib_idx, self.gate_idx = split_indices(len(ds), n_calib, n_gate)
-            self.calib, _ = _from_dataset(ds, n_calib, h, w, classes, indices=self.calib_idx)
-            self.gate, self.labels = _from_dataset(ds, n_gate, h, w, classes, indices=self.gate_idx)
+            # calibration needs the graph's input size: one window per image; the gate takes images whole
+            self.calib = np.stack(windows(_from_dataset(ds, n_calib, classes, indices=self.calib_idx)[0], h, w))
+            self.gate, self.labels = _from_dataset(ds, n_gate, classes, indices=self.gate_idx)
             self.calib_files = [_item_name(ds, i) for i in self.calib_idx]
             self.gate_files = [_item_name(ds, i) for i in self.gate_idx]
         finally:

@@ -1,9 +1,14 @@
-"""Parity gate: the PyTorch runner and every exported artifact on the same images.
+"""The comparator: a reference runner and candidate runners on the same images (Polygraphy style).
 
-``compare(reference, candidates, images, labels)`` loops over runners with no special cases: each
-runner is asked for its outputs on the same batches; score differences are measured where both
-sides return scores, class maps always (pixel agreement), and mIoU against the ground truth when
-labels exist (with its delta to the reference).  ``gate`` fails rows under their threshold.
+The export's parity gate and ``segclip benchmark``'s accuracy columns both use it:
+
+* ``run_all(runner, images)``: every image through the one path from an image to a class map -- an
+  image of the runner's size in one call (batched with the others of that size), any other by
+  blended sliding windows (``segclip.data.sliding.predict_image``, as ``predict`` and ``eval``);
+* ``score(preds, ref_preds, labels)``: pixel agreement with the reference and mIoU against the
+  labels (``segclip eval``'s protocol, a fraction in 0..1) with its delta to the reference;
+* ``compare(reference, candidates, images, labels)``: the loop over runners behind the gate, with
+  score differences where both sides return scores; ``gate`` thresholds fail rows.
 """
 from __future__ import annotations
 
@@ -13,84 +18,142 @@ from typing import Optional, Sequence
 import numpy as np
 
 from segclip.data.base import IGNORE_INDEX
+from segclip.data.sliding import predict_image
 from segclip.engine.metrics import ConfusionMatrix
 from segclip.signature import MASK_NAME, SCORES_NAME
 
 
-def run_all(runner, images: np.ndarray, batch_size: int = 4, scene_ids=None) -> dict:
-    """All images (with their ``scene_ids``, if any) through one runner in batches (respecting its
-    max batch); concatenated outputs."""
+def run_all(runner, images, batch_size: int = 4, scene_ids=None, *, scores: bool = True, window=None) -> dict:
+    """-> {"mask": [H x W per image], "scores": [K x H x W per image] or None, "seconds": inference time}.
+
+    ``images``: an N x H x W x 3 array or a list of H x W x 3 images of any sizes.  ``window``: the
+    sliding-window size (default: the runner's fixed size; a dynamic-size runner takes images whole),
+    so runners of different kinds see the same windows.  ``scene_ids``: one per image for a model
+    with metadata prompts (every window of an image gets its scene).  Batches respect the runner's
+    max batch; the runner is activated for the call when it is not already."""
+    sig = runner.signature
+    fixed = tuple(window) if window is not None else None if sig.dynamic_size else (sig.height, sig.width)
     bs = max(1, min(batch_size, runner.max_batch or batch_size))
-    masks, scores, seconds = [], [], 0.0
-    with runner:
-        for i in range(0, len(images), bs):
-            out = runner.infer(images[i:i + bs], None if scene_ids is None else scene_ids[i:i + bs])
-            seconds += runner.last_inference_time or 0.0
-            masks.append(np.asarray(out[MASK_NAME]))
-            if SCORES_NAME in out:
-                scores.append(np.asarray(out[SCORES_NAME], dtype=np.float32))
-    return {"mask": np.concatenate(masks), "scores": np.concatenate(scores) if scores else None, "seconds": seconds}
+    want = scores and bool(sig.scores)
+    ids = None if scene_ids is None else np.asarray(scene_ids)
+    n = len(images)
+    masks, outs, seconds = [None] * n, [None] * n, 0.0
+    direct = {}  # images of the window's size (any size without a window): batched, one call each
+    for i in range(n):
+        shape = tuple(images[i].shape[:2])
+        if fixed is None or shape == fixed:
+            direct.setdefault(shape, []).append(i)
+    was_active = runner.is_active
+    runner.activate()
+    try:
+        for idx in direct.values():
+            for b in range(0, len(idx), bs):
+                part = idx[b:b + bs]
+                x = np.ascontiguousarray(np.stack([images[i] for i in part]), dtype=np.uint8)
+                out = runner.infer(x, None if ids is None else ids[part])
+                seconds += runner.last_inference_time or 0.0
+                for j, i in enumerate(part):
+                    masks[i] = np.asarray(out[MASK_NAME][j])
+                    if want and SCORES_NAME in out:
+                        outs[i] = np.asarray(out[SCORES_NAME][j], dtype=np.float32)
+        done = {i for idx in direct.values() for i in idx}
+        for i in (i for i in range(n) if i not in done):
+            t0 = time.perf_counter()
+            masks[i], outs[i], _ = predict_image(runner, images[i], window=fixed, batch_size=bs, return_scores=want,
+                                                 scene=None if ids is None else int(ids[i]))
+            seconds += time.perf_counter() - t0
+    finally:
+        if not was_active:
+            runner.deactivate()
+    return {"mask": masks, "scores": outs if want and all(s is not None for s in outs) else None, "seconds": seconds}
 
 
-def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
-    """mIoU exactly as ``segclip eval`` computes it (classes present in the ground truth)."""
-    return class_iou(pred, gt, num_classes)[0]
-
-
-def class_iou(pred: np.ndarray, gt: np.ndarray, num_classes: int, names=None) -> tuple:
-    """(mIoU, {class: IoU or None when absent from the ground truth}), as ``segclip eval``."""
+def class_iou(preds, labels, num_classes: int, names=None) -> tuple:
+    """(mIoU, {class: IoU or None}) of class maps against labels over all images together, as
+    ``segclip eval`` computes it (one confusion matrix); (None, None) without labels."""
+    if labels is None:
+        return None, None
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX)
-    cm.update(pred, gt)
+    for p, t in zip(preds, labels):
+        cm.update(np.asarray(p), np.asarray(t))
     res = cm.compute(names)
     return res["miou"], res["per_class_iou"]
+
+
+def miou(preds, labels, num_classes: int, names=None) -> Optional[float]:
+    """mIoU (a fraction) of a list of class maps against their labels; None without labels."""
+    return class_iou(preds, labels, num_classes, names)[0]
+
+
+def agreement(preds, ref) -> Optional[float]:
+    """Fraction (0..1) of pixels where two lists of class maps agree; None without a matching reference."""
+    if ref is None or len(ref) != len(preds):
+        return None
+    same = sum(int((np.asarray(p, np.int64) == np.asarray(r, np.int64)).sum()) for p, r in zip(preds, ref))
+    total = sum(int(np.asarray(r).size) for r in ref)
+    return same / total if total else None
+
+
+def score_diffs(scores, ref_scores) -> tuple:
+    """(max, mean) absolute difference of two lists of score maps; (None, None) without scores."""
+    if scores is None or ref_scores is None:
+        return None, None
+    d = [np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)) for a, b in zip(scores, ref_scores)]
+    return float(max(x.max() for x in d)), float(sum(x.sum(dtype=np.float64) for x in d) / sum(x.size for x in d))
 
 
 def _r(x, nd=6):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), nd)
 
 
-def every_scene(images: np.ndarray, labels: Optional[np.ndarray], scenes: Sequence) -> tuple:
+def score(preds, ref_preds, labels, num_classes: int, ref_miou: Optional[float] = None, names=None) -> dict:
+    """{"pixel_agreement", "miou", "miou_delta"} of one runner's class maps (fractions, rounded)."""
+    m = miou(preds, labels, num_classes, names)
+    return {"pixel_agreement": _r(agreement(preds, ref_preds)), "miou": _r(m),
+            "miou_delta": _r(None if m is None or ref_miou is None else m - ref_miou)}
+
+
+def every_scene(images, labels, scenes: Sequence) -> tuple:
     """For a model with metadata prompts: every image under every scene (the gate then covers the
     whole scene table) -> (images, labels, scene_ids int32); unchanged and None without scenes."""
     if not scenes:
         return images, labels, None
     s = len(scenes)
     ids = np.repeat(np.arange(s, dtype=np.int32), len(images))
-    return (np.concatenate([images] * s), None if labels is None else np.concatenate([labels] * s), ids)
+    return list(images) * s, None if labels is None else list(labels) * s, ids
 
 
-def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optional[np.ndarray] = None,
-            thresholds: Optional[dict] = None, batch_size: int = 4, num_classes: Optional[int] = None,
-            scene_ids: Optional[np.ndarray] = None) -> dict:
-    """-> {"reference": {...}, "rows": [one dict per candidate]}; ``thresholds``: name -> min agreement;
-    ``scene_ids``: one per image for a model with metadata prompts (see ``every_scene``)."""
+def compare(reference, candidates: Sequence, images, labels=None, thresholds: Optional[dict] = None,
+            batch_size: int = 4, num_classes: Optional[int] = None, scene_ids=None) -> dict:
+    """-> {"reference": {...}, "rows": [one dict per candidate]}; ``thresholds``: name -> min agreement
+    (overall and, with ``scene_ids`` -- one per image, see ``every_scene`` -- in every scene)."""
     thresholds = thresholds or {}
     k = num_classes or reference.signature.num_classes
     t0 = time.perf_counter()
-    ref = run_all(reference, images, batch_size, scene_ids)
+    ids = None if scene_ids is None else np.asarray(scene_ids)
+    ref = run_all(reference, images, batch_size, ids)
     names = list(reference.signature.classes)[:k] if len(reference.signature.classes) >= k else None
-    ref_miou, ref_cls = class_iou(ref["mask"], labels, k, names) if labels is not None else (None, None)
+    ref_miou, ref_cls = class_iou(ref["mask"], labels, k, names)
+    sizes = sorted({tuple(im.shape[:2]) for im in images})
     result = {
         "reference": {"name": reference.name, "backend": reference.backend, "precision": reference.precision,
                       "miou": _r(ref_miou), "seconds": _r(ref["seconds"], 3)},
         "images": int(len(images)),
-        "image_size": list(images.shape[1:3]),
+        "image_size": list(sizes[0]) if len(sizes) == 1 else None,
         "labels": labels is not None,
-        "scenes": None if scene_ids is None else int(len(np.unique(scene_ids))),
+        "scenes": None if ids is None else int(len(np.unique(ids))),
         "rows": [],
     }
     for cand in candidates:
-        out = run_all(cand, images, batch_size, scene_ids)
-        same = out["mask"].astype(np.int64) == ref["mask"].astype(np.int64)
-        agree = float(same.mean())
+        out = run_all(cand, images, batch_size, ids)
+        s = score(out["mask"], ref["mask"], labels, k, ref_miou, names)
+        agree = agreement(out["mask"], ref["mask"])  # unrounded: the gate decides on it
         # per scene: the gate holds for every scene, not only on average
-        per_scene = None if scene_ids is None else {
-            int(sc): _r(float(same[scene_ids == sc].mean())) for sc in np.unique(scene_ids)}
-        max_d = mean_d = None
-        if out["scores"] is not None and ref["scores"] is not None:
-            d = np.abs(out["scores"] - ref["scores"])
-            max_d, mean_d = float(d.max()), float(d.mean())
-        m, cls = class_iou(out["mask"], labels, k, names) if labels is not None else (None, None)
+        per_scene = None if ids is None else {
+            int(sc): _r(agreement([out["mask"][i] for i in np.flatnonzero(ids == sc)],
+                                  [ref["mask"][i] for i in np.flatnonzero(ids == sc)])) for sc in np.unique(ids)}
+        max_d, mean_d = score_diffs(out["scores"], ref["scores"])
+        cls = class_iou(out["mask"], labels, k, names)[1]
         cls_delta = None if cls is None else {c: _r(None if v is None or ref_cls[c] is None else v - ref_cls[c])
                                               for c, v in cls.items()}
         thr = thresholds.get(cand.name)
@@ -98,8 +161,8 @@ def compare(reference, candidates: Sequence, images: np.ndarray, labels: Optiona
         status = "ok" if thr is None or worst >= thr else "failed"
         result["rows"].append({
             "name": cand.name, "backend": cand.backend, "precision": cand.precision,
-            "pixel_agreement": _r(agree), "max_abs_diff": _r(max_d, 8), "mean_abs_diff": _r(mean_d, 8),
-            "miou": _r(m), "miou_delta": _r(None if m is None or ref_miou is None else m - ref_miou),
+            "pixel_agreement": s["pixel_agreement"], "max_abs_diff": _r(max_d, 8), "mean_abs_diff": _r(mean_d, 8),
+            "miou": s["miou"], "miou_delta": s["miou_delta"],
             "threshold": thr, "status": status, "seconds": _r(out["seconds"], 3), "per_class_iou_delta": cls_delta,
             **({} if per_scene is None else {"pixel_agreement_per_scene": per_scene}),
         })
@@ -119,11 +182,11 @@ def format_table(result: dict) -> str:
     def sci(x):
         return "n/a" if x is None else f"{x:.2e}"
 
-    def num(x, signed=False):
-        return "n/a" if x is None else (f"{x:+.4f}" if signed else f"{x:.4f}")
+    def num(x, signed=False):  # mIoU: a fraction in the JSON, percent points in the table
+        return "n/a" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
 
     ref = result["reference"]
-    head = ["artifact", "backend", "precision", "pixel agree", "max|dscore|", "mean|dscore|", "mIoU", "dmIoU", "gate", "status"]
+    head = ["artifact", "backend", "precision", "pixel agree", "max|dscore|", "mean|dscore|", "mIoU %", "dmIoU", "gate", "status"]
     rows = [[ref["name"], ref["backend"], ref["precision"], "reference", "-", "-", num(ref["miou"]), "-", "-", "ref"]]
     for r in result["rows"]:
         rows.append([r["name"], r["backend"], r["precision"], pct(r["pixel_agreement"]), sci(r["max_abs_diff"]),
@@ -131,7 +194,8 @@ def format_table(result: dict) -> str:
                      ">= " + pct(r["threshold"]) if r["threshold"] is not None else "-", r["status"].upper()])
     widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
     fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
-    lines = [f"parity on {result['images']} image(s) of {result['image_size'][0]}x{result['image_size'][1]}"
+    size = result["image_size"]
+    lines = [f"parity on {result['images']} image(s) of " + (f"{size[0]}x{size[1]}" if size else "mixed sizes (sliding windows)")
              + (f" over {result['scenes']} scenes" if result.get("scenes") else "")
              + (" with labels" if result["labels"] else " (no labels: mIoU n/a)"),
              fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -18,19 +17,29 @@ from segclip.data.sample import generate_sample_dataset
 from segclip.errors import SegclipError, one_line
 from segclip.parsers import parse_data
 
+SAMPLE_MIN = 64  # the smallest scene the sample renderer draws
 
-def _fit(image: np.ndarray, mask: Optional[np.ndarray], h: int, w: int):
-    """Centre-crop to h x w when the image is large enough, else resize (bilinear / nearest)."""
-    ih, iw = image.shape[:2]
-    if ih >= h and iw >= w:
-        y, x = (ih - h) // 2, (iw - w) // 2
-        return image[y:y + h, x:x + w], None if mask is None else mask[y:y + h, x:x + w]
-    from PIL import Image
 
-    img = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    if mask is not None:
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST)).astype(np.int64)
-    return img, mask
+def sample_size(h: int, w: int) -> int:
+    """Side of the sample scenes rendered for an export of h x w: its larger side, so they mostly
+    take one window (whole images larger than the window are slid over, which costs more)."""
+    return max(SAMPLE_MIN, int(h), int(w))
+
+
+def windows(images, h: int, w: int) -> list:
+    """One h x w window per image for what needs the export's own input size (INT8 calibration, the
+    FP16 range pass): the most central of the sliding windows the comparator slides over it
+    (mirror-padded where the image is smaller); an image of that size is its own window."""
+    from segclip.data.sliding import SlidingPlan
+
+    out = []
+    for im in images:
+        if tuple(im.shape[:2]) == (h, w):
+            out.append(np.ascontiguousarray(im))
+            continue
+        plan = SlidingPlan(im.shape[0], im.shape[1], (h, w))
+        out.append(np.ascontiguousarray(plan.crop(im, plan.coords[len(plan) // 2])))
+    return out
 
 
 def synthetic_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -61,21 +70,19 @@ def synthetic_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def _from_dataset(ds, n: int, h: int, w: int, classes, indices=None) -> tuple:
+def _from_dataset(ds, n: int, classes, indices=None) -> tuple:
+    """(images, labels or None): ``n`` items spread over the split (or ``indices``), whole, in
+    their own size (the comparator slides windows over larger ones)."""
     total = len(ds)
     if total == 0:
         raise SegclipError("the parity dataset is empty")
     idx = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int)) if indices is None else indices
-    images, labels = [], []
-    for i in idx:
-        item = ds[int(i)]
-        img, m = _fit(np.asarray(item["image"], dtype=np.uint8), None if item.get("mask") is None else np.asarray(item["mask"]), h, w)
-        images.append(img)
-        labels.append(m)
+    items = [ds[int(i)] for i in idx]
+    images = [np.ascontiguousarray(it["image"], dtype=np.uint8) for it in items]
     ds_classes = getattr(ds, "classes", None)
     same = ds_classes is None or tuple(ds_classes) == tuple(classes)
-    lab = np.stack(labels).astype(np.int64) if same and all(m is not None for m in labels) else None
-    return np.stack(images), lab
+    labeled = same and all(it.get("mask") is not None for it in items)
+    return images, [np.asarray(it["mask"], dtype=np.int64) for it in items] if labeled else None
 
 
 def parity_dataset(data, ckpt: dict):
@@ -93,21 +100,21 @@ def parity_dataset(data, ckpt: dict):
 
 
 def parity_images(data, n: int, h: int, w: int, classes, log=print) -> tuple:
-    """-> (images N x h x w x 3 uint8, labels N x h x w int64 or None, source description).
-    ``data``: what :func:`parity_dataset` returned, or None for the sample set."""
+    """-> (images: list of H x W x 3 uint8, labels: list of H x W int64 or None, source description).
+    ``data``: what :func:`parity_dataset` returned, or None for the sample set.  Dataset images come
+    whole, in their own size; the sample scenes are rendered at the export's size (``sample_size``)."""
     if data is not None:
         ds, src = data
-        images, labels = _from_dataset(ds, n, h, w, classes)
+        images, labels = _from_dataset(ds, n, classes)
         return images, labels, src
     tmp = Path(tempfile.mkdtemp(prefix="segclip-parity-"))
     try:
-        # the sample set's own val split (a few 256 px LoveDA-format scenes), rendered in a second
-        root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=max(2, n), size=max(256, h, w))
-        ds = build_dataset("loveda", root, "val")
-        images, labels = _from_dataset(ds, n, h, w, classes)
+        # the sample set's own val split (LoveDA-format scenes), rendered in a second
+        root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=max(2, n), size=sample_size(h, w))
+        images, labels = _from_dataset(build_dataset("loveda", root, "val"), n, classes)
         return images, labels, "sample:loveda:val"
     except Exception as e:  # the sample generator is a convenience; never block an export on it
         log(f"parity: sample data unavailable ({type(e).__name__}: {one_line(e, 100)}); using synthetic images")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return synthetic_images(n, h, w), None, "synthetic"
+    return list(synthetic_images(n, h, w)), None, "synthetic"

@@ -32,11 +32,6 @@ PRECISION_PARAM = "segclip_precision"
 SCENE_DEFAULT_PARAM = "segclip_scene_default"  # scene_id a request without one gets (0 = generic)
 
 
-def _one_line(e) -> str:
-    msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
-    return " ".join(str(msg).split())
-
-
 def parse_url(url: str):
     """``grpc://host:port/model[/version]`` -> (protocol, "host:port", model, version).
 
@@ -99,7 +94,7 @@ class TritonRunner(Runner):
                 self.client = tc.InferenceServerClient(self.address, verbose=self.verbose, connection_timeout=self.timeout,
                                                        network_timeout=self.timeout, ssl=self.ssl)
         except Exception as e:
-            raise SegclipError(f"{self.where}: cannot create a client: {_one_line(e)}") from None
+            raise SegclipError(f"{self.where}: cannot create a client: {one_line(e, 1000)}") from None
         self._check_ready()
 
     def _activate(self) -> None:
@@ -116,9 +111,9 @@ class TritonRunner(Runner):
         try:
             return fn(*args, **kw)
         except self._tc.InferenceServerException as e:
-            raise SegclipError(f"{self.where}: {what} failed: {_one_line(e)}") from None
+            raise SegclipError(f"{self.where}: {what} failed: {one_line(e, 1000)}") from None
         except Exception as e:  # connection errors from grpc / geventhttpclient
-            raise SegclipError(f"{self.where}: {what} failed: {type(e).__name__}: {_one_line(e)}") from None
+            raise SegclipError(f"{self.where}: {what} failed: {type(e).__name__}: {one_line(e, 1000)}") from None
 
     def _deadline(self) -> dict:
         """gRPC calls wait forever unless given a deadline (HTTP clients have theirs built in)."""
@@ -129,7 +124,7 @@ class TritonRunner(Runner):
             live = self.client.is_server_live(**self._deadline())
         except Exception as e:
             raise SegclipError(
-                f"{self.where}: cannot reach Triton at {self.address} ({type(e).__name__}: {one_line(_one_line(e), 200)}); "
+                f"{self.where}: cannot reach Triton at {self.address} ({type(e).__name__}: {one_line(e)}); "
                 f"is `segclip serve` running?") from None
         if not live:
             raise SegclipError(f"{self.where}: the server at {self.address} is not live")
@@ -161,7 +156,7 @@ class TritonRunner(Runner):
         try:
             sig = Signature.from_json(raw)
         except Exception as e:
-            raise SegclipError(f"{self.where}: bad '{SIGNATURE_PARAM}' in the model config: {_one_line(e)}") from None
+            raise SegclipError(f"{self.where}: bad '{SIGNATURE_PARAM}' in the model config: {one_line(e, 1000)}") from None
         max_batch = int(self.config.get("max_batch_size", 0))
         sig = replace(sig, max_batch=max_batch)
         # what the server says it takes/returns must be exactly the signature
@@ -276,7 +271,7 @@ class _ShmRegions:
         try:
             runner.client.get_system_shared_memory_status()
         except Exception as e:
-            raise SegclipError(f"{runner.where}: the server does not offer system shared memory ({one_line(_one_line(e), 200)})") from None
+            raise SegclipError(f"{runner.where}: the server does not offer system shared memory ({one_line(e)})") from None
 
     def _region(self, role: str, size: int):
         cur = self.regions.get(role)
