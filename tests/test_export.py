@@ -110,6 +110,33 @@ def test_dynamic_batch_1_and_3_match_torch(export_dir, trained_checkpoint):
     assert (three == want).mean() >= 0.999
 
 
+def test_gate_slides_the_artifacts_windows_over_larger_images(export_dir, trained_checkpoint):
+    """Parity images larger than the export (and of mixed sizes) take the one sliding-window path for
+    every runner: PyTorch, which takes any size, slides the artifact's 64 px windows too, so the FP32
+    ONNX graph agrees with it; mIoU is a fraction."""
+    from conftest import rendered_scenes
+    from segclip.export.parity import compare, run_all
+    from segclip.runtime import load_runner
+
+    imgs, labs = rendered_scenes(2, 2 * SIZE, 11)
+    images, labels = [imgs[0], imgs[1][:100, :90]], [labs[0], labs[1][:100, :90]]
+    ref, cand = load_runner(trained_checkpoint, scores=False), load_runner(export_dir[0], format="onnx")
+    res = compare(ref, [cand], images, labels)
+    row = res["rows"][0]
+    assert res["images"] == 2 and res["image_size"] is None and res["labels"]
+    assert row["pixel_agreement"] >= 0.999, row
+    assert 0 < res["reference"]["miou"] <= 1 and abs(row["miou_delta"]) <= 0.005, (res["reference"], row)
+    with ref, cand:
+        maps = run_all(cand, images)["mask"]
+        assert [m.shape for m in maps] == [(2 * SIZE, 2 * SIZE), (100, 90)]
+        # pixels only the first window covers (the next starts 43 px in) carry that window's own prediction
+        first = cand.infer(np.ascontiguousarray(images[0][None, :SIZE, :SIZE]))["mask"][0]
+        assert np.array_equal(maps[0][:43, :43], first[:43, :43])
+        # and the windows matter: PyTorch on the whole image decides many pixels otherwise
+        whole = ref.infer(images[0][None])["mask"][0]
+        assert (whole != maps[0]).mean() > 0.01
+
+
 def test_text_side_is_baked_no_clip_weights(export_dir, trained_checkpoint):
     from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from segclip.modeling import SegCLIPInference

@@ -373,10 +373,12 @@ class Exporter:
                      for key in self.twins if keys is None or key in keys}
             if self.trt_twin is not None and self.artifacts["tensorrt"]["status"] == PENDING and (keys is None or "tensorrt" in keys):
                 pairs["tensorrt"] = (self._trt_runner(stage, twin=False), self._trt_runner(stage, twin=True, name="tensorrt+scores"))
+            k = min(len(images), 2)
+            ids = None if scene_ids is None else scene_ids[:k]
+            # call for call (one window each): a graph without scores blends windows by another rule
+            calls = images[:k] if self.dynamic_size else windows(images[:k], *self.size)
             for key, (pub, twin) in pairs.items():
-                k = min(len(images), 2)
-                ids = None if scene_ids is None else scene_ids[:k]
-                a, b = run_all(pub, images[:k], bs, ids)["mask"], run_all(twin, images[:k], bs, ids, scores=False)["mask"]
+                a, b = run_all(pub, calls, bs, ids)["mask"], run_all(twin, calls, bs, ids, scores=False)["mask"]
                 if not all(np.array_equal(x, y) for x, y in zip(a, b)):
                     for r in result["rows"]:
                         if r["name"] == key:

@@ -59,8 +59,9 @@ def run_all(runner, images, batch_size: int = 4, scene_ids=None, *, scores: bool
         done = {i for idx in direct.values() for i in idx}
         for i in (i for i in range(n) if i not in done):
             t0 = time.perf_counter()
-            masks[i], outs[i], _ = predict_image(runner, images[i], window=fixed, batch_size=bs, return_scores=want,
-                                                 scene=None if ids is None else int(ids[i]))
+            res = predict_image(runner, images[i], window=fixed, batch_size=bs, return_scores=want,
+                                scene=None if ids is None else int(ids[i]))
+            masks[i], outs[i] = res[0], (res[1] if want else None)
             seconds += time.perf_counter() - t0
     finally:
         if not was_active:
@@ -124,14 +125,19 @@ def every_scene(images, labels, scenes: Sequence) -> tuple:
 
 
 def compare(reference, candidates: Sequence, images, labels=None, thresholds: Optional[dict] = None,
-            batch_size: int = 4, num_classes: Optional[int] = None, scene_ids=None) -> dict:
+            batch_size: int = 4, num_classes: Optional[int] = None, scene_ids=None, window=None) -> dict:
     """-> {"reference": {...}, "rows": [one dict per candidate]}; ``thresholds``: name -> min agreement
-    (overall and, with ``scene_ids`` -- one per image, see ``every_scene`` -- in every scene)."""
+    (overall and, with ``scene_ids`` -- one per image, see ``every_scene`` -- in every scene).
+    ``window``: the sliding window every runner sees (default: the first fixed input size among the
+    runners, so PyTorch, which takes any size, slides the same windows as a fixed-size artifact)."""
     thresholds = thresholds or {}
+    if window is None:
+        window = next(((r.signature.height, r.signature.width) for r in (*candidates, reference)
+                       if not r.signature.dynamic_size), None)
     k = num_classes or reference.signature.num_classes
     t0 = time.perf_counter()
     ids = None if scene_ids is None else np.asarray(scene_ids)
-    ref = run_all(reference, images, batch_size, ids)
+    ref = run_all(reference, images, batch_size, ids, window=window)
     names = list(reference.signature.classes)[:k] if len(reference.signature.classes) >= k else None
     ref_miou, ref_cls = class_iou(ref["mask"], labels, k, names)
     sizes = sorted({tuple(im.shape[:2]) for im in images})
@@ -145,7 +151,7 @@ def compare(reference, candidates: Sequence, images, labels=None, thresholds: Op
         "rows": [],
     }
     for cand in candidates:
-        out = run_all(cand, images, batch_size, ids)
+        out = run_all(cand, images, batch_size, ids, window=window)
         s = score(out["mask"], ref["mask"], labels, k, ref_miou, names)
         agree = agreement(out["mask"], ref["mask"])  # unrounded: the gate decides on it
         # per scene: the gate holds for every scene, not only on average

@@ -152,4 +152,4 @@ class Runner:
         raise NotImplementedError
 
 
-__all__ = ["Runner", "one_line", "file_size_mib", "MASK_NAME", "SCORES_NAME"]
+__all__ = ["Runner", "file_size_mib", "MASK_NAME", "SCORES_NAME"]

@@ -11,9 +11,9 @@ from typing import Optional
 import numpy as np
 
 from segclip.contract import META_PRECISION, META_SIGNATURE
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.signature import SCENE_NAME, Signature
-from segclip.runtime.base import Runner, one_line
+from segclip.runtime.base import Runner
 
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",

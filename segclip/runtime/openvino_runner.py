@@ -13,8 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-from segclip.errors import SegclipError
-from segclip.runtime.base import Runner, one_line
+from segclip.errors import SegclipError, one_line
+from segclip.runtime.base import Runner
 from segclip.contract import META_PRECISION
 from segclip.runtime.onnx_runner import corrupt_onnx_error, read_onnx_metadata, signature_from_onnx
 from segclip.signature import Signature

@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 
 from segclip.contract import MANIFEST_NAME, TRTEXEC_NAME, artifact_for_file, manifest_path, manifest_signature, read_manifest
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, one_line
 from segclip.signature import SCENE_NAME, Signature
-from segclip.runtime.base import Runner, one_line
+from segclip.runtime.base import Runner
 
 # tensorrt.DataType member name -> torch dtype name
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
