@@ -663,9 +663,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     old_threads = torch.get_num_threads()
     set_threads(plan.threads)
     try:
-        import importlib.util
-
-        want_trt = "tensorrt" in plan.names and torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+        want_trt = "tensorrt" in plan.names and tensorrt_unavailable_reason() is None
         int8 = any(BACKENDS[n].artifact in ("onnx_int8", "onnx_int8_cpu") for n in plan.names)
         sources = Sources(source, work_dir, fp16="onnxruntime-fp16" in plan.names, trt=want_trt, max_batch=max(plan.batches),
                           log=log, int8=int8)
