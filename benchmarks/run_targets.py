@@ -423,13 +423,11 @@ def int8_section(res: dict) -> list:
         for n, why in r["unavailable"].items():
             L.append(f"| {n} | unavailable: {why} | - | - |")
         L.append("")
-    sp = i8.get("speed") or {}
-    if sp:
-        r0 = next(iter(sp.values()))
-        fm = r0["file_mb"]
+    for size, r in (i8.get("speed") or {}).items():
+        fm = r["file_mb"]
         if fm.get("onnx") and fm.get("onnx_int8_cpu"):
-            L += [f"File sizes: `model.onnx` {fm['onnx']} MB, `model_int8.onnx` {fm.get('onnx_int8')} MB, `model_int8_cpu.onnx` "
-                  f"{fm['onnx_int8_cpu']} MB ({fm['onnx_int8_cpu'] / fm['onnx']:.2f} of FP32).", ""]
+            L += [f"File sizes at {size}x{size}: `model.onnx` {fm['onnx']} MB, `model_int8.onnx` {fm.get('onnx_int8')} MB, "
+                  f"`model_int8_cpu.onnx` {fm['onnx_int8_cpu']} MB ({fm['onnx_int8_cpu'] / fm['onnx']:.2f} of FP32).", ""]
     acc = i8.get("accuracy")
     if acc:
         L += [f"**Accuracy** ({acc['checkpoint']}, {acc['size']}x{acc['size']}): calibrated on {acc['calibration_images']} images of "
