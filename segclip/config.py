@@ -97,7 +97,7 @@ class TrainConfig:
         traceback after step 1, or as a trained model that ``export`` then refuses."""
         for name, flag, low in (("max_steps", "--max-steps", 1), ("batch_size", "--batch", 1),
                                 ("checkpoint_every", "--checkpoint-every", 1), ("log_every", "log_every", 1),
-                                ("warmup_steps", "warmup_steps", 0), ("num_workers", "num_workers", 0)):
+                                ("warmup_steps", "--warmup-steps", 0), ("num_workers", "num_workers", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or v < low:
                 raise SegclipError(f"{flag} {v}: must be an integer >= {low}; give e.g. {flag} {max(low, 1) * 100 if name == 'max_steps' else max(low, 1)}")

@@ -144,6 +144,18 @@ def test_existing_run_is_not_overwritten(sample_root, tmp_path):
     assert (tmp_path / "run" / "model_final.pt").read_bytes() == before
 
 
+def test_warmup_steps_option_shortens_the_warm_up(sample_root, tmp_path):
+    base = ["train", "--data", f"sample:{sample_root}", "--preset", "segclip-small", "--max-steps", "2", "--batch", "2",
+            "--size", "64", "--backbone-weights", "none", "--clip-checkpoint", "none", "--device", "cpu", "--no-eval"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "bad"), "--warmup-steps", "-1"])
+    assert r.exit_code == 2 and "--warmup-steps -1: must be an integer >= 0" in r.output, r.output
+    assert not (tmp_path / "bad" / "model_final.pt").exists()
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "run"), "--warmup-steps", "1"])
+    assert r.exit_code == 0, r.output
+    assert "warm-up" not in r.stderr  # 2 steps >= a 1-step warm-up: the rate reaches --lr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["warmup_steps"] == 1
+
+
 def test_train_and_eval_cli(sample_root, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", "--data", f"sample:{sample_root}", "--preset", "segclip-small",
@@ -152,6 +164,7 @@ def test_train_and_eval_cli(sample_root, tmp_path):
                                   "--prompt", "road=an asphalt road seen from above"])
     assert r.exit_code == 0, r.output
     assert "warning: --max-steps 3 is shorter than the 50-step learning-rate warm-up" in r.stderr  # small preset
+    assert "give e.g. --warmup-steps 1" in r.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["prompts"][2] == "an asphalt road seen from above"
     metrics = json.loads((out / "eval_val.json").read_text())

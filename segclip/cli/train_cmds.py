@@ -52,7 +52,7 @@ def with_metadata(ds, sidecar, required: bool = True):
 def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=False, max_steps=None, batch_size=None,
                  lr=None, crop_size=None, backbone_weights=None, clip_checkpoint=None, device=None, seed=None,
                  checkpoint_every=None, gtg=True, prompts=None, prompt_template=None, num_workers=None,
-                 progress=True, stop_after=None, metadata=None, metadata_templates=None):
+                 progress=True, stop_after=None, metadata=None, metadata_templates=None, warmup_steps=None):
     """Build datasets and model from a preset and train; returns (trainer, fit result).
     ``metadata``: "auto" | "on" | "off" | a sidecar FILE (see ``segclip.metadata``)."""
     from segclip.metadata import parse_switch
@@ -64,7 +64,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
     m, t = p.model, p.train
     for obj, key, val in ((t, "max_steps", max_steps), (t, "batch_size", batch_size), (t, "lr", lr),
                           (t, "crop_size", crop_size), (t, "seed", seed), (t, "checkpoint_every", checkpoint_every),
-                          (t, "num_workers", num_workers), (m, "backbone_weights", backbone_weights),
+                          (t, "num_workers", num_workers), (t, "warmup_steps", warmup_steps), (m, "backbone_weights", backbone_weights),
                           (m, "clip_pretrained", clip_checkpoint), (m, "prompt_template", prompt_template)):
         if val is not None:
             setattr(obj, key, val)
@@ -89,7 +89,8 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         with_metadata(val_ds, sidecar, required=False)
     if t.max_steps < t.warmup_steps:
         click.echo(f"warning: --max-steps {t.max_steps} is shorter than the {t.warmup_steps}-step learning-rate warm-up of "
-                   f"{preset}: the rate never reaches --lr {t.lr:g} (it peaks at {t.lr * t.max_steps / t.warmup_steps:.2g})",
+                   f"{preset}: the rate never reaches --lr {t.lr:g} (it peaks at {t.lr * t.max_steps / t.warmup_steps:.2g}); "
+                   f"give e.g. --warmup-steps {max(1, t.max_steps // 10)}",
                    err=True)
     trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device,
                       resume=resume, prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after)
@@ -104,6 +105,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 @max_steps_option(help="Total optimisation steps (overrides the preset).")
 @batch_option("int", help="Images per process per step (default: the preset's).")
 @click.option("--lr", type=float, help="Base learning rate (AdamW).")
+@click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps (default: the preset's; shorten it for short runs).")
 @size_option(legacy="--crop-size", stride=False, square=True, help="Training crop S or SxS (default: the preset's).")
 @click.option("--backbone-weights", help="'imagenet' (download by name), a local torchvision state-dict PATH, or 'none' (random init).")
 @click.option("--clip-checkpoint", help="open_clip tag (e.g. 'openai', online), a local checkpoint PATH, or 'none' (random init).")
@@ -118,7 +120,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
 @click.option("--seed", type=int)
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate on the val split at the end.")
-def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weights, clip_checkpoint,
+def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, backbone_weights, clip_checkpoint,
           prompt_items, prompt_template, no_gtg, metadata, metadata_templates, checkpoint_every, device, seed, do_eval):
     """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
     from segclip.engine import distributed as D
@@ -129,7 +131,7 @@ def train(data, preset, out, resume, max_steps, batch, lr, size, backbone_weight
         raise SegclipError(f"--out {out}: exists and is not a folder; give a run directory (new, or an earlier run with --resume)")
     clean_partials(out, Path(out) / "checkpoints")
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,
-                                lr=lr, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
+                                lr=lr, warmup_steps=warmup_steps, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
                                 device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
                                 prompts=_parse_prompts(prompt_items), prompt_template=prompt_template,
                                 metadata=metadata, metadata_templates=_parse_templates(metadata_templates))
