@@ -98,6 +98,7 @@ class Exporter:
             q8.check_calibration_args(self.calib_images, self.calib_method)
             self.int8_agreement, self.int8_miou_points = q8.parse_int8_threshold(self.int8_threshold)
         self.int8_twins = {}
+        self._reference = None  # (PyTorch runner, its outputs on the gate images, window): run once per export
         self.artifacts = {}
         self.twins = {}  # format -> scores-enabled twin file (for score differences in the gate)
         self.trt_twin = None  # scores-enabled twin engine (under .parity/) when the public engine has no scores
@@ -248,7 +249,7 @@ class Exporter:
         self._write_onnx(stage, q8.INT8_FP16_NAME, pub, twin, "onnx_int8_fp16", "int8", info, t0,
                          extra_meta={"int8_target": "tensorrt", "fp32_nodes": str(report["fp32_node_count"])})
 
-    def int8_fallback_rounds(self, stage: Path, result: dict, ref, gate: tuple) -> None:
+    def int8_fallback_rounds(self, stage: Path, result: dict, gate: tuple) -> None:
         """Failed INT8 rows: rank quantized nodes by the error they add (on calibration images), keep
         the worst ones in float and re-gate, in rounds within ``int8_fallback`` nodes."""
         from segclip.export import int8 as q8
@@ -270,8 +271,10 @@ class Exporter:
                          f"sensitive node(s) in float and re-gating")
                 self.export_int8(stage, key, exclude=exclude, sensitivity=added)
                 images, labels, scene_ids = gate  # the gate's own (held-out) images, every scene
+                ref, ref_out, window = self.reference(images, scene_ids)
                 one = compare(ref, [OnnxRunner(self.twins[key], providers="cpu", name=key)], images, labels,
-                              {key: self.int8_agreement}, batch_size=min(4, self.batch[2]), scene_ids=scene_ids)
+                              {key: self.int8_agreement}, batch_size=min(4, self.batch[2]), scene_ids=scene_ids,
+                              window=window, reference_out=ref_out)
                 row = q8.gate_int8(one["rows"][0], self.int8_miou_points)
                 tried.append({"float_nodes": k, "pixel_agreement": row["pixel_agreement"], "miou_delta": row["miou_delta"],
                               "status": row["status"]})
@@ -345,19 +348,31 @@ class Exporter:
         return TensorRTRunner(path, signature=sig, manifest_entry=trt, name=name, precision=trt["precision"],
                               device=self._cuda_index())
 
+    def reference(self, images: list, scene_ids) -> tuple:
+        """(PyTorch runner, its ``run_all`` outputs, window) on the gate images: run once per export, then
+        reused by the INT8 fallback rounds and the gate of the artifacts built after it."""
+        if self._reference is None:
+            from segclip.export.parity import run_all
+            from segclip.runtime.torch_runner import TorchRunner
+
+            # the loaded checkpoint: no second torch.load
+            ref = TorchRunner(self.ckpt, scores=True, name="torch-fp32", device=self.device or "cpu")
+            window = None if self.dynamic_size else tuple(self.size)  # every artifact's fixed size
+            self._reference = (ref, run_all(ref, images, min(4, self.batch[2]), scene_ids, window=window), window)
+        return self._reference
+
     def parity(self, stage: Path, images: list, labels, keys=None) -> dict:
         """Gate the artifacts built so far (``keys``: only these); INT8 rows get the sensitivity fallback."""
         from segclip.export.parity import compare, every_scene, run_all
         from segclip.runtime.onnx_runner import OnnxRunner
-        from segclip.runtime.torch_runner import TorchRunner
 
-        # the loaded checkpoint: no second torch.load
-        ref = TorchRunner(self.ckpt, scores=True, name="torch-fp32", device=self.device or "cpu")
         candidates = [c for c in self.parity_candidates(stage) if keys is None or c.name in keys]
         thresholds = {c.name: self.threshold(self.artifacts[c.name]["precision"]) for c in candidates}
         bs = min(4, self.batch[2])
         images, labels, scene_ids = every_scene(images, labels, self.signature.scenes)
-        result = compare(ref, candidates, images, labels, thresholds, batch_size=bs, scene_ids=scene_ids)
+        ref, ref_out, window = self.reference(images, scene_ids)
+        result = compare(ref, candidates, images, labels, thresholds, batch_size=bs, scene_ids=scene_ids,
+                         window=window, reference_out=ref_out)
         if self.int8:  # INT8 rows also need |dmIoU| within tolerance; failing ones get the sensitivity fallback
             from segclip.export import int8 as q8
 
@@ -365,7 +380,7 @@ class Exporter:
                 if row["precision"] == "int8":
                     q8.gate_int8(row, self.int8_miou_points)
             if self.int8_fallback > 0:
-                self.int8_fallback_rounds(stage, result, ref, (images, labels, scene_ids))
+                self.int8_fallback_rounds(stage, result, (images, labels, scene_ids))
         # the public artifacts compute exactly what their scores-enabled twins measured
         if not self.scores:
             pairs = {key: (OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key),

@@ -125,11 +125,14 @@ def every_scene(images, labels, scenes: Sequence) -> tuple:
 
 
 def compare(reference, candidates: Sequence, images, labels=None, thresholds: Optional[dict] = None,
-            batch_size: int = 4, num_classes: Optional[int] = None, scene_ids=None, window=None) -> dict:
+            batch_size: int = 4, num_classes: Optional[int] = None, scene_ids=None, window=None,
+            reference_out: Optional[dict] = None) -> dict:
     """-> {"reference": {...}, "rows": [one dict per candidate]}; ``thresholds``: name -> min agreement
     (overall and, with ``scene_ids`` -- one per image, see ``every_scene`` -- in every scene).
     ``window``: the sliding window every runner sees (default: the first fixed input size among the
-    runners, so PyTorch, which takes any size, slides the same windows as a fixed-size artifact)."""
+    runners, so PyTorch, which takes any size, slides the same windows as a fixed-size artifact).
+    ``reference_out``: the reference's ``run_all`` output on these images and window, when the caller
+    already has it (a gate re-run on other candidates need not run PyTorch again)."""
     thresholds = thresholds or {}
     if window is None:
         window = next(((r.signature.height, r.signature.width) for r in (*candidates, reference)
@@ -137,7 +140,7 @@ def compare(reference, candidates: Sequence, images, labels=None, thresholds: Op
     k = num_classes or reference.signature.num_classes
     t0 = time.perf_counter()
     ids = None if scene_ids is None else np.asarray(scene_ids)
-    ref = run_all(reference, images, batch_size, ids, window=window)
+    ref = reference_out if reference_out is not None else run_all(reference, images, batch_size, ids, window=window)
     names = list(reference.signature.classes)[:k] if len(reference.signature.classes) >= k else None
     ref_miou, ref_cls = class_iou(ref["mask"], labels, k, names)
     sizes = sorted({tuple(im.shape[:2]) for im in images})
