@@ -149,15 +149,23 @@ def atomic_dir(dst, replace: bool = False):
         _remove(old)
 
 
+def partial_file(dst, suffix=None) -> Path:
+    """A new empty temporary file beside ``dst``, named so that ``sweep_partials`` removes it once
+    its process is gone (``suffix``: default ``dst``'s, e.g. ".tif" for a GDAL driver)."""
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.{_tag('partial')}", suffix=dst.suffix if suffix is None else suffix,
+                               dir=dst.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
 @contextmanager
 def atomic_file(dst):
     """Yield a temporary path beside ``dst``; on success it replaces ``dst``."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(dst.parent, once=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.{_tag('partial')}", suffix=dst.suffix, dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = partial_file(dst)
     try:
         yield tmp
         _fsync(tmp)

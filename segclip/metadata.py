@@ -111,10 +111,6 @@ class SceneTable:
         """Scene of one image's metadata; a combination not in the table (or no metadata) -> 0."""
         return scene_of(self.names, self.keys, meta)
 
-    def lookup(self, name, where: str = "--scene") -> int:
-        """A scene name (case-insensitive), ``key=value[,key=value]`` or an id -> scene id; one-line error."""
-        return lookup_scene(self.names, name, where)
-
 
 def scene_name(values: Sequence[Optional[str]]) -> str:
     """The name of a value combination: ``generic`` when nothing is known, else the values joined by

@@ -144,3 +144,15 @@ def test_atomic_dir_refuses_an_existing_folder_without_replace(tmp_path):
     with atomic_dir(d, replace=True) as stage:
         (stage / "x").write_text("new")
     assert _tree(d) == {"x": b"new"} and sorted(x.name for x in tmp_path.iterdir()) == ["exp"]
+
+
+def test_partial_file_is_named_for_the_sweep(tmp_path):
+    """Writers outside atomic_* (predict's class-map raster) name their temporaries so a later run sweeps them."""
+    import os
+
+    from segclip.atomic import _TEMP_RE, partial_file
+
+    p = partial_file(tmp_path / "scene_mask.png", suffix=".tif")
+    m = _TEMP_RE.match(p.name)
+    assert p.is_file() and p.parent == tmp_path and p.suffix == ".tif"
+    assert m and m["kind"] == "partial" and int(m["pid"]) == os.getpid() and m["name"] == "scene_mask"

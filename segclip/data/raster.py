@@ -296,19 +296,17 @@ class ClassMapSink:
 
     def __init__(self, dst_stem: Path, source: RasterSource, palette, num_classes: int, ignore: int = 255):
         import rasterio
-        import tempfile
+        from segclip.atomic import partial_file
 
         self.geo = source.georeferenced
         self.dst = Path(f"{dst_stem}.tif" if self.geo else f"{dst_stem}.png")
         self.height, self.width = source.height, source.width
         self.dtype = "uint8" if num_classes < 255 else "uint16"
         self.ignore = ignore if self.dtype == "uint8" else 65535
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.dst.stem}.rows-", suffix=".tif", dir=self.dst.parent)
+        try:  # a partial segclip sweeps after a kill -9 (it can be the largest file segclip writes)
+            self.tmp = partial_file(self.dst, suffix=".tif")
         except OSError as e:
             raise _write_error(self.dst, e) from None
-        os.close(fd)
-        self.tmp = Path(tmp)
         profile = {"driver": "GTiff", "width": self.width, "height": self.height, "count": 1, "dtype": self.dtype,
                    "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "nodata": self.ignore,
                    "BIGTIFF": "IF_SAFER"}
@@ -321,7 +319,6 @@ class ClassMapSink:
         except Exception as e:
             self.tmp.unlink(missing_ok=True)
             raise _write_error(self.dst, e) from None
-        self.pixels_written = 0
 
     def write(self, y0: int, rows: np.ndarray, x0: int = 0) -> None:
         from rasterio.windows import Window
@@ -330,7 +327,6 @@ class ClassMapSink:
             self.ds.write(rows.astype(self.dtype, copy=False)[None], window=Window(x0, y0, rows.shape[1], rows.shape[0]))
         except Exception as e:
             raise _write_error(self.dst, e) from None
-        self.pixels_written += rows.size
 
     def close(self) -> Path:
         """Finish the file (COG with overviews / PNG) and move it into place atomically."""

@@ -103,10 +103,6 @@ class SegCLIP(nn.Module):
         """N x C text queries after TMP and CFF's self-attention: image independent, baked at export."""
         return self.cff.text_part(self.tmp(self.text_embeddings), self.query_pos)
 
-    @property
-    def num_scenes(self) -> int:
-        return 0 if self.scenes is None else len(self.scenes)
-
     def image_features(self, images: torch.Tensor, scene_ids=None):
         x = preprocess(images, self.pixel_mean, self.pixel_std)
         mask_features, feats = self.pixel_decoder(self.backbone(x))
