@@ -260,7 +260,7 @@ def gpu_target(ckpt: Path, out: Path, size: int, reps: int, warmup: int, budget_
         t = measure_interleaved({"torch-cuda": torch_r.infer, "tensorrt": trt_r.infer}, inputs, warmup=max(warmup, 3),
                                 min_rounds=max(reps, 20), budget_s=budget_s, gap_s=0.0, log=None)
         if data is None:
-            root = out / f"sample_{size}"
+            root = out / f"sample_{size}_{n}"  # per n: the speed and accuracy runs ask different counts at one size
             from segclip.data.sample import generate_sample_dataset
 
             generate_sample_dataset(root, num_train=1, num_val=8, size=size)
@@ -284,7 +284,7 @@ def gpu_target(ckpt: Path, out: Path, size: int, reps: int, warmup: int, budget_
 def sample_data(out: Path, size: int, n: int = 24) -> str:
     from segclip.data.sample import generate_sample_dataset
 
-    root = out / f"sample_{size}"
+    root = out / f"sample_{size}_{n}"  # per n: the speed and accuracy runs ask different counts at one size
     generate_sample_dataset(root, num_train=1, num_val=n, size=size)
     return f"sample:{root}:val"
 

@@ -502,3 +502,11 @@ def test_server_split_divides_by_requests_and_batches():
     assert s["server_queue_ms"] == 5.0 and s["server_compute_infer_ms"] == 15.0  # 100 ms / 20 requests, 300 / 20
     assert s["server_compute_input_ms"] == 1.0 and s["server_compute_ms"] == 16.0
     assert s["server_batches"] == 8 and s["server_mean_batch"] == 2.5  # 20 requests in 8 executions
+
+
+def test_every_backend_has_its_own_plot_colour():
+    from segclip.benchmarks.backends import BACKENDS
+    from segclip.benchmarks.report import BACKEND_COLORS
+
+    assert set(BACKENDS) <= set(BACKEND_COLORS), set(BACKENDS) - set(BACKEND_COLORS)
+    assert len(set(BACKEND_COLORS.values())) == len(BACKEND_COLORS) and "#7f7f7f" not in BACKEND_COLORS.values()
