@@ -8,8 +8,19 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+# The CUDA build of torch is several GB from the registry: a dropped connection must not fail the
+# install.  pip resumes a broken download (--resume-retries), and the whole step is retried.
+pip_install() {
+  local try
+  for try in 1 2 3; do
+    .venv/bin/python -m pip install -q --retries 10 --resume-retries 20 "$@" && return 0
+    echo "pip install $* failed (try $try of 3); retrying" >&2
+    sleep $((try * 10))
+  done
+  return 1
+}
 # torch and torchvision together, so pip picks builds that match each other.
-.venv/bin/python -m pip install -q torch torchvision
-.venv/bin/python -m pip install -q -e ".[dev]"
+pip_install torch torchvision
+pip_install -e ".[dev]"
 .venv/bin/segclip serve-env
 echo "segclip installed: $(.venv/bin/segclip --version)"

@@ -230,10 +230,16 @@ def create_server_env(path=None, *, force: bool = False, python: Optional[str] =
     echo(f"creating server env {path} with Python {ver} ({python})")
     steps = [
         [python, "-m", "venv", "--clear", str(path)],
-        [str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pip_args, *REQUIREMENTS],
+        [str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--retries", "10",
+         *pip_args, *REQUIREMENTS],
     ]
     for cmd in steps:
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        # A dropped registry connection is the usual failure of a fresh install: try the step again.
+        for attempt in range(3):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            time.sleep(5 * (attempt + 1))
         if r.returncode != 0:
             tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
             raise SegclipError(f"serve-env: `{' '.join(cmd[:4])} ...` failed in {path}: {tail}")
