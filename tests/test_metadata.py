@@ -199,15 +199,17 @@ def test_export_has_scene_input_and_passes_parity_for_every_scene(scene_export_d
     assert "over 3 scenes" in manifest["parity"]["table"]
 
 
-def test_exported_scenes_match_pytorch_and_change_the_output(scene_export_dir, trained_scene_ckpt):
-    """Independent reference: the checkpoint's own SegCLIP.predict_scores per scene vs ONNX Runtime."""
+@pytest.mark.parametrize("runtime", [dict(providers="cpu"), dict(runtime="openvino", threads=2)], ids=["onnxruntime", "openvino"])
+def test_exported_scenes_match_pytorch_and_change_the_output(scene_export_dir, trained_scene_ckpt, runtime):
+    """Independent reference: the checkpoint's own SegCLIP.predict_scores per scene vs ONNX Runtime and
+    OpenVINO (both feed the scene_id input)."""
     from segclip.engine.checkpoint import model_from_checkpoint
     from segclip.runtime import load_runner
 
     out, _ = scene_export_dir
     model = model_from_checkpoint(trained_scene_ckpt)
     x = export_images(2)
-    with load_runner(out, format="onnx", providers="cpu") as r:
+    with load_runner(out, format="onnx", **runtime) as r:
         scores = {}
         for sid, name in enumerate(("generic", "rural", "urban")):
             ref = model.predict_scores(torch.from_numpy(x), torch.full((2,), sid)).numpy()

@@ -10,8 +10,8 @@ Parity checks and benchmarks loop over runners with no special cases::
 A subclass sets ``backend``, builds its ``signature`` in ``__init__`` (cheap, no session yet) and
 implements ``_activate`` (load the session/engine), ``_deactivate`` and ``_infer`` (a checked,
 C-contiguous uint8 batch in, ``{"mask": ..., ["scores": ...]}`` numpy arrays out).  When the
-signature has scenes, ``_infer(images, scene_ids)`` also gets the checked int32 ids (N,), default
-scene 0 filled in; a runner for a model without scenes is called as ``_infer(images)``.  The base class
+signature has scenes, ``_infer(images, scene_ids)`` gets the checked int32 ids (N,), default
+scene 0 filled in; for a model without scenes ``scene_ids`` is None.  The base class
 validates the input once for all backends against the signature, enforces ``max_batch`` for
 fixed-profile artifacts (TensorRT engines), activates lazily, times the call and turns any
 backend exception about the input into a one-line ``SegclipError``.
@@ -98,7 +98,7 @@ class Runner:
         self.activate()
         t0 = time.perf_counter()
         try:
-            out = self._infer(arr) if ids is None else self._infer(arr, ids)
+            out = self._infer(arr, ids)
         except SegclipError:
             raise
         except Exception as e:  # a runtime complaining about the input must not dump a traceback

@@ -17,7 +17,7 @@ from segclip.errors import SegclipError, one_line
 from segclip.runtime.base import Runner
 from segclip.contract import META_PRECISION
 from segclip.runtime.onnx_runner import corrupt_onnx_error, read_onnx_metadata, signature_from_onnx
-from segclip.signature import Signature
+from segclip.signature import SCENE_NAME, Signature
 
 
 class OpenVINORunner(Runner):
@@ -64,7 +64,8 @@ class OpenVINORunner(Runner):
     def _request(self, shape: tuple):
         if shape not in self._compiled:
             m = self._model.clone()
-            m.reshape({self.signature.inputs[0].name: list(shape)})
+            # static shapes for every input: the image, and the per-image scene ids of a metadata model
+            m.reshape({t.name: [shape[0]] if t.name == SCENE_NAME else list(shape) for t in self.signature.inputs})
             try:
                 compiled = self._core.compile_model(m, self.ov_device, self._config())
             except Exception as e:
@@ -76,9 +77,12 @@ class OpenVINORunner(Runner):
         self._compiled = {}
         self._model = None
 
-    def _infer(self, images: np.ndarray) -> dict:
+    def _infer(self, images: np.ndarray, scene_ids: Optional[np.ndarray] = None) -> dict:
         compiled, req = self._request(tuple(images.shape))
-        req.infer({self.signature.inputs[0].name: images})
+        feed = {self.signature.inputs[0].name: images}
+        if scene_ids is not None:
+            feed[SCENE_NAME] = scene_ids
+        req.infer(feed)
         return {o.get_any_name(): np.array(req.get_tensor(o).data) for o in compiled.outputs}
 
     def _device(self) -> str:
