@@ -1,5 +1,6 @@
-"""Reading images and masks with PIL, turning every failure into a one-line error naming the file
-(8-bit PNG/JPEG images: with GDAL, as ``segclip predict`` reads them -- see ``segclip.data.raster``).
+"""Reading images and masks, turning every failure into a one-line error naming the file.  Images
+in PNG/JPEG/TIFF are decoded with GDAL, as ``segclip predict`` reads them (``segclip.data.raster``);
+masks and other formats with PIL.
 
 Remote-sensing scenes are large (iSAID reaches ~13k px on a side), beyond PIL's default
 decompression-bomb limit, so the limit is raised to 20k x 20k here (never lowered, and left alone
@@ -15,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from segclip.data.raster import IMAGE_SUFFIXES, STRETCH_PERCENTILES, read_image
+from segclip.data.raster import IMAGE_SUFFIXES, raster_size, read_image
 from segclip.errors import SegclipError
 
 MAX_PIXELS = 20000 * 20000
@@ -41,6 +42,8 @@ def _open(path: Path) -> Image.Image:
 
 def image_size(path: Path) -> tuple:
     """(h, w) from the header, without decoding pixels."""
+    if Path(path).suffix.lower() in (".tif", ".tiff"):  # PIL opens few of the TIFFs GDAL reads
+        return raster_size(path)
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -49,42 +52,17 @@ def image_size(path: Path) -> tuple:
         raise SegclipError(f"{path}: cannot read image ({type(e).__name__}: {e}); re-download or remove the file") from None
 
 
-# Single-channel images deeper than 8 bits (16-bit PNG/TIFF, 32-bit int or float) are mapped to
-# 0..255 by the same percentile stretch as ``predict``'s raster reader (segclip.data.raster): the
-# STRETCH_PERCENTILES[0]-th percentile of the image becomes 0 and the [1]-th 255, linearly, clipped
-# outside.  PIL's own conversion clips at 255 instead, which turns almost every pixel of typical
-# 16-bit imagery (values in the thousands) white.
-HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def stretch_to_uint8(a: np.ndarray, percentiles=STRETCH_PERCENTILES) -> np.ndarray:
-    """Linear stretch of the given percentiles to 0..255 (per image, all channels together)."""
-    a = np.asarray(a, dtype=np.float64)
-    finite = a[np.isfinite(a)]
-    lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 1.0)
-    if hi <= lo:  # a flat image: keep it flat rather than divide by zero
-        hi = lo + 1.0
-    out = (np.nan_to_num(a, nan=lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(out, 0, 255).round().astype(np.uint8)
-
-
 def read_rgb(path: Path, note=None) -> np.ndarray:
-    """H x W x 3 uint8 RGB (alpha dropped, grey/palette images expanded, deeper than 8-bit
-    greyscale stretched by :func:`stretch_to_uint8`; ``note(message)`` is told when that happens).
-    8-bit PNG/JPEG: decoded by GDAL as ``segclip predict`` decodes them (``raster.read_image``: why)."""
+    """H x W x 3 uint8 RGB (alpha dropped, grey/palette images expanded).  PNG/JPEG/TIFF, 16-bit
+    and float included, are decoded by GDAL exactly as ``segclip predict`` decodes them
+    (``raster.read_image``: why; ``note(message)`` is told of a 16-bit stretch).  Other formats
+    (BMP, WebP, ...) through PIL, 8-bit only."""
     if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-        rgb = read_image(path)
-        if rgb is not None:
-            return rgb
+        return read_image(path, note)
     im = _open(path)
-    if im.mode in HIGH_DEPTH_MODES:
-        a = np.asarray(im)
-        grey = stretch_to_uint8(a)
-        if note is not None:
-            lo, hi = STRETCH_PERCENTILES
-            note(f"{path}: {im.mode} image (values {a.min()}..{a.max()}) scaled to 8 bits by a {lo:g}-{hi:g} "
-                 f"percentile stretch")
-        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # PIL's conversion would clip at 255
+        raise SegclipError(f"{path}: {im.mode} image deeper than 8 bits in a format segclip reads with PIL; "
+                           f"save it as PNG or (Geo)TIFF, which are scaled to 8 bits as predict does")
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)

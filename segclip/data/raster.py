@@ -14,8 +14,9 @@ Reading (``RasterSource``): PNG/JPEG/TIFF/GeoTIFF and anything else GDAL reads.
 * Validity comes from GDAL's masks (nodata value, alpha band or internal mask): a pixel is nodata
   when every selected band is masked.
 
-8-bit PNG and JPEG images are decoded here for the datasets too (``read_image``, called by
-``imageio.read_rgb``), so ``segclip predict`` and ``segclip train/eval`` see the same pixels.  GDAL
+PNG, JPEG and TIFF images are decoded here for the datasets too (``read_image``, called by
+``imageio.read_rgb``), so ``segclip predict`` and ``segclip train/eval`` see the same pixels,
+16-bit ones stretched by the same rule.  GDAL
 owns them rather than PIL because only GDAL decodes a window of a scene without the whole image
 (predict streams), and the two JPEG decoders disagree: the rasterio wheels bundle IJG libjpeg 9,
 Pillow's libjpeg-turbo, which upsample chroma differently (measured on a synthetic 4:2:0 JPEG: a
@@ -41,7 +42,7 @@ from segclip.errors import SegclipError, one_line
 
 GDAL_CACHE_MB = 128  # GDAL's block cache is RSS too: bound it (its default is a share of the machine's RAM)
 STRETCH_PERCENTILES = (2.0, 98.0)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # 8-bit ones decoded by GDAL for predict and the datasets alike
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # decoded by GDAL for predict and the datasets alike
 _SAMPLE_PIXELS = 1 << 20
 
 
@@ -264,15 +265,32 @@ class RasterSource:
         self.close()
 
 
-def read_image(path) -> Optional[np.ndarray]:
-    """A whole 8-bit image (``IMAGE_SUFFIXES``) as uint8 H x W x 3 RGB, decoded exactly as ``segclip
-    predict`` decodes it (bands, palette, grey as above); None when it is deeper than 8 bits."""
+def read_image(path, note=None) -> np.ndarray:
+    """A whole image (``IMAGE_SUFFIXES``) as uint8 H x W x 3 RGB, decoded exactly as ``segclip
+    predict`` decodes it (bands, palette, grey and the 16-bit/float stretch as above), so a model
+    is trained and run on the same pixels.  ``note(message)`` is told when a stretch is applied."""
     from rasterio.errors import NotGeoreferencedWarning
 
     with gdal_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with RasterSource(path) as src:
-            return None if src.scaling is not None else src.read(0, 0, src.height, src.width)
+            if src.scaling is not None and note is not None:
+                note(f"{path}: scaled to 8 bits ({src.describe_scaling()})")
+            return src.read(0, 0, src.height, src.width)
+
+
+def raster_size(path) -> tuple:
+    """(h, w) from the header (GDAL), for files PIL cannot open (multiband 16-bit TIFF)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                return ds.height, ds.width
+    except rasterio.errors.RasterioIOError as e:
+        raise _read_error(path, e) from None
 
 
 def _write_error(dst, e) -> SegclipError:

@@ -70,4 +70,31 @@ def test_16bit_grey_is_stretched_not_clipped(tmp_path):
     assert np.abs(g[inside] - expect).max() <= 1.0
     order = np.argsort(a[inside], kind="stable")
     assert np.all(np.diff(g[inside][order]) >= 0)  # brighter stays brighter
-    assert len(notes) == 1 and "percentile stretch" in notes[0]
+    assert len(notes) == 1 and "p2-p98 stretch" in notes[0]
+
+
+def test_16bit_multiband_tiff_trains_on_the_pixels_predict_sees(tmp_path):
+    """A 4-band uint16 tile (PIL cannot open it): the dataset reader gives the pixels predict's
+    windowed reader gives, bands 1-3 stretched per band by one rule (they used to differ: PIL
+    stretched all channels together, GDAL each band)."""
+    import rasterio
+
+    from segclip.data.imageio import image_size
+    from segclip.data.raster import RasterSource
+
+    rng = np.random.default_rng(1)
+    bands = np.stack([rng.integers(lo, lo + 3000, (48, 80)) for lo in (200, 1500, 4000, 9000)]).astype(np.uint16)
+    path = tmp_path / "tile.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=80, height=48, count=4, dtype="uint16") as ds:
+        ds.write(bands)
+    notes = []
+    rgb = read_rgb(path, note=notes.append)
+    assert rgb.shape == (48, 80, 3) and image_size(path) == (48, 80)
+    with RasterSource(path) as src:
+        windows = np.concatenate([src.read(0, 0, 20, 80), src.read(20, 0, 48, 80)])
+    np.testing.assert_array_equal(rgb, windows)
+    for c in range(3):  # each band over the full 0..255 range, independently of the others' levels
+        lo, hi = np.percentile(bands[c], (2, 98))
+        expect = np.clip((bands[c] - lo) * 255.0 / (hi - lo), 0, 255)
+        assert np.abs(rgb[..., c] - expect).max() <= 1.0, c
+    assert len(notes) == 1 and "uint16 p2-p98 stretch" in notes[0]
