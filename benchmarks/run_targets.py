@@ -292,25 +292,24 @@ def sample_data(out: Path, size: int, n: int = 24) -> str:
 def int8_speed(ckpt: Path, out: Path, sizes, threads: int, reps: int, warmup: int, min_clean: int, max_s: float) -> dict:
     """Every CPU path of segclip on the same inputs, interleaved, batch 1, at each size."""
     from segclip.benchmarks.backends import BACKENDS
-    from segclip.benchmarks.core import Settings
+    from segclip.benchmarks.core import Settings, Sources, make_runner
     from segclip.errors import one_line
-    from segclip.runtime import load_runner
+    from segclip.export import read_manifest
 
     res = {}
+    sources = Sources(ckpt, out, fp16=False, trt=False, max_batch=1, log=log)
+    settings = Settings(device="cpu", threads=threads)
     for size in sizes:
         # latency does not depend on the calibration: 4 images keep the 1024 px export short
         d = export_at(ckpt, out, size, int8=True, data=sample_data(out, size, n=8), calib_images=4)
-        settings = Settings(device="cpu", threads=threads)
+        manifest = read_manifest(d)
         runners, unavailable = {}, {}
-        for name in INT8_PATHS:
-            spec = BACKENDS[name]
-            why = spec.probe(settings) if spec.probe else None
+        for name in INT8_PATHS:  # the benchmark's own runner factory: a missing artifact is a reason, not a crash
+            r, why = make_runner(BACKENDS[name], settings, sources, (size, size), (d, manifest), {})
             if why:
                 unavailable[name] = why
-                continue
-            src = ckpt if spec.source == "checkpoint" else d
-            kw = {} if spec.source == "checkpoint" else {"format": spec.artifact, "allow_failed": True}
-            runners[name] = load_runner(src, **kw, **spec.options(settings))
+            else:
+                runners[name] = r
         inputs = random_batches(1, size, size, count=3)
         for name, r in list(runners.items()):
             try:
@@ -329,9 +328,7 @@ def int8_speed(ckpt: Path, out: Path, sizes, threads: int, reps: int, warmup: in
         rows = {n: timing_summary(v) for n, v in t.items()}
         basis, p50s = pick(list(rows.values()))
         p50 = dict(zip(rows, p50s))
-        from segclip.export import read_manifest
-
-        arts = read_manifest(d)["artifacts"]
+        arts = manifest["artifacts"]
         sizes_mb = {k: round((d / a["file"]).stat().st_size / 2**20, 2) for k, a in arts.items() if a.get("file")}
         res[size] = {"timing": rows, "basis": basis, "p50": p50, "unavailable": unavailable, "file_mb": sizes_mb,
                      "speedup_vs_torch": {n: round(p50["torch"] / v, 3) for n, v in p50.items()} if "torch" in p50 else {},
