@@ -220,6 +220,8 @@ def test_int8_bad_input_exits_2_and_writes_nothing(trained_checkpoint, int8_data
                                 dataset="other"), other)
     r = _cli("export", other, "--int8", "--data", int8_data, "--out", out)
     assert_one_error(r, 2, "trained on classes")
+    r = _cli("export", other, "--int8", "--out", out)  # no --data: the sample set's classes are not the model's
+    assert_one_error(r, 2, "sample set has LoveDA's classes", "--data DATASET:ROOT:SPLIT")
     r = _cli("export", trained_checkpoint, "--int8", "--int8-threshold", "1.5", "--out", out)
     assert_one_error(r, 2, "--int8-threshold")
     assert not out.exists() and not any(p.name.startswith(".e") for p in tmp_path.iterdir())

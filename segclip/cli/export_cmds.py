@@ -10,6 +10,7 @@ from segclip.cli.group import clean_partials
 from segclip.cli.options import batch_option, data_option, device_option, out_option, size_option
 from segclip.contract import FORMATS
 from segclip.errors import SegclipError
+from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 
 
 @click.command("export")
@@ -17,11 +18,11 @@ from segclip.errors import SegclipError
 @click.option("--onnx", "onnx_", is_flag=True, hidden=True)  # old spelling: ONNX FP32 is always written
 @click.option("--fp16", is_flag=True, help="Also model_fp16.onnx: FP16 weights/ops with FP32 islands (strongly typed).")
 @click.option("--int8", is_flag=True, help="Also model_int8.onnx (symmetric Q/DQ, TensorRT) and model_int8_cpu.onnx (u8/s8, x86 CPUs), calibrated on --data.")
-@click.option("--calib-images", default=16, show_default=True, type=int, help="INT8 calibration images from --data (the gate uses others).")
+@click.option("--calib-images", default=DEFAULT_CALIB_IMAGES, show_default=True, type=int, help="INT8 calibration images from --data (the gate uses others).")
 @click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]))
 @click.option("--int8-threshold", default="0.98:1.0", show_default=True, metavar="AGREEMENT[:MIOU_POINTS]",
               help="INT8 gate: min pixel agreement and max |dmIoU| in points.")
-@click.option("--int8-fallback", default=12, show_default=True, type=int,
+@click.option("--int8-fallback", default=FALLBACK_BUDGET, show_default=True, type=int,
               help="When the INT8 gate fails: at most this many most sensitive Conv/MatMul nodes go back to float.")
 @click.option("--trt", is_flag=True, help="Also a TensorRT engine (needs an NVIDIA GPU + tensorrt; else writes trtexec.sh and exits 2).")
 @batch_option("profile", default="1:1:8", legacy=None, help="Batch profile (dynamic batch in ONNX; TensorRT profile).")

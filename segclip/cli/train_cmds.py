@@ -153,7 +153,7 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
 
     window = tcfg.eval_size or tcfg.crop_size
     out = evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
-                   progress=progress, limit=limit, scene_ids=scene_ids_for(dataset, model.scenes, metadata), exclude=exclude)
+                   progress=progress, limit=limit, scene_ids=scene_ids_for(dataset, None if model.scenes is None else model.scenes.scene_id, metadata), exclude=exclude)
     out["metadata"] = "on" if (model.scenes is not None and metadata) else "off"
     return out
 
@@ -175,7 +175,7 @@ def _eval_dest(source: str, name: str, runner) -> Path:
 def _eval_scene_ids(runner, ds, mode: str, given):
     """Per-image scene ids for a model trained with metadata prompts (None without), by the
     signature's one rule (``Signature.scene_of``); ``mode`` "off" gives every image the generic scene."""
-    from segclip.data.prepare import whole_images
+    from segclip.engine.evaluate import scene_ids_for
 
     sig = runner.signature
     if not sig.scenes:
@@ -183,8 +183,7 @@ def _eval_scene_ids(runner, ds, mode: str, given):
             raise SegclipError(f"{runner.artifact}: trained without metadata prompts, so --metadata {given} has nothing to "
                                f"feed; omit --metadata or retrain with it")
         return None
-    images = whole_images(ds)  # what evaluate scores: one id per whole image
-    return [sig.scene_of(images.meta(i)) if mode != "off" else 0 for i in range(len(images))]
+    return scene_ids_for(ds, sig.scene_of, mode != "off")
 
 
 def _eval_window(size, runner) -> tuple:

@@ -35,16 +35,17 @@ def torch_scores_fn(model, device: str = "cpu") -> Callable:
     return fn
 
 
-def scene_ids_for(dataset, scenes, metadata: bool = True):
-    """Per-image scene ids (of the whole images ``evaluate`` scores) under a model's scene table
-    (``segclip.metadata``), or None when the model has none.  ``metadata=False`` withholds it: every
+def scene_ids_for(dataset, scene_of, metadata: bool = True):
+    """Per-image scene ids of the whole images ``evaluate`` scores, by a model's rule ``scene_of(meta)``
+    (``SceneTable.scene_id`` or ``Signature.scene_of``: ``segclip.metadata.scene_of`` both), or None
+    for a model without scenes (``scene_of`` None).  ``metadata=False`` withholds the metadata: every
     image gets the generic scene 0 (the ablation ``segclip eval --metadata off``)."""
     from segclip.data.prepare import whole_images
 
-    if scenes is None:
+    if scene_of is None:
         return None
     data = whole_images(dataset)
-    return [scenes.scene_id(data.meta(i)) if metadata else 0 for i in range(len(data))]
+    return [scene_of(data.meta(i)) if metadata else 0 for i in range(len(data))]
 
 
 def runner_predict_fn(runner) -> tuple:

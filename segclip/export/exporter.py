@@ -27,6 +27,7 @@ from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT
                               scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
                               write_manifest)
 from segclip.errors import GateFailed, SegclipError
+from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images, windows
 from segclip.parsers import parse_batch, parse_size, renamed_keyword
 from segclip.signature import SCORES_NAME
@@ -64,10 +65,10 @@ class Exporter:
     workspace_mb: int = 4096
     device: Optional[str] = None  # torch reference + TensorRT GPU; None: cpu reference, cuda:0 engine
     int8: bool = False
-    calib_images: int = 16
+    calib_images: int = DEFAULT_CALIB_IMAGES
     calib_method: str = "minmax"
     int8_threshold: object = None  # "AGREEMENT[:MIOU_POINTS]", default 0.98:1.0
-    int8_fallback: int = 12  # at most this many quantized nodes kept in float when the INT8 gate fails
+    int8_fallback: int = FALLBACK_BUDGET  # at most this many quantized nodes kept in float when the INT8 gate fails
     log: object = print
 
     def __post_init__(self):
@@ -492,8 +493,8 @@ class Exporter:
 def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
-           workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = 16,
-           calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = 12, log=print, out_dir=None) -> dict:
+           workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = DEFAULT_CALIB_IMAGES,
+           calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print, out_dir=None) -> dict:
     """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
 
     ``model.onnx`` (FP32) is always written: the FP16 ONNX, the INT8 Q/DQ ONNX (``model_int8.onnx`` for

@@ -42,7 +42,7 @@ FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalizati
              "ReduceMax", "ArgMax")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MIN_CALIB_IMAGES = 4
-DEFAULT_CALIB_IMAGES = 16
+DEFAULT_CALIB_IMAGES = 16  # the exporter's and the CLI's default
 DEFAULT_AGREEMENT, DEFAULT_MIOU_POINTS = 0.98, 1.0
 FALLBACK_BUDGET = 12  # at most this many quantized nodes go back to float, over FALLBACK_ROUNDS
 FALLBACK_ROUNDS = 3
@@ -118,9 +118,7 @@ class Int8Images:
         import shutil
         import tempfile
 
-        from segclip.data import build_dataset
-        from segclip.data.sample import generate_sample_dataset
-        from segclip.export.parity_images import _from_dataset, sample_size, windows
+        from segclip.export.parity_images import SAMPLE_SOURCE, _from_dataset, sample_dataset, windows
 
         tmp = None
         try:
@@ -128,14 +126,12 @@ class Int8Images:
                 log("warning: int8: calibrating on the rendered sample set; calibrate on imagery like the deployment's "
                     "with --data DATASET:ROOT:SPLIT")
                 tmp = Path(tempfile.mkdtemp(prefix="segclip-calib-"))
-                root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=n_calib + n_gate, size=sample_size(h, w))
-                ds, self.source = build_dataset("loveda", root, "val"), "sample:loveda:val"
+                ds, self.source = sample_dataset(tmp, n_calib + n_gate, h, w), SAMPLE_SOURCE
+                if tuple(ds.classes) != tuple(classes):  # --data was checked by parity_dataset already
+                    raise SegclipError(f"--int8: the sample set has LoveDA's classes {list(ds.classes)}, this model "
+                                       f"{list(classes)}; calibrate on your own labelled data with --data DATASET:ROOT:SPLIT")
             else:
                 ds, self.source = data
-            ds_classes = tuple(getattr(ds, "classes", ()) or ())
-            if ds_classes and ds_classes != tuple(classes):
-                raise SegclipError(f"--data {self.source[5:]}: its classes {list(ds_classes)} differ from the checkpoint's "
-                                   f"{list(classes)}; calibrate and gate on data with the model's classes")
             if not getattr(ds, "has_labels", True):
                 raise SegclipError(f"--data {self.source}: has no labels; the INT8 parity gate needs a labelled split (e.g. val)")
             self.calib_idx, self.gate_idx = split_indices(len(ds), n_calib, n_gate)
@@ -187,10 +183,6 @@ class CalibrationReader:
 
 
 # ---- quantization ------------------------------------------------------------------------------------
-def quantizable_nodes(model) -> list:
-    return [n.name for n in model.graph.node if n.op_type in QUANT_OPS]
-
-
 def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "minmax",
              exclude: Sequence[str] = (), cache=None, scene_ids=None):
     """FP32 ModelProto -> Q/DQ ModelProto of ``flavour`` (a ``FLAVOURS`` key), calibrated on ``calib_images``

@@ -107,11 +107,15 @@ def _r(x, nd=6):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), nd)
 
 
-def score(preds, ref_preds, labels, num_classes: int, ref_miou: Optional[float] = None, names=None) -> dict:
-    """{"pixel_agreement", "miou", "miou_delta"} of one runner's class maps (fractions, rounded)."""
-    m = miou(preds, labels, num_classes, names)
-    return {"pixel_agreement": _r(agreement(preds, ref_preds)), "miou": _r(m),
-            "miou_delta": _r(None if m is None or ref_miou is None else m - ref_miou)}
+def score(preds, ref_preds, labels, num_classes: int, ref_miou: Optional[float] = None, names=None, *,
+          raw: bool = False) -> dict:
+    """{"pixel_agreement", "miou", "miou_delta"} of one runner's class maps (fractions, rounded);
+    ``raw``: also the unrounded "agreement" and the "per_class_iou" (one confusion matrix for both)."""
+    m, cls = class_iou(preds, labels, num_classes, names)
+    agree = agreement(preds, ref_preds)
+    out = {"pixel_agreement": _r(agree), "miou": _r(m),
+           "miou_delta": _r(None if m is None or ref_miou is None else m - ref_miou)}
+    return {**out, "agreement": agree, "per_class_iou": cls} if raw else out
 
 
 def every_scene(images, labels, scenes: Sequence) -> tuple:
@@ -155,14 +159,14 @@ def compare(reference, candidates: Sequence, images, labels=None, thresholds: Op
     }
     for cand in candidates:
         out = run_all(cand, images, batch_size, ids, window=window)
-        s = score(out["mask"], ref["mask"], labels, k, ref_miou, names)
-        agree = agreement(out["mask"], ref["mask"])  # unrounded: the gate decides on it
+        s = score(out["mask"], ref["mask"], labels, k, ref_miou, names, raw=True)
+        agree = s["agreement"]  # unrounded: the gate decides on it
         # per scene: the gate holds for every scene, not only on average
         per_scene = None if ids is None else {
             int(sc): _r(agreement([out["mask"][i] for i in np.flatnonzero(ids == sc)],
                                   [ref["mask"][i] for i in np.flatnonzero(ids == sc)])) for sc in np.unique(ids)}
         max_d, mean_d = score_diffs(out["scores"], ref["scores"])
-        cls = class_iou(out["mask"], labels, k, names)[1]
+        cls = s["per_class_iou"]
         cls_delta = None if cls is None else {c: _r(None if v is None or ref_cls[c] is None else v - ref_cls[c])
                                               for c, v in cls.items()}
         thr = thresholds.get(cand.name)

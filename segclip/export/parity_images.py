@@ -99,6 +99,16 @@ def parity_dataset(data, ckpt: dict):
     return ds, f"data:{':'.join(spec)}"
 
 
+SAMPLE_SOURCE = "sample:loveda:val"
+
+
+def sample_dataset(tmp: Path, n: int, h: int, w: int):
+    """The sample set's val split (LoveDA-format scenes, ``n`` of them, ``sample_size(h, w)`` px),
+    rendered under ``tmp`` in a second: the default parity and calibration images."""
+    root = generate_sample_dataset(Path(tmp) / "sample", num_train=1, num_val=n, size=sample_size(h, w))
+    return build_dataset("loveda", root, "val")
+
+
 def parity_images(data, n: int, h: int, w: int, classes, log=print) -> tuple:
     """-> (images: list of H x W x 3 uint8, labels: list of H x W int64 or None, source description).
     ``data``: what :func:`parity_dataset` returned, or None for the sample set.  Dataset images come
@@ -109,10 +119,8 @@ def parity_images(data, n: int, h: int, w: int, classes, log=print) -> tuple:
         return images, labels, src
     tmp = Path(tempfile.mkdtemp(prefix="segclip-parity-"))
     try:
-        # the sample set's own val split (LoveDA-format scenes), rendered in a second
-        root = generate_sample_dataset(tmp / "sample", num_train=1, num_val=max(2, n), size=sample_size(h, w))
-        images, labels = _from_dataset(build_dataset("loveda", root, "val"), n, classes)
-        return images, labels, "sample:loveda:val"
+        images, labels = _from_dataset(sample_dataset(tmp, max(2, n), h, w), n, classes)
+        return images, labels, SAMPLE_SOURCE
     except Exception as e:  # the sample generator is a convenience; never block an export on it
         log(f"parity: sample data unavailable ({type(e).__name__}: {one_line(e, 100)}); using synthetic images")
     finally:

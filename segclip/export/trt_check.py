@@ -32,10 +32,6 @@ def support_table() -> dict:
     return json.loads(SUPPORT_FILE.read_text())
 
 
-def trt_versions() -> list:
-    return sorted(support_table()["tables"])
-
-
 def _trt_type(elem_type: int) -> Optional[str]:
     """ONNX element type -> the type names of the ONNX-TensorRT matrix."""
     from onnx import TensorProto as T
