@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import LOVEDA_CLASSES, LOVEDA_PALETTE, make_scene_model
+from conftest import LOVEDA_PALETTE, make_scene_model
 from export_fixtures import SIZE, images as export_images
 from segclip.cli import main
 from segclip.errors import SegclipError

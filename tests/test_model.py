@@ -4,11 +4,10 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import LOVEDA_CLASSES, make_small_model, small_config
+from conftest import make_small_model, small_config
 from segclip.config import PRESETS, get_preset
 from segclip.errors import SegclipError
 from segclip.modeling import SegCLIPInference, semantic_targets

@@ -225,7 +225,7 @@ class Blender:
     def _advance(self, upto: int) -> list:
         """Finish every window row whose last window is before ``upto``."""
         out = []
-        starts, wh = self.plan.row_starts, self.plan.window[0]
+        starts = self.plan.row_starts
         while self.row < len(starts) and self._row_end[self.row] < upto:
             y0 = starts[self.row]
             y_end = starts[self.row + 1] if self.row + 1 < len(starts) else self.plan.padded_height

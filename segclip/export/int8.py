@@ -24,7 +24,6 @@ float, in rounds within a budget; the manifest lists them.
 from __future__ import annotations
 
 import collections
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 

@@ -12,7 +12,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from segclip.contract import META_PREFIX
 from segclip.errors import SegclipError, one_line
 from segclip.signature import INPUT_NAME, MASK_NAME, SCENE_DTYPE, SCENE_NAME, SCORES_NAME, Signature
 from segclip.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:  # imported lazily at run time (_onnx): the annotations only
+    import onnx
 
 MIN_OPSET = 17  # LayerNormalization (17), GridSample (16)
 STANDARD_DOMAINS = ("", "ai.onnx")
