@@ -278,22 +278,14 @@ def _expose(model, names: Sequence[str]):
     return m
 
 
-def _run_exposed(model, names: list, images: np.ndarray, scene_ids=None) -> dict:
+def _exposed_session(model, names: list):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # no fusion: the exposed tensors must be the graph's own, not a fused kernel's
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(_expose(model, names).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    out = {n: [] for n in names}
-    for j, img in enumerate(images):
-        feed = {INPUT_NAME: img[None]}
-        if scene_ids is not None:
-            feed[SCENE_NAME] = np.asarray(scene_ids[j:j + 1], np.int32)
-        for n, a in zip(names, sess.run(names, feed)):
-            out[n].append(np.asarray(a, dtype=np.float32))
-    return out
+    return ort.InferenceSession(_expose(model, names).SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def sensitivity(twin_fp32, qdq, images: np.ndarray, scene_ids=None) -> list:
@@ -306,15 +298,17 @@ def sensitivity(twin_fp32, qdq, images: np.ndarray, scene_ids=None) -> list:
     nodes = [n for n in twin_fp32.graph.node if n.op_type in QUANT_OPS and n.name not in float_nodes]
     inits = {t.name for t in twin_fp32.graph.initializer}
     tensors = sorted({t for n in nodes for t in list(n.input[:2]) + [n.output[0]] if t and t not in inits and t != INPUT_NAME})
-    ref = _run_exposed(twin_fp32, tensors, images, scene_ids)
-    got = _run_exposed(qdq, tensors, images, scene_ids)
-
-    def rel(t):
-        num = sum(float(np.sum((g - r) ** 2)) for g, r in zip(got[t], ref[t]))
-        den = sum(float(np.sum(r ** 2)) for r in ref[t]) or 1e-30
-        return (num / den) ** 0.5
-
-    err = {t: rel(t) for t in tensors}
+    ref_sess, got_sess = _exposed_session(twin_fp32, tensors), _exposed_session(qdq, tensors)
+    num, den = dict.fromkeys(tensors, 0.0), dict.fromkeys(tensors, 0.0)
+    for j, img in enumerate(images):  # one image at a time: every activation of a 1024-px r50 is GBs
+        feed = {INPUT_NAME: img[None]}
+        if scene_ids is not None:
+            feed[SCENE_NAME] = np.asarray(scene_ids[j:j + 1], np.int32)
+        for t, r, g in zip(tensors, ref_sess.run(tensors, feed), got_sess.run(tensors, feed)):
+            r, g = np.asarray(r, np.float32), np.asarray(g, np.float32)
+            num[t] += float(np.sum(np.square(g - r), dtype=np.float64))
+            den[t] += float(np.sum(np.square(r), dtype=np.float64))
+    err = {t: (num[t] / (den[t] or 1e-30)) ** 0.5 for t in tensors}
     ranked = []
     for n in nodes:
         inp = max((err.get(t, 0.0) for t in n.input[:2]), default=0.0)
