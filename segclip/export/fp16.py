@@ -37,11 +37,10 @@ from typing import Iterable, Optional
 import numpy as np
 
 from segclip.errors import SegclipError
-from segclip.signature import INPUT_NAME, SCENE_NAME
+from segclip.export.activations import PASS_BUDGET, exposed_session, image_feeds, tensor_groups
 
 OVERFLOW_LIMIT = 3.0e4
 FP16_TINY = 5.96e-8  # smallest FP16 subnormal
-RANGE_PASS_BUDGET = 2 << 30  # bytes of exposed activations per range-pass session and image
 
 FP32_OP_TYPES = {
     "LayerNormalization": "normalisation: mean/variance reductions lose precision and can overflow in FP16",
@@ -60,65 +59,21 @@ def default_block_ops() -> dict:
     return ops
 
 
-def _float_tensors(model) -> list:
-    import onnx
-    from onnx import TensorProto
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    names = []
-    seen = set()
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT and vi.name not in seen:
-            seen.add(vi.name)
-            names.append(vi)
-    return names
-
-
-def _nbytes(vi, batch: int = 1) -> int:
-    dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
-    if dims:
-        dims[0] = max(dims[0], batch)
-    return int(np.prod(dims, dtype=np.int64)) * 4
-
-
-def activation_ranges(model, images: np.ndarray, budget_bytes: int = RANGE_PASS_BUDGET, scene_ids=None) -> dict:
+def activation_ranges(model, images: np.ndarray, budget_bytes: int = PASS_BUDGET, scene_ids=None) -> dict:
     """Run the FP32 graph on ``images`` (N x H x W x 3 uint8, one at a time) with every intermediate
     float tensor exposed; per tensor: max |finite value|, smallest non-zero |value|, has -/+inf.
 
     The exposed tensors are split into groups of at most ``budget_bytes`` per image (one ORT session
     per group), so a large model at a large size never holds all its activations at once."""
-    import onnx
-    import onnxruntime as ort
-
-    tensors = _float_tensors(model)
-    groups, cur, size = [], [], 0
-    for vi in tensors:
-        b = _nbytes(vi)
-        if cur and size + b > budget_bytes:
-            groups.append(cur)
-            cur, size = [], 0
-        cur.append(vi)
-        size += b
-    if cur:
-        groups.append(cur)
+    groups = tensor_groups(model, budget=budget_bytes)
     stats = {vi.name: {"max_abs": 0.0, "min_nonzero": float("inf"), "inf": False, "nan": False, "tiny_fraction": 0.0}
-             for vi in tensors}
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+             for group in groups for vi in group}
     for group in groups:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        del m.graph.output[:]
-        m.graph.output.extend(group)
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = exposed_session(model, group)
         names = [o.name for o in sess.get_outputs()]
-        for j, img in enumerate(images):
-            feed = {INPUT_NAME: img[None]}
-            if scene_ids is not None:  # metadata prompts: each image under its scene, so every scene's range counts
-                feed[SCENE_NAME] = np.asarray(scene_ids[j:j + 1], np.int32)
-            outs = sess.run(names, feed)
-            for n, a in zip(names, outs):
+        # metadata prompts: each image under its scene, so every scene's range counts
+        for feed in image_feeds(images, scene_ids):
+            for n, a in zip(names, sess.run(names, feed)):
                 if a.dtype != np.float32 or a.size == 0:
                     continue
                 _update(stats[n], a)

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from segclip.errors import SegclipError
+from segclip.export.activations import exposed_session, image_feeds
 from segclip.signature import INPUT_NAME, SCENE_NAME
 
 INT8_NAME = "model_int8.onnx"
@@ -265,29 +266,6 @@ def with_fp16(qdq_twin, images: np.ndarray, output_dtypes=None, scene_ids=None):
 
 
 # ---- sensitivity -------------------------------------------------------------------------------------
-def _expose(model, names: Sequence[str]):
-    import onnx
-    from onnx import TensorProto, helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-    return m
-
-
-def _exposed_session(model, names: list):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    # no fusion: the exposed tensors must be the graph's own, not a fused kernel's
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(_expose(model, names).SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def sensitivity(twin_fp32, qdq, images: np.ndarray, scene_ids=None) -> list:
     """[(node name, added relative error)], worst first, for every quantized Conv/MatMul/Gemm of ``qdq``.
 
@@ -298,12 +276,10 @@ def sensitivity(twin_fp32, qdq, images: np.ndarray, scene_ids=None) -> list:
     nodes = [n for n in twin_fp32.graph.node if n.op_type in QUANT_OPS and n.name not in float_nodes]
     inits = {t.name for t in twin_fp32.graph.initializer}
     tensors = sorted({t for n in nodes for t in list(n.input[:2]) + [n.output[0]] if t and t not in inits and t != INPUT_NAME})
-    ref_sess, got_sess = _exposed_session(twin_fp32, tensors), _exposed_session(qdq, tensors)
     num, den = dict.fromkeys(tensors, 0.0), dict.fromkeys(tensors, 0.0)
-    for j, img in enumerate(images):  # one image at a time: every activation of a 1024-px r50 is GBs
-        feed = {INPUT_NAME: img[None]}
-        if scene_ids is not None:
-            feed[SCENE_NAME] = np.asarray(scene_ids[j:j + 1], np.int32)
+    # one image at a time, one session per graph (segclip.export.activations: why not grouped)
+    ref_sess, got_sess = exposed_session(twin_fp32, tensors), exposed_session(qdq, tensors)
+    for feed in image_feeds(images, scene_ids):
         for t, r, g in zip(tensors, ref_sess.run(tensors, feed), got_sess.run(tensors, feed)):
             r, g = np.asarray(r, np.float32), np.asarray(g, np.float32)
             num[t] += float(np.sum(np.square(g - r), dtype=np.float64))
