@@ -107,6 +107,8 @@ def test_killed_after_a_periodic_checkpoint_resumes_without_duplicate_rows(sampl
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the reference run's own thread count: same reductions
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import segclip.config as C
         from segclip.engine.trainer import Trainer
