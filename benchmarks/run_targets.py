@@ -671,7 +671,13 @@ def main(argv=None) -> int:
     res["triton"] = {"status": "not measured: --skip-triton"} if args.skip_triton else \
         triton_target(exports[args.triton_size], args.triton_size, threads, args.reps, args.warmup, args.budget, out,
                       args.reps if args.wait_clean else 0, args.max_minutes * 60)
-    res["gpu"] = gpu_target(ckpt, out, args.gpu_size, args.reps, args.warmup, args.budget, args.data)
+    try:  # a GPU failure must not lose the CPU and Triton figures measured above
+        res["gpu"] = gpu_target(ckpt, out, args.gpu_size, args.reps, args.warmup, args.budget, args.data)
+    except Exception as e:
+        from segclip.errors import one_line
+
+        log(f"GPU target failed: {one_line(e, 300)}")
+        res["gpu"] = {"status": f"failed: {one_line(e, 300)}"}
 
     targets = []
     for size, r in res["cpu"].items():

@@ -332,6 +332,17 @@ def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_che
         assert part in script, part
     assert os.access(out / "trtexec.sh", os.X_OK)
     assert not (out / "model.plan").exists()  # never a fake engine
+    # the script runs the trtexec of $TRTEXEC, else PATH's, else JetPack's /usr/src/tensorrt/bin/trtexec
+    fake = tmp_path / "fake-trtexec"
+    fake.write_text('#!/bin/sh\necho "$@" > trtexec.args\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["sh", str(out / "trtexec.sh")], env=dict(os.environ, TRTEXEC=str(fake)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    args = (out / "trtexec.args").read_text().split()
+    assert args[:3] == ["--onnx=model.onnx", "--saveEngine=model.plan", "--stronglyTyped"], args
+    (out / "trtexec.args").unlink()
+    r = subprocess.run(["sh", str(out / "trtexec.sh")], env=dict(os.environ, PATH="/usr/bin:/bin"), capture_output=True, text=True)
+    assert r.returncode != 0 and "/usr/src/tensorrt/bin/trtexec" in r.stderr, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["artifacts"]["tensorrt"]["status"] == "not_built" and m["artifacts"]["onnx"]["status"] == "ok"
 

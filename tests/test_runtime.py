@@ -164,6 +164,24 @@ def test_tensorrt_runner_refuses_other_arch_or_version_before_loading(tmp_path, 
     assert "\n" not in str(e.value)
     with pytest.raises(SegclipError, match="maximum batch 2"):
         r.infer(images(3))
+    with pytest.raises(SegclipError, match="runs on an NVIDIA GPU, not on 'cpu'.*--format onnx") as e:
+        load_runner(d / "model.plan", device="cpu")  # e.g. predict --format tensorrt --device cpu
+    assert "\n" not in str(e.value)
+
+
+def test_any_activation_failure_is_one_line(export_dir):
+    """A runtime that fails to load with its own exception type (not a SegclipError) still gives one
+    line naming the runner, never a traceback."""
+    out, _ = export_dir
+    r = load_runner(out / "model.onnx", providers="cpu")
+
+    def broken():
+        raise RuntimeError("CUDA driver version is insufficient\nfor CUDA runtime version")
+
+    r._activate = broken
+    with pytest.raises(SegclipError, match="onnx.*could not load .*model.onnx: .*CUDA driver") as e:
+        r.infer(images(1))
+    assert "\n" not in str(e.value) and not r.is_active
 
 
 def test_triton_urls_dispatch_to_triton_runner():

@@ -36,9 +36,12 @@ def init_distributed(device: str) -> tuple:
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        if world > 1 or "LOCAL_RANK" in os.environ:  # torchrun: one GPU per local rank
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = f"cuda:{local}"
+        elif device == "cuda":
+            device = f"cuda:{torch.cuda.current_device()}"
+        torch.cuda.set_device(torch.device(device))  # a single process keeps the GPU it was given (--device cuda:1)
     return rank, world, device
 
 

@@ -95,7 +95,9 @@ def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: i
            f"and drop --stronglyTyped there.\n" if "int8" in onnx_name else "")
         + "set -e\n"
         'cd "$(dirname "$0")"\n'
-        + " \\\n    ".join(shlex.quote(c) for c in cmd) + "\n"
+        "# JetPack installs trtexec outside PATH; TRTEXEC=/path/to/trtexec overrides\n"
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"\n'
+        + " \\\n    ".join(['"$TRTEXEC"'] + [shlex.quote(c) for c in cmd[1:]]) + "\n"
     )
     path = atomic_write_text(Path(directory) / TRTEXEC_NAME, text)
     path.chmod(0o755)
@@ -109,6 +111,7 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
     if reason:
         raise SegclipError(f"--trt: {reason}")
     import tensorrt as trt
+    import torch
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -137,7 +140,8 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
     if timing_cache is not None and Path(timing_cache).is_file():
         cache_bytes = Path(timing_cache).read_bytes()
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    # False: TensorRT rejected the cache (another GPU or TensorRT version); the build times from scratch
+    cache_reused = bool(cache_bytes) and bool(config.set_timing_cache(cache, False))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise SegclipError(f"{onnx_path}: TensorRT {trt.__version__} failed to build an engine (see the TensorRT log above)")
@@ -146,7 +150,7 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     info = {
         "tensorrt_version": trt.__version__,
-        **gpu_info(0),
+        **gpu_info(torch.cuda.current_device()),  # the caller's device (the exporter builds under torch.cuda.device)
         "onnx": Path(onnx_path).name,
         "onnx_sha256": sha256_file(onnx_path),
         "profile": prof,
@@ -154,7 +158,7 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
         "strongly_typed": True,
         "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),  # False: FP32 layers run in FP32
         "timing_cache": TIMING_CACHE_NAME if timing_cache is not None else None,
-        "timing_cache_reused": bool(cache_bytes),
+        "timing_cache_reused": cache_reused,
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
     log(f"tensorrt: built {Path(engine_path).name} in {info['build_seconds']} s (TensorRT {trt.__version__}, {info['gpu']})")

@@ -58,7 +58,12 @@ class Runner:
     # ---- lifecycle -----------------------------------------------------------------------------
     def activate(self) -> "Runner":
         if not self.is_active:
-            self._activate()
+            try:
+                self._activate()
+            except SegclipError:
+                raise
+            except Exception as e:  # a runtime failing to load must not dump a traceback at the user
+                raise SegclipError(f"{self.name}: {self.backend} could not load {self.artifact}: {one_line(e)}") from None
             self.is_active = True
         return self
 

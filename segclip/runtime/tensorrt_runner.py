@@ -70,9 +70,17 @@ class TensorRTRunner(Runner):
             signature = signature or msig
             manifest_entry = manifest_entry if manifest_entry is not None else entry
         self.entry = manifest_entry or {}
-        self.device_index = int(str(device).split(":")[-1]) if str(device) not in ("cuda", "") else 0
+        dev = str(device).strip().lower()
+        if dev in ("cuda", ""):
+            self.device_index = 0
+        elif dev.isdigit() or (dev.startswith("cuda:") and dev[5:].isdigit()):
+            self.device_index = int(dev.split(":")[-1])
+        else:
+            raise SegclipError(f"{self.path}: a TensorRT engine runs on an NVIDIA GPU, not on {device!r}; give --device cuda "
+                               f"or cuda:N, or use the ONNX artifact on CPU (--format onnx)")
         prof = self.entry.get("profile") or {}
         max_batch = prof.get("max", [None])[0] if prof else None
+        self.min_batch = int(prof.get("min", [1])[0] or 1) if prof else 1
         precision = precision or self.entry.get("precision", "fp16" if "fp16" in str(self.entry.get("onnx", "")) else "fp32")
         super().__init__(signature, name=name or f"tensorrt-{precision}", precision=precision, artifact=self.path,
                          max_batch=max_batch)
@@ -102,6 +110,9 @@ class TensorRTRunner(Runner):
         if not torch.cuda.is_available():
             raise SegclipError(f"{self.path}: TensorRT engines need an NVIDIA GPU and none is visible here; "
                                f"use the ONNX artifact on CPU (format='onnx')")
+        if self.device_index >= torch.cuda.device_count():
+            raise SegclipError(f"{self.path}: cuda:{self.device_index} does not exist (this machine has "
+                               f"{torch.cuda.device_count()} GPU(s)); pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
         cc = torch.cuda.get_device_capability(self.device_index)
         self.check_compatible(trt.__version__, f"{cc[0]}.{cc[1]}", torch.cuda.get_device_name(self.device_index))
         data = self.path.read_bytes()
@@ -122,6 +133,9 @@ class TensorRTRunner(Runner):
         with torch.cuda.device(self.device_index):
             self._context = engine.create_execution_context()
             self._stream = torch.cuda.Stream(device=self.device_index)
+        if self._context is None:  # TensorRT returns None (no exception) when the activation memory does not fit
+            raise SegclipError(f"{self.path}: TensorRT could not create an execution context on cuda:{self.device_index} "
+                               f"(out of GPU memory?); free GPU memory or re-export with a smaller --batch maximum")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -151,6 +165,9 @@ class TensorRTRunner(Runner):
         feed = {self.signature.inputs[0].name: images}
         if scene_ids is not None:
             feed[SCENE_NAME] = scene_ids
+        n = images.shape[0]
+        if n < self.min_batch:  # a profile of --batch 2:4:8 takes no batch of 1: pad with the last image, drop after
+            feed = {k: np.concatenate([a, np.repeat(a[-1:], self.min_batch - n, axis=0)]) for k, a in feed.items()}
         ctx, stream = self._context, self._stream
         with torch.cuda.device(dev), torch.cuda.stream(stream):  # own device and stream for copies and enqueue
             keep = []  # device buffers must outlive execute_async_v3
@@ -170,7 +187,7 @@ class TensorRTRunner(Runner):
                 raise SegclipError(f"{self.name}: TensorRT execution failed (execute_async_v3 returned False)")
             res = {n: (t.float() if t.dtype == torch.bfloat16 else t).to("cpu", non_blocking=True) for n, t in outs.items()}
         stream.synchronize()
-        return {n: t.numpy() for n, t in res.items()}
+        return {k: t.numpy()[:n] for k, t in res.items()}
 
     def _device(self) -> str:
         try:

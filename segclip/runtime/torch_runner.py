@@ -52,6 +52,11 @@ class TorchRunner(Runner):
         check_device(self.device, flag=f"{self.name}: device")
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        if self.precision == "fp32" and self.device.startswith("cuda"):
+            # FP32 means FP32: cuDNN convolutions default to TF32 on Ampere+, which would make the parity
+            # reference (and "eager FP32" in the benchmarks) a 10-bit-mantissa run (process-wide setting)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         model = model_from_checkpoint(self._ckpt)
         self._module = SegCLIPInference(model, scores=self.signature.scores).to(self.device).eval()
         if self.compile:
