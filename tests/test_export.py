@@ -343,6 +343,32 @@ def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_che
     (out / "trtexec.args").unlink()
     r = subprocess.run(["sh", str(out / "trtexec.sh")], env=dict(os.environ, PATH="/usr/bin:/bin"), capture_output=True, text=True)
     assert r.returncode != 0 and "/usr/src/tensorrt/bin/trtexec" in r.stderr, r.stderr
+
+
+def test_engine_built_by_trtexec_script_is_used_from_the_export(tmp_path, trained_checkpoint):
+    """After `sh trtexec.sh` on the target, the export directory serves the engine it wrote: load_runner,
+    predict and triton-repo find it (the manifest said where it goes), with the profile of the export."""
+    from segclip.contract import artifact_problem, read_manifest
+    from segclip.errors import SegclipError
+    from segclip.runtime import load_runner
+    from segclip.runtime.tensorrt_runner import TensorRTRunner
+
+    out = tmp_path / "trt"
+    res = _cli("export", trained_checkpoint, "--out", out, "--trt", "--fp16", "--parity-images", 1, "--batch", "1:2:4")
+    if res.exit_code == 0:
+        pytest.skip("a GPU with tensorrt is present: --trt builds the engine itself")
+    assert "not_built" in artifact_problem(read_manifest(out), "tensorrt", out)
+    fake = tmp_path / "fake-trtexec"  # writes --saveEngine's file, as trtexec does after a build
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n')
+    fake.chmod(0o755)
+    subprocess.run(["sh", str(out / "trtexec.sh")], env=dict(os.environ, TRTEXEC=str(fake)), check=True)
+    assert artifact_problem(read_manifest(out), "tensorrt", out) is None
+    r = load_runner(out, format="tensorrt")
+    assert isinstance(r, TensorRTRunner) and r.path == out / "model.plan"
+    assert r.precision == "fp16" and r.max_batch == 4 and r.min_batch == 1
+    with pytest.raises(SegclipError) as e:  # no TensorRT / GPU here: one line, not a traceback
+        r.infer(np.zeros((1, SIZE, SIZE, 3), np.uint8))
+    assert "\n" not in str(e.value)
     m = json.loads((out / "manifest.json").read_text())
     assert m["artifacts"]["tensorrt"]["status"] == "not_built" and m["artifacts"]["onnx"]["status"] == "ok"
 

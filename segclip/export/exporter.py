@@ -286,7 +286,7 @@ class Exporter:
             self.artifacts[key]["int8"]["fallback_rounds"] = tried
 
     def export_tensorrt(self, stage: Path) -> None:
-        from segclip.export.tensorrt import ENGINE_NAME, TIMING_CACHE_NAME, build_engine, write_trtexec_script
+        from segclip.export.tensorrt import ENGINE_NAME, TIMING_CACHE_NAME, build_engine, profile_shapes, write_trtexec_script
 
         src_key = ("onnx_int8_fp16" if self.fp16 else "onnx_int8") if self.int8 else "onnx_fp16" if self.fp16 else "onnx"
         onnx_name = self.artifacts[src_key]["file"]
@@ -296,7 +296,8 @@ class Exporter:
         if self.trt_reason:
             self.artifacts["tensorrt"] = {"file": None, "format": "tensorrt", "precision": precision,
                                           "status": NOT_BUILT, "reason": self.trt_reason, "onnx": onnx_name,
-                                          "trtexec": TRTEXEC_NAME}
+                                          "trtexec": TRTEXEC_NAME, "engine": ENGINE_NAME,  # what trtexec.sh writes
+                                          "profile": profile_shapes(self.batch, self.size)}
             self.log(f"tensorrt: not built ({self.trt_reason}); wrote trtexec.sh to build it on the target")
             return
         old_cache = self.out / TIMING_CACHE_NAME

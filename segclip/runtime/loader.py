@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segclip.contract import FORMATS, artifact_problem, manifest_signature, read_manifest, resolve_source, usable_artifacts
+from segclip.contract import FORMATS, artifact_file, artifact_problem, manifest_signature, read_manifest, resolve_source, usable_artifacts
 from segclip.errors import SegclipError
 from segclip.parsers import check_options
 from segclip.runtime.base import Runner
@@ -25,7 +25,7 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
         raise SegclipError(why)
     entry = m["artifacts"][format]
     sig = manifest_signature(m)
-    path = d / entry["file"]
+    path = d / artifact_file(entry, d)
     name = opts.pop("name", format)
     if format == "tensorrt":
         from segclip.runtime.tensorrt_runner import TensorRTRunner

@@ -32,7 +32,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError, one_line
 from segclip.parsers import renamed_keyword
-from segclip.contract import MANIFEST_NAME, artifact_problem, batch_profile, manifest_signature, read_manifest, sha256_file
+from segclip.contract import MANIFEST_NAME, artifact_file, artifact_problem, batch_profile, manifest_signature, read_manifest, sha256_file
 from segclip.runtime.triton import PRECISION_PARAM, SCENE_DEFAULT_PARAM, SIGNATURE_PARAM
 from segclip.signature import DEFAULT_SCENE, MASK_NAME, SCENE_NAME, Signature, triton_config_type, triton_dims
 
@@ -245,7 +245,7 @@ def _place(src: Path, dst: Path) -> None:
 def _trt_plan(manifest: dict, export_dir: Path) -> Optional[Path]:
     """The passing TensorRT engine of the export, or None."""
     art = _artifact(manifest, export_dir, "tensorrt", required=False)
-    return None if art is None else export_dir / art["file"]
+    return None if art is None else export_dir / artifact_file(art, export_dir)
 
 
 def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
