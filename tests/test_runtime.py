@@ -158,6 +158,17 @@ def test_tensorrt_runner_refuses_other_arch_or_version_before_loading(tmp_path, 
     msg = str(e.value)
     assert "TensorRT 10.3.0" in msg and "compute capability 8.7" in msg and "rebuild" in msg and "\n" not in msg
     r.check_compatible("10.3.0.26", "8.7", "Orin")  # same version and architecture: fine
+    # the export was copied to another GPU and its trtexec.sh rebuilt model.plan there: the recorded
+    # version and GPU describe the old engine (sha256 differs), so they no longer refuse it
+    from segclip.contract import sha256_file
+
+    r.entry = {**entry, "sha256": sha256_file(d / "model.plan")}
+    assert not r.rebuilt()
+    with pytest.raises(SegclipError, match="engine built for"):
+        r.check_compatible("10.8.0", "9.0", "NVIDIA H100")
+    (d / "model.plan").write_bytes(b"rebuilt by trtexec.sh on the H100")
+    assert r.rebuilt()
+    r.check_compatible("10.8.0", "9.0", "NVIDIA H100")
     # here: no tensorrt / no GPU / another GPU than the Orin it was "built" for -> one line, no crash
     with pytest.raises(SegclipError, match="tensorrt Python package is not installed|need an NVIDIA GPU|engine built for") as e:
         r.infer(images(1))
