@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -73,6 +74,7 @@ def test_16bit_grey_is_stretched_not_clipped(tmp_path):
     assert len(notes) == 1 and "p2-p98 stretch" in notes[0]
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # a plain tile, no CRS
 def test_16bit_multiband_tiff_trains_on_the_pixels_predict_sees(tmp_path):
     """A 4-band uint16 tile (PIL cannot open it): the dataset reader gives the pixels predict's
     windowed reader gives, bands 1-3 stretched per band by one rule (they used to differ: PIL
