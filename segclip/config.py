@@ -91,6 +91,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     metadata_dropout: float = 0.1  # share of training images shown as the generic scene, so the default scene_id 0 is trained
+    value_range: Optional[list] = None  # train --range LOW,HIGH: 16-bit/float imagery stretched from it (None: per image)
 
     def validate(self):
         """Checked before a run starts (nothing written yet): a bad value must not surface as a

@@ -155,7 +155,8 @@ def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=Tru
     palette = ckpt.get("palette") or default_palette(len(classes))
     table = ckpt.get("scenes") or {}  # metadata prompts: the scene table's names and keys
     return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch,
-                     scenes=table.get("names") or (), scene_keys=table.get("keys") or ())
+                     scenes=table.get("names") or (), scene_keys=table.get("keys") or (),
+                     value_range=(ckpt.get("train_config") or {}).get("value_range") or ())
 
 
 def scene_manifest(ckpt: dict) -> Optional[dict]:

@@ -78,6 +78,9 @@ class Signature:
     pixel_std: tuple = PIXEL_STD
     scenes: tuple = ()  # scene names (id = index; 0 = generic); () = no scene_id input
     scene_keys: tuple = ()  # the metadata keys a scene name's values stand for, in order (e.g. ("domain",))
+    # 16-bit / float imagery: the (low, high) stretched to 0..255 at training (train --range), which
+    # predict and eval apply too; () = each image by its own p2-p98 stretch (segclip.data.raster)
+    value_range: tuple = ()
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -85,6 +88,7 @@ class Signature:
         object.__setattr__(self, "scenes", tuple(str(s) for s in (self.scenes or ())))
         object.__setattr__(self, "scene_keys", tuple(str(s) for s in (self.scene_keys or ())))
         object.__setattr__(self, "palette", tuple(tuple(int(c) for c in p) for p in self.palette))
+        object.__setattr__(self, "value_range", tuple(float(v) for v in (self.value_range or ())))
         if len(self.palette) != len(self.classes):
             raise SegclipError(
                 f"signature: {len(self.classes)} classes but {len(self.palette)} palette colours; give one RGB colour per class"
@@ -200,7 +204,7 @@ class Signature:
     @classmethod
     def from_dict(cls, d: dict) -> "Signature":
         keys = {"classes", "palette", "height", "width", "scores", "scores_dtype", "max_batch",
-                "pixel_mean", "pixel_std", "scenes", "scene_keys", "extra"}
+                "pixel_mean", "pixel_std", "scenes", "scene_keys", "value_range", "extra"}
         kw = {k: v for k, v in d.items() if k in keys}
         for k in ("pixel_mean", "pixel_std"):
             if k in kw:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,9 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from conftest import LOVEDA_PALETTE, make_small_model
 from segclip.cli import main
@@ -276,3 +279,65 @@ def test_explicit_random_clip_has_no_missing_weights_notice(caplog):
     with caplog.at_level("INFO"):
         load_clip("RN50", "none")
     assert not [r for r in caplog.records if "no pretrained weights" in r.getMessage().lower()], caplog.text
+
+
+def _to_16bit(src: Path, dst: Path) -> None:
+    """A copy of a LoveDA-format set whose images are 16-bit PNGs holding 16 x the 8-bit values
+    (0..4080): ``--range 0,4080`` must give back exactly the 8-bit pixels."""
+    import rasterio
+    from PIL import Image
+
+    shutil.copytree(src, dst)
+    for p in dst.rglob("images_png/*.png"):
+        a = np.asarray(Image.open(p).convert("RGB")).astype(np.uint16) * 16
+        p.unlink()
+        with rasterio.open(p, "w", driver="PNG", width=a.shape[1], height=a.shape[0], count=3, dtype="uint16") as ds:
+            ds.write(np.moveaxis(a, -1, 0))
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_train_range_is_recorded_and_applied_by_eval_and_predict(sample_root, tmp_path):
+    """train --range LOW,HIGH: the datasets read 16-bit images stretched from it, the checkpoint (and
+    so every export's signature) records it, predict and eval apply it by default, and a resume with
+    another range is refused.  The reference is the 8-bit set the 16-bit one was made from."""
+    from segclip.contract import signature_from_checkpoint
+    from segclip.data import build_dataset
+
+    root16 = tmp_path / "data16"
+    _to_16bit(sample_root, root16)
+    plain, ranged = build_dataset("loveda", sample_root, "val"), build_dataset("loveda", root16, "val", value_range=(0, 4080))
+    for i in range(len(plain)):
+        np.testing.assert_array_equal(ranged[i]["image"], plain[i]["image"])
+    per_image = build_dataset("loveda", root16, "val")[0]["image"]  # the default p2-p98 stretch differs
+    assert not np.array_equal(per_image, plain[0]["image"])
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data", f"loveda:{root16}", "--preset", "segclip-small", "--out", str(run),
+                                  "--max-steps", "2", "--batch", "2", "--size", "64", "--backbone-weights", "none",
+                                  "--clip-checkpoint", "none", "--device", "cpu", "--no-eval", "--range", "0,4080"])
+    assert r.exit_code == 0, r.output
+    ckpt = load_checkpoint(run / "model_final.pt")
+    assert ckpt["train_config"]["value_range"] == [0.0, 4080.0]
+    assert signature_from_checkpoint(ckpt).value_range == (0.0, 4080.0)
+    with pytest.raises(SegclipError, match="trained with --range 0,4080, this call gives no --range"):
+        _train(root16, run, max_steps=3, resume=True)
+
+    img16 = next((root16 / "Val").rglob("images_png/*.png"))
+    img8 = sample_root / img16.relative_to(root16)
+    outs = {}
+    for name, img in (("p16", img16), ("p8", img8)):
+        r = CliRunner().invoke(main, ["predict", "--model", str(run), str(img), "--out", str(tmp_path / name), "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        outs[name] = np.asarray(Image.open(next((tmp_path / name).glob("*_mask.png"))))
+    np.testing.assert_array_equal(outs["p16"], outs["p8"])  # the 16-bit file predicted as the 8-bit one it holds
+    stats = json.loads(next((tmp_path / "p16").glob("*.json")).read_text())
+    assert "range [0,4080]" in json.dumps(stats), stats
+
+    r = CliRunner().invoke(main, ["eval", str(run), "--data", f"loveda:{root16}:val", "--device", "cpu",
+                                  "--out", str(tmp_path / "e16.json")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["eval", str(run), "--data", f"loveda:{sample_root}:val", "--device", "cpu",
+                                  "--out", str(tmp_path / "e8.json")])
+    assert r.exit_code == 0, r.output
+    e16, e8 = (json.loads((tmp_path / f).read_text()) for f in ("e16.json", "e8.json"))
+    assert e16["miou"] == e8["miou"] and e16["per_class_iou"] == e8["per_class_iou"]

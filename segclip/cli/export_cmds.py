@@ -90,7 +90,8 @@ def trt_check_cmd(model, trt_version):
 @click.option("--bands", default=None, help="1-based bands to read: R,G,B or one grey band (default: RGB by colour "
                                            "interpretation, else 1,2,3, else 1).")
 @click.option("--range", "value_range", default=None, metavar="LOW,HIGH",
-              help="Scale non-8-bit data linearly from LOW..HIGH to 0..255 (default: each band's 2-98th percentile).")
+              help="Scale non-8-bit data linearly from LOW..HIGH to 0..255 (default: the model's train --range, else "
+                   "each band's 2-98th percentile).")
 @click.option("--in-flight", default=2, show_default=True, type=int, help="Requests in flight per Triton endpoint.")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (class colours over the image).")
 @click.option("--force", is_flag=True, help="Replace outputs already in --out (default: refuse).")

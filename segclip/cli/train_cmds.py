@@ -52,7 +52,8 @@ def with_metadata(ds, sidecar, required: bool = True):
 def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=False, max_steps=None, batch_size=None,
                  lr=None, crop_size=None, backbone_weights=None, clip_checkpoint=None, device=None, seed=None,
                  checkpoint_every=None, gtg=True, prompts=None, prompt_template=None, num_workers=None,
-                 progress=True, stop_after=None, metadata=None, metadata_templates=None, warmup_steps=None):
+                 progress=True, stop_after=None, metadata=None, metadata_templates=None, warmup_steps=None,
+                 value_range=None):
     """Build datasets and model from a preset and train; returns (trainer, fit result).
     ``metadata``: "auto" | "on" | "off" | a sidecar FILE (see ``segclip.metadata``)."""
     from segclip.metadata import parse_switch
@@ -69,13 +70,14 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         if val is not None:
             setattr(obj, key, val)
     m.gtg = gtg
+    t.value_range = list(value_range) if value_range else None
     t.validate()
     mode, sidecar = parse_switch(metadata)
     if metadata is not None:
         m.metadata = mode
     if metadata_templates:
         m.metadata_templates = {**m.metadata_templates, **metadata_templates}
-    opts = {}
+    opts = {"value_range": t.value_range}
     if prompts:
         opts["prompts"] = prompts
     if prompt_template:
@@ -117,11 +119,15 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 @click.option("--metadata-template", "metadata_templates", multiple=True,
               help="Phrase for a metadata key KEY=PHRASE with {} for the value (repeatable), e.g. 'climate=in a {} climate zone'.")
 @click.option("--checkpoint-every", type=int, help="Save a checkpoint every N steps.")
+@click.option("--range", "value_range", default=None, metavar="LOW,HIGH",
+              help="16-bit/float imagery: scale LOW..HIGH to 0..255 (default: each image's 2-98th percentile). "
+                   "Recorded in the checkpoint: eval, export and predict then apply the same range.")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
 @click.option("--seed", type=int)
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate on the val split at the end.")
 def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, backbone_weights, clip_checkpoint,
-          prompt_items, prompt_template, no_gtg, metadata, metadata_templates, checkpoint_every, device, seed, do_eval):
+          prompt_items, prompt_template, no_gtg, metadata, metadata_templates, checkpoint_every, value_range, device, seed,
+          do_eval):
     """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
     from segclip.engine import distributed as D
 
@@ -129,12 +135,15 @@ def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, b
         raise SegclipError(f"--data {data}: train reads the train split (and val for its evaluation); drop :{data.split}")
     if Path(out).exists() and not Path(out).is_dir():
         raise SegclipError(f"--out {out}: exists and is not a folder; give a run directory (new, or an earlier run with --resume)")
+    from segclip.data.raster import parse_range
+
     clean_partials(out, Path(out) / "checkpoints")
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,
                                 lr=lr, warmup_steps=warmup_steps, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
                                 device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
                                 prompts=_parse_prompts(prompt_items), prompt_template=prompt_template,
-                                metadata=metadata, metadata_templates=_parse_templates(metadata_templates))
+                                metadata=metadata, metadata_templates=_parse_templates(metadata_templates),
+                                value_range=parse_range(value_range))
     if D.is_main():
         click.echo(f"trained {res['step']} steps in {res['train_seconds']:.0f} s -> {out}")
         if do_eval and trainer.val_dataset is not None:
@@ -246,7 +255,8 @@ def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, foreground_
         raise SegclipError(f"--out {out}: is a folder; give the metrics JSON file to write, e.g. --out {Path(out) / f'eval_{split}.json'}")
     opts = {k: v for k, v in (("format", fmt), ("device", device)) if v}
     runner = load_runner(model, **opts)
-    ds = with_metadata(build_dataset(dataset, data.root, split), sidecar)
+    # 16-bit imagery: stretched as the model was trained (train --range; recorded in its signature)
+    ds = with_metadata(build_dataset(dataset, data.root, split, value_range=runner.signature.value_range), sidecar)
     if tuple(runner.signature.classes) != tuple(ds.classes):
         raise SegclipError(f"{model}: trained on classes {list(runner.signature.classes)} but dataset {dataset} has "
                            f"{list(ds.classes)}; evaluate a model trained on this dataset")

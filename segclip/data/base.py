@@ -60,6 +60,7 @@ class SegDataset:
     name = "dataset"
     ignore_index = IGNORE_INDEX
     metadata_keys: tuple = ()  # scene metadata the layout provides (segclip.metadata); a sidecar adds more
+    value_range = None  # (low, high) for 16-bit/float images (train --range); None: each image's p2-p98
 
     def __init__(self, classes, palette, records, has_labels, prompts=None, prompt_template=None,
                  prompt_defaults=None):
@@ -92,7 +93,7 @@ class SegDataset:
     def read(self, i: int) -> tuple:
         """``(image uint8 HxWx3, mask uint8 HxW or None, meta)``: the compact form, for patching."""
         img_path, mask_path, meta = self._record(i)
-        image = read_rgb(img_path)
+        image = read_rgb(img_path, value_range=self.value_range)
         meta = {"path": str(img_path), **meta}
         mask = None
         if self.has_labels:

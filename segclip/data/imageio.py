@@ -52,13 +52,14 @@ def image_size(path: Path) -> tuple:
         raise SegclipError(f"{path}: cannot read image ({type(e).__name__}: {e}); re-download or remove the file") from None
 
 
-def read_rgb(path: Path, note=None) -> np.ndarray:
+def read_rgb(path: Path, note=None, value_range=None) -> np.ndarray:
     """H x W x 3 uint8 RGB (alpha dropped, grey/palette images expanded).  PNG/JPEG/TIFF, 16-bit
     and float included, are decoded by GDAL exactly as ``segclip predict`` decodes them
-    (``raster.read_image``: why; ``note(message)`` is told of a 16-bit stretch).  Other formats
+    (``raster.read_image``: why; ``note(message)`` is told of a 16-bit stretch; ``value_range``:
+    its (low, high), default the image's own p2-p98).  Other formats
     (BMP, WebP, ...) through PIL, 8-bit only."""
     if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-        return read_image(path, note)
+        return read_image(path, note, value_range)
     im = _open(path)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # PIL's conversion would clip at 255
         raise SegclipError(f"{path}: {im.mode} image deeper than 8 bits in a format segclip reads with PIL; "

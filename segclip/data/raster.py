@@ -265,15 +265,16 @@ class RasterSource:
         self.close()
 
 
-def read_image(path, note=None) -> np.ndarray:
+def read_image(path, note=None, value_range=None) -> np.ndarray:
     """A whole image (``IMAGE_SUFFIXES``) as uint8 H x W x 3 RGB, decoded exactly as ``segclip
     predict`` decodes it (bands, palette, grey and the 16-bit/float stretch as above), so a model
-    is trained and run on the same pixels.  ``note(message)`` is told when a stretch is applied."""
+    is trained and run on the same pixels.  ``note(message)`` is told when a stretch is applied;
+    ``value_range``: (low, high) for the stretch instead of the image's own percentiles."""
     from rasterio.errors import NotGeoreferencedWarning
 
     with gdal_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with RasterSource(path) as src:
+        with RasterSource(path, value_range=value_range) as src:
             if src.scaling is not None and note is not None:
                 note(f"{path}: scaled to 8 bits ({src.describe_scaling()})")
             return src.read(0, 0, src.height, src.width)

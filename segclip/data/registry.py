@@ -42,7 +42,7 @@ def _construct(cls, *args, what: str, **options):
     return cls(*args, **options)
 
 
-def build_dataset(name: str, root, split: str, *, tile=None, stride=None, patched=None, **options):
+def build_dataset(name: str, root, split: str, *, tile=None, stride=None, patched=None, value_range=None, **options):
     name = str(name).lower()
     if name not in DATASETS:
         raise SegclipError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -78,6 +78,8 @@ def build_dataset(name: str, root, split: str, *, tile=None, stride=None, patche
             from segclip.data.uavid import UAVidDataset
 
             ds = _construct(UAVidDataset, root, split, what=name, **options)
+    if value_range:  # 16-bit/float images stretched from this (low, high), as the model was trained
+        ds.value_range = tuple(float(v) for v in value_range)
     if tile is not None:
         from segclip.data.tiling import TiledDataset
 

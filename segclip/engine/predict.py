@@ -169,10 +169,11 @@ class Predictor:
         (e.g. LoveDA 1..7, 0 = no-data) instead of the model's 0..K-1 (255 = no-data)."""
         self.pool, self.window, self.overlap = pool, window, overlap
         self.batch = max(1, int(batch))
-        self.bands, self.value_range, self.overlay = bands, value_range, overlay
+        sig = pool.signature
+        # --range, else the range the model was trained with (train --range), else each file's p2-p98
+        self.bands, self.value_range, self.overlay = bands, value_range or sig.value_range or None, overlay
         self.progress, self.log = progress, log
         self.scene = scene  # scene id of every window (models with metadata prompts); None = the default
-        sig = pool.signature
         self.classes, self.palette, self.k = list(sig.classes), list(sig.palette), sig.num_classes
         self.mode = "scores" if pool.has_scores else "mask"
         self.encode, self.file_ids = (label_ids[1], label_ids[2]) if label_ids else (None, None)
@@ -373,6 +374,7 @@ class Predictor:
             "pixels": total,
             "valid_pixels": valid,
             "nodata_pixels": counts.nodata,
+            "scaling": source.describe_scaling(),  # how the pixels became 8-bit (16-bit: the range or the stretch)
             "area_unit": "m2" if areas else None,
             "classes": {name: {"id": i, "pixels": int(counts.pixels[i]),
                                "share": round(float(counts.pixels[i] / max(valid, 1)), 6),

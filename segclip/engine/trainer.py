@@ -130,6 +130,12 @@ class Trainer:
             check_classes(ckpt, classes, f"dataset {dataset_name}")
             mcfg = model_config_from_dict(dict(ckpt["model_config"]))
             saved_t = train_config_from_dict(dict(ckpt["train_config"]))
+            if (saved_t.value_range or None) != (tcfg.value_range or None):  # the datasets were built with tcfg's
+                def show(r):
+                    return f"--range {r[0]:g},{r[1]:g}" if r else "no --range"
+
+                raise SegclipError(f"--resume: {self.out} was trained with {show(saved_t.value_range)}, this call gives "
+                                   f"{show(tcfg.value_range)}; give the run's own --range again")
             saved_t.max_steps = tcfg.max_steps  # a resumed run may be extended
             tcfg = saved_t
         elif has_checkpoints(self.out):

@@ -94,7 +94,7 @@ def parity_dataset(data, ckpt: dict):
     spec = parse_data(data)
     if spec is None:
         return None
-    ds = build_dataset(*spec)
+    ds = build_dataset(*spec, value_range=(ckpt.get("train_config") or {}).get("value_range"))  # as trained
     check_classes(ckpt, ds.classes, f"--data {':'.join(spec)}")
     return ds, f"data:{':'.join(spec)}"
 
