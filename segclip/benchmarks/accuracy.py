@@ -20,15 +20,16 @@ METHOD = (f"whole images through segclip.export.parity (sliding windows of the b
           f"tent-blended scores or centre-region class maps; mirror-padded where smaller)")
 
 
-def load_items(data, limit: int, classes) -> tuple:
-    """(list of {"image", "mask"}, description) for the first ``limit`` items of the split."""
+def load_items(data, limit: int, classes, value_range=None) -> tuple:
+    """(list of {"image", "mask"}, description) for the first ``limit`` items of the split
+    (``value_range``: the model's train --range for 16-bit images, as ``Signature.value_range``)."""
     try:
         from segclip.data import build_dataset
     except ImportError as e:
         raise SegclipError(f"--data: segclip.data.build_dataset is not available in this install ({e})") from None
 
     name, root, split = parse_data(data)
-    ds = build_dataset(name, root, split)
+    ds = build_dataset(name, root, split, value_range=value_range)
     if tuple(ds.classes) != tuple(classes):
         raise SegclipError(f"--data {name}:{root}:{split} has classes {list(ds.classes)} but the model was trained on "
                            f"{list(classes)}; benchmark it on data with the model's classes")

@@ -670,7 +670,8 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
         data_items = None
         data_desc = "random uint8 images (no labels: pixel agreement only)"
         if plan.data_spec is not None:
-            data_items, data_desc = acc.load_items(plan.data_spec, plan.limit, sources.classes)
+            data_items, data_desc = acc.load_items(plan.data_spec, plan.limit, sources.classes,
+                                                   sources.signature.value_range)
         if out is not None:
             created = [d for d in (work_dir, *work_dir.parents) if not d.exists()]
             work_dir.mkdir(parents=True, exist_ok=True)
