@@ -317,6 +317,17 @@ def test_failed_force_rebuild_keeps_the_previous_export(tmp_path, export_dir, tr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LoveDA", "exp"]
 
 
+def _run_trtexec_script(out, tmp_path):
+    """``sh OUT/trtexec.sh`` with $TRTEXEC set to a stand-in that records its arguments (trtexec.args)
+    and writes --saveEngine's file, as trtexec does after a build."""
+    fake = tmp_path / "fake-trtexec"
+    fake.write_text('#!/bin/sh\necho "$@" > trtexec.args\n'
+                    'for a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n')
+    fake.chmod(0o755)
+    return subprocess.run(["sh", str(out / "trtexec.sh")], env=dict(os.environ, TRTEXEC=str(fake)), capture_output=True,
+                          text=True)
+
+
 def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_checkpoint):
     from segclip.contract import tensorrt_unavailable_reason as trt_unavailable_reason
 
@@ -333,10 +344,7 @@ def test_trt_without_gpu_exits_2_and_writes_trtexec_script(tmp_path, trained_che
     assert os.access(out / "trtexec.sh", os.X_OK)
     assert not (out / "model.plan").exists()  # never a fake engine
     # the script runs the trtexec of $TRTEXEC, else PATH's, else JetPack's /usr/src/tensorrt/bin/trtexec
-    fake = tmp_path / "fake-trtexec"
-    fake.write_text('#!/bin/sh\necho "$@" > trtexec.args\n')
-    fake.chmod(0o755)
-    r = subprocess.run(["sh", str(out / "trtexec.sh")], env=dict(os.environ, TRTEXEC=str(fake)), capture_output=True, text=True)
+    r = _run_trtexec_script(out, tmp_path)
     assert r.returncode == 0, r.stderr
     args = (out / "trtexec.args").read_text().split()
     assert args[:3] == ["--onnx=model.onnx", "--saveEngine=model.plan", "--stronglyTyped"], args
@@ -358,10 +366,7 @@ def test_engine_built_by_trtexec_script_is_used_from_the_export(tmp_path, traine
     if res.exit_code == 0:
         pytest.skip("a GPU with tensorrt is present: --trt builds the engine itself")
     assert "not_built" in artifact_problem(read_manifest(out), "tensorrt", out)
-    fake = tmp_path / "fake-trtexec"  # writes --saveEngine's file, as trtexec does after a build
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n')
-    fake.chmod(0o755)
-    subprocess.run(["sh", str(out / "trtexec.sh")], env=dict(os.environ, TRTEXEC=str(fake)), check=True)
+    _run_trtexec_script(out, tmp_path).check_returncode()
     assert artifact_problem(read_manifest(out), "tensorrt", out) is None
     r = load_runner(out, format="tensorrt")
     assert isinstance(r, TensorRTRunner) and r.path == out / "model.plan"

@@ -31,27 +31,10 @@ def float_tensors(model) -> list:
     return names
 
 
-def nbytes(vi, batch: int = 1) -> int:
-    """float32 bytes of a ValueInfo at ``batch`` (unknown dims count as 1)."""
+def nbytes(vi) -> int:
+    """float32 bytes of a ValueInfo for one image (unknown dims count as 1)."""
     dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
-    if dims:
-        dims[0] = max(dims[0], batch)
     return int(np.prod(dims, dtype=np.int64)) * 4
-
-
-def budget_groups(items: Sequence, sizes: Sequence[int], budget: int) -> list:
-    """``items`` in order, cut into consecutive groups whose ``sizes`` add up to at most ``budget``
-    (an item larger than the budget gets a group of its own)."""
-    groups, cur, total = [], [], 0
-    for item, b in zip(items, sizes):
-        if cur and total + b > budget:
-            groups.append(cur)
-            cur, total = [], 0
-        cur.append(item)
-        total += b
-    if cur:
-        groups.append(cur)
-    return groups
 
 
 def exposed_session(model, outputs: Sequence):
@@ -83,6 +66,14 @@ def image_feeds(images: np.ndarray, scene_ids=None) -> Iterator[dict]:
 
 
 def tensor_groups(model, budget: int = PASS_BUDGET) -> list:
-    """Every float tensor of ``model`` (ValueInfos), in groups whose activations fit ``budget`` per image."""
-    vis = float_tensors(model)
-    return budget_groups(vis, [nbytes(v) for v in vis], budget)
+    """Every float tensor of ``model`` (ValueInfos), in graph order, cut into groups whose activations
+    fit ``budget`` per image (a tensor larger than the budget gets a group of its own)."""
+    groups, cur, total = [], [], 0
+    for vi in float_tensors(model):
+        b = nbytes(vi)
+        if cur and total + b > budget:
+            groups.append(cur)
+            cur, total = [], 0
+        cur.append(vi)
+        total += b
+    return groups + [cur] if cur else groups

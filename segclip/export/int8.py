@@ -31,7 +31,7 @@ import numpy as np
 
 from segclip.errors import SegclipError
 from segclip.export.activations import exposed_session, image_feeds
-from segclip.signature import INPUT_NAME, SCENE_NAME
+from segclip.signature import INPUT_NAME
 
 INT8_NAME = "model_int8.onnx"
 INT8_CPU_NAME = "model_int8_cpu.onnx"
@@ -166,17 +166,10 @@ class CalibrationReader:
         self.rewind()
 
     def get_next(self) -> Optional[dict]:
-        if self._i >= len(self.images):
-            return None
-        x = self.images[self._i:self._i + 1]
-        feed = {INPUT_NAME: np.ascontiguousarray(x, dtype=np.uint8)}
-        if self.scene_ids is not None:
-            feed[SCENE_NAME] = np.asarray(self.scene_ids[self._i:self._i + 1], np.int32)
-        self._i += 1
-        return feed
+        return next(self._feeds, None)
 
     def rewind(self) -> None:
-        self._i = 0
+        self._feeds = image_feeds(self.images, self.scene_ids)
 
     def __len__(self) -> int:
         return len(self.images)

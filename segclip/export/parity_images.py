@@ -89,12 +89,13 @@ def parity_dataset(data, ckpt: dict):
     """The ``--data`` dataset, checked before any export work: it must exist and have the
     checkpoint's classes (the same rule as ``eval``: labels of another class list would be silently
     meaningless).  Returns (dataset, description), or None without ``--data``."""
+    from segclip.contract import signature_from_checkpoint
     from segclip.engine.checkpoint import check_classes
 
     spec = parse_data(data)
     if spec is None:
         return None
-    ds = build_dataset(*spec, value_range=(ckpt.get("train_config") or {}).get("value_range"))  # as trained
+    ds = build_dataset(*spec, value_range=signature_from_checkpoint(ckpt).value_range)  # 16-bit: as trained
     check_classes(ckpt, ds.classes, f"--data {':'.join(spec)}")
     return ds, f"data:{':'.join(spec)}"
 

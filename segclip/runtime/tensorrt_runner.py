@@ -17,6 +17,7 @@ import numpy as np
 
 from segclip.contract import MANIFEST_NAME, TRTEXEC_NAME, artifact_for_file, manifest_path, manifest_signature, read_manifest, sha256_file
 from segclip.errors import SegclipError, one_line
+from segclip.parsers import parse_device
 from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner
 
@@ -70,14 +71,14 @@ class TensorRTRunner(Runner):
             signature = signature or msig
             manifest_entry = manifest_entry if manifest_entry is not None else entry
         self.entry = manifest_entry or {}
-        dev = str(device).strip().lower()
-        if dev in ("cuda", ""):
-            self.device_index = 0
-        elif dev.isdigit() or (dev.startswith("cuda:") and dev[5:].isdigit()):
-            self.device_index = int(dev.split(":")[-1])
+        if isinstance(device, int) or str(device).isdigit():  # a CUDA index (the exporter passes one)
+            self.device_index = int(device)
         else:
-            raise SegclipError(f"{self.path}: a TensorRT engine runs on an NVIDIA GPU, not on {device!r}; give --device cuda "
-                               f"or cuda:N, or use the ONNX artifact on CPU (--format onnx)")
+            kind, _, index = parse_device(device or "cuda").partition(":")
+            if kind != "cuda":
+                raise SegclipError(f"{self.path}: a TensorRT engine runs on an NVIDIA GPU, not on {device!r}; give --device "
+                                   f"cuda or cuda:N, or use the ONNX artifact on CPU (--format onnx)")
+            self.device_index = int(index or 0)
         prof = self.entry.get("profile") or {}
         max_batch = prof.get("max", [None])[0] if prof else None
         self.min_batch = int(prof.get("min", [1])[0] or 1) if prof else 1
@@ -118,9 +119,9 @@ class TensorRTRunner(Runner):
         if not torch.cuda.is_available():
             raise SegclipError(f"{self.path}: TensorRT engines need an NVIDIA GPU and none is visible here; "
                                f"use the ONNX artifact on CPU (format='onnx')")
-        if self.device_index >= torch.cuda.device_count():
-            raise SegclipError(f"{self.path}: cuda:{self.device_index} does not exist (this machine has "
-                               f"{torch.cuda.device_count()} GPU(s)); pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        from segclip.engine.distributed import check_device
+
+        check_device(f"cuda:{self.device_index}", flag=f"{self.path}: device")  # an index this machine has
         cc = torch.cuda.get_device_capability(self.device_index)
         self.check_compatible(trt.__version__, f"{cc[0]}.{cc[1]}", torch.cuda.get_device_name(self.device_index))
         data = self.path.read_bytes()
