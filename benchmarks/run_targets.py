@@ -72,7 +72,7 @@ def make_checkpoint(path: Path, preset: str = "segclip-r50", seed: int = 0) -> P
     import torch
 
     from segclip.config import get_preset
-    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+    from segclip.checkpoint import atomic_save, checkpoint_dict
     from segclip.modeling import build_model
 
     cfg = get_preset(preset).model
@@ -159,7 +159,7 @@ def cpu_targets(ckpt: Path, exports: dict, threads: int, reps: int, warmup: int,
 
 def add_profiles(res: dict, ckpt: Path, exports: dict, threads: int, which: str) -> None:
     """Per-operator profiles of both sides for the sizes that missed a target (or all with --profile all)."""
-    from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from segclip.checkpoint import load_checkpoint, model_from_checkpoint
     from segclip.modeling import SegCLIPInference
 
     module = None
@@ -245,7 +245,7 @@ def triton_target(export_dir: Path, size: int, threads: int, reps: int, warmup: 
 def gpu_target(ckpt: Path, out: Path, size: int, reps: int, warmup: int, budget_s: float, data) -> dict:
     from segclip.benchmarks import accuracy as acc
     from segclip.contract import read_manifest, tensorrt_unavailable_reason
-    from segclip.export.parity import miou, score
+    from segclip.inference.compare import miou, score
     from segclip.runtime import load_runner
 
     why = tensorrt_unavailable_reason()
@@ -637,7 +637,7 @@ def main(argv=None) -> int:
         r["flop_verdict"] = verdict(r["flop_share"], FLOP_SHARE, True)
     s0 = min(sizes)
     try:  # FLOP count cross-check with torch's counter at the smallest size
-        from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from segclip.checkpoint import load_checkpoint, model_from_checkpoint
         from segclip.modeling import SegCLIPInference
 
         tf = fl.torch_flops(SegCLIPInference(model_from_checkpoint(load_checkpoint(ckpt))), s0, s0)

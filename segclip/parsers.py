@@ -145,9 +145,6 @@ def check_options(fn, opts, what: str, kind: str) -> None:
                            f"valid: {', '.join(valid) or 'none'}")
 
 
-__all__ = ["split_list", "unique", "parse_ints", "parse_size", "parse_sizes", "parse_batch", "parse_data", "parse_device", "check_options"]
-
-
 def renamed_keyword(func: str, old: str, old_value, new: str, new_value):
     """A Python keyword renamed to the CLI's spelling: the old one still works for one release, with a
     DeprecationWarning; both given with different values is an error."""
@@ -159,3 +156,24 @@ def renamed_keyword(func: str, old: str, old_value, new: str, new_value):
     if new_value is not None and str(new_value) != str(old_value):
         raise SegclipError(f"{func}: {new} and {old} given with different values; use {new} alone")
     return old_value
+
+
+def check_device(device: str | None, flag: str = "--device") -> str:
+    """``None`` -> cuda when a GPU is visible, else cpu; ``cpu``/``cuda``/``cuda:N`` checked against
+    this machine before any work (a clear error instead of a traceback from deep inside torch)."""
+    import torch
+
+    if device is None or device == "":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = parse_device(device)
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise SegclipError(f"{flag} {device}: no CUDA GPU is visible on this machine; use {flag} cpu or run on a GPU machine")
+        if index and int(index) >= torch.cuda.device_count():
+            raise SegclipError(f"{flag} {device}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0.."
+                               f"cuda:{torch.cuda.device_count() - 1}); pick one of those")
+    return device
+
+
+__all__ = ["split_list", "unique", "parse_ints", "parse_size", "parse_sizes", "parse_batch", "parse_data", "parse_device", "check_options", "check_device"]

@@ -70,7 +70,7 @@ def make_scene_model(seed: int = 0, classes=LOVEDA_CLASSES):
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
     """Path of an (untrained) small-preset checkpoint on the LoveDA classes: one class per image."""
-    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+    from segclip.checkpoint import atomic_save, checkpoint_dict
 
     path = tmp_path_factory.mktemp("ckpt") / "small.pt"
     atomic_save(checkpoint_dict(make_small_model(), LOVEDA_PALETTE, dataset="sample"), path)
@@ -174,7 +174,7 @@ def trained_checkpoint(tmp_path_factory):
     Compare backends on ``parity_images(n)`` (n <= PARITY_MAX, 64 x 64): the fixture asserts here that
     PyTorch gives every one of those images >= 3 classes with real boundaries, so an agreement check is
     thousands of pixel decisions, not one per image.  Session-scoped; about 20 s on 2 busy cores."""
-    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+    from segclip.checkpoint import atomic_save, checkpoint_dict
     from segclip.modeling import semantic_scores
 
     model = build_parity_model()

@@ -51,7 +51,7 @@ def finetune(model, steps: int = 20, size: int = SIZE, seed: int = 0, scenes: in
 def trained_scene_ckpt(tmp_path_factory):
     """A small model with metadata prompts (scenes generic, rural, urban), fine-tuned a few steps."""
     from conftest import LOVEDA_PALETTE, make_scene_model
-    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+    from segclip.checkpoint import atomic_save, checkpoint_dict
 
     path = tmp_path_factory.mktemp("trained_scene") / "small_scene.pt"
     model = finetune(make_scene_model(seed=1), scenes=3)

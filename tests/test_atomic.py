@@ -11,7 +11,7 @@ import torch
 
 from segclip import atomic
 from segclip.atomic import atomic_dir, atomic_file, atomic_write_bytes, atomic_write_json, atomic_write_text
-from segclip.engine.checkpoint import atomic_save
+from segclip.checkpoint import atomic_save
 from segclip.errors import SegclipError
 
 OLD = b'{"old": true}\n'

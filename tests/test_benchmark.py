@@ -354,7 +354,7 @@ def test_timing_rules():
 def test_flop_counts_agree(export_dir):
     """The ONNX graph count (used by the targets) and torch's FlopCounterMode agree."""
     from segclip.benchmarks.flops import onnx_flops, torch_flops
-    from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from segclip.checkpoint import load_checkpoint, model_from_checkpoint
     from segclip.export import read_manifest
     from segclip.modeling import SegCLIPInference
 
@@ -476,7 +476,7 @@ def test_percentiles_and_throughput_of_known_samples():
 
 def test_pixel_agreement_and_miou_of_known_maps():
     from segclip.benchmarks.accuracy import labels_of
-    from segclip.export.parity import agreement, miou  # the benchmark's accuracy columns use the parity comparator
+    from segclip.inference.compare import agreement, miou  # the benchmark's accuracy columns use the parity comparator
 
     a = [np.array([[0, 1], [2, 3]]), np.array([[1, 1, 1, 1]])]
     b = [np.array([[0, 1], [2, 0]]), np.array([[1, 1, 0, 1]])]

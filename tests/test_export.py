@@ -115,7 +115,7 @@ def test_gate_slides_the_artifacts_windows_over_larger_images(export_dir, traine
     every runner: PyTorch, which takes any size, slides the artifact's 64 px windows too, so the FP32
     ONNX graph agrees with it; mIoU is a fraction."""
     from conftest import rendered_scenes
-    from segclip.export.parity import compare, run_all
+    from segclip.inference.compare import compare, run_all
     from segclip.runtime import load_runner
 
     imgs, labs = rendered_scenes(2, 2 * SIZE, 11)
@@ -138,7 +138,7 @@ def test_gate_slides_the_artifacts_windows_over_larger_images(export_dir, traine
 
 
 def test_text_side_is_baked_no_clip_weights(export_dir, trained_checkpoint):
-    from segclip.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from segclip.checkpoint import load_checkpoint, model_from_checkpoint
     from segclip.modeling import SegCLIPInference
 
     out, _ = export_dir

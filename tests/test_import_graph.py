@@ -4,7 +4,8 @@ The layers, lowest first (a module may import its own layer's package and anythi
 a higher or a sibling one):
 
     errors <- atomic / metadata <- signature / parsers / config / prompts <- contract / viz <- data / modeling
-      <- engine <- runtime <- export <- serving <- benchmarks <- cli <- __main__
+      <- checkpoint <- engine (training) <- runtime <- inference (code that drives runners) <- export
+      <- serving <- benchmarks <- cli <- __main__
 
 Every import is counted, also the ones inside functions: a lazy import is still a dependency.
 """
@@ -25,8 +26,10 @@ LAYERS = [
     ("signature", "parsers", "config", "prompts"),
     ("contract", "viz"),
     ("data", "modeling"),
+    ("checkpoint",),
     ("engine",),
     ("runtime",),
+    ("inference",),
     ("export",),
     ("serving",),
     ("benchmarks",),
@@ -100,6 +103,16 @@ def test_no_upward_or_sideways_imports():
                 continue
             if RANK[ud] >= RANK[us]:
                 bad.append(f"{path.relative_to(ROOT.parent)}:{line}: {us} imports {dst} ({ud} is not below {us})")
+    assert not bad, "\n".join(bad)
+
+
+def test_engine_is_training_only():
+    """``engine`` trains; loading checkpoints (``segclip.checkpoint``), device checks (``parsers``) and
+    everything that drives a runner (``segclip.inference``) live elsewhere, so deployment code --
+    runtime, inference, export -- never imports the trainer's package."""
+    bad = [f"{path.relative_to(ROOT.parent)}:{line}: {src} imports {dst}"
+           for src, targets in _edges().items() if _unit(src) in ("runtime", "export")
+           for dst, line, _, path in targets if _unit(dst) == "engine"]
     assert not bad, "\n".join(bad)
 
 

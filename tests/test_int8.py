@@ -60,7 +60,7 @@ def int8_export(trained_checkpoint, int8_data, tmp_path_factory):
     """(dir, manifest, calibration images seen, gate images seen) of one --int8 export at 64x64."""
     from segclip.export import export
     from segclip.export import int8 as q8
-    from segclip.export import parity
+    from segclip.inference import compare as parity
 
     calib_seen, gate_seen = [], []
     get_next, run_all = q8.CalibrationReader.get_next, parity.run_all
@@ -204,7 +204,7 @@ def test_calibration_images_never_reach_the_gate(int8_export):
 
 # ---- bad input --------------------------------------------------------------------------------------
 def test_int8_bad_input_exits_2_and_writes_nothing(trained_checkpoint, int8_data, tmp_path):
-    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+    from segclip.checkpoint import atomic_save, checkpoint_dict
 
     from conftest import make_small_model
 

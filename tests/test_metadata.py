@@ -86,7 +86,7 @@ def test_gradients_reach_the_fusion_module():
 def test_checkpoint_round_trip_and_old_checkpoints_load(tmp_path):
     from conftest import make_small_model
 
-    from segclip.engine.checkpoint import atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint
+    from segclip.checkpoint import atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint
 
     model = _scene_model().eval()
     path = atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample"), tmp_path / "m.pt")
@@ -143,7 +143,7 @@ def test_training_with_metadata_and_eval_ablation(sample_root, tmp_path):
     """The sample set (LoveDA layout) trains with Urban/Rural scenes by default; the checkpoint
     holds the table; eval reports mIoU with metadata on and withheld; --metadata off trains without."""
     from segclip.cli.train_cmds import run_training
-    from segclip.engine.checkpoint import load_checkpoint
+    from segclip.checkpoint import load_checkpoint
 
     kw = dict(batch_size=2, crop_size=64, backbone_weights="none", clip_checkpoint="none", device="cpu", progress=False,
               max_steps=2, checkpoint_every=2)
@@ -203,7 +203,7 @@ def test_export_has_scene_input_and_passes_parity_for_every_scene(scene_export_d
 def test_exported_scenes_match_pytorch_and_change_the_output(scene_export_dir, trained_scene_ckpt, runtime):
     """Independent reference: the checkpoint's own SegCLIP.predict_scores per scene vs ONNX Runtime and
     OpenVINO (both feed the scene_id input)."""
-    from segclip.engine.checkpoint import model_from_checkpoint
+    from segclip.checkpoint import model_from_checkpoint
     from segclip.runtime import load_runner
 
     out, _ = scene_export_dir

@@ -414,7 +414,7 @@ def test_predict_and_dataset_decode_png_and_jpeg_alike(tmp_path):
 
 
 def test_batch_default_is_small_on_cpu_and_explicit_batch_kept(tmp_path, mask_model):
-    from segclip.cli.export_cmds import predict_paths
+    from segclip.inference.predict import predict_paths
 
     src = write_geotiff(tmp_path / "b.tif", np.moveaxis(encode(100, 100), -1, 0))
     runs = {}

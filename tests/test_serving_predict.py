@@ -96,8 +96,8 @@ def test_predict_scene_over_two_endpoints_equals_onnx_runtime(trained_repo, serv
     from rasterio.transform import Affine
 
     from conftest import parity_images
-    from segclip.cli.export_cmds import predict_paths
-    from segclip.engine.predict import Predictor
+    from segclip.inference.predict import predict_paths
+    from segclip.inference.predict import Predictor
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool
     from segclip.serving.server import TritonServer, free_ports

@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import LOVEDA_PALETTE, make_small_model
 from segclip.cli import main
-from segclip.engine.checkpoint import (atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
+from segclip.checkpoint import (atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
                                        resolve_checkpoint, step_checkpoints)
 from segclip.errors import SegclipError
 

@@ -1,8 +1,8 @@
 """Accuracy of every backend on the same images: mIoU, pixel agreement and mIoU delta vs PyTorch.
 
 Images come whole, in their own size, and go through the comparator of the export parity gate
-(``segclip.export.parity``): an image of the benchmark size in one call, any other by blended
-sliding windows of that size (``segclip.data.sliding.predict_image``), the same path as ``segclip
+(``segclip.inference.compare``): an image of the benchmark size in one call, any other by blended
+sliding windows of that size (``segclip.inference.evaluate.predict_image``), the same path as ``segclip
 eval`` and ``segclip predict``.  Every backend sees exactly the same windows, so differences are the
 backend's alone.  Without ``--data`` the images are random (no labels): pixel agreement only.  mIoU
 is a fraction (0..1) in the JSON; tables show percent.
@@ -13,10 +13,10 @@ import numpy as np
 
 from segclip.data.sliding import OVERLAP
 from segclip.errors import SegclipError
-from segclip.export.parity import run_all
+from segclip.inference.compare import run_all
 from segclip.parsers import parse_data
 
-METHOD = (f"whole images through segclip.export.parity (sliding windows of the benchmark size, overlap {OVERLAP:.2f}, "
+METHOD = (f"whole images through segclip.inference.compare (sliding windows of the benchmark size, overlap {OVERLAP:.2f}, "
           f"tent-blended scores or centre-region class maps; mirror-padded where smaller)")
 
 

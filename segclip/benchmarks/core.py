@@ -22,7 +22,7 @@ from typing import Optional
 from segclip.contract import (artifact_problem, batch_profile, is_export_dir, manifest_signature, read_manifest, sha256_file,
                               signature_from_checkpoint, tensorrt_unavailable_reason)
 from segclip.errors import GateFailed, SegclipError, one_line
-from segclip.export.parity import miou, score
+from segclip.inference.compare import miou, score
 from segclip.parsers import parse_device, parse_ints, parse_sizes, renamed_keyword, split_list
 
 from segclip.benchmarks import accuracy as acc
@@ -63,7 +63,7 @@ class Sources:
     """The checkpoint (PyTorch reference) and an export directory per benchmark size."""
 
     def __init__(self, source, work_dir: Path, *, fp16: bool, trt: bool, max_batch: int, log, int8: bool = False):
-        from segclip.engine.checkpoint import resolve_checkpoint
+        from segclip.checkpoint import resolve_checkpoint
 
         p = Path(source)
         self.work_dir = work_dir
@@ -91,7 +91,7 @@ class Sources:
     def _signature(self):
         if self.base_manifest is not None:
             return manifest_signature(self.base_manifest)
-        from segclip.engine.checkpoint import load_checkpoint
+        from segclip.checkpoint import load_checkpoint
 
         return signature_from_checkpoint(load_checkpoint(self.checkpoint), scores=False)
 
@@ -104,7 +104,7 @@ class Sources:
         if self.base_manifest is not None and not sig.dynamic_size:
             return [(int(sig.height), int(sig.width))]
         if self.checkpoint is not None and self.base_manifest is None:
-            from segclip.engine.checkpoint import load_checkpoint
+            from segclip.checkpoint import load_checkpoint
 
             crop = (load_checkpoint(self.checkpoint).get("train_config") or {}).get("crop_size")
             if crop:

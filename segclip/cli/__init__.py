@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "data_cmds",
     "train_cmds",
     "export_cmds",
+    "predict_cmds",
     "serve_cmds",
     "bench_cmds",
 ]

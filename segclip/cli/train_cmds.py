@@ -14,7 +14,7 @@ from segclip.errors import SegclipError
 
 
 def _default_device(device=None) -> str:
-    from segclip.engine.distributed import check_device
+    from segclip.parsers import check_device
 
     return check_device(device)
 
@@ -158,7 +158,7 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
     """Metrics of ``model`` on ``dataset``; ``metadata=False`` withholds the scene metadata (every
     image gets the generic scene) for the on/off ablation on the same checkpoint and data;
     ``exclude``: class indices left out of the means."""
-    from segclip.engine.evaluate import evaluate, scene_ids_for, torch_scores_fn
+    from segclip.inference.evaluate import evaluate, scene_ids_for, torch_scores_fn
 
     window = tcfg.eval_size or tcfg.crop_size
     out = evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
@@ -184,7 +184,7 @@ def _eval_dest(source: str, name: str, runner) -> Path:
 def _eval_scene_ids(runner, ds, mode: str, given):
     """Per-image scene ids for a model trained with metadata prompts (None without), by the
     signature's one rule (``Signature.scene_of``); ``mode`` "off" gives every image the generic scene."""
-    from segclip.engine.evaluate import scene_ids_for
+    from segclip.inference.evaluate import scene_ids_for
 
     sig = runner.signature
     if not sig.scenes:
@@ -240,7 +240,7 @@ def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, foreground_
     matrix over the split); artifacts without a scores output are blended by their class maps."""
     from segclip.contract import resolve_source
     from segclip.data import build_dataset
-    from segclip.engine.evaluate import evaluate, runner_predict_fn
+    from segclip.inference.evaluate import evaluate, runner_predict_fn
     from segclip.metadata import parse_switch
     from segclip.runtime import load_runner
 

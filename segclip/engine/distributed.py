@@ -6,25 +6,6 @@ import os
 import torch
 import torch.distributed as dist
 
-from segclip.errors import SegclipError
-
-
-def check_device(device: str | None, flag: str = "--device") -> str:
-    """``None`` -> cuda when a GPU is visible, else cpu; ``cpu``/``cuda``/``cuda:N`` checked against
-    this machine before any work (a clear error instead of a traceback from deep inside torch)."""
-    from segclip.parsers import parse_device
-
-    if device is None or device == "":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    device = parse_device(device)
-    kind, _, index = device.partition(":")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise SegclipError(f"{flag} {device}: no CUDA GPU is visible on this machine; use {flag} cpu or run on a GPU machine")
-        if index and int(index) >= torch.cuda.device_count():
-            raise SegclipError(f"{flag} {device}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0.."
-                               f"cuda:{torch.cuda.device_count() - 1}); pick one of those")
-    return device
 
 
 def init_distributed(device: str) -> tuple:

@@ -26,9 +26,10 @@ from segclip.modeling import build_model, semantic_targets
 from segclip.modeling.criterion import SetCriterion
 from segclip.modeling.matcher import HungarianMatcher
 from segclip.engine import distributed as D
-from segclip.engine.checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, checkpoint_scenes,
+from segclip.checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, checkpoint_scenes,
                                        has_checkpoints, load_checkpoint, resolve_checkpoint)
 from segclip.metadata import resolve_table
+from segclip.parsers import check_device
 
 
 def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
@@ -114,7 +115,7 @@ class Trainer:
                  stop_after: int | None = None):
         self.out = Path(out)
         tcfg.validate()
-        self.rank, self.world, self.device = D.init_distributed(D.check_device(device))
+        self.rank, self.world, self.device = D.init_distributed(check_device(device))
         self.dataset, self.val_dataset = dataset, val_dataset
         self.dataset_name = dataset_name
         self.progress = progress and D.is_main()

@@ -106,7 +106,7 @@ class Exporter:
 
     def prepare(self) -> None:
         """Resolve and load the checkpoint, check the destination, fix the signature (first step of ``run``)."""
-        from segclip.engine.checkpoint import load_checkpoint, resolve_checkpoint
+        from segclip.checkpoint import load_checkpoint, resolve_checkpoint
 
         self.ckpt_path = resolve_checkpoint(self.source)
         self.out = Path(self.out_dir) if self.out_dir else default_out_dir(self.source)
@@ -121,7 +121,7 @@ class Exporter:
                                    f"or choose another --out")
         self.ckpt = load_checkpoint(self.ckpt_path)
         if self.device:
-            from segclip.engine.distributed import check_device
+            from segclip.parsers import check_device
 
             check_device(self.device)
         # --data is read and checked here, before the ONNX export (seconds to minutes) starts
@@ -142,7 +142,7 @@ class Exporter:
 
     # ---- formats -------------------------------------------------------------------------------
     def export_onnx(self, stage: Path) -> None:
-        from segclip.engine.checkpoint import model_from_checkpoint
+        from segclip.checkpoint import model_from_checkpoint
         from segclip.modeling import SegCLIPInference
         from segclip.export import onnx_export as ox
 
@@ -254,7 +254,7 @@ class Exporter:
         """Failed INT8 rows: rank quantized nodes by the error they add (on calibration images), keep
         the worst ones in float and re-gate, in rounds within ``int8_fallback`` nodes."""
         from segclip.export import int8 as q8
-        from segclip.export.parity import compare
+        from segclip.inference.compare import compare
         from segclip.runtime.onnx_runner import OnnxRunner
 
         for i, row in enumerate(result["rows"]):
@@ -354,7 +354,7 @@ class Exporter:
         """(PyTorch runner, its ``run_all`` outputs, window) on the gate images: run once per export, then
         reused by the INT8 fallback rounds and the gate of the artifacts built after it."""
         if self._reference is None:
-            from segclip.export.parity import run_all
+            from segclip.inference.compare import run_all
             from segclip.runtime.torch_runner import TorchRunner
 
             # the loaded checkpoint: no second torch.load
@@ -365,7 +365,7 @@ class Exporter:
 
     def parity(self, stage: Path, images: list, labels, keys=None) -> dict:
         """Gate the artifacts built so far (``keys``: only these); INT8 rows get the sensitivity fallback."""
-        from segclip.export.parity import compare, every_scene, run_all
+        from segclip.inference.compare import compare, every_scene, run_all
         from segclip.runtime.onnx_runner import OnnxRunner
 
         candidates = [c for c in self.parity_candidates(stage) if keys is None or c.name in keys]
@@ -435,7 +435,7 @@ class Exporter:
 
     # ---- driver --------------------------------------------------------------------------------
     def run(self) -> dict:
-        from segclip.export.parity import failed_rows, format_table
+        from segclip.inference.compare import failed_rows, format_table
 
         t_start = time.perf_counter()
         self.prepare()

@@ -90,7 +90,7 @@ def parity_dataset(data, ckpt: dict):
     checkpoint's classes (the same rule as ``eval``: labels of another class list would be silently
     meaningless).  Returns (dataset, description), or None without ``--data``."""
     from segclip.contract import signature_from_checkpoint
-    from segclip.engine.checkpoint import check_classes
+    from segclip.checkpoint import check_classes
 
     spec = parse_data(data)
     if spec is None:

@@ -119,7 +119,7 @@ class TensorRTRunner(Runner):
         if not torch.cuda.is_available():
             raise SegclipError(f"{self.path}: TensorRT engines need an NVIDIA GPU and none is visible here; "
                                f"use the ONNX artifact on CPU (format='onnx')")
-        from segclip.engine.distributed import check_device
+        from segclip.parsers import check_device
 
         check_device(f"cuda:{self.device_index}", flag=f"{self.path}: device")  # an index this machine has
         cc = torch.cuda.get_device_capability(self.device_index)

@@ -24,7 +24,7 @@ class TorchRunner(Runner):
     def __init__(self, checkpoint, *, device: str = "cpu", precision: str = "fp32", scores: bool = True,
                  size: Optional[tuple] = None, name: Optional[str] = None, max_batch: int = 8, threads: Optional[int] = None,
                  compile: bool = False):
-        from segclip.engine.checkpoint import load_checkpoint
+        from segclip.checkpoint import load_checkpoint
 
         # a path/run dir, or a checkpoint dict already loaded by the caller (the exporter)
         self._ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
@@ -44,10 +44,10 @@ class TorchRunner(Runner):
     def _activate(self) -> None:
         import torch
 
-        from segclip.engine.checkpoint import model_from_checkpoint
+        from segclip.checkpoint import model_from_checkpoint
         from segclip.modeling import SegCLIPInference
 
-        from segclip.engine.distributed import check_device
+        from segclip.parsers import check_device
 
         check_device(self.device, flag=f"{self.name}: device")
         if self.threads:

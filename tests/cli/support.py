@@ -72,7 +72,7 @@ def cli_ws(tmp_path_factory):
     """The shared workspace (see the module docstring); returns a dict of named paths."""
     from segclip.config import get_preset
     from segclip.data.sample import generate_sample_dataset
-    from segclip.engine.checkpoint import atomic_save, checkpoint_dict
+    from segclip.checkpoint import atomic_save, checkpoint_dict
     from segclip.export import export
 
     root = tmp_path_factory.mktemp("cli")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from segclip.atomic import sweep_partials
-from segclip.engine.checkpoint import load_checkpoint
+from segclip.checkpoint import load_checkpoint
 
 from .support import SIZE, segclip_subprocess
 

@@ -4,7 +4,7 @@ The export's parity gate and ``segclip benchmark``'s accuracy columns both use i
 
 * ``run_all(runner, images)``: every image through the one path from an image to a class map -- an
   image of the runner's size in one call (batched with the others of that size), any other by
-  blended sliding windows (``segclip.data.sliding.predict_image``, as ``predict`` and ``eval``);
+  blended sliding windows (``segclip.inference.evaluate.predict_image``, as ``predict`` and ``eval``);
 * ``score(preds, ref_preds, labels)``: pixel agreement with the reference and mIoU against the
   labels (``segclip eval``'s protocol, a fraction in 0..1) with its delta to the reference;
 * ``compare(reference, candidates, images, labels)``: the loop over runners behind the gate, with
@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from segclip.data.base import IGNORE_INDEX
-from segclip.data.sliding import predict_image
+from segclip.inference.evaluate import predict_image
 from segclip.engine.metrics import ConfusionMatrix
 from segclip.signature import MASK_NAME, SCORES_NAME
 

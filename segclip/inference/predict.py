@@ -21,7 +21,6 @@ and area per class; nodata never counted), and with ``overlay`` ``_overlay.png``
 from __future__ import annotations
 
 import glob
-import math
 import queue
 import threading
 import time
@@ -33,11 +32,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from segclip.data.base import IGNORE_INDEX
+from segclip.atomic import sweep_partials
 from segclip.errors import SegclipError
+from segclip.inference.outputs import OUTPUT_SUFFIXES, Counts, Preview, output_stems
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".jp2", ".img", ".vrt", ".bmp", ".webp")
-PREVIEW_MAX = 2048
-OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_preview.png", "_overlay.png", "_counts.json")
 NODATA_RGBS = ((0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255))  # the first the palette does not use
 _POLL = 0.2  # seconds between checks of the other threads while waiting on a queue
 # Default windows per request.  On a CPU a larger batch buys no throughput (one 1024 px window already
@@ -77,62 +76,6 @@ def expand_inputs(inputs: Sequence[str]) -> tuple:
             seen.add(p.resolve())
             unique.append(p)
     return unique, errors
-
-
-def output_stems(paths: Sequence[Path], out: Path) -> list:
-    """``out/<stem>``; inputs sharing a stem (a/x.tif, b/x.tif) get their parent folders' names
-    prepended until they differ, so no output is written twice."""
-    stems = [p.stem for p in paths]
-    depth = 0
-    while len(set(stems)) < len(stems) and depth < 8:
-        depth += 1
-        dup = {s for s in stems if stems.count(s) > 1}
-        stems = ["_".join([*p.resolve().parent.parts[-depth:], p.stem]) if s in dup else s
-                 for p, s in zip(paths, stems)]
-    return [out / s for s in stems]
-
-
-class _Counts:
-    """Per-class pixels and areas (m^2 when georeferenced) of the finished rows, counted ``CHUNK``
-    rows at a time so the temporaries stay small whatever the image width."""
-
-    CHUNK = 64
-
-    def __init__(self, k: int):
-        self.pixels = np.zeros(k, np.int64)
-        self.area = np.zeros(k, np.float64)
-        self.nodata = 0
-        self.k = k
-
-    def add(self, rows: np.ndarray, valid: Optional[np.ndarray], row_area: Optional[np.ndarray]) -> None:
-        k1 = self.k + 1  # bin k = nodata, dropped below
-        for r0 in range(0, rows.shape[0], self.CHUNK):
-            labels = rows[r0:r0 + self.CHUNK]
-            n = labels.shape[0]
-            if valid is not None:
-                v = valid[r0:r0 + n]
-                self.nodata += int(v.size - np.count_nonzero(v))
-                labels = np.where(v, labels, self.k)
-            # one bincount gives every row's class counts: bin = row * (k + 1) + class
-            idx = labels.astype(np.int64) + (np.arange(n, dtype=np.int64) * k1)[:, None]
-            per_row = np.bincount(idx.ravel(), minlength=n * k1).reshape(n, k1)[:, : self.k]
-            self.pixels += per_row.sum(0)
-            if row_area is not None:
-                self.area += (per_row * row_area[r0:r0 + n, None]).sum(0)
-
-
-class _Preview:
-    """Every ``step``-th row and column of the class map (nearest), kept while rows stream by."""
-
-    def __init__(self, h: int, w: int, ignore: int):
-        self.step = max(1, math.ceil(max(h, w) / PREVIEW_MAX))
-        self.map = np.full((math.ceil(h / self.step), math.ceil(w / self.step)), ignore, np.int32)
-
-    def add(self, y0: int, rows: np.ndarray, x0: int = 0) -> None:
-        ys = np.arange(-(-y0 // self.step) * self.step, y0 + rows.shape[0], self.step)  # kept rows >= y0
-        xs = np.arange(-(-x0 // self.step) * self.step, x0 + rows.shape[1], self.step)
-        if ys.size and xs.size:
-            self.map[np.ix_(ys // self.step, xs // self.step)] = rows[np.ix_(ys - y0, xs - x0)]
 
 
 def _put(q: queue.Queue, item, failed: Callable[[], bool]) -> bool:
@@ -198,7 +141,7 @@ class Predictor:
                                         int(self.encode(np.array([IGNORE_INDEX]))[0]))
                 else:
                     sink = ClassMapSink(Path(f"{stem}_mask"), source, self.palette, self.k, IGNORE_INDEX)
-                counts, preview = _Counts(self.k), _Preview(source.height, source.width, IGNORE_INDEX)
+                counts, preview = Counts(self.k), Preview(source.height, source.width, IGNORE_INDEX)
                 bar = tqdm(total=sum(len(s[2]) for s in strips), desc=path.name[:30], unit="win", leave=False,
                            position=1, disable=None if self.progress else True, dynamic_ncols=True)  # None: terminals only
                 try:
@@ -341,7 +284,7 @@ class Predictor:
         return skipped[0]
 
     # ---- side outputs ----------------------------------------------------------------------------
-    def _finish(self, source, stem: Path, mask_path: Path, counts: _Counts, preview: _Preview) -> dict:
+    def _finish(self, source, stem: Path, mask_path: Path, counts: Counts, preview: Preview) -> dict:
         from segclip.atomic import atomic_write_json
         from segclip.signature import palette_table
         from segclip.viz import add_legend, legend_entries, save_png
@@ -385,7 +328,7 @@ class Predictor:
         return outputs
 
     @staticmethod
-    def shares(counts: _Counts) -> list:
+    def shares(counts: Counts) -> list:
         """[(class id or IGNORE_INDEX for nodata, share of all pixels)], largest first (``viz.class_shares`` order)."""
         total = max(int(counts.pixels.sum()) + counts.nodata, 1)
         rows = [(i, int(n) / total) for i, n in enumerate(counts.pixels) if n]
@@ -449,13 +392,84 @@ def _not_georeferenced():
     return NotGeoreferencedWarning
 
 
-def summary_lines(results: list) -> list:
-    if not results:
-        return []
-    lines = [f"{'file':<32} {'size':>13} {'windows':>8} {'s':>8} {'Mpx/s':>7}"]
-    for r in results:
-        lines.append(f"{Path(r['input']).name[:32]:<32} {r['width']:>6}x{r['height']:<6} {r['windows']:>8} "
-                     f"{r['seconds']:>8.1f} {r['megapixels_per_s']:>7.2f}")
-    mpx, sec = sum(r["megapixels"] for r in results), sum(r["seconds"] for r in results)
-    lines.append(f"{'total':<32} {mpx:>10.1f} Mpx {'':>8} {sec:>8.1f} {mpx / max(sec, 1e-9):>7.2f}")
-    return lines
+def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Optional[int] = None,
+                  overlap: float = 0.25, batch: Optional[int] = None, bands=None, value_range=None, overlay: bool = False,
+                  in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
+                  force: bool = False, progress: bool = True, scene=None, log: Callable = print,
+                  label_ids: str = "model") -> tuple:
+    """``segclip predict`` in Python: -> (per-file summaries, [one-line errors]).  Raises
+    ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
+    ``scene``: a scene name or id of a model trained with metadata prompts, for every input.
+    ``batch``: windows per request; None: ``predict.default_batch`` of the (first) model."""
+    from segclip.runtime import load_runner
+    from segclip.runtime.pool import open_pool
+
+    if not 0 <= overlap < 1:
+        raise SegclipError(f"--overlap {overlap}: must be in [0, 1); give e.g. --overlap 0.25")
+    if batch is not None and batch < 1:
+        raise SegclipError(f"--batch {batch}: must be >= 1; give e.g. --batch 8")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SegclipError(f"--out {out}: is a file, not a folder; give a folder for the predictions")
+    paths, errors = expand_inputs(inputs)
+    if not paths:  # nothing to do: one line, not one per input
+        more = f" (and {len(errors) - 1} more input(s) with no raster)" if len(errors) > 1 else ""
+        raise SegclipError((errors[0] if errors else f"no input raster in {' '.join(map(str, inputs))}") + more)
+    for e in errors:
+        log(f"error: {e}")
+    stems = output_stems(paths, out)
+    if not force:  # checked before any work: an earlier run's results are never replaced silently
+        existing = [p for s in stems for p in (Path(f"{s}{x}") for x in OUTPUT_SUFFIXES) if p.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise SegclipError(f"{existing[0]}{more} already exists from an earlier predict; pass --force to replace "
+                               f"it or choose another --out")
+    def load(m):  # local options (format, device, providers) for files, the request timeout for endpoints
+        remote = str(m).startswith(("grpc://", "http://", "https://"))
+        if remote:
+            return load_runner(m, **({"timeout": timeout} if timeout else {}))
+        opts = dict(runner_opts or {})
+        if not Path(m).is_dir():
+            opts.pop("allow_failed", None)  # only export folders hold parity-gate verdicts
+        runner = load_runner(m, **opts)
+        if hasattr(runner, "memory_arena"):  # ONNX Runtime: peak memory flat over a whole scene (not yet active)
+            runner.memory_arena = False
+        return runner
+
+    pool, pool_errors = open_pool(models, load, in_flight=in_flight, log=log)
+    errors += pool_errors
+    created = not out.exists()
+    try:  # created only now: bad inputs or models leave no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SegclipError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
+    sweep_partials(out, log=log)
+    with pool:
+        sig = pool.signature
+        # one-line error for a scene the model lacks (or any scene for a model without them)
+        scene_id = None if scene is None else int(sig.check_scene_ids(scene, 1, where="--scene")[0])
+        if sig.dynamic_size:
+            window = (int(size or 1024),) * 2
+        else:
+            window = (sig.height, sig.width)
+            if size and (size, size) != window:
+                raise SegclipError(f"--size {size}: the model takes {sig.height}x{sig.width} windows; leave --size out, "
+                                   f"or re-export with --size {size}x{size}")
+        first = pool.endpoints[0].runners[0]
+        batch = default_batch(first) if batch is None else batch
+        limit = first.max_batch  # fixed engine profiles; Triton splits big batches itself
+        batch = min(batch, limit) if limit else batch
+        ids = None
+        if label_ids == "dataset":
+            from segclip.data import dataset_label_ids
+
+            ids = dataset_label_ids(sig.classes)
+            if ids is None:
+                raise SegclipError(f"--label-ids dataset: no dataset with its own mask-file ids has this model's classes "
+                                   f"({', '.join(sig.classes)}); its masks already hold the class ids 0..K-1: drop --label-ids")
+        predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
+                              overlay=overlay, progress=progress, log=log, scene=scene_id, label_ids=ids)
+        results, file_errors = predictor.run(paths, out, stems)
+    if created and not any(out.iterdir()):  # every input failed: no empty folder either
+        out.rmdir()
+    return results, errors + file_errors

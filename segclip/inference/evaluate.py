@@ -5,6 +5,12 @@ Images are scored whole: a prepared patch folder is reassembled into its frames 
 dataset gives back its source images (``data.prepare.whole_images``), so no pixel counts twice.
 The PyTorch model is scored through ``SegCLIPInference`` (FP32): the module the PyTorch runner,
 every exported artifact and the parity gate compute.
+
+``predict_image(runner, image)`` is the path from a whole image to a class map for anything with the
+``Runner`` surface (``signature``, ``max_batch``, ``infer``): scores-mode blending when the runner
+returns scores, the class-map rule otherwise (``segclip.data.sliding``).  ``segclip predict``,
+``segclip eval``, the export parity gate and the benchmark's accuracy all go through it (or, for
+``eval``'s PyTorch model, through ``sliding_window_predict`` with the same defaults).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from segclip.data.sliding import OVERLAP, sliding_window_predict
+from segclip.data.tiling import _pair
 from segclip.engine.metrics import ConfusionMatrix
 
 
@@ -89,3 +96,37 @@ def evaluate(scores_fn: Callable, dataset, num_classes: int, window, batch_size:
                        f"{overlap:.2f}); IoU per class, empty-union classes left out"
                        + (f"; excluded from the means: {list(exclude)}" if exclude else ""))
     return out
+
+
+def predict_image(runner, image: np.ndarray, *, window=None, overlap: float = OVERLAP, batch_size: int = 4,
+                  return_scores: bool = False, scene=None):
+    """One H x W x 3 uint8 image through a ``Runner``-like scorer -> ``(class map, how)``, or
+    ``(class map, scores or None, how)`` with ``return_scores``; ``how`` is "direct" (one call: the
+    image has the runner's size, or the runner takes any size and no ``window`` is given) or
+    "sliding-window" (windows of the runner's fixed size, or of ``window``, blended as above).
+
+    Batches never exceed ``runner.max_batch``.  A runner without scores output is blended by the
+    class-map rule (centre region wins), so ``return_scores`` then gives None.  ``scene``: the image's
+    scene (name or id) for a model with metadata prompts; every window shares it."""
+    sig = runner.signature
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    has_scores = bool(sig.scores)
+    if window is None and not sig.dynamic_size:
+        window = (sig.height, sig.width)
+    if window is None or tuple(image.shape[:2]) == _pair(window, "window"):
+        out = runner.infer(image[None], scene)
+        scores = out["scores"][0].astype(np.float32) if has_scores and return_scores else None
+        mask = out["mask"][0]
+        return (mask, scores, "direct") if return_scores else (mask, "direct")
+    bs = max(1, min(int(batch_size), runner.max_batch or int(batch_size)))
+    key = "scores" if has_scores else "mask"
+
+    def predict_fn(batch):
+        return runner.infer(np.ascontiguousarray(batch), scene)[key]
+
+    res = sliding_window_predict(predict_fn, image, window, overlap=overlap, batch_size=bs, num_classes=sig.num_classes,
+                                 mode=key, return_scores=return_scores and has_scores)
+    if not return_scores:
+        return res, "sliding-window"
+    mask, scores = res if has_scores else (res, None)
+    return mask, scores, "sliding-window"

@@ -1,0 +1,80 @@
+"""What ``segclip predict`` writes per input besides the class map: output names inside ``--out``,
+per-class pixel counts and areas, the downsampled preview map and the run summary table."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+PREVIEW_MAX = 2048
+OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_preview.png", "_overlay.png", "_counts.json")
+
+
+def output_stems(paths: Sequence[Path], out: Path) -> list:
+    """``out/<stem>``; inputs sharing a stem (a/x.tif, b/x.tif) get their parent folders' names
+    prepended until they differ, so no output is written twice."""
+    stems = [p.stem for p in paths]
+    depth = 0
+    while len(set(stems)) < len(stems) and depth < 8:
+        depth += 1
+        dup = {s for s in stems if stems.count(s) > 1}
+        stems = ["_".join([*p.resolve().parent.parts[-depth:], p.stem]) if s in dup else s
+                 for p, s in zip(paths, stems)]
+    return [out / s for s in stems]
+
+
+class Counts:
+    """Per-class pixels and areas (m^2 when georeferenced) of the finished rows, counted ``CHUNK``
+    rows at a time so the temporaries stay small whatever the image width."""
+
+    CHUNK = 64
+
+    def __init__(self, k: int):
+        self.pixels = np.zeros(k, np.int64)
+        self.area = np.zeros(k, np.float64)
+        self.nodata = 0
+        self.k = k
+
+    def add(self, rows: np.ndarray, valid: Optional[np.ndarray], row_area: Optional[np.ndarray]) -> None:
+        k1 = self.k + 1  # bin k = nodata, dropped below
+        for r0 in range(0, rows.shape[0], self.CHUNK):
+            labels = rows[r0:r0 + self.CHUNK]
+            n = labels.shape[0]
+            if valid is not None:
+                v = valid[r0:r0 + n]
+                self.nodata += int(v.size - np.count_nonzero(v))
+                labels = np.where(v, labels, self.k)
+            # one bincount gives every row's class counts: bin = row * (k + 1) + class
+            idx = labels.astype(np.int64) + (np.arange(n, dtype=np.int64) * k1)[:, None]
+            per_row = np.bincount(idx.ravel(), minlength=n * k1).reshape(n, k1)[:, : self.k]
+            self.pixels += per_row.sum(0)
+            if row_area is not None:
+                self.area += (per_row * row_area[r0:r0 + n, None]).sum(0)
+
+
+class Preview:
+    """Every ``step``-th row and column of the class map (nearest), kept while rows stream by."""
+
+    def __init__(self, h: int, w: int, ignore: int):
+        self.step = max(1, math.ceil(max(h, w) / PREVIEW_MAX))
+        self.map = np.full((math.ceil(h / self.step), math.ceil(w / self.step)), ignore, np.int32)
+
+    def add(self, y0: int, rows: np.ndarray, x0: int = 0) -> None:
+        ys = np.arange(-(-y0 // self.step) * self.step, y0 + rows.shape[0], self.step)  # kept rows >= y0
+        xs = np.arange(-(-x0 // self.step) * self.step, x0 + rows.shape[1], self.step)
+        if ys.size and xs.size:
+            self.map[np.ix_(ys // self.step, xs // self.step)] = rows[np.ix_(ys - y0, xs - x0)]
+
+
+def summary_lines(results: list) -> list:
+    if not results:
+        return []
+    lines = [f"{'file':<32} {'size':>13} {'windows':>8} {'s':>8} {'Mpx/s':>7}"]
+    for r in results:
+        lines.append(f"{Path(r['input']).name[:32]:<32} {r['width']:>6}x{r['height']:<6} {r['windows']:>8} "
+                     f"{r['seconds']:>8.1f} {r['megapixels_per_s']:>7.2f}")
+    mpx, sec = sum(r["megapixels"] for r in results), sum(r["seconds"] for r in results)
+    lines.append(f"{'total':<32} {mpx:>10.1f} Mpx {'':>8} {sec:>8.1f} {mpx / max(sec, 1e-9):>7.2f}")
+    return lines
