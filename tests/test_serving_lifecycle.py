@@ -133,3 +133,24 @@ def test_serve_cli_runs_until_sigterm_and_leaves_nothing(repo, server_env, image
     assert proc.returncode == 0, out
     assert "stopped" in out
     assert_gone(server_pid, "127.0.0.1", (http, grpc, metrics))
+
+
+def test_serve_env_unfinished_build_is_rebuilt_foreign_folder_refused(tmp_path):
+    """A folder at the env path that is not a usable env is refused and left alone, unless segclip's
+    own ``.building`` marker says an earlier build was interrupted: then it is rebuilt without --force
+    (a killed install must not fail every later install)."""
+    from segclip.serving.env import create_server_env
+
+    env = tmp_path / "triton-env"
+    env.mkdir()
+    (env / "notes.txt").write_text("mine")
+    with pytest.raises(SegclipError, match="exists but is not a usable server env.*--force"):
+        create_server_env(env, echo=lambda m: None)
+    assert (env / "notes.txt").read_text() == "mine"
+
+    (tmp_path / "triton-env.building").touch()
+    said = []
+    # a Python that cannot run stops the rebuild before anything is deleted; the branch taken is what counts
+    with pytest.raises(SegclipError, match="cannot run Python"):
+        create_server_env(env, python=str(tmp_path / "no-python"), echo=said.append)
+    assert any("left unfinished by an interrupted build" in m for m in said), said

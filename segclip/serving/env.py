@@ -13,6 +13,7 @@ this is needed: ``tritonserver`` is on PATH with its native backends.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -205,13 +206,28 @@ def create_server_env(path=None, *, force: bool = False, python: Optional[str] =
     ``force``.  The env is recorded in ``<path>/segclip-triton-env.json`` when complete.
     """
     path = Path(path).expanduser() if path is not None else default_env_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Two installs at once (a developer's and CI's, both aiming at the default path) take turns: the
+    # second finds the first's finished env instead of a half-built one.
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _create_locked(path, force, python, pip_args, echo)
+
+
+def _create_locked(path: Path, force: bool, python: Optional[str], pip_args: tuple, echo) -> ServerEnv:
+    # Marks a build in progress; still there after a killed build, so that folder is known to be
+    # segclip's own unfinished env and is rebuilt without --force.
+    building = path.with_name(path.name + ".building")
     if path.exists() and not force:
         try:
             env = inspect_env(path)
         except SegclipError as e:
-            raise SegclipError(f"{path} exists but is not a usable server env ({e}); pass --force to rebuild it") from None
-        echo(f"server env already there: {env.describe()} (pass --force to rebuild)")
-        return env
+            if not building.exists():
+                raise SegclipError(f"{path} exists but is not a usable server env ({e}); pass --force to rebuild it") from None
+            echo(f"server env {path} was left unfinished by an interrupted build: rebuilding it")
+        else:
+            echo(f"server env already there: {env.describe()} (pass --force to rebuild)")
+            return env
 
     python = python or sys.executable
     ver = _python_version(python)
@@ -225,7 +241,7 @@ def create_server_env(path=None, *, force: bool = False, python: Optional[str] =
             shutil.rmtree(path)
         else:
             path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    building.touch()
     t0 = time.time()
     echo(f"creating server env {path} with Python {ver} ({python})")
     steps = [
@@ -256,5 +272,6 @@ def create_server_env(path=None, *, force: bool = False, python: Optional[str] =
         "tritonserver": str(env.tritonserver),
     }
     atomic_write_json(path / RECORD, record)
+    building.unlink(missing_ok=True)
     echo(f"server env ready in {time.time() - t0:.0f}s: {env.describe()}")
     return env
