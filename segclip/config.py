@@ -92,6 +92,7 @@ class TrainConfig:
     num_workers: int = 2
     metadata_dropout: float = 0.1  # share of training images shown as the generic scene, so the default scene_id 0 is trained
     value_range: Optional[list] = None  # train --range LOW,HIGH: 16-bit/float imagery stretched from it (None: per image)
+    gsd: Optional[float] = None  # train --gsd: metres per pixel of the training images (None: the dataset's, else unknown)
 
     def validate(self):
         """Checked before a run starts (nothing written yet): a bad value must not surface as a
@@ -110,6 +111,9 @@ class TrainConfig:
                 ok = max(32, (int(v) + 16) // 32 * 32) if isinstance(v, (int, float)) else 512
                 raise SegclipError(f"{flag} {v}: must be a positive multiple of 32 (the backbone's stride, which export "
                                    f"and the runtimes require); give e.g. {flag} {ok}")
+        if self.gsd is not None and not (0 < float(self.gsd) < float("inf")):
+            raise SegclipError(f"--gsd {self.gsd}: the ground sampling distance must be a positive number of metres "
+                               f"per pixel; give e.g. --gsd 0.3")
         return self
 
 

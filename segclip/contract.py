@@ -28,6 +28,8 @@ An export directory holds ``manifest.json`` (schema ``format_version`` 1)::
                       "parity": {"pixel_agreement": ..., "max_abs_diff": ..., "mean_abs_diff": ...,
                                  "miou": ..., "miou_delta": ..., "threshold": 0.999, "status": "ok"}},
         "onnx_fp16": {..., "precision": "fp16", "fp16": {"fp32_nodes": [{"name", "op_type", "reason"}], ...}},
+        "geodeep":   {"file": "model_geodeep.onnx", "precision": "fp32", "input": {float32 NCHW 0..1},
+                      "output": {probabilities NCHW}, "scene": {"id", "name"}, "gis_metadata": {...}},
         "tensorrt":  {"file": "model.plan", "precision": ..., "onnx": "model_fp16.onnx", "onnx_sha256": ...,
                       "tensorrt_version": ..., "gpu": ..., "compute_capability": "8.7",
                       "profile": {"min": [...], "opt": [...], "max": [...]}, "timing_cache": "timing.cache",
@@ -48,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -60,7 +63,8 @@ FORMAT = "segclip-export"
 FORMAT_VERSION = 1
 # the manifest's artifact keys; INT8: the symmetric Q/DQ graph (TensorRT, OpenVINO), the u8/s8 one ONNX
 # Runtime runs fastest on x86, and the symmetric one with FP16 elsewhere (INT8 + FP16 TensorRT engines)
-FORMATS = ("onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "onnx_int8_fp16", "tensorrt")
+# geodeep: the GIS tools' contract (float NCHW 0..1 in, class probabilities out, one scene; segclip.export.geodeep)
+FORMATS = ("onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "onnx_int8_fp16", "tensorrt", "geodeep")
 TRTEXEC_NAME = "trtexec.sh"
 
 # artifact "status" values
@@ -86,6 +90,31 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_HASHED: dict = {}  # (path, size, mtime_ns, inode) -> sha256: a file is hashed once per process, not per load
+
+
+def artifact_changed(entry: dict, path) -> bool:
+    """Whether ``path`` is not the file the manifest ``entry`` describes: its recorded sha256
+    differs (an entry without one -- older exports -- is taken as it is).  Streamed, and cached by
+    the file's size, mtime and inode, so loading a multi-GB artifact again costs a stat."""
+    recorded = (entry or {}).get("sha256")
+    if not recorded:
+        return False
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key] != recorded
+
+
+def check_artifact_unchanged(entry: dict, path) -> None:
+    """A one-line error for an export artifact replaced or edited after export (another model's
+    same-shape ``model.onnx`` would otherwise run as if it were the exported one)."""
+    if artifact_changed(entry, path):
+        raise SegclipError(f"{path}: not the file this export wrote (its sha256 differs from the one in "
+                           f"{manifest_path(path)}: replaced or changed after export); re-export with segclip export")
 
 
 def is_export_dir(path) -> bool:
@@ -156,7 +185,8 @@ def signature_from_checkpoint(ckpt: dict, *, height=None, width=None, scores=Tru
     table = ckpt.get("scenes") or {}  # metadata prompts: the scene table's names and keys
     return Signature(classes=classes, palette=palette, height=height, width=width, scores=scores, max_batch=max_batch,
                      scenes=table.get("names") or (), scene_keys=table.get("keys") or (),
-                     value_range=(ckpt.get("train_config") or {}).get("value_range") or ())
+                     value_range=(ckpt.get("train_config") or {}).get("value_range") or (),
+                     gsd=(ckpt.get("train_config") or {}).get("gsd"))
 
 
 def scene_manifest(ckpt: dict) -> Optional[dict]:
@@ -219,7 +249,7 @@ def tensorrt_unavailable_reason() -> Optional[str]:
 
 
 _FLAGS = {"onnx_fp16": " --fp16", "tensorrt": " --trt", "onnx_int8": " --int8", "onnx_int8_cpu": " --int8",
-          "onnx_int8_fp16": " --int8 --fp16 --trt"}
+          "onnx_int8_fp16": " --int8 --fp16 --trt", "geodeep": " --geodeep"}
 
 
 def artifact_file(art: dict, directory=None) -> Optional[str]:
@@ -274,7 +304,7 @@ def usable_artifacts(manifest: dict, directory, *, allow_failed: bool = True) ->
 __all__ = [
     "MANIFEST_NAME", "FORMAT", "FORMAT_VERSION", "FORMATS", "OK", "FAILED", "NOT_BUILT", "PENDING",
     "META_PREFIX", "META_SIGNATURE", "META_PRECISION", "META_GRAPH_SHA256", "META_SOURCE_SHA256",
-    "sha256_file", "is_export_dir", "write_manifest", "manifest_path", "read_manifest", "manifest_signature",
+    "sha256_file", "artifact_changed", "check_artifact_unchanged", "is_export_dir", "write_manifest", "manifest_path", "read_manifest", "manifest_signature",
     "artifact_for_file", "batch_profile", "signature_from_checkpoint", "scene_manifest", "Source", "resolve_source",
     "tensorrt_unavailable_reason", "artifact_file", "artifact_problem", "usable_artifacts",
 ]

@@ -14,6 +14,7 @@ Output ``scores``: optional, FP32 or FP16, N x K x H x W per-class semantic scor
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
@@ -81,6 +82,9 @@ class Signature:
     # 16-bit / float imagery: the (low, high) stretched to 0..255 at training (train --range), which
     # predict and eval apply too; () = each image by its own p2-p98 stretch (segclip.data.raster)
     value_range: tuple = ()
+    # ground sampling distance the model was trained at, metres per pixel (train --gsd; LoveDA 0.3);
+    # predict resamples georeferenced inputs to it.  None = unknown (segclip.data.gsd)
+    gsd: Optional[float] = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -89,6 +93,9 @@ class Signature:
         object.__setattr__(self, "scene_keys", tuple(str(s) for s in (self.scene_keys or ())))
         object.__setattr__(self, "palette", tuple(tuple(int(c) for c in p) for p in self.palette))
         object.__setattr__(self, "value_range", tuple(float(v) for v in (self.value_range or ())))
+        object.__setattr__(self, "gsd", float(self.gsd) if self.gsd else None)
+        if self.gsd is not None and not (self.gsd > 0 and math.isfinite(self.gsd)):
+            raise SegclipError(f"signature: ground sampling distance {self.gsd!r} m is not a positive number")
         if len(self.palette) != len(self.classes):
             raise SegclipError(
                 f"signature: {len(self.classes)} classes but {len(self.palette)} palette colours; give one RGB colour per class"
@@ -204,7 +211,7 @@ class Signature:
     @classmethod
     def from_dict(cls, d: dict) -> "Signature":
         keys = {"classes", "palette", "height", "width", "scores", "scores_dtype", "max_batch",
-                "pixel_mean", "pixel_std", "scenes", "scene_keys", "value_range", "extra"}
+                "pixel_mean", "pixel_std", "scenes", "scene_keys", "value_range", "gsd", "extra"}
         kw = {k: v for k, v in d.items() if k in keys}
         for k in ("pixel_mean", "pixel_std"):
             if k in kw:

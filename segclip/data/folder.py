@@ -125,6 +125,13 @@ class FolderDataset(SegDataset):
         super().__init__(info["classes"], info["palette"], records, has_labels, prompts, prompt_template,
                          prompt_defaults=info["prompts"])
 
+    def ground_resolution(self):
+        """GSD in metres from the images' georeferencing when every image has one and they agree
+        (``segclip.data.gsd.agreed_gsd``), else None: train --gsd then gives it."""
+        from segclip.data.gsd import agreed_gsd
+
+        return agreed_gsd(r[0] for r in self.records)
+
     def decode_mask(self, path: Path) -> np.ndarray:
         m, decoded = read_mask(path, self.colors)
         if decoded:

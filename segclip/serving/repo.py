@@ -32,7 +32,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError, one_line
 from segclip.parsers import renamed_keyword
-from segclip.contract import MANIFEST_NAME, artifact_file, artifact_problem, batch_profile, manifest_signature, read_manifest, sha256_file
+from segclip.contract import (MANIFEST_NAME, artifact_file, artifact_problem, batch_profile, check_artifact_unchanged, manifest_signature,
+                              read_manifest)
 from segclip.runtime.triton import PRECISION_PARAM, SCENE_DEFAULT_PARAM, SIGNATURE_PARAM
 from segclip.signature import DEFAULT_SCENE, MASK_NAME, SCENE_NAME, Signature, triton_config_type, triton_dims
 
@@ -280,8 +281,7 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
     onnx_key = keys[precision]
     onnx_art = _artifact(manifest, export_dir, onnx_key, required=True)
     onnx_path = export_dir / onnx_art["file"]
-    if onnx_art.get("sha256") and sha256_file(onnx_path) != onnx_art["sha256"]:
-        raise SegclipError(f"{onnx_path} does not match the sha256 in {export_dir / MANIFEST_NAME}; it changed since export, re-export")
+    check_artifact_unchanged(onnx_art, onnx_path)
     plan = _trt_plan(manifest, export_dir)
 
     profile_max = int(batch_profile(manifest).get("max") or sig.max_batch)
@@ -402,8 +402,11 @@ def example_signature(size: int = 512, max_batch: int = 8) -> Signature:
     """The signature of the sample model (``segclip quickstart``: the sample set's classes) at ``size``."""
     from segclip.data import dataset_info
 
+    from segclip.data.gsd import DATASET_GSD
+
     info = dataset_info("sample")
-    return Signature(classes=info["classes"], palette=info["palette"], height=size, width=size, max_batch=max_batch)
+    return Signature(classes=info["classes"], palette=info["palette"], height=size, width=size, max_batch=max_batch,
+                     gsd=DATASET_GSD["sample"])
 
 
 def example_configs(size: int = 512, max_batch: int = 8) -> dict:
