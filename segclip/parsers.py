@@ -132,6 +132,13 @@ def parse_device(value) -> Optional[str]:
     return v
 
 
+def split_device(value) -> tuple:
+    """The one place a device string is taken apart: "cpu" -> ("cpu", None), "cuda" -> ("cuda", None)
+    (the current GPU), "cuda:N" -> ("cuda", N); checked by ``parse_device``."""
+    kind, _, index = parse_device(value).partition(":")
+    return kind, int(index) if index else None
+
+
 def check_options(fn, opts, what: str, kind: str) -> None:
     """One-line error for keyword options that ``fn`` does not take (unless it takes ``**kwargs``)."""
     params = inspect.signature(fn).parameters
@@ -166,14 +173,45 @@ def check_device(device: str | None, flag: str = "--device") -> str:
     if device is None or device == "":
         return "cuda" if torch.cuda.is_available() else "cpu"
     device = parse_device(device)
-    kind, _, index = device.partition(":")
+    kind, index = split_device(device)
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise SegclipError(f"{flag} {device}: no CUDA GPU is visible on this machine; use {flag} cpu or run on a GPU machine")
-        if index and int(index) >= torch.cuda.device_count():
+        if index is not None and index >= torch.cuda.device_count():
             raise SegclipError(f"{flag} {device}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0.."
                                f"cuda:{torch.cuda.device_count() - 1}); pick one of those")
     return device
 
 
-__all__ = ["split_list", "unique", "parse_ints", "parse_size", "parse_sizes", "parse_batch", "parse_data", "parse_device", "check_options", "check_device"]
+def parse_bands(text) -> Optional[tuple]:
+    """``"1,2,3"`` -> (1, 2, 3); None/"" -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (tuple, list)):
+        parts = list(text)
+    else:
+        parts = [p for p in str(text).replace(" ", "").split(",")]
+    try:
+        bands = tuple(int(p) for p in parts)
+    except ValueError:
+        raise SegclipError(f"--bands {text}: not band numbers; give 1-based band numbers, e.g. --bands 1,2,3 or --bands 4") from None
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise SegclipError(f"--bands {text}: wrong number of bands; give one band (grey) or three (R,G,B), numbered from 1")
+    return bands
+
+
+def parse_range(text) -> Optional[tuple]:
+    """``"0,4095"`` -> (0.0, 4095.0)."""
+    if text is None or text == "":
+        return None
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise SegclipError(f"--range {text}: not LOW,HIGH; give e.g. --range 0,4095") from None
+    if not hi > lo:
+        raise SegclipError(f"--range {text}: HIGH must be larger than LOW; give e.g. --range 0,4095")
+    return lo, hi
+
+
+__all__ = ["split_list", "unique", "parse_ints", "parse_size", "parse_sizes", "parse_batch", "parse_data", "parse_device", "split_device", "check_options",
+           "check_device", "parse_bands", "parse_range"]

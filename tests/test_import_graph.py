@@ -3,7 +3,7 @@
 The layers, lowest first (a module may import its own layer's package and anything lower, never
 a higher or a sibling one):
 
-    errors <- atomic / metadata <- signature / parsers / config / prompts <- contract / viz <- data / modeling
+    errors <- atomic / metadata / cpu <- signature / parsers / config / prompts <- contract / viz <- data / modeling
       <- checkpoint <- engine (training) <- runtime <- inference (code that drives runners) <- export
       <- serving <- benchmarks <- cli <- __main__
 
@@ -22,7 +22,7 @@ import segclip
 ROOT = Path(segclip.__file__).resolve().parent
 LAYERS = [
     ("segclip", "errors"),
-    ("atomic", "metadata"),
+    ("atomic", "metadata", "cpu"),
     ("signature", "parsers", "config", "prompts"),
     ("contract", "viz"),
     ("data", "modeling"),

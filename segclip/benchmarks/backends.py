@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from segclip.contract import tensorrt_unavailable_reason
 from segclip.errors import SegclipError
-from segclip.parsers import split_list, unique
+from segclip.parsers import split_device, split_list, unique
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def _torch_opts(ctx) -> dict:
 def _ort_opts(ctx) -> dict:
     # cpu: CPU only; cuda: CUDA when this onnxruntime build has it, else CPU (the row's device says which)
     # cuda:N: that GPU's CUDA provider
-    if ctx.device.startswith("cuda:"):
+    if split_device(ctx.device)[1] is not None:
         return {"device": ctx.device, "threads": ctx.threads}
     return {"providers": "cpu" if ctx.device == "cpu" else None, "threads": ctx.threads}
 

@@ -47,7 +47,7 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
     import sys
 
-    from segclip.data.raster import parse_bands, parse_range
+    from segclip.parsers import parse_bands, parse_range
     from segclip.inference.outputs import summary_lines
     from segclip.inference.predict import predict_paths, release_freed_memory
 

@@ -135,7 +135,7 @@ def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, b
         raise SegclipError(f"--data {data}: train reads the train split (and val for its evaluation); drop :{data.split}")
     if Path(out).exists() and not Path(out).is_dir():
         raise SegclipError(f"--out {out}: exists and is not a folder; give a run directory (new, or an earlier run with --resume)")
-    from segclip.data.raster import parse_range
+    from segclip.parsers import parse_range
 
     clean_partials(out, Path(out) / "checkpoints")
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,

@@ -57,36 +57,6 @@ def gdal_env():
     return rasterio.Env()
 
 
-def parse_bands(text) -> Optional[tuple]:
-    """``"1,2,3"`` -> (1, 2, 3); None/"" -> None."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (tuple, list)):
-        parts = list(text)
-    else:
-        parts = [p for p in str(text).replace(" ", "").split(",")]
-    try:
-        bands = tuple(int(p) for p in parts)
-    except ValueError:
-        raise SegclipError(f"--bands {text}: not band numbers; give 1-based band numbers, e.g. --bands 1,2,3 or --bands 4") from None
-    if len(bands) not in (1, 3) or min(bands) < 1:
-        raise SegclipError(f"--bands {text}: wrong number of bands; give one band (grey) or three (R,G,B), numbered from 1")
-    return bands
-
-
-def parse_range(text) -> Optional[tuple]:
-    """``"0,4095"`` -> (0.0, 4095.0)."""
-    if text is None or text == "":
-        return None
-    try:
-        lo, hi = (float(v) for v in str(text).split(","))
-    except ValueError:
-        raise SegclipError(f"--range {text}: not LOW,HIGH; give e.g. --range 0,4095") from None
-    if not hi > lo:
-        raise SegclipError(f"--range {text}: HIGH must be larger than LOW; give e.g. --range 0,4095")
-    return lo, hi
-
-
 def _read_error(path, e) -> SegclipError:
     return SegclipError(f"{path}: cannot read raster ({one_line(e)}); check the file is complete and a format GDAL reads")
 

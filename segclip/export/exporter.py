@@ -29,7 +29,7 @@ from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT
 from segclip.errors import GateFailed, SegclipError
 from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images, windows
-from segclip.parsers import parse_batch, parse_size, renamed_keyword
+from segclip.parsers import parse_batch, parse_size, renamed_keyword, split_device
 from segclip.signature import SCORES_NAME
 
 ONNX_NAME = "model.onnx"
@@ -322,8 +322,7 @@ class Exporter:
                                       "trtexec": TRTEXEC_NAME}
 
     def _cuda_index(self) -> int:
-        d = str(self.device or "cuda")
-        return int(d.split(":")[1]) if d.startswith("cuda:") else 0
+        return split_device(self.device or "cuda")[1] or 0
 
     # ---- parity --------------------------------------------------------------------------------
     def threshold(self, precision: str) -> float:

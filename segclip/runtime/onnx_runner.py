@@ -12,6 +12,7 @@ import numpy as np
 
 from segclip.contract import META_PRECISION, META_SIGNATURE
 from segclip.errors import SegclipError, one_line
+from segclip.parsers import split_device
 from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner
 
@@ -105,9 +106,9 @@ class OnnxRunner(Runner):
                  optimization: str = "all", device: Optional[str] = None, memory_arena: bool = True):
         self.path = Path(path)
         if providers is None and device is not None:  # the generic option of load_runner/predict
-            providers = "cuda" if str(device).startswith("cuda") else "cpu"
-            if ":" in str(device):
-                device_id = int(str(device).split(":")[1])
+            kind, index = split_device(device)
+            providers = kind
+            device_id = device_id if index is None else index
         meta = read_onnx_metadata(self.path)
         if signature is None:
             signature = signature_from_onnx(self.path, meta)  # one parse of the file, not two

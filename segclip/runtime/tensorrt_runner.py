@@ -17,7 +17,7 @@ import numpy as np
 
 from segclip.contract import MANIFEST_NAME, TRTEXEC_NAME, artifact_for_file, manifest_path, manifest_signature, read_manifest, sha256_file
 from segclip.errors import SegclipError, one_line
-from segclip.parsers import parse_device
+from segclip.parsers import split_device
 from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner
 
@@ -74,7 +74,7 @@ class TensorRTRunner(Runner):
         if isinstance(device, int) or str(device).isdigit():  # a CUDA index (the exporter passes one)
             self.device_index = int(device)
         else:
-            kind, _, index = parse_device(device or "cuda").partition(":")
+            kind, index = split_device(device or "cuda")
             if kind != "cuda":
                 raise SegclipError(f"{self.path}: a TensorRT engine runs on an NVIDIA GPU, not on {device!r}; give --device "
                                    f"cuda or cuda:N, or use the ONNX artifact on CPU (--format onnx)")
