@@ -292,7 +292,7 @@ def int8_speed(ckpt: Path, out: Path, sizes, threads: int, reps: int, warmup: in
     from segclip.benchmarks.backends import BACKENDS
     from segclip.benchmarks.core import Settings, Sources, make_runner
     from segclip.errors import one_line
-    from segclip.export import read_manifest
+    from segclip.contract import read_manifest
 
     res = {}
     sources = Sources(ckpt, out, fp16=False, trt=False, max_batch=1, log=log)
@@ -338,7 +338,8 @@ def int8_speed(ckpt: Path, out: Path, sizes, threads: int, reps: int, warmup: in
 def int8_accuracy(ckpt: Path, out: Path, data, size: int) -> dict:
     """The exporter's own INT8 gate on a trained model: held-out labelled images, never calibration ones."""
     from segclip.errors import GateFailed
-    from segclip.export import export, read_manifest
+    from segclip.contract import read_manifest
+    from segclip.export import export
 
     d = out / f"int8_accuracy_{size}"
     data = data or sample_data(out, size, n=32)

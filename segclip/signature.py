@@ -43,10 +43,6 @@ _DTYPES = {
 }
 
 
-def onnx_type(dtype: str) -> str:
-    return _DTYPES[dtype][0]
-
-
 def triton_config_type(dtype: str) -> str:
     return _DTYPES[dtype][1]
 

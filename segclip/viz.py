@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from segclip.signature import colorize, palette_table
+from segclip.signature import colorize
 
 IGNORE = 255  # no-data / ignore label in every class map (white in colorize)
 
@@ -88,19 +88,6 @@ def add_legend(image: np.ndarray, entries: Sequence, *, title: str | None = None
         draw.text((x + sw + pad, y + (sw - fs) // 2), str(label), fill=(0, 0, 0), font=font)
         y += line
     return np.asarray(canvas)
-
-
-def mask_image(mask: np.ndarray, palette):
-    """Class map -> index PNG with the palette (mode P; pixel value = class id, ignore 255 white);
-    > 255 classes -> 16-bit grey PNG.  Kept a pure label map: its legend goes beside it in legend.png."""
-    from PIL import Image
-
-    if mask.max(initial=0) > 255:
-        return Image.fromarray(mask.astype(np.uint16))
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    im = Image.frombytes("P", (m.shape[1], m.shape[0]), m.tobytes())
-    im.putpalette(palette_table(palette).flatten().tolist())
-    return im
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:

@@ -355,7 +355,7 @@ def test_flop_counts_agree(export_dir):
     """The ONNX graph count (used by the targets) and torch's FlopCounterMode agree."""
     from segclip.benchmarks.flops import onnx_flops, torch_flops
     from segclip.checkpoint import load_checkpoint, model_from_checkpoint
-    from segclip.export import read_manifest
+    from segclip.contract import read_manifest
     from segclip.modeling import SegCLIPInference
 
     g = onnx_flops(export_dir / "model.onnx", batch=1)

@@ -16,7 +16,7 @@ from serving_fixtures import MAX_BATCH, REPO_ROOT, SIZE, onnx_tensors, parse_con
 def test_generated_configs_parse_and_match_onnx(repo, serving_export):
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from segclip.export import read_manifest
+    from segclip.contract import read_manifest
     from segclip.signature import Signature, triton_config_type
 
     sig = Signature.from_dict(read_manifest(serving_export)["signature"])

@@ -29,16 +29,11 @@ from segclip.errors import SegclipError, one_line
 from segclip.signature import INPUT_NAME, MASK_NAME
 
 from segclip.benchmarks.timing import percentiles
+from segclip.runtime.triton import parse_url
 
 AGREEMENT_MIN = 0.995  # a response whose mask agrees with the local result on fewer pixels is a mismatch
 
 _STAT_KEYS = ("queue", "compute_input", "compute_infer", "compute_output")
-
-
-def _parse(url: str):
-    from segclip.runtime.triton import parse_url
-
-    return parse_url(url)  # (protocol, "host:port", model, version)
 
 
 def _stats_entry(stats, model: str) -> dict:
@@ -121,7 +116,7 @@ class _Client:
 
 async def _level(url: str, concurrency: int, inputs: list, expected: Optional[list], duration_s: float,
                  min_requests: int, check_every: int) -> dict:
-    protocol, address, model, version = _parse(url)
+    protocol, address, model, version = parse_url(url)
     client = _Client(protocol, address)
     lat, errors = [], []
     checks = {"n": 0, "mismatches": 0, "min_agreement": None}
@@ -192,7 +187,7 @@ def _status(row: dict) -> str:
 
 def _perf_analyzer(url: str, concurrency: int, height: int, width: int, duration_s: float) -> dict:
     """One concurrency level with perf_analyzer (numbers only; the output check runs separately)."""
-    protocol, address, model, version = _parse(url)
+    protocol, address, model, version = parse_url(url)
     cmd = [shutil.which("perf_analyzer"), "-m", model, "-u", address, "-i", protocol, "-b", "1",
            "--concurrency-range", f"{concurrency}:{concurrency}", "--shape", f"{INPUT_NAME}:{height},{width},3",
            "--input-data", "random", "--measurement-interval", str(int(max(1.0, duration_s) * 1000)),
@@ -243,7 +238,7 @@ def sweep(url: str, concurrency=(1, 4, 8), inputs: Optional[list] = None, expect
                 row = asyncio.run(_level(url, c, inputs, expected, duration_s, n_min, check_every))
         except Exception as e:
             msg = one_line(e, 300)
-            row = {"protocol": _parse(url)[0], "url": url, "tool": "perf_analyzer" if use_pa else "tritonclient.aio",
+            row = {"protocol": parse_url(url)[0], "url": url, "tool": "perf_analyzer" if use_pa else "tritonclient.aio",
                    "concurrency": c, "batch": 1, "requests": 0, "failures": 0, "throughput_ips": None, "duration_s": None,
                    "p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, **server_split({}, {}),
                    "output_checks": 0, "output_mismatches": 0, "output_min_agreement": None, "errors": [msg],
