@@ -36,7 +36,8 @@ An export directory holds ``manifest.json`` (schema ``format_version`` 1)::
                       "strongly_typed": true}
                    | {"status": "not_built", "reason": ..., "trtexec": "trtexec.sh"}
       },
-      "trtexec": "trtexec.sh"                    # when --trt was asked for
+      "trtexec": "trtexec.sh",                   # when --trt was asked for
+      "speed": [{"machine": {...}, "rows": [{"artifact", "runtime", "ms"}, ...]}, ...]  # see choose_artifact
     }
 
 Hashes: ``sha256`` is the sha256 of the artifact file as written (check it with ``sha256sum``).
@@ -293,12 +294,142 @@ def artifact_problem(manifest: dict, key: str, directory=None, *, allow_failed: 
 
 
 def usable_artifacts(manifest: dict, directory, *, allow_failed: bool = True) -> list:
-    """The artifact keys of ``FORMATS`` that ``artifact_problem`` accepts, in default order
-    (a TensorRT engine first only where TensorRT runs here)."""
+    """The artifact keys of ``FORMATS`` that ``artifact_problem`` accepts, in the fallback order
+    ``FALLBACK`` (a TensorRT engine first only where TensorRT runs here)."""
     ok = [k for k in FORMATS if artifact_problem(manifest, k, directory, allow_failed=allow_failed) is None]
     # probe TensorRT only when the export has an engine: the probe imports torch (~0.7 GB of RSS)
     trt_first = "tensorrt" in ok and tensorrt_unavailable_reason() is None
-    return [k for k in (["tensorrt"] if trt_first else []) + ["onnx", "onnx_fp16"] if k in ok]
+    return [k for k in (["tensorrt"] if trt_first else []) + list(FALLBACK[1:]) if k in ok]
+
+
+# ---- which artifact runs by default: the fastest gated one measured on this machine ----------------
+# ``segclip export`` times every gated artifact on every runtime it finds (segclip.inference.speed) and
+# ``segclip tune EXPORT`` again on another machine; the manifest keeps one record per machine:
+#   "speed": [{"machine": {"cpu": model name, "isa": segclip.cpu.int8_isa(), "cpus": usable CPUs, "threads",
+#                          "gpu", "versions": {...}},
+#              "measured": time, "window": [h, w], "batch": n, "calls": n,
+#              "rows": [{"artifact": key, "runtime": "onnxruntime"|"openvino"|"tensorrt", "device": "cpu"|"cuda:0",
+#                        "ms": median ms per call} | {"artifact", "runtime", "error": why it could not run}]}]
+# Which path is fastest depends on the CPU (VNNI or not), the model and the window (benchmarks/RESULTS.md),
+# so a measurement counts only on the same CPU model and INT8 instruction set.
+SPEED = "speed"
+# the artifacts a runner of segclip predict/eval can run (onnx_int8_fp16 only feeds TensorRT builds;
+# geodeep takes float NCHW input for the GIS tools), and the runtimes of ONNX files
+RUNNABLE = ("onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "tensorrt")
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
+# without a measurement from this machine: TensorRT where it runs, then the FP32 graph on ONNX Runtime
+# (the reference's own arithmetic), then FP16; INT8 only when asked for or measured faster here
+FALLBACK = ("tensorrt", "onnx", "onnx_fp16")
+
+
+def this_machine() -> dict:
+    """What a speed measurement is matched on (``cpu``, ``isa``) and what else it records."""
+    from segclip.cpu import cpu_model, int8_isa
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return {"cpu": cpu_model(), "isa": int8_isa(), "cpus": cpus}
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Whether two ``machine`` records name the same CPU model with the same INT8 instruction set."""
+    return bool(a) and bool(b) and a.get("cpu") == b.get("cpu") and a.get("isa") == b.get("isa")
+
+
+def speed_record(manifest: dict, machine: Optional[dict] = None) -> Optional[dict]:
+    """The manifest's latest speed record measured on ``machine`` (default: this one), or None."""
+    machine = machine or this_machine()
+    recs = [r for r in manifest.get(SPEED) or [] if isinstance(r, dict) and same_machine(r.get("machine") or {}, machine)]
+    return max(recs, key=lambda r: str(r.get("measured", ""))) if recs else None
+
+
+def runtime_of(format: str, runtime: Optional[str] = None) -> str:
+    """The runtime an artifact runs on: TensorRT engines on TensorRT, ONNX files on ``runtime``
+    (default ONNX Runtime)."""
+    return "tensorrt" if format == "tensorrt" else (runtime or "onnxruntime")
+
+
+def _runtime_missing(runtime: str) -> Optional[str]:
+    import importlib.util
+
+    if runtime == "tensorrt":
+        return tensorrt_unavailable_reason()
+    return None if importlib.util.find_spec(runtime) else f"{runtime} is not installed"
+
+
+def _device_matches(row_device, device: Optional[str]) -> bool:
+    if not device:
+        return True
+    want, have = str(device).split(":")[0].lower(), str(row_device or "cpu").split(":")[0].lower()
+    return want == have
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """Which artifact and runtime a runner of an export directory uses, and why: ``how`` is
+    "explicit" (--format/--runtime), "measured" (the fastest gated pair measured on this machine)
+    or "fallback" (``FALLBACK`` order; ``note`` says why no measurement decided)."""
+
+    format: str
+    runtime: str
+    how: str
+    speedup: Optional[float] = None  # measured speed over ONNX Runtime FP32 on this machine
+    ms: Optional[float] = None
+    note: str = ""
+
+    def line(self) -> str:
+        what = f"using {self.format} on {RUNTIME_NAMES.get(self.runtime, self.runtime)}"
+        if self.how == "explicit":
+            return f"{what}: as asked (--format/--runtime)"
+        if self.how == "measured":
+            ref = f" ({self.speedup:.1f}x ORT FP32)" if self.speedup else ""
+            return f"{what}: fastest gated artifact measured here{ref}; --format/--runtime to choose"
+        return f"{what}: {self.note}; --format/--runtime to choose"
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "runtime": self.runtime, "how": self.how, "speedup_vs_ort_fp32": self.speedup,
+                "measured_ms": self.ms, "line": self.line()}
+
+
+def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, runtime: Optional[str] = None,
+                    device: Optional[str] = None, machine: Optional[dict] = None, among=RUNNABLE) -> Choice:
+    """The one decision of which artifact/runtime a runner of this export uses.
+
+    An explicit ``format`` wins (its runtime: ``runtime``, default ONNX Runtime).  Otherwise the
+    fastest pair of the speed record measured on ``machine`` (default: this one) among artifacts that
+    passed their parity gate and are present (``artifact_problem``), on runtimes installed here, matching
+    ``runtime`` and ``device`` when given; a failed or missing artifact is never chosen however fast it
+    was.  ``among``: the artifact keys to choose from (Triton's ONNX models: the ONNX ones).  With no
+    such measurement: the first usable artifact of ``FALLBACK``, and ``note`` says why."""
+    if format is not None:
+        return Choice(format, runtime_of(format, runtime), "explicit")
+    rec = speed_record(manifest, machine)
+    gated = {k for k in among if artifact_problem(manifest, k, directory) is None}
+    if rec is None:
+        others = sorted({(r.get("machine") or {}).get("cpu", "?") for r in manifest.get(SPEED) or [] if isinstance(r, dict)})
+        note = (f"measured only on {', '.join(others)}, not this CPU; `segclip tune {directory}` measures here" if others
+                else f"no speed measured on this machine; `segclip tune {directory}` measures")
+    else:
+        rows = [r for r in rec.get("rows") or [] if isinstance(r, dict) and isinstance(r.get("ms"), (int, float))]
+        ok = sorted((r for r in rows if r.get("artifact") in gated and (runtime is None or r.get("runtime") == runtime)
+                     and _device_matches(r.get("device"), device)), key=lambda r: r["ms"])
+        ref = next((r["ms"] for r in rows if r.get("artifact") == "onnx" and r.get("runtime") == "onnxruntime"), None)
+        for r in ok:
+            if r.get("runtime") in RUNTIME_NAMES and _runtime_missing(r["runtime"]) is None:
+                return Choice(r["artifact"], r["runtime"], "measured", round(ref / r["ms"], 2) if ref else None, r["ms"])
+        note = "no gated artifact of this machine's speed measurement runs here"
+    # gated ones first; only when none passed, the failed one, which the loader refuses without allow_failed
+    usable = [k for k in usable_artifacts(manifest, directory, allow_failed=False) or usable_artifacts(manifest, directory)
+              if k in among]
+    if runtime not in (None, "tensorrt") or (device and not str(device).startswith("cuda")):
+        usable = [k for k in usable if k != "tensorrt"]
+    if not usable:
+        listed = sorted((manifest.get("artifacts") or {})) or "none"
+        raise SegclipError(f"{directory}: the export holds no usable artifact (manifest lists {listed})")
+    return Choice(usable[0], runtime_of(usable[0], runtime), "fallback", note=note)
 
 
 __all__ = [
@@ -307,4 +438,6 @@ __all__ = [
     "sha256_file", "artifact_changed", "check_artifact_unchanged", "is_export_dir", "write_manifest", "manifest_path", "read_manifest", "manifest_signature",
     "artifact_for_file", "batch_profile", "signature_from_checkpoint", "scene_manifest", "Source", "resolve_source",
     "tensorrt_unavailable_reason", "artifact_file", "artifact_problem", "usable_artifacts",
+    "SPEED", "RUNNABLE", "ONNX_RUNTIMES", "RUNTIME_NAMES", "FALLBACK", "this_machine", "same_machine", "speed_record",
+    "runtime_of", "Choice", "choose_artifact",
 ]

@@ -33,14 +33,9 @@ def _version(dist: str) -> Optional[str]:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from segclip.cpu import cpu_model as model
+
+    return model()
 
 
 def cpu_counts() -> dict:

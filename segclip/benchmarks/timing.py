@@ -24,11 +24,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-
-def random_batches(batch: int, height: int, width: int, count: int = 4, seed: int = 0) -> list:
-    """``count`` distinct uint8 batches N x H x W x 3 with values in 1..255."""
-    rng = np.random.default_rng([seed, batch, height, width])
-    return [rng.integers(1, 256, size=(batch, height, width, 3), dtype=np.uint8) for _ in range(max(1, count))]
+from segclip.inference.speed import random_batches  # noqa: F401  (one input generator for every timing)
 
 
 def set_threads(threads: Optional[int]) -> Optional[int]:

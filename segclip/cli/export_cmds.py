@@ -33,9 +33,12 @@ from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 @click.option("--fp32-threshold", default=0.999, show_default=True, type=float, help="Min pixel agreement, FP32 artifacts.")
 @click.option("--fp16-threshold", default=0.995, show_default=True, type=float, help="Min pixel agreement, FP16 artifacts.")
 @click.option("--workspace", default=4096, show_default=True, type=int, help="TensorRT workspace limit (MiB).")
+@click.option("--tune/--no-tune", default=True, show_default=True,
+              help="Time every gated artifact on every runtime here (a few calls each) and record it, so predict, eval "
+                   "and triton-repo run the fastest by default (segclip tune EXPORT measures again on another machine).")
 def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_threshold, int8_fallback, trt, batch, size,
                dynamic_size, scores, opset, data, parity_images, out, device, force,
-               fp32_threshold, fp16_threshold, workspace):
+               fp32_threshold, fp16_threshold, workspace, tune):
     """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / INT8 Q/DQ ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
     from segclip.export import export
 
@@ -46,7 +49,7 @@ def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_thres
     export(source, out=out, device=device, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
            opset=opset, data=data, parity_images=parity_images, force=force, fp32_threshold=fp32_threshold,
            fp16_threshold=fp16_threshold, workspace_mb=workspace, int8=int8, calib_images=calib_images,
-           calib_method=calib_method, int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=click.echo)
+           calib_method=calib_method, int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=click.echo, tune=tune)
 
 
 @click.command("trt-check")

@@ -69,4 +69,19 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
         sys.exit(2)
 
 
-COMMANDS = [predict_cmd]
+@click.command("tune")
+@click.argument("export_dir", type=click.Path(file_okay=False))
+@click.option("--size", type=int, default=None,
+              help="Window size for exports that take any size (default: predict's, 1024); fixed-size exports use their own.")
+@click.option("--calls", default=3, show_default=True, type=click.IntRange(min=1), help="Timed calls per artifact and runtime.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the runtime's own, all usable CPUs).")
+def tune_cmd(export_dir, size, calls, threads):
+    """Time every gated artifact of EXPORT_DIR on every runtime of this machine (ONNX Runtime, OpenVINO,
+    TensorRT on a GPU) and record it in its manifest.json: predict, eval and triton-repo then run the
+    fastest by default here.  Run it after copying an export to the machine that will run it."""
+    from segclip.inference.speed import tune
+
+    tune(export_dir, size=size, calls=calls, threads=threads, log=click.echo)
+
+
+COMMANDS = [predict_cmd, tune_cmd]

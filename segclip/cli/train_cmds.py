@@ -10,6 +10,7 @@ import click
 from segclip.atomic import atomic_write_json
 from segclip.cli.group import clean_partials
 from segclip.cli.options import batch_option, data_option, device_option, max_steps_option, out_option, size_option
+from segclip.contract import ONNX_RUNTIMES, RUNNABLE
 from segclip.errors import SegclipError
 
 
@@ -223,8 +224,11 @@ def _eval_window(size, runner) -> tuple:
              help="Sliding-window size HxW (default: a fixed-size artifact's size, else the checkpoint's eval size).")
 @batch_option("int", default=4, help="Windows per forward pass (at most the artifact's max batch).")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available; not for server URLs).")
-@click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "onnx_fp16", "tensorrt"]),
-              help="Artifact of an export directory (default: TensorRT when usable here, else ONNX).")
+@click.option("--format", "fmt", default=None, type=click.Choice(list(RUNNABLE)),
+              help="Artifact of an export directory (default: the fastest gated one measured on this machine, "
+                   "else TensorRT when usable here, else ONNX FP32).")
+@click.option("--runtime", default=None, type=click.Choice(list(ONNX_RUNTIMES)),
+              help="Runtime for ONNX artifacts (default: the one measured fastest here, else onnxruntime).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images (a spot check: written to eval_<split>_first<N>.json, never over the full evaluation).")
 @click.option("--metadata", help="on (default for a model trained with metadata), off (withhold it: every image gets the "
               "generic scene; the ablation), or a CSV/JSON sidecar FILE for this data.")
@@ -232,7 +236,7 @@ def _eval_window(size, runner) -> tuple:
               help="Leave class 0 (background) out of mIoU/mF1, as iSAID results are reported.")
 @out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa][_first<N>].json, beside a checkpoint, or beside "
                  "an export folder).")
-def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, foreground_only, out):
+def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, foreground_only, out):
     """Evaluate MODEL -- a checkpoint, run directory, export directory, .onnx, .plan or a Triton
     grpc:// / http:// URL -- on labelled data: mIoU, per-class IoU, F1, overall accuracy.
 
@@ -241,6 +245,7 @@ def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, foreground_
     from segclip.contract import resolve_source
     from segclip.data import build_dataset
     from segclip.inference.evaluate import evaluate, runner_predict_fn
+    from segclip.inference.predict import runner_info
     from segclip.metadata import parse_switch
     from segclip.runtime import load_runner
 
@@ -253,8 +258,10 @@ def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, foreground_
     meta_mode, sidecar = parse_switch(metadata)
     if out is not None and Path(out).is_dir():
         raise SegclipError(f"--out {out}: is a folder; give the metrics JSON file to write, e.g. --out {Path(out) / f'eval_{split}.json'}")
-    opts = {k: v for k, v in (("format", fmt), ("device", device)) if v}
+    opts = {k: v for k, v in (("format", fmt), ("runtime", runtime), ("device", device)) if v}
     runner = load_runner(model, **opts)
+    if runner.choice is not None:  # which artifact of an export, and why
+        click.echo(runner.choice.line())
     # 16-bit imagery: stretched as the model was trained (train --range; recorded in its signature)
     ds = with_metadata(build_dataset(dataset, data.root, split, value_range=runner.signature.value_range), sidecar)
     if tuple(runner.signature.classes) != tuple(ds.classes):
@@ -273,7 +280,7 @@ def eval_cmd(model, data, size, batch, device, fmt, limit, metadata, foreground_
     metrics["metadata"] = "on" if scene_ids is not None and meta_mode != "off" else "off"
     metrics.update({"model": str(model), "backend": runner.backend, "artifact": runner.name, "window": list(window),
                     "dataset": dataset, "split": split, "limit": limit,
-                    "foreground_only": foreground_only})
+                    "foreground_only": foreground_only, "runner": runner_info(runner)})
     if runner.backend == "torch":
         metrics["checkpoint"] = str(runner.checkpoint_path)
     atomic_write_json(dest, metrics)

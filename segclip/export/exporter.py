@@ -70,6 +70,7 @@ class Exporter:
     int8_threshold: object = None  # "AGREEMENT[:MIOU_POINTS]", default 0.98:1.0
     int8_fallback: int = FALLBACK_BUDGET  # at most this many quantized nodes kept in float when the INT8 gate fails
     log: object = print
+    tune: bool = True  # time the gated artifacts on every runtime here (segclip.inference.speed): predict's default
 
     def __post_init__(self):
         """Argument checks only (no I/O): a bad option fails before anything is read or written."""
@@ -476,6 +477,11 @@ class Exporter:
             failed = failed_rows(result)
             manifest = self.build_manifest(images, labels, src, result, table, failed, t_start)
             write_manifest(stage, manifest)
+            if self.tune and not failed:  # the fastest gated artifact here becomes predict/eval/triton-repo's default
+                from segclip.inference.speed import measure, record
+
+                record(manifest, measure(stage, manifest=manifest, size=self.size[0], log=self.log))
+                write_manifest(stage, manifest)
             shutil.rmtree(stage / ".parity", ignore_errors=True)
         self.log(table)
         self.log(f"export: {self.out} ({', '.join(k for k, a in self.artifacts.items() if a.get('file'))}) "
@@ -494,7 +500,8 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
            workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = DEFAULT_CALIB_IMAGES,
-           calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print, out_dir=None) -> dict:
+           calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print, out_dir=None,
+           tune: bool = True) -> dict:
     """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
 
     ``model.onnx`` (FP32) is always written: the FP16 ONNX, the INT8 Q/DQ ONNX (``model_int8.onnx`` for
@@ -505,10 +512,13 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
     Raises ``GateFailed`` (exit 1) when an artifact fails its parity gate (artifacts kept, marked
     failed) and ``SegclipError`` (exit 2) for bad arguments, an existing export without ``force``,
     or ``trt=True`` where no engine can be built (after writing the ONNX files and ``trtexec.sh``).
+    ``tune`` (default on): once every gate passed, each gated artifact is timed on each runtime here
+    and the record goes into the manifest (``segclip.inference.speed``); predict, eval and triton-repo
+    then run the fastest by default (``segclip.contract.choose_artifact``).
     """
     out = renamed_keyword("export", "out_dir", out_dir, "out", out)
     return Exporter(source=source, out_dir=out, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,
                     workspace_mb=workspace_mb, device=device, int8=int8, calib_images=calib_images, calib_method=calib_method,
-                    int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=log).run()
+                    int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=log, tune=tune).run()

@@ -107,9 +107,10 @@ class Predictor:
 
     def __init__(self, pool, window: tuple, overlap: float = 0.25, batch: int = 8, bands=None, value_range=None,
                  overlay: bool = False, progress: bool = True, log: Callable = print, scene: Optional[int] = None,
-                 label_ids=None):
+                 label_ids=None, runner_info: Optional[dict] = None):
         """``label_ids``: ``segclip.data.dataset_label_ids(...)`` to write the dataset's own mask-file ids
-        (e.g. LoveDA 1..7, 0 = no-data) instead of the model's 0..K-1 (255 = no-data)."""
+        (e.g. LoveDA 1..7, 0 = no-data) instead of the model's 0..K-1 (255 = no-data).  ``runner_info``:
+        what ran (``runner_info``), recorded in every ``_counts.json``."""
         self.pool, self.window, self.overlap = pool, window, overlap
         self.batch = max(1, int(batch))
         sig = pool.signature
@@ -120,6 +121,7 @@ class Predictor:
         self.classes, self.palette, self.k = list(sig.classes), list(sig.palette), sig.num_classes
         self.mode = "scores" if pool.has_scores else "mask"
         self.encode, self.file_ids = (label_ids[1], label_ids[2]) if label_ids else (None, None)
+        self.runner_info = runner_info
 
     # ---- one raster ------------------------------------------------------------------------------
     def predict_file(self, path: Path, stem: Path) -> dict:
@@ -324,6 +326,8 @@ class Predictor:
                                **({"area_m2": round(float(counts.area[i]), 3)} if areas else {})}
                         for i, name in enumerate(self.classes)},
         }
+        if self.runner_info:
+            doc["runner"] = self.runner_info
         atomic_write_json(outputs["counts"], doc)
         return outputs
 
@@ -384,6 +388,14 @@ def release_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
         except (OSError, AttributeError):  # not glibc (musl): nothing to tune
             pass
+
+
+def runner_info(runner, batch: Optional[int] = None) -> dict:
+    """What ran, for ``_counts.json`` and eval's JSON: backend, artifact, and for an export directory
+    which artifact/runtime was chosen and why (``contract.Choice``: explicit, measured or fallback)."""
+    choice = getattr(runner, "choice", None)
+    return {"backend": runner.backend, "artifact": runner.name, "precision": runner.precision,
+            **({"batch": batch} if batch else {}), "choice": choice.to_dict() if choice else None}
 
 
 def _not_georeferenced():
@@ -456,6 +468,8 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
                 raise SegclipError(f"--size {size}: the model takes {sig.height}x{sig.width} windows; leave --size out, "
                                    f"or re-export with --size {size}x{size}")
         first = pool.endpoints[0].runners[0]
+        if first.choice is not None:  # which artifact of an export, and why (fastest measured here, or asked for)
+            log(first.choice.line())
         batch = default_batch(first) if batch is None else batch
         limit = first.max_batch  # fixed engine profiles; Triton splits big batches itself
         batch = min(batch, limit) if limit else batch
@@ -468,7 +482,8 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
                 raise SegclipError(f"--label-ids dataset: no dataset with its own mask-file ids has this model's classes "
                                    f"({', '.join(sig.classes)}); its masks already hold the class ids 0..K-1: drop --label-ids")
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
-                              overlay=overlay, progress=progress, log=log, scene=scene_id, label_ids=ids)
+                              overlay=overlay, progress=progress, log=log, scene=scene_id, label_ids=ids,
+                              runner_info=runner_info(first, batch) if len(pool.endpoints) == 1 else None)
         results, file_errors = predictor.run(paths, out, stems)
     if created and not any(out.iterdir()):  # every input failed: no empty folder either
         out.rmdir()

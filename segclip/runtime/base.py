@@ -42,6 +42,7 @@ class Runner:
     last ``infer``), ``is_active``."""
 
     backend: str = "base"
+    choice = None  # contract.Choice: which artifact/runtime of an export directory, and why (set by load_runner)
 
     def __init__(self, signature: Signature, *, name: Optional[str] = None, precision: str = "fp32",
                  artifact=None, max_batch: Optional[int] = None):

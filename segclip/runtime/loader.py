@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segclip.contract import FORMATS, artifact_file, artifact_problem, manifest_signature, read_manifest, resolve_source, usable_artifacts
+from segclip.contract import FORMATS, artifact_file, artifact_problem, choose_artifact, manifest_signature, read_manifest, resolve_source
 from segclip.errors import SegclipError
 from segclip.parsers import check_options
 from segclip.runtime.base import Runner
@@ -12,12 +12,12 @@ from segclip.runtime.base import Runner
 def runner_from_export_dir(directory, format: str | None = None, allow_failed: bool = False, **opts) -> Runner:
     d = Path(directory)
     m = read_manifest(d)
-    if format is None:
-        usable = usable_artifacts(m, d)
-        if not usable:
-            listed = sorted((m.get("artifacts") or {})) or "none"
-            raise SegclipError(f"{d}: the export holds no usable artifact (manifest lists {listed})")
-        format = usable[0]
+    # the one decision (contract.choose_artifact): explicit --format wins, else the fastest gated artifact
+    # measured on this machine, else the documented fallback order; the runner carries it (.choice)
+    choice = choose_artifact(m, d, format=format, runtime=opts.get("runtime"), device=opts.get("device") or opts.get("providers"))
+    format = choice.format
+    if choice.how != "explicit" and format != "tensorrt":
+        opts["runtime"] = choice.runtime
     if format not in FORMATS:
         raise SegclipError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     why = artifact_problem(m, format, d, allow_failed=allow_failed)
@@ -30,10 +30,15 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     if format == "tensorrt":
         from segclip.runtime.tensorrt_runner import TensorRTRunner
 
-        return _make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
-                     precision=entry.get("precision"), **opts)
+        return _chosen(_make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
+                             precision=entry.get("precision"), **opts), choice)
     cls = onnx_runner_class(opts.pop("runtime", None))
-    return _make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
+    return _chosen(_make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts), choice)
+
+
+def _chosen(runner: Runner, choice) -> Runner:
+    runner.choice = choice  # what predict/eval print and record (Choice.line(), Choice.to_dict())
+    return runner
 
 
 RUNTIMES = ("onnxruntime", "openvino")

@@ -1,0 +1,133 @@
+"""Fast by default: which artifact predict/eval/triton-repo run follows the export's speed records
+(``contract.choose_artifact``), measured by ``segclip export`` / ``segclip tune`` (``inference.speed``).
+
+The choice tests use hand-written timing entries: they check the decision, never a timing."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from segclip.cli import main
+from segclip.contract import SPEED, choose_artifact, this_machine
+
+OTHER_CPU = {"cpu": "Some Other CPU 9000", "isa": "avx2", "cpus": 2}
+
+
+def _rec(machine: dict, *rows) -> dict:
+    return {"machine": machine, "measured": "2026-12-07T00:00:00Z", "window": [64, 64], "calls": 3,
+            "rows": [{"artifact": a, "runtime": rt, "device": "cpu", "batch": 2, "ms": ms} for a, rt, ms in rows]}
+
+
+def _fake_export(tmp_path, statuses: dict, records: list):
+    """A manifest-only export: the choice reads statuses and files, never runs them."""
+    d = tmp_path / "exp"
+    d.mkdir()
+    arts = {}
+    for key, status in statuses.items():
+        fname = f"{key}.onnx"
+        if status != "missing":
+            (d / fname).write_bytes(b"")
+        arts[key] = {"file": fname, "format": "onnx", "status": "ok" if status == "missing" else status}
+    m = {"format": "segclip-export", "format_version": 1, "artifacts": arts, SPEED: records}
+    return d, m
+
+
+def test_default_is_the_recorded_fastest_gated_pair(tmp_path):
+    here = this_machine()
+    d, m = _fake_export(tmp_path, {"onnx": "ok", "onnx_fp16": "ok", "onnx_int8_cpu": "ok"}, [
+        _rec(here, ("onnx", "onnxruntime", 40.0), ("onnx_int8_cpu", "onnxruntime", 25.0),
+             ("onnx_int8_cpu", "openvino", 16.0), ("onnx_fp16", "openvino", 50.0))])
+    c = choose_artifact(m, d)
+    assert (c.format, c.runtime, c.how, c.speedup) == ("onnx_int8_cpu", "openvino", "measured", 2.5)
+    assert c.line() == ("using onnx_int8_cpu on OpenVINO: fastest gated artifact measured here (2.5x ORT FP32); "
+                        "--format/--runtime to choose")
+    # --runtime narrows the measured choice; --format is taken as asked (ONNX Runtime unless --runtime)
+    c = choose_artifact(m, d, runtime="onnxruntime")
+    assert (c.format, c.runtime, c.how) == ("onnx_int8_cpu", "onnxruntime", "measured")
+    c = choose_artifact(m, d, format="onnx")
+    assert (c.format, c.runtime, c.how) == ("onnx", "onnxruntime", "explicit")
+    # a GPU was asked for: CPU measurements do not decide
+    c = choose_artifact(m, d, device="cuda")
+    assert (c.format, c.how) == ("onnx", "fallback")
+
+
+def test_failed_or_missing_artifact_is_never_chosen_even_when_fastest(tmp_path):
+    here = this_machine()
+    d, m = _fake_export(tmp_path, {"onnx": "ok", "onnx_int8": "failed", "onnx_int8_cpu": "missing", "onnx_fp16": "ok"}, [
+        _rec(here, ("onnx", "onnxruntime", 40.0), ("onnx_int8", "openvino", 10.0), ("onnx_int8_cpu", "onnxruntime", 12.0),
+             ("onnx_fp16", "openvino", 30.0))])
+    c = choose_artifact(m, d)
+    assert (c.format, c.runtime, c.how) == ("onnx_fp16", "openvino", "measured")
+
+
+def test_a_measurement_from_another_cpu_is_not_used(tmp_path):
+    d, m = _fake_export(tmp_path, {"onnx": "ok", "onnx_int8_cpu": "ok"}, [
+        _rec(OTHER_CPU, ("onnx", "onnxruntime", 40.0), ("onnx_int8_cpu", "openvino", 5.0))])
+    c = choose_artifact(m, d)
+    assert (c.format, c.runtime, c.how) == ("onnx", "onnxruntime", "fallback")
+    assert "Some Other CPU 9000" in c.line() and "segclip tune" in c.line()
+    # same model name, other instruction set (e.g. a VM without VNNI): not this machine either
+    (tmp_path / "b").mkdir()
+    d2, m2 = _fake_export(tmp_path / "b", {"onnx": "ok", "onnx_int8_cpu": "ok"}, [
+        _rec({**this_machine(), "isa": "other-isa"}, ("onnx_int8_cpu", "openvino", 5.0))])
+    assert choose_artifact(m2, d2).how == "fallback"
+
+
+def _copy_export(export_dir, tmp_path, *rows):
+    src, _ = export_dir
+    d = tmp_path / "export"
+    shutil.copytree(src, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m[SPEED] = [_rec(this_machine(), *rows)] if rows else []
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+def test_runner_predict_and_format_follow_the_record(export_dir, tmp_path):
+    """load_runner and segclip predict run the recorded fastest pair, say so in one line and in
+    _counts.json; --format onnx still gives ONNX Runtime FP32."""
+    from PIL import Image
+
+    from conftest import parity_images
+    from segclip.runtime import load_runner
+
+    d = _copy_export(export_dir, tmp_path, ("onnx", "onnxruntime", 40.0), ("onnx_fp16", "openvino", 20.0),
+                     ("onnx", "openvino", 30.0))
+    r = load_runner(d)
+    assert (r.backend, r.name, r.precision) == ("openvino", "onnx_fp16", "fp16")
+    assert r.choice.how == "measured" and r.choice.speedup == 2.0
+    r = load_runner(d, format="onnx")
+    assert (r.backend, r.precision, r.choice.how) == ("onnxruntime", "fp32", "explicit")
+
+    Image.fromarray(parity_images(1, size=96)[0]).save(tmp_path / "a.png")
+    res = CliRunner().invoke(main, ["predict", "--quiet", "--model", str(d), str(tmp_path / "a.png"), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert "using onnx_fp16 on OpenVINO: fastest gated artifact measured here (2.0x ORT FP32)" in res.output
+    counts = json.loads((tmp_path / "p" / "a_counts.json").read_text())
+    assert counts["runner"]["choice"]["format"] == "onnx_fp16" and counts["runner"]["backend"] == "openvino"
+    res = CliRunner().invoke(main, ["predict", "--quiet", "--model", str(d), str(tmp_path / "a.png"), "--out", str(tmp_path / "q"),
+                                    "--format", "onnx"])
+    assert res.exit_code == 0, res.output
+    counts = json.loads((tmp_path / "q" / "a_counts.json").read_text())
+    assert counts["runner"]["precision"] == "fp32" and counts["runner"]["backend"] == "onnxruntime"
+    assert counts["runner"]["choice"]["how"] == "explicit"
+
+
+def test_tune_records_this_machine(export_dir, tmp_path):
+    """segclip tune times every gated artifact on every runtime here and keeps other machines' records."""
+    d = _copy_export(export_dir, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m[SPEED] = [_rec(OTHER_CPU, ("onnx", "onnxruntime", 1.0))]
+    (d / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(main, ["tune", str(d), "--calls", "1"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((d / "manifest.json").read_text())
+    assert [r["machine"]["cpu"] for r in m[SPEED]] == [OTHER_CPU["cpu"], this_machine()["cpu"]]
+    rows = m[SPEED][-1]["rows"]
+    assert {(r["artifact"], r["runtime"]) for r in rows} == {(a, rt) for a in ("onnx", "onnx_fp16") for rt in ("onnxruntime", "openvino")}
+    assert all(r["ms"] > 0 and r["batch"] == 2 for r in rows), rows
+    assert "fastest gated artifact measured here" in res.output.splitlines()[-1]
+    res = CliRunner().invoke(main, ["tune", str(tmp_path)])
+    assert res.exit_code == 2 and "no manifest.json" in res.output
