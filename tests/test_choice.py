@@ -131,3 +131,21 @@ def test_tune_records_this_machine(export_dir, tmp_path):
     assert "fastest gated artifact measured here" in res.output.splitlines()[-1]
     res = CliRunner().invoke(main, ["tune", str(tmp_path)])
     assert res.exit_code == 2 and "no manifest.json" in res.output
+
+
+def test_triton_repo_serves_the_onnx_artifact_measured_fastest_on_onnx_runtime(export_dir, tmp_path):
+    """Triton's ONNX models run ONNX Runtime: OpenVINO rows do not decide; --precision wins."""
+    from segclip.serving.repo import MODEL_RECORD, build_repository
+
+    d = _copy_export(export_dir, tmp_path, ("onnx", "onnxruntime", 40.0), ("onnx_fp16", "onnxruntime", 30.0),
+                     ("onnx", "openvino", 10.0))
+    written = build_repository(d, tmp_path / "repo", models=["segclip_python"])
+    rec = json.loads((written["segclip_python"] / MODEL_RECORD).read_text())
+    assert rec["onnx_artifact"] == "onnx_fp16" and rec["options"]["precision"] == "fp16"
+    assert rec["choice"]["how"] == "measured"
+    res = CliRunner().invoke(main, ["triton-repo", str(d), str(tmp_path / "repo2"), "--models", "segclip_python",
+                                    "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert "using onnx on ONNX Runtime: as asked (--precision)" in res.output
+    rec = json.loads((tmp_path / "repo2" / "segclip_python" / MODEL_RECORD).read_text())
+    assert rec["onnx_artifact"] == "onnx" and rec["choice"]["how"] == "explicit"

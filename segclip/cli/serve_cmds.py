@@ -22,14 +22,19 @@ from segclip.parsers import split_list
               help="Instance kind for segclip_onnx/segclip_python (segclip_trt is always GPU).")
 @click.option("--models", "models", multiple=True,
               help="Which of segclip_onnx, segclip_trt, segclip_python to write (comma list; default: all the export supports).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="ONNX artifact served by segclip_onnx/segclip_python (int8: model_int8.onnx for --kind gpu, model_int8_cpu.onnx for cpu).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="ONNX artifact served by segclip_onnx/segclip_python (int8: model_int8.onnx for --kind gpu, model_int8_cpu.onnx "
+                   "for cpu; default: the one measured fastest on ONNX Runtime here by export/segclip tune, else fp32).")
 @click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime intra-op threads per instance (0: its default).")
 @click.option("--force", is_flag=True, help="Replace models already in --out.")
 def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind, models, precision, threads, force):
     """Generate a Triton model repository (--out) from the export in EXPORT_DIR."""
-    from segclip.serving.repo import build_repository
+    from segclip.contract import read_manifest
+    from segclip.serving.repo import build_repository, onnx_choice
 
+    # the one decision (contract.choose_artifact through onnx_choice), said before the files are written
+    _, precision, choice = onnx_choice(read_manifest(export_dir), export_dir, kind, precision)
+    click.echo(choice.line().replace("--format/--runtime", "--precision"))
     written = build_repository(export_dir, out, models=split_list(models) or None, max_batch=max_batch,
                                queue_delay_us=queue_delay_us, instances=instances, kind=kind, intra_op_threads=threads,
                                precision=precision, force=force)

@@ -32,7 +32,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError, one_line
 from segclip.parsers import renamed_keyword
-from segclip.contract import (MANIFEST_NAME, artifact_file, artifact_problem, batch_profile, check_artifact_unchanged, manifest_signature,
+from segclip.contract import (choose_artifact, artifact_file, artifact_problem, batch_profile, check_artifact_unchanged, manifest_signature,
                               read_manifest)
 from segclip.runtime.triton import PRECISION_PARAM, SCENE_DEFAULT_PARAM, SIGNATURE_PARAM
 from segclip.signature import DEFAULT_SCENE, MASK_NAME, SCENE_NAME, Signature, triton_config_type, triton_dims
@@ -249,9 +249,21 @@ def _trt_plan(manifest: dict, export_dir: Path) -> Optional[Path]:
     return None if art is None else export_dir / artifact_file(art, export_dir)
 
 
+def onnx_choice(manifest: dict, export_dir, kind: str, precision: Optional[str] = None) -> tuple:
+    """(artifact key, precision, ``contract.Choice``) of the ONNX model segclip_onnx/segclip_python serve:
+    ``precision`` when given, else the artifact measured fastest on ONNX Runtime (what both models run)
+    on this machine's CPU (``kind`` cpu) or GPU (gpu), else FP32 (``contract.choose_artifact``)."""
+    keys = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8" if kind == "gpu" else "onnx_int8_cpu"}
+    if precision is not None and precision not in keys:
+        raise SegclipError(f"--precision {precision!r}: not a precision; give --precision {', '.join(keys)}")
+    choice = choose_artifact(manifest, export_dir, format=keys.get(precision), runtime="onnxruntime",
+                             device="cuda" if kind == "gpu" else "cpu", among=tuple(keys.values()))
+    return choice.format, {v: k for k, v in keys.items()}[choice.format], choice
+
+
 def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
                      queue_delay_us: int = 100, instances: int = 1, kind: str = "cpu", intra_op_threads: int = 0,
-                     precision: str = "fp32", force: bool = False, repo_dir=None) -> dict:
+                     precision: Optional[str] = None, force: bool = False, repo_dir=None) -> dict:
     """Generate the Triton models for an export into ``out`` (the repository folder, ``--out`` on the
     command line; ``repo_dir=`` is its old keyword, kept for one release); returns ``{model: folder}``.
 
@@ -259,7 +271,8 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
     ``max_batch`` defaults to the export's profile max (it may not exceed a TensorRT profile's max).
     ``precision`` picks the ONNX artifact that segclip_onnx/segclip_python serve: "fp32" (``onnx``)
     or "fp16" (``onnx_fp16``) or "int8": the symmetric Q/DQ ``onnx_int8`` for GPU instances (TensorRT
-    and CUDA run it), the u8/s8 ``onnx_int8_cpu`` that ONNX Runtime runs fastest for CPU instances.
+    and CUDA run it), the u8/s8 ``onnx_int8_cpu`` that ONNX Runtime runs fastest for CPU instances;
+    None (default): the one of those measured fastest on ONNX Runtime on this machine (``onnx_choice``).
     """
     from segclip.atomic import atomic_dir
 
@@ -275,10 +288,7 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
         raise SegclipError(f"--queue-delay-us {queue_delay_us}: must be >= 0; give e.g. --queue-delay-us 100")
     manifest = read_manifest(export_dir)
     sig = manifest_signature(manifest)
-    keys = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8" if kind == "gpu" else "onnx_int8_cpu"}
-    if precision not in keys:
-        raise SegclipError(f"--precision {precision!r}: not a precision; give --precision {', '.join(keys)}")
-    onnx_key = keys[precision]
+    onnx_key, precision, choice = onnx_choice(manifest, export_dir, kind, precision)
     onnx_art = _artifact(manifest, export_dir, onnx_key, required=True)
     onnx_path = export_dir / onnx_art["file"]
     check_artifact_unchanged(onnx_art, onnx_path)
@@ -308,6 +318,7 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
         "export_dir": str(export_dir.resolve()),
         "onnx_artifact": onnx_key,
         "onnx_sha256": onnx_art.get("sha256"),
+        "choice": choice.to_dict(),
         "options": {"max_batch": mb, "precision": precision, "queue_delay_us": queue_delay_us, "instances": instances, "kind": kind,
                     "intra_op_threads": intra_op_threads},
     }
