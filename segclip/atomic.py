@@ -47,6 +47,22 @@ def is_empty_dir(p: Path) -> bool:
     return p.is_dir() and not any(p.iterdir())
 
 
+def holds_own(dst, is_own, what: str, lacks: str, flag: str = "--out") -> bool:
+    """Whether the output folder ``dst`` already holds something (a non-empty folder).  A non-empty
+    folder that is not segclip's own ``what`` (``is_own(dst)`` false; ``lacks`` says what tells it,
+    e.g. "no manifest.json") is refused whatever --force/--resume say: segclip writes into,
+    replaces or deletes only what it recognisably wrote.  A file where a folder belongs is refused too."""
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise SegclipError(f"{flag} {dst}: exists and is not a folder; choose another {flag}")
+    if not dst.is_dir() or is_empty_dir(dst):
+        return False
+    if not is_own(dst):
+        raise SegclipError(f"{dst} is not empty and is not {what} ({lacks}); segclip never writes into or replaces "
+                           f"a folder it did not make: choose another {flag} (a new or empty folder)")
+    return True
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -120,6 +136,22 @@ def sweep_partials(*directories, log=None, once: bool = False) -> list:
     return removed + restored
 
 
+def check_not_being_written(dst) -> None:
+    """Refuse ``dst`` while another live segclip process builds it (its partial sits beside it):
+    said at the start, not as "already exists" when the second run ends minutes later."""
+    dst = Path(dst)
+    try:
+        entries = list(dst.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        m = _TEMP_RE.match(p.name)
+        if m and m["kind"] == "partial" and m["name"] == dst.name and int(m["pid"]) != os.getpid() \
+                and process_alive(int(m["pid"])):
+            raise SegclipError(f"{dst}: segclip process {m['pid']} is writing it now; wait for it to finish "
+                               f"or choose another --out")
+
+
 @contextmanager
 def atomic_dir(dst, replace: bool = False):
     """Yield a temporary folder; on success it becomes ``dst``.  An existing non-empty ``dst``
@@ -127,6 +159,7 @@ def atomic_dir(dst, replace: bool = False):
     dst = Path(dst)
     if dst.exists() and not is_empty_dir(dst) and not replace:
         raise SegclipError(f"{dst} already exists; pass --force to replace it")
+    check_not_being_written(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(dst.parent, once=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{_tag('partial')}", dir=dst.parent))

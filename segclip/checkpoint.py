@@ -48,6 +48,23 @@ def has_checkpoints(run_dir: str | os.PathLike) -> bool:
     return bool(step_checkpoints(run_dir)) or (Path(run_dir) / FINAL_NAME).is_file()
 
 
+RUN_CONFIG_KEYS = ("classes", "model", "train")  # what Trainer writes to RUN_DIR/config.json first
+
+
+def is_run_dir(run_dir: str | os.PathLike) -> bool:
+    """A segclip training run: a checkpoint, or the config.json the trainer writes before its first
+    step (a run killed before its first checkpoint is still one)."""
+    import json
+
+    if has_checkpoints(run_dir):
+        return True
+    try:
+        cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and all(k in cfg for k in RUN_CONFIG_KEYS)
+
+
 def resolve_checkpoint(path: str | os.PathLike, latest: bool = False) -> Path:
     """RUN_DIR or checkpoint file -> checkpoint file: the final model, else the last step; with
     ``latest`` (resume) the newest training state, which after an extended run is a step file

@@ -35,3 +35,22 @@ def one_line(e, limit: int = 200) -> str:
     within = [i for i in ends if i <= limit]
     cut = within[-1] if within else (ends[0] if ends else len(text))
     return text[:cut].rstrip(".;: ")
+
+
+# the storage errors a user fixes by freeing space or choosing another place (not segclip's bugs)
+_DISK_FIXES = {"ENOSPC": "no space left on the device; free some space or give --out on another disk",
+               "EDQUOT": "disk quota exceeded; free some space or give --out on another disk",
+               "EROFS": "read-only file system; give --out on a writable disk",
+               "EACCES": "permission denied; check its permissions, or give --out in a folder you can write to",
+               "EPERM": "operation not permitted; check its permissions, or give --out in a folder you can write to"}
+
+
+def disk_error(e: OSError):
+    """A ``SegclipError`` for a full disk, a read-only file system or a folder without write
+    permission (one line naming the path and the fix), else None (a real bug keeps its traceback)."""
+    import errno
+
+    fix = _DISK_FIXES.get(errno.errorcode.get(e.errno or 0, ""))
+    if fix is None:
+        return None
+    return SegclipError(f"{e.filename}: {fix}" if e.filename else f"writing the output: {fix}")

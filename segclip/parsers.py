@@ -32,6 +32,23 @@ def split_list(value) -> list:
     return out
 
 
+def path_list(value, what: str, example: str) -> list:
+    """One path or several -> a list of them: a lone str/PathLike is one path (never iterated
+    character by character); anything else but a path is a one-line error naming ``what``."""
+    import os
+
+    items = [value] if isinstance(value, (str, os.PathLike)) else value
+    try:
+        items = list(items)
+    except TypeError:
+        items = [items]
+    bad = [x for x in items if not isinstance(x, (str, os.PathLike))]
+    if bad or not items:
+        got = f"{bad[0]!r} ({type(bad[0]).__name__})" if bad else "nothing"
+        raise SegclipError(f"{what}: {got} is not a path; give a file or folder path (str or pathlib.Path), e.g. {example}")
+    return items
+
+
 def unique(items: Iterable) -> list:
     out = []
     for x in items:
@@ -40,16 +57,18 @@ def unique(items: Iterable) -> list:
     return out
 
 
-def parse_ints(value, what: str) -> tuple:
-    """"1,4,8" | 4 | [1, 4] -> (1, 4, 8): positive, duplicates dropped, order kept."""
+def parse_ints(value, what: str, example: str = "1,4,8") -> tuple:
+    """"1,4,8" | 4 | [1, 4] -> (1, 4, 8): positive, duplicates dropped, order kept.  ``example``:
+    the value the error suggests (one number where the option takes one)."""
     out = []
     for v in split_list(value):
         try:
             n = int(str(v).strip())
         except ValueError:
-            raise SegclipError(f"--{what} {value!r}: not a list of numbers; give comma-separated positive integers, e.g. --{what} 1,4,8") from None
+            kind = "a list of numbers; give comma-separated positive integers" if "," in example else "a number; give a positive integer"
+            raise SegclipError(f"--{what} {value!r}: not {kind}, e.g. --{what} {example}") from None
         if n < 1:
-            raise SegclipError(f"--{what} {n}: must be >= 1; give e.g. --{what} 1,4,8")
+            raise SegclipError(f"--{what} {n}: must be >= 1; give e.g. --{what} {example}")
         out.append(n)
     return tuple(unique(out))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from segclip.errors import SegclipError
+from segclip.errors import SegclipError, disk_error
 
 
 class Terminated(BaseException):
@@ -84,3 +84,8 @@ class SegclipGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as e:  # a full disk, a read-only file system: partial outputs were removed on the way out
+            err = disk_error(e)
+            if err is None:
+                raise
+            self._fail(str(err), err.exit_code)

@@ -155,7 +155,7 @@ def batch_option(kind: str, *, default=None, legacy: Optional[str] = "--batch-si
             return None
         if kind == "profile":
             return parse_batch(value)
-        n = parse_ints(value, "batch")
+        n = parse_ints(value, "batch", "1,4,8" if kind == "list" else "4")
         if kind == "int" and len(n) != 1:
             raise SegclipError(f"--batch {value!r}: one number is expected here; give e.g. --batch 4")
         return n if kind == "list" else n[0]

@@ -1,7 +1,6 @@
 """``segclip train``, ``segclip eval`` and ``segclip quickstart``."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -95,8 +94,17 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
                    f"{preset}: the rate never reaches --lr {t.lr:g} (it peaks at {t.lr * t.max_steps / t.warmup_steps:.2g}); "
                    f"give e.g. --warmup-steps {max(1, t.max_steps // 10)}",
                    err=True)
-    trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device,
-                      resume=resume, prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after)
+    # what this call set explicitly: a --resume checks each against the run's own
+    given = {flag: (field, v) for flag, field, v in (
+        ("--max-steps", "max_steps", max_steps), ("--batch", "batch_size", batch_size), ("--lr", "lr", lr),
+        ("--size", "crop_size", crop_size), ("--seed", "seed", seed), ("--checkpoint-every", "checkpoint_every", checkpoint_every),
+        ("num_workers", "num_workers", num_workers), ("--warmup-steps", "warmup_steps", warmup_steps),
+        ("--backbone-weights", "backbone_weights", backbone_weights), ("--clip-checkpoint", "clip_pretrained", clip_checkpoint),
+        ("--prompt/--prompt-template", "prompts", True if (prompts or prompt_template) else None),
+        ("--no-gtg", "gtg", False if not gtg else None), ("--metadata", "metadata", mode if metadata is not None and mode != "auto" else None),
+        ("--metadata-template", "metadata_templates", metadata_templates or None)) if v is not None}
+    trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device, resume=resume,
+                      prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after, given=given)
     return trainer, trainer.fit()
 
 
@@ -138,6 +146,9 @@ def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, b
         raise SegclipError(f"--out {out}: exists and is not a folder; give a run directory (new, or an earlier run with --resume)")
     from segclip.parsers import parse_range
 
+    from segclip.engine.trainer import claim_run_dir
+
+    claim_run_dir(out)  # before the datasets are read: a user's folder is refused at once
     clean_partials(out, Path(out) / "checkpoints")
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,
                                 lr=lr, warmup_steps=warmup_steps, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
@@ -303,24 +314,62 @@ def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, fo
 @click.option("--force", is_flag=True, help="Replace an existing quickstart directory.")
 def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, force):
     """Generate the sample dataset, train the small preset, evaluate, export and benchmark."""
-    from segclip.data.sample import generate_sample_dataset
+    from segclip.atomic import atomic_dir, holds_own
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SegclipError(f"--out {out}: exists and is not a folder; choose another --out")
+    # --force replaces only an earlier quickstart: any other non-empty folder is refused
+    if holds_own(out, is_quickstart, "a segclip quickstart", f"no {QUICKSTART_SUMMARY} of one") and not force:
+        raise SegclipError(f"{out} already holds a quickstart ({QUICKSTART_SUMMARY}); pass --force to replace it "
+                           f"or choose another --out")
     device = _default_device(device)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise SegclipError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
-        shutil.rmtree(out)
+    clean_partials(out.parent)
+    # built beside --out and swapped in at the end: an interrupted run leaves the previous result as it was
+    with atomic_dir(out, replace=force) as stage:
+        summary = _quickstart_into(stage, out, max_steps, seed, pretrained, device, do_export, do_bench)
+    click.echo(f"summary -> {out / QUICKSTART_SUMMARY} (total {summary['total_seconds']:.0f} s)")
+
+
+QUICKSTART_SUMMARY = "summary.json"
+
+
+def is_quickstart(d: Path) -> bool:
+    """A folder a quickstart wrote: its summary.json says so (the sample dataset, the small preset)."""
+    import json
+
+    try:
+        s = json.loads((Path(d) / QUICKSTART_SUMMARY).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(s, dict) and s.get("dataset") == "sample" and "artifacts" in s
+
+
+def _relocate(obj, moves: tuple):
+    """Paths recorded while building in the staging folder, as they read after the swap
+    (``moves``: (staging path, final path) pairs, as given and absolute)."""
+    if isinstance(obj, dict):
+        return {k: _relocate(v, moves) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relocate(v, moves) for v in obj]
+    if isinstance(obj, str):
+        for old, new in moves:
+            obj = obj.replace(old, new)
+    return obj
+
+
+def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device, do_export, do_bench) -> dict:
+    """The quickstart, written into ``stage`` (which becomes ``out``); returns the summary."""
+    import json
+
+    from segclip.data.sample import generate_sample_dataset
+
     t_start = time.time()
     summary = {"preset": "segclip-small", "dataset": "sample", "seed": seed, "pretrained": pretrained, "artifacts": {}}
-    data = generate_sample_dataset(out / "data", seed=seed)
+    data = generate_sample_dataset(stage / "data", seed=seed)
     summary["artifacts"]["data"] = str(data)
     weights = {} if pretrained else {"backbone_weights": "none", "clip_checkpoint": "none"}
     if not pretrained:
         click.echo("quickstart: random init for backbone and CLIP text encoder (offline); --pretrained uses ImageNet/CLIP weights")
-    run = out / "run"
+    run = stage / "run"
     trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=max_steps, seed=seed, device=device, **weights)
     summary["train_seconds"] = round(res["train_seconds"], 1)
     summary["train_steps"] = res["step"]
@@ -344,13 +393,19 @@ def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, fo
         if not enabled:
             continue
         try:
-            fn(run, out, summary)
+            fn(run, stage, summary)
         except ImportError as e:  # that part of the toolkit is not installed in this environment
             summary[f"{step_name}_status"] = f"skipped: {e}"
             click.echo(f"quickstart: {step_name} skipped ({e})")
     summary["total_seconds"] = round(time.time() - t_start, 1)
-    atomic_write_json(out / "summary.json", summary)
-    click.echo(f"summary -> {out / 'summary.json'} (total {summary['total_seconds']:.0f} s)")
+    # the paths recorded (summary, the export's source checkpoint, the benchmark's inputs) name --out
+    moves = ((str(stage.absolute()), str(out.absolute())), (str(stage), str(out)))
+    for js in sorted(stage.rglob("*.json")):
+        obj = json.loads(js.read_text())
+        if _relocate(obj, moves) != obj:
+            atomic_write_json(js, _relocate(obj, moves))
+    atomic_write_json(stage / QUICKSTART_SUMMARY, _relocate(summary, moves))
+    return summary
 
 
 def _quickstart_export(run: Path, out: Path, summary: dict) -> None:

@@ -93,7 +93,7 @@ class SegDataset:
     def read(self, i: int) -> tuple:
         """``(image uint8 HxWx3, mask uint8 HxW or None, meta)``: the compact form, for patching."""
         img_path, mask_path, meta = self._record(i)
-        image = read_rgb(img_path, value_range=self.value_range)
+        image, valid = read_rgb(img_path, value_range=self.value_range, with_valid=True)
         meta = {"path": str(img_path), **meta}
         mask = None
         if self.has_labels:
@@ -101,6 +101,8 @@ class SegDataset:
             if mask.shape != image.shape[:2]:
                 raise SegclipError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} "
                                    f"is {image.shape[1]}x{image.shape[0]}; masks must match their image size")
+            if valid is not None:  # nodata pixels (NaN, GDAL nodata): ignored in the loss and the metrics, as predict does
+                mask = np.where(valid, mask, IGNORE_INDEX).astype(mask.dtype)
             meta["mask_path"] = str(mask_path)
         return image, mask, meta
 

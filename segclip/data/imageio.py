@@ -52,21 +52,23 @@ def image_size(path: Path) -> tuple:
         raise SegclipError(f"{path}: cannot read image ({type(e).__name__}: {e}); re-download or remove the file") from None
 
 
-def read_rgb(path: Path, note=None, value_range=None) -> np.ndarray:
+def read_rgb(path: Path, note=None, value_range=None, with_valid: bool = False):
     """H x W x 3 uint8 RGB (alpha dropped, grey/palette images expanded).  PNG/JPEG/TIFF, 16-bit
     and float included, are decoded by GDAL exactly as ``segclip predict`` decodes them
     (``raster.read_image``: why; ``note(message)`` is told of a 16-bit stretch; ``value_range``:
     its (low, high), default the image's own p2-p98).  Other formats
-    (BMP, WebP, ...) through PIL, 8-bit only."""
+    (BMP, WebP, ...) through PIL, 8-bit only.  ``with_valid``: -> (rgb, validity or None), the
+    pixels predict treats as nodata (NaN, GDAL nodata/alpha) False."""
     if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-        return read_image(path, note, value_range)
+        return read_image(path, note, value_range, with_valid=with_valid)
     im = _open(path)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # PIL's conversion would clip at 255
         raise SegclipError(f"{path}: {im.mode} image deeper than 8 bits in a format segclip reads with PIL; "
                            f"save it as PNG or (Geo)TIFF, which are scaled to 8 bits as predict does")
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
+    rgb = np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
+    return (rgb, None) if with_valid else rgb
 
 
 def read_index_mask(path: Path) -> np.ndarray:

@@ -12,7 +12,9 @@ Reading (``RasterSource``): PNG/JPEG/TIFF/GeoTIFF and anything else GDAL reads.
   common GIS "cumulative cut"), estimated once per file on a decimated read (<= ~1 Mpx) of the
   valid pixels.
 * Validity comes from GDAL's masks (nodata value, alpha band or internal mask): a pixel is nodata
-  when every selected band is masked.
+  when every selected band is masked.  In float rasters NaN (and +-inf) is nodata too, in any
+  selected band, with or without a declared nodata value: GDAL's mask does not flag NaN unless
+  the file declares nodata=nan, and a NaN pixel has no value to classify.
 
 PNG, JPEG and TIFF images are decoded here for the datasets too (``read_image``, called by
 ``imageio.read_rgb``), so ``segclip predict`` and ``segclip train/eval`` see the same pixels,
@@ -119,7 +121,8 @@ class RasterSource:
         # grey PNGs of 1/2/4 bits come as 0..2^n-1: spread to 0..255 (x255, x85, x17), as PIL decodes them
         self.spread = 255 // (2 ** nbits - 1) if self.dtype == np.uint8 and nbits < 8 and self.colormap is None else 1
         flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
-        self.has_nodata = not all(MaskFlags.all_valid in f for f in flags)
+        self.float = self.dtype.kind == "f"  # NaN = nodata: looked for in every window
+        self.has_nodata = self.float or not all(MaskFlags.all_valid in f for f in flags)
         self.nodata = ds.nodata
         self.crs, self.transform = ds.crs, ds.transform
         self.georeferenced = ds.crs is not None
@@ -194,15 +197,19 @@ class RasterSource:
             a = np.repeat(a, 3, axis=-1)
         return np.ascontiguousarray(a)
 
-    def valid(self, y0: int, x0: int, y1: int, x1: int) -> Optional[np.ndarray]:
+    def valid(self, y0: int, x0: int, y1: int, x1: int, out_shape: Optional[tuple] = None) -> Optional[np.ndarray]:
         """bool h x w, False = nodata (every selected band masked); None when nothing is ever masked."""
         if not self.has_nodata:
             return None
+        w = self._window(y0, x0, y1, x1)
         try:
-            m = self.ds.read_masks(self.bands, window=self._window(y0, x0, y1, x1))
+            kw = {"out_shape": (len(self.bands),) + tuple(out_shape)} if out_shape else {}  # nearest
+            m = self.ds.read_masks(self.bands, window=w, **kw).any(axis=0)
+            if self.float:  # a second read of the window: GDAL's block cache holds it
+                m &= np.isfinite(self.ds.read(self.bands, window=w, **kw)).all(axis=0)
         except Exception as e:
             raise _read_error(self.path, e) from None
-        return m.any(axis=0)
+        return m
 
     # ---- geometry ----------------------------------------------------------------------------------
     def row_pixel_areas(self, y0: int, y1: int) -> Optional[np.ndarray]:
@@ -235,11 +242,12 @@ class RasterSource:
         self.close()
 
 
-def read_image(path, note=None, value_range=None) -> np.ndarray:
+def read_image(path, note=None, value_range=None, with_valid: bool = False):
     """A whole image (``IMAGE_SUFFIXES``) as uint8 H x W x 3 RGB, decoded exactly as ``segclip
     predict`` decodes it (bands, palette, grey and the 16-bit/float stretch as above), so a model
     is trained and run on the same pixels.  ``note(message)`` is told when a stretch is applied;
-    ``value_range``: (low, high) for the stretch instead of the image's own percentiles."""
+    ``value_range``: (low, high) for the stretch instead of the image's own percentiles.
+    ``with_valid``: -> (rgb, bool H x W validity or None when nothing is nodata), as predict masks."""
     from rasterio.errors import NotGeoreferencedWarning
 
     with gdal_env(), warnings.catch_warnings():
@@ -247,7 +255,11 @@ def read_image(path, note=None, value_range=None) -> np.ndarray:
         with RasterSource(path, value_range=value_range) as src:
             if src.scaling is not None and note is not None:
                 note(f"{path}: scaled to 8 bits ({src.describe_scaling()})")
-            return src.read(0, 0, src.height, src.width)
+            rgb = src.read(0, 0, src.height, src.width)
+            if not with_valid:
+                return rgb
+            valid = src.valid(0, 0, src.height, src.width)
+            return rgb, (None if valid is None or valid.all() else valid)
 
 
 def raster_size(path) -> tuple:

@@ -23,7 +23,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from segclip.errors import SegclipError
-from segclip.atomic import atomic_dir, is_empty_dir
+from segclip.atomic import atomic_dir, holds_own
 
 MANIFEST = "sample_manifest.json"
 VERSION = 1
@@ -288,23 +288,27 @@ def _check_args(params: dict) -> dict:
 
 
 def generate_sample_dataset(root, seed: int = 0, num_train: int = 48, num_val: int = 16, size: int = 256,
-                            force: bool = False) -> Path:
+                            force: bool = False, force_hint: str = "pass --force", flag: str = "--out") -> Path:
     """Render the sample set into ``root`` (LoveDA layout) and return ``root``.
 
     An existing complete set with the same parameters is reused as is; a non-empty folder that is
     not one (partial, other parameters, or unrelated files) is refused unless ``force``.
+    ``force_hint``: how the caller's user asks for that (``sample-data --force``; train and eval,
+    which read ``--data sample:DIR``, have no --force of their own); ``flag``: the option naming ``root``.
+    A folder without the sample set's manifest is someone else's: refused, ``force`` or not.
     """
     root = Path(root)
     params = _check_args({"seed": seed, "num_train": num_train, "num_val": num_val, "size": size})
-    if not force and root.exists() and not is_empty_dir(root):
+    if holds_own(root, lambda d: _read_manifest(d) is not None, "a segclip sample dataset", f"no {MANIFEST}", flag) \
+            and not force:
         m = _read_manifest(root)
-        if m is None or m.get("version") != VERSION or not _is_complete(root, m):
+        if m.get("version") != VERSION or not _is_complete(root, m):
             raise SegclipError(f"{root} is not empty and holds no complete sample dataset (checked {MANIFEST}); "
-                               f"choose an empty folder or pass --force to replace it")
+                               f"choose an empty folder or {force_hint} to replace it")
         diff = {k: m.get(k) for k in params if m.get(k) != params[k]}
         if diff:
             raise SegclipError(f"{root} holds a sample dataset made with "
-                               f"{', '.join(f'{k}={v}' for k, v in diff.items())}; pass --force to regenerate it "
+                               f"{', '.join(f'{k}={v}' for k, v in diff.items())}; {force_hint} to regenerate it "
                                f"with {', '.join(f'{k}={params[k]}' for k in diff)}")
         return root
     manifest = {"generator": "segclip.data.sample", "version": VERSION, **params,
@@ -333,7 +337,8 @@ def ensure_sample_dataset(root, **given) -> Path:
     root = Path(root)
     m = _read_manifest(root) if root.is_dir() else None
     base = {k: m.get(k, v) for k, v in DEFAULTS.items()} if m else dict(DEFAULTS)
-    return generate_sample_dataset(root, **{**base, **given})
+    return generate_sample_dataset(root, **{**base, **given},
+                                   force_hint=f"run `segclip sample-data --out {root} --force`", flag="--data sample:FOLDER")
 
 
 def write_preview(root, out=None, n: int = 4) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from segclip.atomic import atomic_write_json, atomic_write_text
+from segclip.atomic import atomic_write_json, atomic_write_text, holds_own
 from segclip.config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
 from segclip.errors import SegclipError
 from segclip.modeling import build_model, semantic_targets
@@ -27,7 +28,7 @@ from segclip.modeling.criterion import SetCriterion
 from segclip.modeling.matcher import HungarianMatcher
 from segclip.engine import distributed as D
 from segclip.checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, checkpoint_scenes,
-                                       has_checkpoints, load_checkpoint, resolve_checkpoint)
+                                       has_checkpoints, is_run_dir, load_checkpoint, resolve_checkpoint)
 from segclip.metadata import resolve_table
 from segclip.parsers import check_device
 
@@ -95,24 +96,83 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _drop_rows_after(path: Path, step: int) -> None:
+def _drop_rows_after(path: Path, step: int) -> bool:
     """Resuming from step s replays the steps after s: rows a killed run logged past its last
-    checkpoint (and a row cut short by the kill) are dropped, so each step is logged once."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
+    checkpoint (and a row cut short by the kill) are dropped, so each step is logged once.
+    Returns whether the file keeps a complete header; one without (a run killed before its first
+    row left it empty, or cut its header short) is emptied so the header is written again."""
+    text = path.read_text()
+    if "\n" not in text:  # no complete header line
+        if text:
+            atomic_write_text(path, "")
+        return False
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     keep = [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= step]
     if len(keep) < len(rows) - 1:
         buf = io.StringIO()
         csv.writer(buf).writerows(rows[:1] + keep)
         atomic_write_text(path, buf.getvalue())
+    return True
+
+
+def claim_run_dir(out) -> bool:
+    """Whether ``out`` already holds a training run; a non-empty folder that is not one (the user's
+    own files) is refused, with or without --resume: train writes config.json and metrics.csv there."""
+    return holds_own(out, is_run_dir, "a segclip training run", "no checkpoint, no segclip config.json")
+
+
+# a resumed run takes these from the call (max_steps extends it; the others change no step), every
+# other option is the run's own: given with another value it is refused, not silently ignored
+RESUME_APPLIES = ("max_steps", "checkpoint_every", "num_workers")
+# initial weights: a resumed run's weights come from its checkpoint, so these are moot (said, not refused)
+RESUME_MOOT = ("backbone_weights", "clip_pretrained")
+
+
+def _same(field: str, a, b) -> bool:
+    if field == "crop_size":  # S and [S, S] are one size
+        def hw(v):
+            return (v, v) if isinstance(v, int) else tuple(v)
+
+        return hw(a) == hw(b)
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return list(a or ()) == list(b or ())
+    return a == b
+
+
+def check_resume_options(given: dict, mcfg: ModelConfig, tcfg: TrainConfig, out, prompts=None, run_prompts=None) -> None:
+    """Refuse ``--resume`` with options that differ from the run's (naming each, and the run's value);
+    one ``note:`` line for the initial-weight options, which a resumed run does not use."""
+    differ, moot = [], []
+    for flag, (field, value) in given.items():
+        if field in RESUME_APPLIES:
+            continue
+        if field in RESUME_MOOT:
+            moot.append(flag)
+            continue
+        cfg = tcfg if hasattr(tcfg, field) else mcfg
+        if field == "prompts":  # --prompt/--prompt-template: the class prompts they give vs the run's
+            if run_prompts is not None and prompts is not None and list(prompts) != list(run_prompts):
+                differ.append(f"{flag} (the run's prompts: {'; '.join(run_prompts)})")
+            continue
+        if field == "metadata_templates":
+            value = {**getattr(cfg, field), **value}
+        if not _same(field, value, getattr(cfg, field)):
+            shown = "" if isinstance(value, bool) else f" {value}"
+            differ.append(f"{flag}{shown} (the run's: {getattr(cfg, field)})")
+    if differ:
+        raise SegclipError(f"--resume: {out} was trained with other settings than {', '.join(differ)}; a resumed run "
+                           f"keeps its own: drop {'them' if len(differ) > 1 else 'it'} (only --max-steps, "
+                           f"--checkpoint-every apply to a resumed run) or start a new run with another --out")
+    if moot:
+        print(f"note: {', '.join(moot)} ignored: a resumed run continues from the weights in its checkpoint", file=sys.stderr)
 
 
 class Trainer:
     def __init__(self, dataset, val_dataset, out: str | os.PathLike, mcfg: ModelConfig, tcfg: TrainConfig, *,
                  dataset_name: str, device: str = "cpu", resume: bool = False, prompts=None, progress: bool = True,
-                 stop_after: int | None = None):
+                 stop_after: int | None = None, given: dict | None = None):
+        """``given``: the options this call set explicitly, ``{flag: (config field, value)}``; on
+        ``resume`` each must match the run's own (``check_resume_options``)."""
         self.out = Path(out)
         tcfg.validate()
         self.rank, self.world, self.device = D.init_distributed(check_device(device))
@@ -124,6 +184,7 @@ class Trainer:
         self.palette = tuple(dataset.palette)
 
         ckpt = None
+        is_run = claim_run_dir(self.out)
         if resume:
             if not has_checkpoints(self.out):
                 raise SegclipError(f"--resume: no checkpoint in {self.out}; start without --resume")
@@ -131,6 +192,10 @@ class Trainer:
             check_classes(ckpt, classes, f"dataset {dataset_name}")
             mcfg = model_config_from_dict(dict(ckpt["model_config"]))
             saved_t = train_config_from_dict(dict(ckpt["train_config"]))
+            check_resume_options(given or {}, mcfg, saved_t, self.out, prompts, ckpt.get("prompts"))
+            for field, value in (given or {}).values():  # honoured: they change no step of the run
+                if field in RESUME_APPLIES:
+                    setattr(saved_t, field, value)
             if (saved_t.value_range or None) != (tcfg.value_range or None):  # the datasets were built with tcfg's
                 def show(r):
                     return f"--range {r[0]:g},{r[1]:g}" if r else "no --range"
@@ -139,7 +204,7 @@ class Trainer:
                                    f"{show(tcfg.value_range)}; give the run's own --range again")
             saved_t.max_steps = tcfg.max_steps  # a resumed run may be extended
             tcfg = saved_t
-        elif has_checkpoints(self.out):
+        elif is_run and has_checkpoints(self.out):
             raise SegclipError(f"{self.out} already holds a training run; pass --resume to continue it or choose a new --out")
         self.mcfg, self.tcfg = mcfg, tcfg
 
@@ -260,9 +325,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out / "tb"))
-            new = not (self.out / "metrics.csv").exists()
-            if not new:
-                _drop_rows_after(self.out / "metrics.csv", self.step)
+            new = not (self.out / "metrics.csv").exists() or not _drop_rows_after(self.out / "metrics.csv", self.step)
             csv_file = open(self.out / "metrics.csv", "a", newline="")
         self.model.train()
         t0 = time.time()

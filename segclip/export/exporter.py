@@ -14,6 +14,7 @@ raises ``GateFailed`` (exit 1).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from segclip.atomic import atomic_dir
+from segclip.atomic import atomic_dir, check_not_being_written, holds_own
 from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT_BUILT, OK, PENDING, TRTEXEC_NAME,
                               scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
                               write_manifest)
@@ -40,10 +41,6 @@ DEFAULT_SIZE = 512
 def default_out_dir(source) -> Path:
     p = Path(source)
     return p / "export" if p.is_dir() else p.parent / "export"
-
-
-def _nonempty(p: Path) -> bool:
-    return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
 @dataclasses.dataclass
@@ -74,6 +71,9 @@ class Exporter:
 
     def __post_init__(self):
         """Argument checks only (no I/O): a bad option fails before anything is read or written."""
+        if not isinstance(self.source, (str, os.PathLike)):
+            raise SegclipError(f"export: source {self.source!r} ({type(self.source).__name__}) is not a path; give a run "
+                               f"directory or checkpoint, e.g. segclip.export('runs/small', out='runs/small/export')")
         self.batch = parse_batch(self.batch)
         self.size = parse_size(self.size)
         for name in ("fp32_threshold", "fp16_threshold"):
@@ -86,11 +86,9 @@ class Exporter:
             raise SegclipError("--trt with --dynamic-size: the TensorRT profile needs a fixed --size; export the engine at a fixed size")
         if int(self.parity_images) < 1:
             raise SegclipError(f"--parity-images {self.parity_images}: the parity gate needs at least 1 image; give e.g. --parity-images 8")
-        from segclip.export.onnx_export import MIN_OPSET
+        from segclip.export.onnx_export import check_opset
 
-        if int(self.opset) < MIN_OPSET:
-            raise SegclipError(f"--opset {self.opset}: segclip needs opset >= {MIN_OPSET} (LayerNormalization, GridSample); "
-                               f"give e.g. --opset 17")
+        check_opset(self.opset)
         self.int8_data = None
         if self.int8:
             from segclip.export import int8 as q8
@@ -111,15 +109,11 @@ class Exporter:
 
         self.ckpt_path = resolve_checkpoint(self.source)
         self.out = Path(self.out_dir) if self.out_dir else default_out_dir(self.source)
-        if self.out.exists() and not self.out.is_dir():
-            raise SegclipError(f"{self.out}: exists and is not a directory; choose another --out")
-        if _nonempty(self.out):
-            if not (self.out / MANIFEST_NAME).is_file():
-                raise SegclipError(f"{self.out} is not empty and is not a segclip export (no {MANIFEST_NAME}); "
-                                   f"refusing to replace it{' even with --force' if self.force else ''}: choose another --out")
+        if holds_own(self.out, lambda d: (d / MANIFEST_NAME).is_file(), "a segclip export", f"no {MANIFEST_NAME}"):
             if not self.force:
                 raise SegclipError(f"{self.out} already holds an export ({MANIFEST_NAME}); pass --force to replace it "
                                    f"or choose another --out")
+        check_not_being_written(self.out)
         self.ckpt = load_checkpoint(self.ckpt_path)
         if self.device:
             from segclip.parsers import check_device

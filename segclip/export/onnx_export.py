@@ -25,6 +25,19 @@ if TYPE_CHECKING:  # imported lazily at run time (_onnx): the annotations only
     import onnx
 
 MIN_OPSET = 17  # LayerNormalization (17), GridSample (16)
+
+
+def check_opset(opset) -> int:
+    """``--opset`` within what segclip's graph needs and what torch's TorchScript exporter writes
+    (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, 20 in torch 2.x): checked before
+    the checkpoint is read, not as torch's traceback after loading the model."""
+    from torch.onnx import _constants
+
+    top = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
+    if not MIN_OPSET <= int(opset) <= top:
+        raise SegclipError(f"--opset {opset}: segclip exports opsets {MIN_OPSET}..{top} (>= {MIN_OPSET} for "
+                           f"LayerNormalization and GridSample, <= {top} for torch's exporter); give e.g. --opset 17")
+    return int(opset)
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -45,8 +58,7 @@ def trace_to_onnx(module, example, opset: int, dynamic_size: bool, output_names)
     import torch
 
     onnx = _onnx()
-    if opset < MIN_OPSET:
-        raise SegclipError(f"--opset {opset}: segclip needs opset >= {MIN_OPSET} (LayerNormalization, GridSample)")
+    check_opset(opset)
     example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
     input_names = [INPUT_NAME, SCENE_NAME][: len(example)]
     axes = {INPUT_NAME: {0: "batch"}, SCENE_NAME: {0: "batch"}, MASK_NAME: {0: "batch"}, SCORES_NAME: {0: "batch"}}

@@ -13,16 +13,44 @@ OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_preview.png", "_overlay.png", "_c
 
 
 def output_stems(paths: Sequence[Path], out: Path) -> list:
-    """``out/<stem>``; inputs sharing a stem (a/x.tif, b/x.tif) get their parent folders' names
-    prepended until they differ, so no output is written twice."""
-    stems = [p.stem for p in paths]
+    """``out/<stem>`` per input, all different and all inside ``out``.  Inputs sharing a stem keep
+    their extension when that tells them apart (x.png, x.tif -> x_png, x_tif), then get their
+    parent folders' names prepended until they differ (a/x.tif, b/x.tif -> a_x, b_x), never
+    beyond the filesystem root; inputs that nothing tells apart (one file given twice) are refused."""
+    from segclip.errors import SegclipError
+
+    paths = [Path(p) for p in paths]
+    names = [p.stem for p in paths]
+
+    def dups() -> set:
+        return {n for n in names if names.count(n) > 1}
+
+    d = dups()
+    for n in d:  # one stem, several extensions: the extension is the shortest distinguishing name
+        group = [i for i, m in enumerate(names) if m == n]
+        if len({paths[i].suffix.lower() for i in group}) > 1:
+            for i in group:
+                names[i] = f"{n}_{paths[i].suffix.lstrip('.')}" if paths[i].suffix else n
+    base = list(names)
+    parents = [p.resolve().parent.parts[1:] for p in paths]  # without the root: a name never becomes absolute
     depth = 0
-    while len(set(stems)) < len(stems) and depth < 8:
+    while dups() and depth < max(len(x) for x in parents):
         depth += 1
-        dup = {s for s in stems if stems.count(s) > 1}
-        stems = ["_".join([*p.resolve().parent.parts[-depth:], p.stem]) if s in dup else s
-                 for p, s in zip(paths, stems)]
-    return [out / s for s in stems]
+        d = dups()
+        names = ["_".join([*parents[i][-depth:], base[i]]) if n in d else n for i, n in enumerate(names)]
+    d = dups()
+    if d:
+        a, b = [p for p, n in zip(paths, names) if n == sorted(d)[0]][:2]
+        why = ("the same file given twice" if a.resolve() == b.resolve()
+               else f"no name tells their outputs apart in --out {out}")
+        raise SegclipError(f"{a} and {b}: {why} (their outputs would overwrite each other); give each input once, "
+                           f"or predict them into separate --out folders")
+    stems = [out / n for n in names]
+    root = out.resolve()
+    for s in stems:  # the guarantee itself, whatever the names: nothing is written outside --out
+        if s.resolve().parent != root:
+            raise AssertionError(f"predict output {s} is outside --out {out}")
+    return stems
 
 
 class Counts:

@@ -364,6 +364,8 @@ class Predictor:
             shares = describe_shares(self.shares(r.pop("counts")), self.classes)
             self.log(f"{path.name}: {r['width']}x{r['height']} {r['windows']} windows, {r['seconds']:.1f} s, "
                      f"{r['megapixels_per_s']:.2f} Mpx/s -> {r['outputs']['mask']} ({shares})")
+            if r["scaling"] not in ("8-bit as is", "palette"):  # 16-bit/float: say how it became 8-bit, not only in _counts.json
+                self.log(f"  {path.name}: scaled to 8 bits ({r['scaling']})")
         if results and self.encode:
             ids = range(max(self.file_ids) + 1)
             save_png(legend_image([self.file_ids[i][0] for i in ids], [self.file_ids[i][1] for i in ids], ignore=False),
@@ -413,9 +415,12 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
     ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
     ``scene``: a scene name or id of a model trained with metadata prompts, for every input.
     ``batch``: windows per request; None: ``predict.default_batch`` of the (first) model."""
+    from segclip.parsers import path_list
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool
 
+    models = path_list(models, "predict_paths models", "predict_paths('runs/r50/export', ['scene.tif'], 'preds')")
+    inputs = path_list(inputs, "predict_paths inputs", "predict_paths('runs/r50/export', ['scene.tif'], 'preds')")
     if not 0 <= overlap < 1:
         raise SegclipError(f"--overlap {overlap}: must be in [0, 1); give e.g. --overlap 0.25")
     if batch is not None and batch < 1:
@@ -423,6 +428,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SegclipError(f"--out {out}: is a file, not a folder; give a folder for the predictions")
+    sweep_partials(out, log=log)  # a killed run's partials go even when this run is refused below
     paths, errors = expand_inputs(inputs)
     if not paths:  # nothing to do: one line, not one per input
         more = f" (and {len(errors) - 1} more input(s) with no raster)" if len(errors) > 1 else ""
@@ -455,7 +461,19 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SegclipError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
-    sweep_partials(out, log=log)
+    try:
+        results, file_errors = _predict_into(pool, paths, out, stems, size=size, overlap=overlap, batch=batch, bands=bands,
+                                             value_range=value_range, overlay=overlay, progress=progress, log=log,
+                                             scene=scene, label_ids=label_ids)
+    finally:  # every input failed, or the run was refused (--size, --scene): no empty folder either
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    return results, errors + file_errors
+
+
+def _predict_into(pool, paths, out, stems, *, size, overlap, batch, bands, value_range, overlay, progress, log, scene,
+                  label_ids) -> tuple:
+    """The part of ``predict_paths`` that runs the models, once ``out`` exists."""
     with pool:
         sig = pool.signature
         # one-line error for a scene the model lacks (or any scene for a model without them)
@@ -484,7 +502,4 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
                               overlay=overlay, progress=progress, log=log, scene=scene_id, label_ids=ids,
                               runner_info=runner_info(first, batch) if len(pool.endpoints) == 1 else None)
-        results, file_errors = predictor.run(paths, out, stems)
-    if created and not any(out.iterdir()):  # every input failed: no empty folder either
-        out.rmdir()
-    return results, errors + file_errors
+        return predictor.run(paths, out, stems)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segclip.contract import FORMATS, artifact_file, artifact_problem, choose_artifact, manifest_signature, read_manifest, resolve_source
+from segclip.contract import (FORMATS, artifact_file, artifact_for_file, artifact_problem, check_artifact_unchanged, choose_artifact,
+                              is_export_dir, manifest_signature, read_manifest, resolve_source)
 from segclip.errors import SegclipError
 from segclip.parsers import check_options
 from segclip.runtime.base import Runner
@@ -32,6 +33,7 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
 
         return _chosen(_make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
                              precision=entry.get("precision"), **opts), choice)
+    check_artifact_unchanged(entry, path)  # an engine may differ: trtexec.sh rebuilds it on the target
     cls = onnx_runner_class(opts.pop("runtime", None))
     return _chosen(_make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts), choice)
 
@@ -62,6 +64,18 @@ def _make(cls, what: str, *args, **opts):
     return cls(*args, **opts)
 
 
+def _check_beside_manifest(path: Path) -> None:
+    """An ONNX file given by path inside an export folder is checked against its manifest entry too."""
+    if not is_export_dir(path.parent):
+        return
+    try:
+        found = artifact_for_file(read_manifest(path.parent), path)
+    except SegclipError:  # an unreadable manifest beside a model file says nothing about the file
+        return
+    if found:
+        check_artifact_unchanged(found[1], path)
+
+
 def load_runner(path_or_url, **opts) -> Runner:
     """Anything a user can point segclip at -> a ``Runner`` (not yet activated)."""
     src = resolve_source(path_or_url)
@@ -79,6 +93,7 @@ def load_runner(path_or_url, **opts) -> Runner:
         return _make(TorchRunner, str(src), src.path, **opts)
     opts.pop("format", None)
     if src.kind == "onnx":
+        _check_beside_manifest(src.path)
         return _make(onnx_runner_class(opts.pop("runtime", None)), str(src), src.path, **opts)
     from segclip.runtime.tensorrt_runner import TensorRTRunner
 

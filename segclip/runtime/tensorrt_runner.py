@@ -15,7 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from segclip.contract import MANIFEST_NAME, TRTEXEC_NAME, artifact_for_file, manifest_path, manifest_signature, read_manifest, sha256_file
+from segclip.contract import (MANIFEST_NAME, TRTEXEC_NAME, artifact_changed, artifact_for_file, manifest_path, manifest_signature,
+                              read_manifest)
 from segclip.errors import SegclipError, one_line
 from segclip.parsers import split_device
 from segclip.signature import SCENE_NAME, Signature
@@ -91,8 +92,7 @@ class TensorRTRunner(Runner):
     def rebuilt(self) -> bool:
         """Whether the engine file is not the one the manifest describes (``trtexec.sh`` rebuilt it on
         the target): then the recorded TensorRT version and GPU are the old engine's, not this one's."""
-        recorded = self.entry.get("sha256")
-        return bool(recorded) and sha256_file(self.path) != recorded
+        return artifact_changed(self.entry, self.path)
 
     def check_compatible(self, trt_version: str, compute_capability: str, gpu: str) -> None:
         if self.rebuilt():  # deserialising tells whether it fits this TensorRT

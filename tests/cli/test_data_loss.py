@@ -12,7 +12,7 @@ from PIL import Image
 from segclip.cli import main
 from segclip.data.imageio import read_rgb
 
-from .support import fingerprint, tree_diff
+from .support import error_line, fingerprint, tree_diff
 
 
 def test_eval_limit_never_overwrites_the_full_evaluation(cli_ws, tmp_path, monkeypatch):
@@ -100,3 +100,113 @@ def test_16bit_multiband_tiff_trains_on_the_pixels_predict_sees(tmp_path):
         expect = np.clip((bands[c] - lo) * 255.0 / (hi - lo), 0, 255)
         assert np.abs(rgb[..., c] - expect).max() <= 1.0, c
     assert len(notes) == 1 and "uint16 p2-p98 stretch" in notes[0]
+
+
+# ---- issue 22: never write outside --out, never destroy a user's folder, refuse swapped artifacts --------
+def _invoke(args, cwd=None):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_train_never_writes_into_a_folder_that_is_not_a_run(cli_ws, tmp_path):
+    """A folder of the user's with their own config.json and metrics.csv: train used to replace the
+    one and cut the other to its header (its "already holds a run" check looked for checkpoints only)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}\n')
+    (mine / "metrics.csv").write_text("epoch,acc\n1,0.5\n2,0.7\n")
+    before = fingerprint(mine)
+    for extra in ([], ["--resume"]):
+        res = _invoke(["train", "--data", f"sample:{cli_ws['data']}", "--preset", "segclip-small", "--out", mine,
+                       "--max-steps", 1, "--size", 64, "--batch", 2, "--backbone-weights", "none", "--clip-checkpoint",
+                       "none", "--device", "cpu", "--no-eval", *extra])
+        line = error_line(res.output, 2, res.exit_code)
+        assert str(mine) in line and "not a segclip training run" in line and "--force" not in line
+        assert tree_diff(before, fingerprint(mine)) == []
+
+
+def test_quickstart_force_never_deletes_a_folder_that_is_not_a_quickstart(tmp_path):
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("\\documentclass{article}\n")
+    (thesis / "summary.json").write_text('{"chapter": 1}\n')  # a summary.json, but not a quickstart's
+    before = fingerprint(thesis)
+    res = _invoke(["quickstart", "--out", thesis, "--force", "--max-steps", 1, "--device", "cpu"])
+    line = error_line(res.output, 2, res.exit_code)
+    assert str(thesis) in line and "not a segclip quickstart" in line
+    assert tree_diff(before, fingerprint(thesis)) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+
+
+def _swap_a_weight(onnx_path):
+    """Another model of the same shape: one weight of the FP32 graph changed (what a user who copied
+    another export's model.onnx over this one has)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(onnx_path))
+    init = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    a = numpy_helper.to_array(init).copy()
+    a.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(a, init.name))
+    onnx.save(m, str(onnx_path))
+
+
+def test_an_export_whose_model_was_replaced_is_refused(cli_ws, tmp_path):
+    """eval/predict on ONNX Runtime and OpenVINO, by folder and by file: one line naming the file
+    and the fix, instead of the other model's results reported as the export's (exit 0)."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(cli_ws["export"], exp)
+    _swap_a_weight(exp / "model.onnx")
+    before = fingerprint(tmp_path)
+    cases = [["eval", exp, "--data", f"sample:{cli_ws['data']}", "--out", tmp_path / "e.json"],
+             ["predict", "--model", exp, cli_ws["img"], "--out", tmp_path / "p"],
+             ["predict", "--model", exp, cli_ws["img"], "--out", tmp_path / "p", "--runtime", "openvino"],
+             ["predict", "--model", exp / "model.onnx", cli_ws["img"], "--out", tmp_path / "p"]]
+    for args in cases:
+        res = _invoke(args)
+        line = error_line(res.output, 2, res.exit_code)
+        assert str(exp / "model.onnx") in line and "sha256" in line and "re-export" in line, line
+    assert tree_diff(before, fingerprint(tmp_path)) == []
+
+
+def test_predict_never_writes_outside_out(cli_ws, tmp_path, monkeypatch):
+    """x.png and x.tif in one folder: the parent-folder rule reached the filesystem root and wrote
+    /_..._x_mask.png, the second input over the first.  The extension now tells them apart."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "dir"
+    d.mkdir()
+    shutil.copy(cli_ws["img"], d / "x.png")
+    shutil.copy(cli_ws["img"], d / "x.tif")  # GDAL reads by content: a PNG named .tif is read as PNG
+    out = tmp_path / "pred"
+    res = _invoke(["predict", "--model", cli_ws["export"], d / "x.png", d / "x.tif", "--out", out])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("*_mask.*")) == ["x_png_mask.png", "x_tif_mask.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "pred"]
+    # x.png, x.tif and x_png.tif: no name tells them apart (x_png twice): refused before any work
+    shutil.copy(cli_ws["img"], d / "x_png.tif")
+    res = _invoke(["predict", "--model", cli_ws["export"], d / "x.png", d / "x.tif", d / "x_png.tif", "--out", tmp_path / "q"])
+    assert "no name tells their outputs apart" in error_line(res.output, 2, res.exit_code)
+    assert not (tmp_path / "q").exists()
+
+
+def test_refused_predict_leaves_no_empty_out_and_sweeps_a_killed_runs_partial(cli_ws, tmp_path):
+    import subprocess
+    import sys
+
+    for args in (["--size", 256], ["--scene", "moon"]):  # refused once the model is open: --out was made by then
+        res = _invoke(["predict", "--model", cli_ws["export"], cli_ws["img"], "--out", tmp_path / "p", *args])
+        assert str(args[0]) in error_line(res.output, 2, res.exit_code)
+        assert not (tmp_path / "p").exists()
+    # a predict killed mid-file left a partial; the rerun is refused (an earlier output), the partial still goes
+    out = tmp_path / "preds"
+    out.mkdir()
+    (out / "img_mask.png").write_bytes(b"an earlier result")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    partial = out / f".img_mask.partial-{int(dead.stdout)}-abc123.tif"
+    partial.write_bytes(b"half a class map")
+    res = _invoke(["predict", "--model", cli_ws["export"], cli_ws["img"], "--out", out])
+    assert "--force" in error_line(res.output, 2, res.exit_code)
+    assert not partial.exists() and sorted(p.name for p in out.iterdir()) == ["img_mask.png"]

@@ -29,6 +29,14 @@ def _param(config, key, default=None):
     return default if v is None else v.get("string_value", default)
 
 
+def _bad_request(message: str):
+    """A request the client got wrong (shape, dtype, scene id): INVALID_ARG, which Triton answers
+    as HTTP 400 / gRPC INVALID_ARGUMENT; a bare TritonError is INTERNAL (HTTP 500), for failures
+    of the server's own.  (python_backend README, "Error Handling": TritonError(message, code).)"""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # codes: Triton 23.05+
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         import onnxruntime as ort
@@ -63,6 +71,11 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers = [("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))})] + providers
         self.session = ort.InferenceSession(onnx_file, sess_options=so, providers=providers)
+        got = self.session.get_providers()
+        if providers[0] != "CPUExecutionProvider" and "CUDAExecutionProvider" not in got:  # no silent CPU fallback
+            raise pb_utils.TritonModelException(
+                f"{self.name}: a GPU instance got ONNX Runtime providers {got}, not CUDAExecutionProvider "
+                f"(CUDA 12 / cuDNN 9 libraries not loadable in this container?)")
         onnx_outputs = [o.name for o in self.session.get_outputs()]
         missing = [n for n, _ in self.outputs if n not in onnx_outputs]
         if missing:
@@ -117,8 +130,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             t = pb_utils.get_input_tensor_by_name(request, self.in_name)
             if t is None:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{self.name}: input '{self.in_name}' is missing"))
+                responses[i] = pb_utils.InferenceResponse(error=_bad_request(f"{self.name}: input '{self.in_name}' is missing"))
                 continue
             arr = t.as_numpy()
             err = self._check(arr)
@@ -126,7 +138,7 @@ class TritonPythonModel:
             if not err and self.scene_name is not None:
                 ids, err = self._scene_ids(request, arr.shape[0] if self.max_batch > 0 else 1)
             if err:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {err}"))
+                responses[i] = pb_utils.InferenceResponse(error=_bad_request(f"{self.name}: {err}"))
                 continue
             arrays[i] = arr
             scene_ids[i] = ids
