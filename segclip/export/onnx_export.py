@@ -196,8 +196,9 @@ def drop_output(model, name: str):
     return m
 
 
-def check_graph(model, where: str) -> dict:
-    """Full ONNX check + shape inference + standard-ops-only; returns op counts."""
+def check_graph(model, where: str, plugins: tuple = ()) -> dict:
+    """Full ONNX check + shape inference + standard-ops-only (``plugins``: (domain, op type) pairs also
+    allowed, the TensorRT plugin graph's); returns op counts."""
     onnx = _onnx()
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -205,8 +206,9 @@ def check_graph(model, where: str) -> dict:
     except Exception as e:
         msg = one_line(e)
         raise SegclipError(f"{where}: the exported ONNX graph fails onnx.checker/shape inference ({msg})") from None
-    custom = sorted({n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
-    custom += sorted({o.domain for o in model.opset_import if o.domain not in STANDARD_DOMAINS})
+    allowed = {d for d, _ in plugins}
+    custom = sorted({n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in plugins})
+    custom += sorted({o.domain for o in model.opset_import if o.domain not in STANDARD_DOMAINS and o.domain not in allowed})
     if custom:
         raise SegclipError(f"{where}: the graph uses non-standard op domains {sorted(set(custom))}; only standard ONNX ops are allowed")
     return dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
@@ -253,8 +255,9 @@ def save(model, path) -> Path:
     return atomic_write_bytes(path, model.SerializeToString())
 
 
-def export_twin(module, signature: Signature, opset: int, dynamic_size: bool, log=print):
-    """Export the scores-enabled graph (the 'twin' every format derives from); returns (model, info)."""
+def export_twin(module, signature: Signature, opset: int, dynamic_size: bool, log=print, plugins: tuple = ()):
+    """Export the scores-enabled graph (the 'twin' every format derives from); returns (model, info).
+    ``plugins``: (domain, op type) pairs the graph may hold (the TensorRT plugin form, see ``check_graph``)."""
     import torch
 
     h = signature.height or 64
@@ -269,7 +272,7 @@ def export_twin(module, signature: Signature, opset: int, dynamic_size: bool, lo
     model = slim(model)
     changes = make_uint8_io_trt_friendly(model)
     ensure_node_names(model)
-    ops = check_graph(model, "model.onnx")
+    ops = check_graph(model, "model.onnx", plugins)
     info = {"trace_seconds": round(t_trace, 3), "export_seconds": round(time.perf_counter() - t0, 3),
             "nodes_traced": n_raw, "nodes": len(model.graph.node), "rewrites": changes, "ops": ops}
     return model, info

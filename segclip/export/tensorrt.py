@@ -18,6 +18,7 @@ from typing import Optional
 
 from segclip.contract import TRTEXEC_NAME, sha256_file, tensorrt_unavailable_reason
 from segclip.errors import SegclipError
+from segclip.runtime.msda_plugin import init_trt_plugins
 from segclip.signature import INPUT_NAME, SCENE_NAME
 from segclip.atomic import atomic_write_bytes, atomic_write_text
 
@@ -53,7 +54,7 @@ def _shape_arg(profiles: dict, key: str) -> str:
 # Every TensorRT Python name this package uses (tests check they exist wherever tensorrt is importable,
 # and that no other ``trt.`` name appears in the code): module attributes and methods of its objects.
 TRT_NAMES = (
-    "__version__", "Logger", "Logger.WARNING", "Logger.ERROR", "Builder", "Builder.create_network",
+    "__version__", "init_libnvinfer_plugins", "Logger", "Logger.WARNING", "Logger.ERROR", "Builder", "Builder.create_network",
     "Builder.create_builder_config", "Builder.create_optimization_profile", "Builder.build_serialized_network",
     "NetworkDefinitionCreationFlag", "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "OnnxParser",
     "OnnxParser.parse_from_file", "OnnxParser.num_errors", "OnnxParser.get_error", "BuilderFlag", "BuilderFlag.TF32",
@@ -82,8 +83,12 @@ def trtexec_command(onnx_name: str, engine_name: str, batch, size, workspace_mb:
 
 
 def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: int, engine_name: str = ENGINE_NAME,
-                         scenes: bool = False) -> Path:
+                         scenes: bool = False, msda_note: str = "") -> Path:
+    """``msda_note``: comment lines saying which deformable-attention form the engine takes (segclip.export.msda)."""
     cmd = trtexec_command(onnx_name, engine_name, batch, size, workspace_mb, scenes)
+    args = [shlex.quote(c) for c in cmd[1:]]
+    # ONNX=other.onnx sh trtexec.sh builds another graph of the export (e.g. the GridSample form)
+    args = [f'"--onnx=${{ONNX:-{onnx_name}}}"' if c == f"--onnx={onnx_name}" else a for c, a in zip(cmd[1:], args)]
     text = (
         "#!/bin/sh\n"
         "# Build the TensorRT engine of this segclip export on the machine that will run it (GPU or Jetson,\n"
@@ -93,11 +98,12 @@ def write_trtexec_script(directory, onnx_name: str, batch, size, workspace_mb: i
         "# model_int8_fp16.onnx the same with FP16 elsewhere).  Jetson / JetPack 6 (TensorRT 10) builds it as is.\n"
         + (f"# TensorRT 8.6 (JetPack 5) has no strongly typed INT8 build: add --int8{' --fp16' if 'fp16' in onnx_name else ''} "
            f"and drop --stronglyTyped there.\n" if "int8" in onnx_name else "")
+        + "".join(f"# {line}\n" for line in msda_note.splitlines())
         + "set -e\n"
         'cd "$(dirname "$0")"\n'
         "# JetPack installs trtexec outside PATH; TRTEXEC=/path/to/trtexec overrides\n"
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"\n'
-        + " \\\n    ".join(['"$TRTEXEC"'] + [shlex.quote(c) for c in cmd[1:]]) + "\n"
+        + " \\\n    ".join(['"$TRTEXEC"'] + args) + "\n"
     )
     path = atomic_write_text(Path(directory) / TRTEXEC_NAME, text)
     path.chmod(0o755)
@@ -117,6 +123,7 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
+    init_trt_plugins(trt, logger)  # the plugin form's MultiscaleDeformableAttnPlugin_TRT is looked up by the parser
     parser = trt.OnnxParser(network, logger)
     t0 = time.perf_counter()
     if not parser.parse_from_file(str(onnx_path)):

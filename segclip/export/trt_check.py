@@ -9,7 +9,10 @@ through a Cast to or from a float type); and segclip's own ban on If, Loop and N
 
 Q/DQ graphs (explicit quantization) pass when they follow TensorRT's rules: QuantizeLinear from a
 float type, DequantizeLinear from a quantized type (INT8/FP8/FP4/INT4), constant scales, zero points
-zero.  ``segclip export`` runs the check on every ONNX it writes and records the result in the
+zero.  TensorRT's own ``MultiscaleDeformableAttnPlugin_TRT`` (the plugin form of ``segclip export --trt``)
+passes when its node matches the plugin: version shipped by that TensorRT, 5 inputs, INT32 shapes and
+start indices, one float type for the rest (``segclip.runtime.msda_plugin.node_problems``).
+``segclip export`` runs the check on every ONNX it writes and records the result in the
 manifest as ``tensorrt_check``.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from segclip.errors import SegclipError
+from segclip.runtime.msda_plugin import PLUGIN_NAME, node_problems
 
 SUPPORT_FILE = Path(__file__).with_name("tensorrt_onnx_support.json")
 DEFAULT_TRT_VERSION = "10"
@@ -148,6 +152,9 @@ def check_model(model, trt_version: str = DEFAULT_TRT_VERSION) -> list:
         return f"node {n.name or '<unnamed>'} ({n.op_type})"
 
     for n in g.node:
+        if n.op_type == PLUGIN_NAME:  # TensorRT's own plugin, found by op type (segclip.runtime.msda_plugin)
+            problems += [f"{where(n)}: {why}" for why in node_problems(n, types, _trt_type, _attr, label, table["tensorrt"])]
+            continue
         if n.domain not in STANDARD_DOMAINS:
             problems.append(f"{where(n)}: custom op domain '{n.domain}' is not in {label}'s ONNX parser; it needs a plugin")
             continue

@@ -15,6 +15,7 @@ from segclip.errors import SegclipError, one_line
 from segclip.parsers import split_device
 from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner
+from segclip.runtime.msda_plugin import META_PLUGINS, reference_session, refusal
 
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -97,13 +98,16 @@ class OnnxRunner(Runner):
     metadata), ``name``, ``precision`` (default: from metadata), ``optimization`` ("all", "extended",
     "basic", "disable"), ``device`` ("cpu"/"cuda[:i]", shorthand for ``providers``), ``memory_arena``
     (default True; False returns activation memory to the system after each run -- ORT's CPU arena
-    grows in powers of two and keeps its peak, about 2x the model's need for 1024 px batches)."""
+    grows in powers of two and keeps its peak, about 2x the model's need for 1024 px batches),
+    ``reference_ops`` (run a TensorRT plugin graph on the CPU through segclip's reference of the plugin op,
+    ``segclip.runtime.msda_plugin``; without it such a graph is refused by name)."""
 
     backend = "onnxruntime"
 
     def __init__(self, path, *, providers=None, threads: Optional[int] = None, device_id: int = 0,
                  signature: Optional[Signature] = None, name: Optional[str] = None, precision: Optional[str] = None,
-                 optimization: str = "all", device: Optional[str] = None, memory_arena: bool = True):
+                 optimization: str = "all", device: Optional[str] = None, memory_arena: bool = True,
+                 reference_ops: bool = False):
         self.path = Path(path)
         if providers is None and device is not None:  # the generic option of load_runner/predict
             kind, index = split_device(device)
@@ -113,6 +117,9 @@ class OnnxRunner(Runner):
         if signature is None:
             signature = signature_from_onnx(self.path, meta)  # one parse of the file, not two
         precision = precision or meta.get(META_PRECISION, "fp32")
+        self.reference_ops = bool(reference_ops)
+        if meta.get(META_PLUGINS) and not self.reference_ops:
+            raise refusal(self.path, "ONNX Runtime", [meta[META_PLUGINS]])
         self.providers = resolve_providers(providers, device_id, cache_dir=str(self.path.parent / "ort_trt_cache"))
         self.threads = threads
         self.optimization = optimization
@@ -138,7 +145,12 @@ class OnnxRunner(Runner):
         so.graph_optimization_level = levels[self.optimization]
         so.enable_cpu_mem_arena = bool(self.memory_arena)
         try:
-            sess = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
+            if self.reference_ops:  # the TensorRT plugin graph, on the CPU reference of its plugin op
+                sess = reference_session(self.path, so, providers=["CPUExecutionProvider"])
+            else:
+                sess = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
+        except SegclipError:
+            raise
         except Exception as e:
             raise corrupt_onnx_error(self.path, e) from None
         got = {i.name: i.type for i in sess.get_inputs()}

@@ -15,6 +15,7 @@ import numpy as np
 
 from segclip.errors import SegclipError, one_line
 from segclip.runtime.base import Runner
+from segclip.runtime.msda_plugin import META_PLUGINS, refusal
 from segclip.contract import META_PRECISION
 from segclip.runtime.onnx_runner import corrupt_onnx_error, read_onnx_metadata, signature_from_onnx
 from segclip.signature import SCENE_NAME, Signature
@@ -33,6 +34,8 @@ class OpenVINORunner(Runner):
         if signature is None:
             signature = signature_from_onnx(self.path, meta)
         precision = precision or meta.get(META_PRECISION, "fp32")
+        if meta.get(META_PLUGINS):  # the TensorRT plugin graph: OpenVINO has no such op
+            raise refusal(self.path, "OpenVINO", [meta[META_PLUGINS]])
         self.threads = threads
         self.ov_device = "CPU" if device in (None, "cpu") else str(device)
         super().__init__(signature, name=name or f"openvino-{precision}", precision=precision, artifact=self.path)

@@ -21,6 +21,7 @@ from segclip.errors import SegclipError, one_line
 from segclip.parsers import split_device
 from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner
+from segclip.runtime.msda_plugin import init_trt_plugins
 
 # tensorrt.DataType member name -> torch dtype name
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
@@ -126,6 +127,7 @@ class TensorRTRunner(Runner):
         self.check_compatible(trt.__version__, f"{cc[0]}.{cc[1]}", torch.cuda.get_device_name(self.device_index))
         data = self.path.read_bytes()
         logger = trt.Logger(trt.Logger.ERROR)
+        init_trt_plugins(trt, logger)  # an engine of the plugin form holds MultiscaleDeformableAttnPlugin_TRT
         self._trt_runtime = trt.Runtime(logger)
         try:
             with torch.cuda.device(self.device_index):  # the engine's memory lives on the runner's device

@@ -6,6 +6,7 @@ FPN-style lateral from stride 4 then produces the 256-d mask features.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -35,6 +36,21 @@ def ms_deform_attn(value, shapes, sampling_locations, attention_weights):
         contrib = (sampled * weights).sum(-1)  # (B*H) x d x Q
         out = contrib if out is None else out + contrib
     return out.reshape(b, heads * d, q).transpose(1, 2)
+
+
+# What MSDeformAttn computes its sampling with: the TensorRT export swaps in the plugin form (use_core)
+_core = [ms_deform_attn]
+
+
+@contextlib.contextmanager
+def use_core(fn):
+    """Within the block every MSDeformAttn samples with ``fn`` (the arguments and result of
+    ``ms_deform_attn``): how ``segclip export --trt`` traces the TensorRT plugin form of the same model."""
+    old, _core[0] = _core[0], fn
+    try:
+        yield
+    finally:
+        _core[0] = old
 
 
 class MSDeformAttn(nn.Module):
@@ -71,7 +87,7 @@ class MSDeformAttn(nn.Module):
         attw = self.attention_weights(query).reshape(b, s, self.heads, self.levels * self.points)
         attw = attw.softmax(-1).reshape(b, s, self.heads, self.levels, self.points)
         loc = reference_points[None, :, None, None, None, :] + off / normalizer[None, None, None, :, None, :]
-        return self.output_proj(ms_deform_attn(v, shapes, loc, attw))
+        return self.output_proj(_core[0](v, shapes, loc, attw))
 
 
 class DeformEncoderLayer(nn.Module):
