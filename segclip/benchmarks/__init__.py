@@ -7,8 +7,10 @@
 Modules: ``core`` (``run_benchmark``), ``backends`` (how each backend's runner is made),
 ``timing`` (latency rules, GEMM rate), ``accuracy`` (mIoU / agreement on the same tiled images),
 ``triton_load`` (concurrency sweep), ``flops`` (model FLOPs), ``machine`` (machine block),
-``report`` (table, JSON schema check, CSV, PNG).  ``run_targets.py`` measures the project's
-performance targets in one run and writes ``RESULTS.md``.  The JSON schema is in ``README.md``.
+``report`` (table, JSON schema check, CSV, PNG), ``interleaved`` (A/B timing of runners round by
+round with their pixel agreement), ``targets`` / ``targets_md`` (the measurements and the RESULTS.md
+of ``benchmarks/run_targets.py``, which states the project's performance targets).  The JSON schema
+is in ``README.md``.
 """
 from __future__ import annotations
 

@@ -359,25 +359,6 @@ def backend_rows(names, plan: "Plan", settings: Settings, sources: Sources, size
 
 
 # ---- Triton ----------------------------------------------------------------------------------------
-def start_triton(export_dir, repo, *, threads: int = 0, max_batch: Optional[int] = None, queue_delay_us: int = 100,
-                 env=None, startup_timeout: float = 300.0, log=print):
-    """A Triton server on free 127.0.0.1 ports serving a repository generated from ``export_dir``
-    into ``repo``: started (ready), or an exception.  The caller stops it."""
-    from segclip.serving.repo import build_repository
-    from segclip.serving.server import TritonServer, free_ports
-
-    build_repository(export_dir, repo, intra_op_threads=threads, max_batch=max_batch, queue_delay_us=queue_delay_us, force=True)
-    hp, gp, mp = free_ports(3)
-    server = TritonServer(repo, http_port=hp, grpc_port=gp, metrics_port=mp, env=env, startup_timeout=startup_timeout)
-    log(f"starting Triton on 127.0.0.1 (http {hp}, grpc {gp}) for {repo}")
-    try:
-        server.start()
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
 @contextlib.contextmanager
 def triton_endpoints(given: dict, export, work_dir: Path, size, threads: int, log, env=None):
     """{protocol: model URL} (given, or a server started here for ``export``), or {"_why": reason}."""
@@ -393,9 +374,11 @@ def triton_endpoints(given: dict, export, work_dir: Path, size, threads: int, lo
     except ImportError as e:
         yield {"_why": f"segclip.serving is not available ({one_line(e)}); pass --triton-url"}
         return
+    from segclip.serving.server import serve_export
+
     h, w = size
     try:
-        server = start_triton(export[0], work_dir / "triton_repo" / f"{h}x{w}", threads=threads, env=env, log=log)
+        server = serve_export(export[0], work_dir / "triton_repo" / f"{h}x{w}", threads=threads, env=env, log=log)
     except Exception as e:
         yield {"_why": f"cannot start a Triton server here: {one_line(e, 300)} (or pass --triton-url)"}
         return
@@ -411,10 +394,11 @@ def _local_masks(export, inputs: list, threads: int) -> Optional[list]:
     """The local ONNX Runtime (CPU, FP32) masks for the load sweep's inputs: the reference responses."""
     if export is None or isinstance(export, Exception):
         return None
-    from segclip.runtime import load_runner
-
+    r, _ = make_runner(BACKENDS["onnxruntime"], Settings(device="cpu", threads=threads), None, None, export, {})
+    if r is None:
+        return None
     try:
-        with load_runner(export[0], format="onnx", allow_failed=True, providers="cpu", threads=threads) as r:
+        with r:
             return [r.infer(x)["mask"] for x in inputs]
     except Exception:
         return None

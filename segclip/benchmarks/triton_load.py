@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from segclip.errors import SegclipError, one_line
+from segclip.inference.compare import agreement
 from segclip.signature import INPUT_NAME, MASK_NAME
 
 from segclip.benchmarks.timing import percentiles
@@ -128,7 +129,7 @@ async def _level(url: str, concurrency: int, inputs: list, expected: Optional[li
             return
         ref = expected[k % len(inputs)]
         got = np.asarray(got).reshape(ref.shape) if got is not None and got.size == ref.size else None
-        agree = float((got == ref).mean()) if got is not None else 0.0
+        agree = agreement([got], [ref]) if got is not None else 0.0
         checks["n"] += 1
         checks["min_agreement"] = agree if checks["min_agreement"] is None else min(checks["min_agreement"], agree)
         if agree < AGREEMENT_MIN:

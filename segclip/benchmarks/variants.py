@@ -67,7 +67,8 @@ def ort_variants(onnx_path, size: int, threads: int, work_dir, *, reps: int = 3,
 
     from segclip.runtime.onnx_runner import OnnxRunner
 
-    from segclip.benchmarks.timing import measure_interleaved, random_batches
+    from segclip.benchmarks.interleaved import compare_interleaved
+    from segclip.benchmarks.timing import random_batches
 
     onnx_path = Path(onnx_path)
     base = OnnxRunner(onnx_path, providers="cpu", threads=threads)
@@ -79,23 +80,12 @@ def ort_variants(onnx_path, size: int, threads: int, work_dir, *, reps: int = 3,
         p = Path(work_dir) / f"{onnx_path.stem}_einsum_as_matmul_{size}.onnx"
         onnx.save(rewritten, str(p))
         runners[f"Einsum -> MatMul ({n} nodes)"] = OnnxRunner(p, providers="cpu", threads=threads, signature=base.signature)
-    x = random_batches(1, size, size, count=2, seed=5)
-    for r in runners.values():
-        r.activate()
-    try:
-        ref = base.infer(x[0])["mask"]
-        agree = {k: float((r.infer(x[0])["mask"] == ref).mean()) for k, r in runners.items()}
-        t = measure_interleaved({k: r.infer for k, r in runners.items()}, x, warmup=warmup, min_rounds=reps, gap_s=gap_s,
-                                min_clean=min_clean, max_s=max_s, log=log)
-    finally:
-        for r in runners.values():
-            r.deactivate()
-    clean = {k: v.clean() for k, v in t.items()}
-    basis = "clean" if all(clean.values()) else "all"  # one basis for every variant
-    res = {}
-    for k, v in t.items():
-        st = clean[k] if basis == "clean" else v.stats
-        res[k] = {"p50_ms": st["p50_ms"], "basis": basis, "reps": st.get("reps", v.reps), "pixel_agreement": round(agree[k], 6)}
+    c = compare_interleaved(runners, random_batches(1, size, size, count=2, seed=5), warmup=warmup, min_rounds=reps,
+                            gap_s=gap_s, min_clean=min_clean, max_s=max_s, log=log)
+    if c["unavailable"]:  # every variant is a session of the same graph: one that cannot run is a bug
+        raise RuntimeError("ORT variants failed: " + "; ".join(f"{k}: {v}" for k, v in c["unavailable"].items()))
+    res = {k: {"p50_ms": c["p50"][k], "basis": c["basis"], "reps": c["reps"][k], "pixel_agreement": c["pixel_agreement"][k]}
+           for k in runners}
     b = res["default (ORT_ENABLE_ALL)"]["p50_ms"]
     for v in res.values():
         v["vs_default"] = round(v["p50_ms"] / b, 4)

@@ -16,7 +16,7 @@ _EXPORTS = {
     "ENV_VAR": "env", "create_server_env": "env", "find_server_env": "env",
     "ALL_MODELS": "repo", "MODEL_ONNX": "repo", "MODEL_PYTHON": "repo", "MODEL_TRT": "repo",
     "build_repository": "repo", "check_repository": "repo",
-    "TritonServer": "server", "free_port": "server", "free_ports": "server",
+    "TritonServer": "server", "free_port": "server", "free_ports": "server", "serve_export": "server",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -360,3 +360,22 @@ class TritonServer:
                f"pip tritonserver from server env {self.server_env.path if self.server_env else '?'} "
                f"(python backend only: {MODEL_PYTHON})")
         return how
+
+
+def serve_export(export_dir, repo, *, threads: int = 0, max_batch: Optional[int] = None, queue_delay_us: int = 100,
+                 env=None, startup_timeout: float = 300.0, log=print) -> TritonServer:
+    """A Triton server on free 127.0.0.1 ports serving a repository generated from ``export_dir``
+    into ``repo`` (ONNX Runtime intra-op ``threads``): started and ready, or an exception.  The
+    caller stops it (``segclip benchmark`` and ``benchmarks/run_targets.py`` start theirs here)."""
+    from segclip.serving.repo import build_repository
+
+    build_repository(export_dir, repo, intra_op_threads=threads, max_batch=max_batch, queue_delay_us=queue_delay_us, force=True)
+    hp, gp, mp = free_ports(3)
+    server = TritonServer(repo, http_port=hp, grpc_port=gp, metrics_port=mp, env=env, startup_timeout=startup_timeout)
+    log(f"starting Triton on 127.0.0.1 (http {hp}, grpc {gp}) for {repo}")
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
