@@ -68,6 +68,7 @@ class Exporter:
     int8_fallback: int = FALLBACK_BUDGET  # at most this many quantized nodes kept in float when the INT8 gate fails
     log: object = print
     tune: bool = True  # time the gated artifacts on every runtime here (segclip.inference.speed): predict's default
+    msda: str = "auto"  # --msda auto|plugin|gridsample: the TensorRT graph's deformable attention (segclip.export.msda)
 
     def __post_init__(self):
         """Argument checks only (no I/O): a bad option fails before anything is read or written."""
@@ -102,6 +103,10 @@ class Exporter:
         self.artifacts = {}
         self.twins = {}  # format -> scores-enabled twin file (for score differences in the gate)
         self.trt_twin = None  # scores-enabled twin engine (under .parity/) when the public engine has no scores
+        from segclip.export.msda import check_form
+
+        self.msda = check_form(self.msda, trt=self.trt, fp16=self.fp16, int8=self.int8)
+        self.msda_tried = []  # --msda auto: the plugin engine's failed tries, before the GridSample form
 
     def prepare(self) -> None:
         """Resolve and load the checkpoint, check the destination, fix the signature (first step of ``run``)."""
@@ -128,6 +133,10 @@ class Exporter:
         self.signature = signature_from_checkpoint(self.ckpt, height=h, width=w, scores=self.scores, max_batch=self.batch[2])
         self.twin_signature = dataclasses.replace(self.signature, scores=True)
         self.trt_reason = tensorrt_unavailable_reason() if self.trt else None
+        if self.trt:  # the plugin version the TensorRT graph names: the local TensorRT's, else the portable one
+            from segclip.export.msda import local_trt_version, plugin_version_for
+
+            self.msda_version = plugin_version_for(None if self.trt_reason else local_trt_version())
         if self.int8:  # calibration + held-out gate images: a bad --data fails here, before anything is written
             from segclip.export import int8 as q8
 
@@ -152,6 +161,27 @@ class Exporter:
         pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
         info["ops"] = ox.check_graph(pub, ONNX_NAME)
         self._write_onnx(stage, ONNX_NAME, pub, twin, "onnx", "fp32", info, t0)
+        from segclip.export.msda import auto_form_reason
+
+        if self.trt and self.msda != "gridsample" and auto_form_reason(self.fp16, self.int8) is None:
+            self.export_onnx_plugin(stage)
+
+    def export_onnx_plugin(self, stage: Path) -> None:
+        """``model_plugin.onnx``: the FP32 TensorRT graph with each deformable-attention core as TensorRT's
+        ``MultiscaleDeformableAttnPlugin_TRT`` (segclip.export.msda), gated on the CPU through the plugin's
+        reference op like the other ONNX artifacts."""
+        from segclip.export import msda
+        from segclip.export import onnx_export as ox
+
+        t0 = time.perf_counter()
+        plugins = ((msda.PLUGIN_DOMAIN, msda.PLUGIN_NAME),)
+        with msda.traced_in_plugin_form(self.module, self.msda_version):
+            twin, info = ox.export_twin(self.module, self.twin_signature, self.opset, False, plugins=plugins)
+        info["plugin_nodes"] = msda.annotate(twin)
+        pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
+        info["ops"] = ox.check_graph(pub, msda.PLUGIN_ONNX_NAME, plugins)
+        self._write_onnx(stage, msda.PLUGIN_ONNX_NAME, pub, twin, msda.PLUGIN_KEY, "fp32", info, t0,
+                         extra_meta={"msda": "plugin", "tensorrt_plugins": msda.PLUGIN_NAME, "plugin_version": self.msda_version})
 
     def _write_onnx(self, stage: Path, fname: str, pub, twin, key: str, precision: str, info: dict, t0: float,
                     extra_meta: Optional[dict] = None) -> None:
@@ -283,16 +313,22 @@ class Exporter:
     def export_tensorrt(self, stage: Path) -> None:
         from segclip.export.tensorrt import ENGINE_NAME, TIMING_CACHE_NAME, build_engine, profile_shapes, write_trtexec_script
 
+        from segclip.export.msda import trtexec_note
+
         src_key = ("onnx_int8_fp16" if self.fp16 else "onnx_int8") if self.int8 else "onnx_fp16" if self.fp16 else "onnx"
+        src_key, form = self.msda_form(src_key)
         onnx_name = self.artifacts[src_key]["file"]
         scenes = bool(self.signature.scenes)  # a scene_id input needs its own profile
-        write_trtexec_script(stage, onnx_name, self.batch, self.size, self.workspace_mb, scenes=scenes)
+        write_trtexec_script(stage, onnx_name, self.batch, self.size, self.workspace_mb, scenes=scenes,
+                             msda_note=trtexec_note(form))
+        self.log(f"tensorrt: the engine takes the {form['form']} form of the deformable attention ({onnx_name}"
+                 + (f", {form['plugin']} version {form['plugin_version']})" if form["form"] == "plugin" else f": {form['reason']})"))
         precision = self.artifacts[src_key]["precision"]
         if self.trt_reason:
             self.artifacts["tensorrt"] = {"file": None, "format": "tensorrt", "precision": precision,
                                           "status": NOT_BUILT, "reason": self.trt_reason, "onnx": onnx_name,
                                           "trtexec": TRTEXEC_NAME, "engine": ENGINE_NAME,  # what trtexec.sh writes
-                                          "profile": profile_shapes(self.batch, self.size)}
+                                          "profile": profile_shapes(self.batch, self.size), "msda": form}
             self.log(f"tensorrt: not built ({self.trt_reason}); wrote trtexec.sh to build it on the target")
             return
         old_cache = self.out / TIMING_CACHE_NAME
@@ -301,9 +337,17 @@ class Exporter:
         import torch
 
         with torch.cuda.device(self._cuda_index()):  # TensorRT builds for the current CUDA device
-            info = build_engine(stage / onnx_name, stage / ENGINE_NAME, batch=self.batch, size=self.size,
-                                workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log,
-                                scenes=scenes)
+            try:
+                info = build_engine(stage / onnx_name, stage / ENGINE_NAME, batch=self.batch, size=self.size,
+                                    workspace_mb=self.workspace_mb, timing_cache=stage / TIMING_CACHE_NAME, log=self.log,
+                                    scenes=scenes)
+            except SegclipError as e:
+                if form["form"] != "plugin" or self.msda != "auto":
+                    raise
+                # --msda auto: a TensorRT whose parser or builder rejects the plugin builds the GridSample form
+                self.msda_tried.append({"form": "plugin", "onnx": onnx_name, "status": "build failed", "reason": str(e)})
+                self.log(f"tensorrt: the plugin form failed to build ({e}); building the GridSample form")
+                return self.export_tensorrt(stage)
             if self.twins[src_key] != stage / onnx_name:
                 # the gate measures scores too: an engine of the scores-enabled twin (same timing cache, so
                 # its kernels are the public engine's), checked to give the public engine's masks
@@ -314,7 +358,43 @@ class Exporter:
         path = stage / ENGINE_NAME
         self.artifacts["tensorrt"] = {"file": ENGINE_NAME, "format": "tensorrt", "precision": precision, "status": PENDING,
                                       "sha256": sha256_file(path), "size_bytes": path.stat().st_size, **info,
-                                      "trtexec": TRTEXEC_NAME}
+                                      "trtexec": TRTEXEC_NAME, "msda": form}
+
+    def msda_form(self, src_key: str) -> tuple:
+        """(the ONNX key the engine builds from, the manifest's record of its deformable-attention form)."""
+        from segclip.export import msda
+
+        plugin = self.artifacts.get(msda.PLUGIN_KEY)
+        reason = None
+        if self.msda == "gridsample":
+            reason = "--msda gridsample"
+        elif plugin is None:
+            reason = msda.auto_form_reason(self.fp16, self.int8)
+        elif self.msda == "auto" and plugin.get("status") == FAILED:
+            reason = f"{msda.PLUGIN_ONNX_NAME} failed its parity gate on the CPU reference of the plugin"
+        elif self.msda_tried:
+            reason = f"--msda auto: the plugin engine {self.msda_tried[-1]['status']}"
+        if reason is None:
+            return msda.PLUGIN_KEY, {"form": "plugin", "choice": self.msda, "onnx": plugin["file"], "plugin": msda.PLUGIN_NAME,
+                                     "plugin_version": self.msda_version, "fallback_onnx": self.artifacts[src_key]["file"]}
+        return src_key, {"form": "gridsample", "choice": self.msda, "onnx": self.artifacts[src_key]["file"], "reason": reason,
+                         "plugin_onnx": plugin["file"] if plugin else None, "tried": list(self.msda_tried)}
+
+    def msda_fallback(self, stage: Path, images: list, labels, more: dict) -> dict:
+        """--msda auto: a plugin engine that failed its gate gives way to the GridSample form, gated in turn."""
+        row = next((r for r in more["rows"] if r["name"] == "tensorrt"), None)
+        trt = self.artifacts.get("tensorrt") or {}
+        if self.msda != "auto" or row is None or row["status"] != FAILED or (trt.get("msda") or {}).get("form") != "plugin":
+            return more
+        self.msda_tried.append({"form": "plugin", "onnx": trt["onnx"], "status": "failed its parity gate",
+                                "pixel_agreement": row.get("pixel_agreement"), "note": row.get("note")})
+        self.log(f"tensorrt: the plugin-form engine failed its parity gate ({100 * row['pixel_agreement']:.3f}%); "
+                 f"building the GridSample form")
+        self.trt_twin = None
+        self.export_tensorrt(stage)
+        again = self.parity(stage, images, labels, keys=["tensorrt"])
+        return {**more, "rows": [r for r in more["rows"] if r["name"] != "tensorrt"] + again["rows"],
+                "seconds": round(more["seconds"] + again["seconds"], 3)}
 
     def _cuda_index(self) -> int:
         return split_device(self.device or "cuda")[1] or 0
@@ -327,11 +407,18 @@ class Exporter:
         """A runner per artifact the gate measures (ONNX ones through their scores-enabled twins)."""
         from segclip.runtime.onnx_runner import OnnxRunner
 
-        candidates = [OnnxRunner(path, providers="cpu", name=key) for key, path in self.twins.items()]
+        candidates = [OnnxRunner(path, providers="cpu", name=key, **self._onnx_options(key)) for key, path in self.twins.items()]
         trt = self.artifacts.get("tensorrt")
         if trt and trt.get("status") == PENDING:
             candidates.append(self._trt_runner(stage, twin=True))
         return candidates
+
+    @staticmethod
+    def _onnx_options(key: str) -> dict:
+        """The plugin graph runs on the CPU through the reference of its TensorRT plugin op."""
+        from segclip.export.msda import PLUGIN_KEY
+
+        return {"reference_ops": True} if key == PLUGIN_KEY else {}
 
     def _trt_runner(self, stage: Path, twin: bool, name: str = "tensorrt"):
         """The public engine, or (``twin``) the engine whose outputs include the scores when there is one."""
@@ -379,8 +466,8 @@ class Exporter:
                 self.int8_fallback_rounds(stage, result, (images, labels, scene_ids))
         # the public artifacts compute exactly what their scores-enabled twins measured
         if not self.scores:
-            pairs = {key: (OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key),
-                           OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores"))
+            pairs = {key: (OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key, **self._onnx_options(key)),
+                           OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores", **self._onnx_options(key)))
                      for key in self.twins if keys is None or key in keys}
             if self.trt_twin is not None and self.artifacts["tensorrt"]["status"] == PENDING and (keys is None or "tensorrt" in keys):
                 pairs["tensorrt"] = (self._trt_runner(stage, twin=False), self._trt_runner(stage, twin=True, name="tensorrt+scores"))
@@ -460,7 +547,7 @@ class Exporter:
             late = [k for k, a in self.artifacts.items() if k not in first and a["status"] == PENDING]
             if late:
                 self.log(f"parity: {', '.join(late)} (built from the gated graphs)")
-                more = self.parity(stage, images, labels, keys=late)
+                more = self.msda_fallback(stage, images, labels, self.parity(stage, images, labels, keys=late))
                 result["rows"] += more["rows"]
                 result["seconds"] = round(result["seconds"] + more["seconds"], 3)
             table = format_table(result)
@@ -495,7 +582,7 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
            workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = DEFAULT_CALIB_IMAGES,
            calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print, out_dir=None,
-           tune: bool = True) -> dict:
+           tune: bool = True, msda: str = "auto") -> dict:
     """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
 
     ``model.onnx`` (FP32) is always written: the FP16 ONNX, the INT8 Q/DQ ONNX (``model_int8.onnx`` for
@@ -509,10 +596,13 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
     ``tune`` (default on): once every gate passed, each gated artifact is timed on each runtime here
     and the record goes into the manifest (``segclip.inference.speed``); predict, eval and triton-repo
     then run the fastest by default (``segclip.contract.choose_artifact``).
+    ``msda`` ("auto" | "plugin" | "gridsample", with ``trt``): the TensorRT graph's deformable attention,
+    TensorRT's own ``MultiscaleDeformableAttnPlugin_TRT`` (``model_plugin.onnx``) or GridSample ops;
+    "auto" builds the plugin engine first and falls back to GridSample when it fails (``segclip.export.msda``).
     """
     out = renamed_keyword("export", "out_dir", out_dir, "out", out)
     return Exporter(source=source, out_dir=out, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,
                     workspace_mb=workspace_mb, device=device, int8=int8, calib_images=calib_images, calib_method=calib_method,
-                    int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=log, tune=tune).run()
+                    int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=log, tune=tune, msda=msda).run()
