@@ -29,6 +29,7 @@ from segclip.benchmarks import accuracy as acc
 from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, parse_backends
 from segclip.benchmarks.machine import describe as describe_machine
 from segclip.benchmarks.machine import machine_info
+from segclip.benchmarks.scene import add_scene, check_scene
 from segclip.benchmarks.report import SCHEMA_VERSION, check_report, format_table, write_all, write_json
 from segclip.benchmarks.timing import CpuMeter, default_threads, measure, random_batches, set_threads
 
@@ -614,7 +615,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
                   threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
                   limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
                   load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
-                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None) -> dict:
+                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None, scene=None) -> dict:
     """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
     (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
 
@@ -625,6 +626,8 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     ``device``: "cpu", "cuda" or "cuda:N" for torch / ONNX Runtime / TensorRT (default: cuda when visible);
     ``limit``: accuracy images (default 16); ``busy_threshold``: rows measured while other processes
     took more than this share of all CPUs are flagged ``busy`` (table, JSON, plot, summary warning).
+    ``scene``: also ``segclip predict`` end to end per local backend on that raster ("generate": a
+    generated 2048x2048 GeoTIFF): Mpx/s, pipeline efficiency, peak RSS (``segclip.benchmarks.scene``).
     mIoU values are fractions (0..1); the table shows percent.
     Every argument (and ``data``) is checked before ``out`` is created; an ``out`` that already holds
     a benchmark is replaced only with ``force``.
@@ -637,6 +640,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     plan = make_plan(backends, batch, size, concurrency, quick, triton_url, data, reps, warmup, threads, budget_s, device,
                      limit, triton_shm, load_duration_s, busy_threshold)
     out = check_out(out, force)
+    scene = check_scene(scene)
     import torch
 
     tmp = created = None
@@ -671,6 +675,9 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
             rows += r
             load += lo
         report = build_report(plan, source, sources, machine, rows, load, data_desc, t_start)
+        if scene is not None:  # megapixels per second over a whole scene, per backend (segclip.benchmarks.scene)
+            add_scene(report, plan.names, sources, plan.sizes[0], settings, scene, work_dir,
+                      busy_threshold=plan.timing["busy_threshold"], log=log)
         if out is not None:
             report["files"] = write_all(report, work_dir, plot=plot)
             write_json(report, work_dir / "benchmark.json")  # again, now listing the files

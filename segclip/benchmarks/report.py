@@ -34,7 +34,17 @@ LOAD_KEYS = {
     "output_checks": (int,), "output_mismatches": (int,), "output_min_agreement": _NUM + (None,), "errors": (list,),
     "other_cpu": _NUM + (None,), "busy": (bool,),
 }
-STATUS_PREFIXES = ("ok", "unavailable: ", "failed: ", "skipped: ")
+# whole-scene rows (segclip.benchmarks.scene; the report's optional "scene" list, scene.csv)
+SCENE_KEYS = {
+    "backend": (str,), "status": (str,), "artifact": (str, None), "runtime": (str, None), "width": (int, None),
+    "height": (int, None), "window": (int, None), "batch": (int, None), "windows": (int, None),
+    "megapixels": _NUM + (None,), "seconds": _NUM + (None,), "mpx_s": _NUM + (None,), "runner_s": _NUM + (None,),
+    "read_s": _NUM + (None,), "blend_s": _NUM + (None,), "write_s": _NUM + (None,), "runner_share": _NUM + (None,),
+    "read_share": _NUM + (None,), "blend_share": _NUM + (None,), "write_share": _NUM + (None,),
+    "runner_bound_mpx_s": _NUM + (None,), "pipeline_efficiency": _NUM + (None,), "peak_rss_mib": _NUM + (None,),
+    "other_cpu": _NUM + (None,), "busy": (bool,),
+}
+STATUS_PREFIXES = ("ok", "unavailable: ", "failed: ", "skipped: ", "not run: ")  # not run: interrupted/still running
 CSV_COLUMNS = list(ROW_KEYS)
 
 
@@ -52,7 +62,8 @@ def check_report(report: dict) -> list:
     for k in TOP_KEYS:
         if k not in report:
             problems.append(f"missing top-level key {k!r}")
-    for name, keys, items in (("rows", ROW_KEYS, report.get("rows", [])), ("triton_load", LOAD_KEYS, report.get("triton_load", []))):
+    for name, keys, items in (("rows", ROW_KEYS, report.get("rows", [])), ("triton_load", LOAD_KEYS, report.get("triton_load", [])),
+                              ("scene", SCENE_KEYS, report.get("scene", []))):
         if not isinstance(items, list):
             problems.append(f"{name} is not a list")
             continue
@@ -64,7 +75,7 @@ def check_report(report: dict) -> list:
                     problems.append(f"{name}[{i}].{k} = {r[k]!r} is not {allowed}")
             st = r.get("status", "")
             if not (st == "ok" or any(st.startswith(p) and len(st) > len(p) for p in STATUS_PREFIXES[1:])):
-                problems.append(f"{name}[{i}].status {st!r} is not 'ok' or '<unavailable|failed|skipped>: <reason>'")
+                problems.append(f"{name}[{i}].status {st!r} is not 'ok' or '<unavailable|failed|skipped|not run>: <reason>'")
             if name == "rows" and st == "ok":
                 for k in ("batch", "height", "width", "p50_ms", "p90_ms", "p99_ms", "throughput_ips"):
                     if r.get(k) is None:
@@ -130,7 +141,23 @@ def format_table(report: dict) -> str:
         w = [max(len(h), *(len(l[i]) for l in ll)) for i, h in enumerate(lh)]
         out += ["  ".join(h.ljust(x) for h, x in zip(lh, w)), "  ".join("-" * x for x in w)]
         out += ["  ".join(c.ljust(x) for c, x in zip(l, w)) for l in ll]
-    if any(r.get("busy") for r in list(rows) + list(load)):
+    scene = report.get("scene") or []
+    if scene:
+        out += ["", "whole scene (segclip predict end to end; efficiency = Mpx/s / runner-bound Mpx/s):"]
+        sh = ["backend", "runs", "status", "HxW", "window", "batch", "Mpx/s", "runner-bound", "efficiency", "runner %",
+              "read %", "blend %", "write %", "peak RSS MiB", "others CPU"]
+        sl = [[r["backend"], f"{r['artifact']} on {r['runtime']}" if r.get("artifact") else "-",
+               r["status"] if r["status"] == "ok" else r["status"].split(":", 1)[0],
+               f"{r['height']}x{r['width']}" if r.get("height") else "-", _f(r.get("window"), "{}"), _f(r.get("batch"), "{}"),
+               _f(r.get("mpx_s"), "{:.3f}"), _f(r.get("runner_bound_mpx_s"), "{:.3f}"), _f(_pct(r.get("pipeline_efficiency")), "{:.0f}%"),
+               _f(_pct(r.get("runner_share")), "{:.0f}"), _f(_pct(r.get("read_share")), "{:.0f}"),
+               _f(_pct(r.get("blend_share")), "{:.0f}"), _f(_pct(r.get("write_share")), "{:.0f}"),
+               _f(r.get("peak_rss_mib"), "{:.0f}"), _others(r)] for r in scene]
+        w = [max(len(h), *(len(l[i]) for l in sl)) for i, h in enumerate(sh)]
+        out += ["  ".join(h.ljust(x) for h, x in zip(sh, w)), "  ".join("-" * x for x in w)]
+        out += ["  ".join(c.ljust(x) for c, x in zip(l, w)) for l in sl]
+        out += [f"scene {r['backend']}: {r['status']}" for r in scene if r["status"] != "ok"]
+    if any(r.get("busy") for r in list(rows) + list(load) + list(scene)):
         thr = (report.get("summary") or {}).get("busy_threshold") or (report.get("config") or {}).get("busy_threshold")
         out += ["", f"! busy: other processes took more than {100 * (thr or 0):.0f}% of the CPUs while this row was "
                     "measured; its timing is not reliable"]
@@ -177,10 +204,11 @@ def write_plot(report: dict, path) -> Optional[Path]:
     ok = [r for r in report["rows"] if r["status"] == "ok"]
     load = [r for r in report.get("triton_load") or [] if r.get("throughput_ips") is not None]
     single = len({r["batch"] for r in ok}) <= 1
-    ncols = (2 if single else 1) + (1 if load else 0)
+    scene = [r for r in report.get("scene") or [] if r["status"] == "ok" and r.get("mpx_s")]
+    ncols = (2 if single else 1) + (1 if load else 0) + (1 if scene else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(6.0 * ncols, 4.5), squeeze=False)
     axes = list(axes[0])
-    busy_any = any(r.get("busy") for r in ok + load)
+    busy_any = any(r.get("busy") for r in ok + load + scene)
     if single:
         labels = [r["backend"] + ("" if len({(x["height"], x["width"]) for x in ok}) == 1 else f" {r['height']}x{r['width']}")
                   for r in ok]
@@ -250,6 +278,19 @@ def write_plot(report: dict, path) -> Optional[Path]:
         ax2.set_title("Triton throughput vs concurrency")
         ax2.legend(fontsize=8)
         ax2.grid(True, alpha=0.3)
+        rest = rest[1:]
+    if scene:  # whole-scene Mpx/s per backend; the label: pipeline efficiency
+        ax3 = rest[0]
+        x = list(range(len(scene)))
+        bars = ax3.bar(x, [r["mpx_s"] for r in scene], color=[_color(r["backend"]) for r in scene], edgecolor="black",
+                       hatch=[BUSY_HATCH if r.get("busy") else "" for r in scene])
+        ax3.bar_label(bars, labels=[f"{r['mpx_s']:.2f}\n{100 * (r.get('pipeline_efficiency') or 0):.0f}% eff." for r in scene],
+                      fontsize=7)
+        ax3.set_xticks(x, [r["backend"] for r in scene], rotation=20, ha="right", fontsize=8)
+        ax3.set_ylim(bottom=0)
+        ax3.set_ylabel("megapixels / s (predict, end to end)")
+        ax3.set_title(f"whole scene {scene[0]['height']}x{scene[0]['width']}")
+        ax3.grid(True, axis="y", alpha=0.3)
     m = report.get("machine") or {}
     title = f"segclip benchmark - {m.get('cpu', '?')}, {m.get('gpu') or 'no GPU'}, {m.get('threads')} threads"
     if busy_any:
@@ -271,6 +312,8 @@ def write_all(report: dict, out_dir, plot: bool = True) -> dict:
              "csv": str(write_csv(report["rows"], out_dir / "benchmark.csv", CSV_COLUMNS))}
     if report.get("triton_load"):
         files["triton_load_csv"] = str(write_csv(report["triton_load"], out_dir / "triton_load.csv", list(LOAD_KEYS)))
+    if report.get("scene"):
+        files["scene_csv"] = str(write_csv(report["scene"], out_dir / "scene.csv", list(SCENE_KEYS)))
     if plot:
         files["plot"] = str(write_plot(report, out_dir / "latency.png"))
     return files

@@ -43,9 +43,13 @@ def default_out(source) -> Path:
               help="Flag rows measured while other processes took more than this share of all CPUs.")
 @click.option("--quick", is_flag=True, help="Batch 1, first size, torch + onnxruntime + onnxruntime-fp16, few reps, no Triton sweep.")
 @out_option(file_okay=False, help="Where benchmark.json/.csv and latency.png go (default: RUN_DIR/benchmark, or beside an export directory).")
+@click.option("--scene", is_flag=False, flag_value="generate", default=None, metavar="[RASTER]",
+              help="Also segclip predict end to end on RASTER per local backend (--scene alone: a generated 2048x2048 "
+                   "GeoTIFF): Mpx/s, runner vs read/blend/write time, pipeline efficiency, peak RSS; and the default "
+                   "predict (no --format) against the fastest.")
 @click.option("--force", is_flag=True, help="Replace the results of an earlier benchmark in --out.")
 def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls, triton_env, triton_shm, reps, warmup,
-                  budget_s, threads, device, limit, busy_threshold, quick, out, force):
+                  budget_s, threads, device, limit, busy_threshold, scene, quick, out, force):
     """Benchmark RUN_DIR | EXPORT_DIR | CHECKPOINT on every backend: one table, JSON, CSV and a plot.
 
     Backends that cannot run here (no GPU, no tensorrt, no Triton server) get a row saying why.
@@ -58,7 +62,7 @@ def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls,
                            concurrency=concurrency, quick=quick, triton_url=list(triton_urls) or None, reps=reps,
                            warmup=warmup, threads=threads, budget_s=budget_s, device=device, limit=limit,
                            triton_shm=triton_shm, triton_env=triton_env, show_table=False, busy_threshold=busy_threshold,
-                           log=lambda m: click.echo(m, err=True), force=force)
+                           log=lambda m: click.echo(m, err=True), force=force, scene=scene)
     click.echo(report["table"])
     if report["summary"].get("warning"):
         click.echo(f"warning: {report['summary']['warning']}", err=True)

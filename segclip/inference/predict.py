@@ -130,7 +130,7 @@ class Predictor:
         from segclip.data.raster import ClassMapSink, RasterSource, gdal_env
         from segclip.data.sliding import SlidingPlan, blend_bytes_per_pixel
 
-        t0 = time.perf_counter()
+        t0, infer0 = time.perf_counter(), self.pool.infer_seconds
         with gdal_env(), warnings.catch_warnings():
             warnings.simplefilter("ignore", _not_georeferenced())
             source = RasterSource(path, self.bands, self.value_range)
@@ -158,11 +158,14 @@ class Predictor:
             finally:
                 source.close()
         seconds = time.perf_counter() - t0
+        # where the time went (threads overlap, so the parts may add up to more than the wall time):
+        # inside the runner, reading windows, blending them, writing blocks (segclip benchmark --scene)
+        stages = {"runner": round(self.pool.infer_seconds - infer0, 3), **{k: round(v, 3) for k, v in self.busy.items()}}
         mpx = source.height * source.width / 1e6
         return {"input": str(path), "width": source.width, "height": source.height, "windows": len(plan),
                 "strips": len(strips), "batch": self.batch, "skipped_windows": skipped, "seconds": round(seconds, 3), "megapixels": round(mpx, 3),
                 "megapixels_per_s": round(mpx / max(seconds, 1e-9), 3), "scaling": source.describe_scaling(),
-                "outputs": outputs, "counts": counts}
+                "stage_seconds": stages, "outputs": outputs, "counts": counts}
 
     def _stream(self, source, plan, strips, sink, counts, preview, bar) -> int:
         from segclip.data.sliding import Blender
@@ -173,6 +176,7 @@ class Predictor:
         errors: list = []
         failed = lambda: bool(errors)  # noqa: E731
         skipped = [0]
+        busy = self.busy = {"read": 0.0, "blend": 0.0, "write": 0.0}  # seconds each stage worked (not waited)
         # every window of every strip, in the order they are read: (position, strip, window id)
         order = [(n, s, i) for n, (s, i) in enumerate((s, i) for s, st in enumerate(strips) for i in st[2])]
 
@@ -183,6 +187,7 @@ class Predictor:
                     for n, s, i in order:  # a batch may span two strips: the main thread splits it
                         if errors:
                             return
+                        t = time.perf_counter()
                         c = plan.coords[i]
                         v = src.valid(*c)
                         if v is not None and not v.any():
@@ -190,6 +195,7 @@ class Predictor:
                             continue
                         ids.append((n, s, i))
                         batch.append(plan.pad(src.read(*c)))
+                        busy["read"] += time.perf_counter() - t
                         if len(ids) == self.batch:
                             if not _put(q_in, (ids, np.stack(batch)), failed):
                                 return
@@ -209,6 +215,7 @@ class Predictor:
                         if item is None:
                             return
                         y0, x0, rows = item
+                        t = time.perf_counter()
                         y1, x1 = y0 + rows.shape[0], x0 + rows.shape[1]
                         valid = src.valid(y0, x0, y1, x1)
                         if valid is not None:
@@ -216,6 +223,7 @@ class Predictor:
                         sink.write(y0, self.encode(rows) if self.encode else rows, x0)
                         counts.add(rows, valid, src.row_pixel_areas(y0, y1))
                         preview.add(y0, rows, x0)
+                        busy["write"] += time.perf_counter() - t
             except _Stop:
                 pass
             except BaseException as e:
@@ -240,7 +248,10 @@ class Predictor:
             for t in range(max(cur[0], 0), s):
                 b = cur[1] if t == cur[0] else Blender(plan, self.k, mode=self.mode, strip=strips[t])
                 cur[1] = None  # one blend band alive at a time
-                emit(b.x0, b.finish())
+                t0 = time.perf_counter()
+                bands = b.finish()
+                busy["blend"] += time.perf_counter() - t0
+                emit(b.x0, bands)
                 del b
             cur[:] = [s, Blender(plan, self.k, mode=self.mode, strip=strips[s]) if s < len(strips) else None]
 
@@ -253,7 +264,10 @@ class Predictor:
                     s = ids[start][1]
                     if cur[0] != s:
                         open_strip(s)
-                    emit(cur[1].x0, cur[1].add([i for _, _, i in ids[start:end]], out[start:end]))
+                    t = time.perf_counter()
+                    bands = cur[1].add([i for _, _, i in ids[start:end]], out[start:end])
+                    busy["blend"] += time.perf_counter() - t
+                    emit(cur[1].x0, bands)
                     start = end
             bar.update(ids[-1][0] + 1 - done[0])
             done[0] = ids[-1][0] + 1

@@ -11,6 +11,7 @@ Local runners (ONNX Runtime, PyTorch, TensorRT) are a pool of one slot.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
@@ -48,6 +49,7 @@ class RunnerPool:
                                    f"size or outputs differ); every --model must be the same export")
         self.signature = first
         self.slots = sum(len(ep.runners) for ep in self.endpoints)
+        self.infer_seconds = 0.0  # summed time inside runner.infer (all slots): what predict's pipeline feeds
         self._cond = threading.Condition()
         self._executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="segclip-infer")
 
@@ -72,8 +74,9 @@ class RunnerPool:
                     return ep, ep.free.pop()
                 self._cond.wait()
 
-    def _release(self, ep: _Endpoint, runner, error: Optional[str]) -> None:
+    def _release(self, ep: _Endpoint, runner, error: Optional[str], seconds: float = 0.0) -> None:
         with self._cond:
+            self.infer_seconds += seconds
             ep.busy -= 1
             ep.requests += 1
             ep.free.append(runner)
@@ -91,6 +94,7 @@ class RunnerPool:
             if ep is None:
                 many = len(self.endpoints) > 1
                 raise SegclipError(("every endpoint failed this batch: " if many else "") + "; ".join(errors))
+            t0 = time.perf_counter()
             try:
                 out = runner.infer(batch, scene_ids)
             except Exception as e:  # network errors, a server that went away, a timeout
@@ -99,7 +103,7 @@ class RunnerPool:
                 tried.add(ep.name)
                 self._release(ep, runner, msg)
                 continue
-            self._release(ep, runner, None)
+            self._release(ep, runner, None, time.perf_counter() - t0)
             return out
 
     def stats(self) -> list:
