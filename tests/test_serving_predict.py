@@ -59,23 +59,28 @@ def test_runner_errors_are_one_line(server):
     r.close()
 
 
-def test_predict_cli_with_grpc_model(server, images, expected, local, tmp_path):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_predict_cli_with_triton_model(server, protocol, images, expected, local, tmp_path):
+    """segclip predict over gRPC and HTTP, several images and requests in flight: the HTTP client
+    (gevent) used from the pool's worker threads once failed with "Cannot switch to a different thread"."""
     from click.testing import CliRunner
     from PIL import Image
 
     from segclip.cli import main
 
     paths = []
-    for i in range(2):
+    n = 5
+    for i in range(n):
         p = tmp_path / f"img{i}.png"
         Image.fromarray(images[i]).save(p)
         paths.append(str(p))
     big = tmp_path / "big.png"  # larger than the model: predict tiles it, every tile through Triton
-    Image.fromarray(np.tile(images[2], (2, 2, 1))[: SIZE + 32, : SIZE + 32]).save(big)
-    res = CliRunner().invoke(main, ["predict", "--model", server.model_url("segclip_python"), *paths, str(big),
-                                    "--out", str(tmp_path / "pred"), "--overlap", "0.25"])
+    Image.fromarray(np.tile(images[n], (2, 2, 1))[: SIZE + 32, : SIZE + 32]).save(big)
+    res = CliRunner().invoke(main, ["predict", "--model", server.model_url("segclip_python", protocol), *paths, str(big),
+                                    "--out", str(tmp_path / "pred"), "--overlap", "0.25", "--in-flight", "3",
+                                    "--batch", "1", "--quiet"])
     assert res.exit_code == 0, res.output
-    for i in range(2):
+    for i in range(n):
         mask = np.asarray(Image.open(tmp_path / "pred" / f"img{i}_mask.png"))
         np.testing.assert_array_equal(mask, expected[i])
     # the tiled one by content: 96 px in 64 px windows at overlap 0.25 start at 0 and 32, so the top-left
@@ -83,7 +88,7 @@ def test_predict_cli_with_grpc_model(server, images, expected, local, tmp_path):
     big_img = np.asarray(Image.open(big))
     big_mask = np.asarray(Image.open(tmp_path / "pred" / "big_mask.png"))
     assert big_mask.shape == (SIZE + 32, SIZE + 32)
-    np.testing.assert_array_equal(big_mask[:32, :32], expected[2][:32, :32])  # window (0, 0) is images[2]
+    np.testing.assert_array_equal(big_mask[:32, :32], expected[n][:32, :32])  # window (0, 0) is images[n]
     corner = local.infer(np.ascontiguousarray(big_img[None, 32:, 32:]))["mask"][0]
     np.testing.assert_array_equal(big_mask[SIZE:, SIZE:], corner[32:, 32:])
 

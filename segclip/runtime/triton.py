@@ -11,6 +11,12 @@ become one-line ``SegclipError``s naming the model and the server.
 
 ``shm=True`` passes tensors through system shared memory instead of the socket (client and server
 on the same host, sharing /dev/shm); requests on one runner are then serialised.
+
+A runner may be called from any thread (``RunnerPool`` hands its slots to whichever worker thread is
+free).  ``tritonclient.http`` runs on gevent, whose sockets belong to the thread (gevent hub) that
+opened them: a connection reused from another thread fails with "Cannot switch to a different
+thread".  So each thread gets its own HTTP client (``_client``); gRPC clients are thread-safe and
+shared.
 """
 from __future__ import annotations
 
@@ -71,7 +77,9 @@ class TritonRunner(Runner):
         else:
             import tritonclient.http as tc
         self._tc = tc
-        self.client = None
+        self.client = None  # the client of the thread that connected (discovery); see _client
+        self._local = threading.local()  # HTTP: this thread's client
+        self._thread_clients = []  # HTTP: every other thread's client, closed by close()
         self._use_shm = bool(shm)
         self._shm = None
         self._lock = threading.Lock()
@@ -85,17 +93,34 @@ class TritonRunner(Runner):
         self.model_max_batch = int(self.config.get("max_batch_size", 0))
         super().__init__(signature, name=name or f"triton-{self.model}", precision=precision, artifact=url)
 
-    def _connect(self) -> None:
+    def _new_client(self):
         tc = self._tc
         try:
             if self.protocol == "grpc":
-                self.client = tc.InferenceServerClient(self.address, verbose=self.verbose)
-            else:
-                self.client = tc.InferenceServerClient(self.address, verbose=self.verbose, connection_timeout=self.timeout,
-                                                       network_timeout=self.timeout, ssl=self.ssl)
+                return tc.InferenceServerClient(self.address, verbose=self.verbose)
+            return tc.InferenceServerClient(self.address, verbose=self.verbose, connection_timeout=self.timeout,
+                                            network_timeout=self.timeout, ssl=self.ssl)
         except Exception as e:
             raise SegclipError(f"{self.where}: cannot create a client: {one_line(e, 1000)}") from None
+
+    def _connect(self) -> None:
+        self.client = self._new_client()
+        self._local = threading.local()
+        self._local.client = self.client
         self._check_ready()
+
+    def _client(self):
+        """The client for the calling thread: the shared one over gRPC, the thread's own over HTTP."""
+        if self.client is None:
+            self._connect()
+        if self.protocol == "grpc":
+            return self.client
+        c = getattr(self._local, "client", None)
+        if c is None:
+            c = self._local.client = self._new_client()
+            with self._lock:
+                self._thread_clients.append(c)
+        return c
 
     def _activate(self) -> None:
         if self.client is None:
@@ -212,7 +237,7 @@ class TritonRunner(Runner):
             else:
                 inp.set_data_from_numpy(x, binary_data=True)
                 req = [tc.InferRequestedOutput(n, binary_data=True) for n in out_names]
-            res = self._call("inference", self.client.infer, self.model, [inp] + extra, model_version=self.version,
+            res = self._call("inference", self._client().infer, self.model, [inp] + extra, model_version=self.version,
                              outputs=req, **self._deadline())
             outs = {n: res.as_numpy(n) for n in out_names}
         return self._check_outputs(outs, x)
@@ -249,12 +274,16 @@ class TritonRunner(Runner):
                 self._shm.close()
             finally:
                 self._shm = None
-        if self.client is not None:
-            try:
-                self.client.close()
-            except Exception:
-                pass
-            self.client = None
+        with self._lock:
+            clients, self._thread_clients = [self.client, *self._thread_clients], []
+        self._local = threading.local()
+        for c in clients:
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:  # a gevent client closed from a thread other than its own: its sockets go with it
+                    pass
+        self.client = None
         self.is_active = False
 
 
@@ -269,7 +298,7 @@ class _ShmRegions:
         self.prefix = f"segclip_{uuid.uuid4().hex[:12]}"
         self.regions = {}  # role -> (name, handle, size)
         try:
-            runner.client.get_system_shared_memory_status()
+            runner._client().get_system_shared_memory_status()
         except Exception as e:
             raise SegclipError(f"{runner.where}: the server does not offer system shared memory ({one_line(e)})") from None
 
@@ -282,14 +311,14 @@ class _ShmRegions:
         name = f"{self.prefix}_{role}"
         key = f"/{name}"
         handle = self.shm.create_shared_memory_region(name, key, size)
-        self.r._call("register shared memory", self.r.client.register_system_shared_memory, name, key, size)
+        self.r._call("register shared memory", self.r._client().register_system_shared_memory, name, key, size)
         self.regions[role] = (name, handle, size)
         return self.regions[role]
 
     def _drop(self, role: str):
         name, handle, _ = self.regions.pop(role)
         try:
-            self.r.client.unregister_system_shared_memory(name)
+            self.r._client().unregister_system_shared_memory(name)
         except Exception:
             pass
         self.shm.destroy_shared_memory_region(handle)
@@ -312,7 +341,7 @@ class _ShmRegions:
             offsets[o] = offset
             offset += sizes[o]
             req.append(ro)
-        r._call("inference", r.client.infer, r.model, [inp, *extra], model_version=r.version, outputs=req)
+        r._call("inference", r._client().infer, r.model, [inp, *extra], model_version=r.version, outputs=req)
         return {o: np.array(self.shm.get_contents_as_numpy(ohandle, np.dtype(specs[o].dtype), shapes[o], offset=offsets[o]))
                 for o in out_names}
 
