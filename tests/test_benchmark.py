@@ -61,7 +61,7 @@ def assert_schema(report: dict) -> None:
         for k, t in ROW_SCHEMA.items():
             assert isinstance(row[k], t) and (t is bool or not isinstance(row[k], bool)), (i, k, row[k])
         st = row["status"]
-        assert st == "ok" or st.split(": ", 1)[0] in ("unavailable", "failed", "skipped") and len(st.split(": ", 1)[1]) > 5, st
+        assert st == "ok" or st.split(": ", 1)[0] in ("unavailable", "failed", "skipped", "not run") and len(st.split(": ", 1)[1]) > 5, st
         if st == "ok":
             for k in ("batch", "height", "width", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "reps"):
                 assert row[k] is not None and row[k] > 0, (k, row)
@@ -157,6 +157,46 @@ def test_cli_end_to_end_schema_files_and_unavailable_rows(export_dir, sample_dat
     s = report["summary"]
     assert s["size"] == f"{SIZE}x{SIZE}" and s["batch"] == 1 and s["fastest"] in by
     assert s["backends"]["onnxruntime"]["speedup_vs_torch"] > 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_keeps_finished_rows_and_names_the_rest(export_dir, sample_data, tmp_path, sig):
+    """The real command in its own process, interrupted once its first row is on disk: the JSON and CSV
+    keep every finished row, the rows not reached say "not run", the table on stderr says so too."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "segclip", "benchmark", str(export_dir), "--backends", "torch,onnxruntime",
+           "--batch", "1,2", "--reps", "2", "--warmup", "0", "--budget", "4", "--threads", "1", "--limit", "1",
+           "--data", sample_data, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        first = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                rows = json.loads((out / "benchmark.json").read_text())["rows"]  # atomic: never half a file
+                if any(r["status"] == "ok" for r in rows):
+                    first = rows
+                    break
+            time.sleep(0.05)
+        assert first is not None, "no row written before the deadline"
+        assert not json.loads((out / "benchmark.json").read_text())["summary"]["complete"]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (130 if sig == signal.SIGINT else 128 + signal.SIGTERM), err
+    report = json.loads((out / "benchmark.json").read_text())
+    assert_schema(report)
+    status = {(r["backend"], r["batch"]): r["status"] for r in report["rows"]}
+    assert set(status) == {("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}, status
+    assert status[("torch", 1)] == "ok"
+    assert status[("onnxruntime", 2)] == "not run: interrupted (Ctrl-C or SIGTERM)", status
+    assert report["summary"]["complete"] is False and report["summary"]["not_run"] >= 1
+    with open(out / "benchmark.csv") as f:
+        assert [(r["backend"], r["status"]) for r in csv.DictReader(f)] == [(r["backend"], r["status"]) for r in report["rows"]]
+    assert "not run" in err and "kept" in err and "benchmark:" in err  # the table, the note, the progress bar
 
 
 def test_quick_api_as_the_quickstart_calls_it(export_dir, sample_data, tmp_path):

@@ -29,6 +29,7 @@ from segclip.benchmarks import accuracy as acc
 from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, parse_backends
 from segclip.benchmarks.machine import describe as describe_machine
 from segclip.benchmarks.machine import machine_info
+from segclip.benchmarks.progress import NOT_RUN, Progress
 from segclip.benchmarks.scene import add_scene, check_scene
 from segclip.benchmarks.report import SCHEMA_VERSION, check_report, format_table, write_all, write_json
 from segclip.benchmarks.timing import CpuMeter, default_threads, measure, random_batches, set_threads
@@ -245,14 +246,17 @@ def _artifact_note(export, spec) -> Optional[str]:
     return None
 
 
-def _time_batches(runner, spec, size, batches, timing: dict, common: dict, log) -> list:
+def _time_batches(runner, spec, size, batches, timing: dict, common: dict, log, record=None) -> list:
     """One row per batch size: latency percentiles and throughput of ``runner.infer``, with the share
-    of the CPUs other processes took meanwhile (``busy``)."""
+    of the CPUs other processes took meanwhile (``busy``).  ``record(row)``: called as each row is
+    done (``progress.Progress.row``: the bar and the saved report)."""
     h, w = size
     rows = []
+    record = record or (lambda r: None)
     for b in batches:
         if runner.max_batch is not None and b > runner.max_batch:
             rows.append(_base_row(spec, size, b, **common, status=f"skipped: batch {b} > the artifact's max batch {runner.max_batch}"))
+            record(rows[-1])
             continue
         inputs = random_batches(b, h, w, count=timing["inputs"])
         try:
@@ -260,6 +264,7 @@ def _time_batches(runner, spec, size, batches, timing: dict, common: dict, log) 
                         budget_s=timing["budget_s"], meter=CpuMeter.for_this_tree())
         except Exception as e:
             rows.append(_base_row(spec, size, b, **common, status=f"failed: {one_line(e, 300)}"))
+            record(rows[-1])
             continue
         st = t.stats
         rows.append(_base_row(spec, size, b, **common, p50_ms=st["p50_ms"], p90_ms=st["p90_ms"], p99_ms=st["p99_ms"],
@@ -268,10 +273,11 @@ def _time_batches(runner, spec, size, batches, timing: dict, common: dict, log) 
         busy = f", BUSY: other processes took {100 * t.foreign_share:.0f}% of the CPUs" if rows[-1]["busy"] else ""
         log(f"  {spec.name:17s} {h}x{w} batch {b}: p50 {st['p50_ms']:.1f} ms, p90 {st['p90_ms']:.1f} ms "
             f"({t.reps} reps), {t.throughput_ips:.2f} img/s{busy}")
+        record(rows[-1])
     return rows
 
 
-def bench_runner(runner, spec, size, batches, timing: dict, accuracy: "Accuracy", log, note=None) -> list:
+def bench_runner(runner, spec, size, batches, timing: dict, accuracy: "Accuracy", log, note=None, record=None) -> list:
     """Rows for one runner at one size (one per batch), with its accuracy on the accuracy images."""
     h, w = size
     try:
@@ -285,7 +291,7 @@ def bench_runner(runner, spec, size, batches, timing: dict, accuracy: "Accuracy"
         sig = runner.signature
         if not sig.dynamic_size and (sig.height, sig.width) != (h, w):
             return [_base_row(spec, size, **common, status=f"skipped: this artifact takes {sig.height}x{sig.width} images only")]
-        rows = _time_batches(runner, spec, size, batches, timing, common, log)
+        rows = _time_batches(runner, spec, size, batches, timing, common, log, record)
         if any(r["status"] == "ok" for r in rows):
             accuracy.measure(runner, rows, reference=spec.name == REFERENCE, batch=min(4, max(batches)))
         return rows
@@ -348,14 +354,19 @@ def backend_rows(names, plan: "Plan", settings: Settings, sources: Sources, size
     """Rows of the given backends at one size -- local and Triton ones alike: a runner per backend
     spec, timed and scored, or a status row saying why it cannot run here."""
     rows = []
+    progress = plan.progress
     for name in names:
         spec = BACKENDS[name]
         runner, why = make_runner(spec, settings, sources, size, export, urls)
         if runner is None:
-            rows.append(_base_row(spec, size, status=f"unavailable: {why}"))
+            new = [_base_row(spec, size, status=f"unavailable: {why}")]
             log(f"  {name:17s} {size[0]}x{size[1]}: unavailable: {why}")
-            continue
-        rows += bench_runner(runner, spec, size, plan.batches, plan.timing, accuracy, log, note=_artifact_note(export, spec))
+        else:
+            new = bench_runner(runner, spec, size, plan.batches, plan.timing, accuracy, log, note=_artifact_note(export, spec),
+                               record=progress.row if progress else None)
+        rows += new
+        if progress:
+            progress.done(name, size, new)
     return rows
 
 
@@ -461,6 +472,7 @@ class Plan:
     load_duration: float
     quick: bool
     triton_shm: bool
+    progress: Optional[object] = None  # progress.Progress: the bar and the report saved after each row
 
 
 def make_plan(backends, batch, size, concurrency, quick, triton_url, data, reps, warmup, threads, budget_s, device,
@@ -545,10 +557,22 @@ def _load_sweep(plan: Plan, urls: dict, served: set, export, size, log) -> list:
     return load
 
 
+def run_order(names) -> list:
+    """The order backends run in at each size: the reference first, Triton last."""
+    return sorted(names, key=lambda n: (n != REFERENCE, BACKENDS[n].source == "triton"))
+
+
+def planned_units(plan: Plan) -> tuple:
+    """([(h, w, backend, batch)] in run order, Triton sweep levels): what the progress bar counts."""
+    units = [(h, w, n, b) for h, w in plan.sizes for n in run_order(plan.names) for b in plan.batches]
+    protocols = {BACKENDS[n].protocol for n in plan.names if BACKENDS[n].source == "triton"}
+    return units, (len(protocols) * len(plan.concurrency) if plan.concurrency and not plan.quick else 0)
+
+
 def bench_size(plan: Plan, settings: Settings, sources: Sources, size, items: list, work_dir: Path, *, sweep: bool,
                triton_env, log) -> tuple:
     """(rows, Triton load rows) of every backend at one size: the reference first, Triton last."""
-    order = sorted(plan.names, key=lambda n: (n != REFERENCE, BACKENDS[n].source == "triton"))
+    order = run_order(plan.names)
     local = [n for n in order if BACKENDS[n].source != "triton"]
     triton = [n for n in order if BACKENDS[n].source == "triton"]
     export = None
@@ -568,11 +592,15 @@ def bench_size(plan: Plan, settings: Settings, sources: Sources, size, items: li
             if sweep and plan.concurrency and not plan.quick:
                 served = {BACKENDS[r["backend"]].protocol for r in t_rows if r["status"] == "ok"}
                 load = _load_sweep(plan, urls, served, export, size, log)
+                if plan.progress:
+                    plan.progress.sweep_rows(load)
     return rows, load
 
 
-def build_report(plan: Plan, source, sources: Sources, machine: dict, rows: list, load: list, data_desc, t_start: float) -> dict:
-    """The report (schema ``SCHEMA_VERSION``) with its table; checked against the schema."""
+def build_report(plan: Plan, source, sources: Sources, machine: dict, rows: list, load: list, data_desc, t_start: float,
+                 complete: bool = True) -> dict:
+    """The report (schema ``SCHEMA_VERSION``) with its table; checked against the schema.  ``complete``
+    false: a report saved while running or after an interrupt (rows not reached say ``not run: ``)."""
     _speedups(rows)
     timing = plan.timing
     report = {
@@ -597,6 +625,8 @@ def build_report(plan: Plan, source, sources: Sources, machine: dict, rows: list
         "summary": summarize(rows, load, machine, timing["busy_threshold"]),
     }
     report["summary"]["seconds"] = round(time.perf_counter() - t_start, 1)
+    report["summary"]["complete"] = bool(complete)
+    report["summary"]["not_run"] = sum(1 for r in rows if r["status"].startswith(NOT_RUN))
     try:
         import os
 
@@ -610,12 +640,29 @@ def build_report(plan: Plan, source, sources: Sources, machine: dict, rows: list
     return report
 
 
+def _keep_partial(e: BaseException, plan, source, sources, machine, data_desc, t_start, tracker, work_dir, log) -> None:
+    """After an interrupt or a crash: the finished rows, the others ``not run: <why>``, in the table and
+    the files (plot included); never masks the exception being raised."""
+    why = NOT_RUN + ("interrupted (Ctrl-C or SIGTERM)" if not isinstance(e, Exception)
+                     else f"the benchmark stopped: {type(e).__name__}: {one_line(e, 200)}")
+    try:
+        tracker.close()
+        rows = tracker.rows + tracker.not_run(why)
+        report = build_report(plan, source, sources, machine, rows, tracker.load, data_desc, t_start, complete=False)
+        files = write_all(report, work_dir, plot=any(r["status"] == "ok" for r in rows))
+        log(report["table"])
+        log(f"kept {len(tracker.rows)} finished row(s) in {files['json']} and {files['csv']}")
+    except Exception as err:  # saving what was measured must not hide why the run stopped
+        log(f"could not save the finished rows: {one_line(err)}")
+
+
 def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=None, concurrency=(1, 4, 8),
                   quick: bool = False, triton_url=None, *, reps: Optional[int] = None, warmup: Optional[int] = None,
                   threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
                   limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
                   load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
-                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None, scene=None) -> dict:
+                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None, scene=None,
+                  progress: bool = False) -> dict:
     """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
     (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
 
@@ -629,6 +676,9 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     ``scene``: also ``segclip predict`` end to end per local backend on that raster ("generate": a
     generated 2048x2048 GeoTIFF): Mpx/s, pipeline efficiency, peak RSS (``segclip.benchmarks.scene``).
     mIoU values are fractions (0..1); the table shows percent.
+    ``progress``: a bar over the rows with an ETA on stderr.  With ``out``, the JSON and CSV are
+    rewritten after every row, so an interrupt (Ctrl-C, SIGTERM) or a kill keeps the finished rows;
+    the rows not reached say ``not run: ...`` and ``summary.complete`` is false.
     Every argument (and ``data``) is checked before ``out`` is created; an ``out`` that already holds
     a benchmark is replaced only with ``force``.
     """
@@ -643,7 +693,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     scene = check_scene(scene)
     import torch
 
-    tmp = created = None
+    tmp = created = tracker = None
     if out is not None:
         work_dir = out  # created once the source and --data have been checked
     else:
@@ -668,6 +718,16 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
                             triton_shm=plan.triton_shm)
         machine = machine_info(plan.threads)
         log(f"machine: {describe_machine(machine)}")
+
+        def save(rows, load, complete):
+            if out is not None:
+                write_all(build_report(plan, source, sources, machine, rows, load, data_desc, t_start, complete=complete),
+                          work_dir, plot=False)
+
+        units, sweep_levels = planned_units(plan)
+        plan.progress = tracker = Progress(units, sweep_levels, write=save, bar=progress,
+                                           make_row=lambda b, hw, batch, st: _base_row(BACKENDS[b], hw, batch, status=st))
+        log = tracker.log(log)
         rows, load = [], []
         for i, (h, w) in enumerate(plan.sizes):
             items = data_items if data_items is not None else acc.random_items(min(plan.limit, 4), h, w)
@@ -686,7 +746,9 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
             if report["summary"]["warning"]:
                 log(f"warning: {report['summary']['warning']}")
         return report
-    except BaseException:
+    except BaseException as e:
+        if tracker is not None and out is not None and (tracker.rows or tracker.load):
+            _keep_partial(e, plan, source, sources, machine, data_desc, t_start, tracker, work_dir, log)
         for d in created or ():  # folders this run made and left empty go again
             try:
                 d.rmdir()
@@ -694,6 +756,8 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
                 break
         raise
     finally:
+        if tracker is not None:
+            tracker.close()
         set_threads(old_threads)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -12,11 +12,11 @@ from segclip.errors import GateFailed
 
 
 def default_out(source) -> Path:
-    """RUN_DIR/benchmark for a run directory, the export's sibling ``benchmark`` for an export
-    directory (nothing is written inside an export), ``<dir>/benchmark`` beside a checkpoint file."""
+    """RUN_DIR/benchmark for a run directory, ``<EXPORT>-benchmark`` beside an export directory (one
+    per export; nothing is written inside an export), ``<dir>/benchmark`` beside a checkpoint file."""
     p = Path(source)
     if p.is_dir():
-        return p.parent / "benchmark" if is_export_dir(p) else p / "benchmark"
+        return p.parent / f"{p.name}-benchmark" if is_export_dir(p) else p / "benchmark"
     return p.parent / "benchmark"
 
 
@@ -41,19 +41,25 @@ def default_out(source) -> Path:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Accuracy images taken from --data (default 16, --quick 4).")
 @click.option("--busy-threshold", type=float, default=0.10, show_default=True,
               help="Flag rows measured while other processes took more than this share of all CPUs.")
-@click.option("--quick", is_flag=True, help="Batch 1, first size, torch + onnxruntime + onnxruntime-fp16, few reps, no Triton sweep.")
-@out_option(file_okay=False, help="Where benchmark.json/.csv and latency.png go (default: RUN_DIR/benchmark, or beside an export directory).")
+@click.option("--quick", is_flag=True,
+              help="A smoke run (~10 s per backend on a small model): skips batch sizes after the first, sizes after the "
+                   "first, the backends other than torch, onnxruntime and onnxruntime-fp16 (unless --backends), the Triton "
+                   "concurrency sweep, and most reps (2 warm-up, >= 5 timed in 1 s) and accuracy images (4).")
+@out_option(file_okay=False, help="Where benchmark.json/.csv and latency.png go, rewritten after every row so an interrupt keeps "
+                                  "the finished ones (default: RUN_DIR/benchmark, or EXPORT-benchmark beside an export directory).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--scene", is_flag=False, flag_value="generate", default=None, metavar="[RASTER]",
               help="Also segclip predict end to end on RASTER per local backend (--scene alone: a generated 2048x2048 "
                    "GeoTIFF): Mpx/s, runner vs read/blend/write time, pipeline efficiency, peak RSS; and the default "
                    "predict (no --format) against the fastest.")
 @click.option("--force", is_flag=True, help="Replace the results of an earlier benchmark in --out.")
 def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls, triton_env, triton_shm, reps, warmup,
-                  budget_s, threads, device, limit, busy_threshold, scene, quick, out, force):
+                  budget_s, threads, device, limit, busy_threshold, scene, quick, out, quiet, force):
     """Benchmark RUN_DIR | EXPORT_DIR | CHECKPOINT on every backend: one table, JSON, CSV and a plot.
 
     Backends that cannot run here (no GPU, no tensorrt, no Triton server) get a row saying why.
-    Exit code 1 if a backend failed while measuring or a Triton request failed."""
+    A progress bar counts the rows (ETA); Ctrl-C keeps the finished rows in --out and marks the rest
+    "not run".  Exit code 1 if a backend failed while measuring or a Triton request failed."""
     from segclip.benchmarks import run_benchmark
 
     out = Path(out) if out else default_out(source)
@@ -62,7 +68,7 @@ def benchmark_cmd(source, data, backends, batch, size, concurrency, triton_urls,
                            concurrency=concurrency, quick=quick, triton_url=list(triton_urls) or None, reps=reps,
                            warmup=warmup, threads=threads, budget_s=budget_s, device=device, limit=limit,
                            triton_shm=triton_shm, triton_env=triton_env, show_table=False, busy_threshold=busy_threshold,
-                           log=lambda m: click.echo(m, err=True), force=force, scene=scene)
+                           log=lambda m: click.echo(m, err=True), force=force, scene=scene, progress=not quiet)
     click.echo(report["table"])
     if report["summary"].get("warning"):
         click.echo(f"warning: {report['summary']['warning']}", err=True)
