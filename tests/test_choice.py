@@ -149,3 +149,29 @@ def test_triton_repo_serves_the_onnx_artifact_measured_fastest_on_onnx_runtime(e
     assert "using onnx on ONNX Runtime: as asked (--precision)" in res.output
     rec = json.loads((tmp_path / "repo2" / "segclip_python" / MODEL_RECORD).read_text())
     assert rec["onnx_artifact"] == "onnx" and rec["choice"]["how"] == "explicit"
+
+
+def test_quickstart_exports_int8_and_its_summary_lists_the_gate(trained_checkpoint, tmp_path):
+    """The quickstart's export step exports INT8 too (calibrated on the sample set, gated on held-out
+    images as usual): its summary lists each INT8 artifact with its gate, and the artifact predict runs
+    here by default -- a gated one (export timed them)."""
+    from pathlib import Path
+
+    from segclip.cli.train_cmds import _quickstart_export
+    from segclip.data.sample import generate_sample_dataset
+
+    stage = tmp_path / "qs"
+    generate_sample_dataset(stage / "data", num_train=1, num_val=16, size=64)
+    run = stage / "run"
+    run.mkdir()
+    shutil.copy(trained_checkpoint, run / "model_final.pt")
+    summary = {"artifacts": {}}
+    _quickstart_export(run, stage, summary)
+    for key in ("onnx_int8", "onnx_int8_cpu"):
+        e = summary["export"][key]
+        assert e["status"] in ("ok", "failed") and Path(e["file"]).is_file(), e
+        assert e["gate"]["threshold"] == 0.98 and 0 < e["gate"]["pixel_agreement"] <= 1 and "miou_tolerance" in e["gate"], e
+    c = summary["default_runner"]
+    assert summary["export"][c["format"]]["status"] == "ok" and c["how"] in ("measured", "fallback")
+    m = json.loads((stage / "export" / "manifest.json").read_text())
+    assert c["how"] == ("measured" if m["status"] == "ok" else "fallback")  # a failed export is not timed
