@@ -77,6 +77,10 @@ META_SIGNATURE = META_PREFIX + "signature"
 META_PRECISION = META_PREFIX + "precision"
 META_GRAPH_SHA256 = META_PREFIX + "graph_sha256"
 META_SOURCE_SHA256 = META_PREFIX + "source_sha256"
+# an artifact in another tensor contract than the signature's uint8 NHWC one ("geodeep": float NCHW 0..1
+# in, class probabilities out) and its fixed scene: a runner opening the bare file reads these
+META_ARTIFACT = META_PREFIX + "artifact"
+META_SCENE = META_PREFIX + "scene"
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -434,7 +438,7 @@ def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, 
 
 __all__ = [
     "MANIFEST_NAME", "FORMAT", "FORMAT_VERSION", "FORMATS", "OK", "FAILED", "NOT_BUILT", "PENDING",
-    "META_PREFIX", "META_SIGNATURE", "META_PRECISION", "META_GRAPH_SHA256", "META_SOURCE_SHA256",
+    "META_PREFIX", "META_SIGNATURE", "META_PRECISION", "META_GRAPH_SHA256", "META_SOURCE_SHA256", "META_ARTIFACT", "META_SCENE",
     "sha256_file", "artifact_changed", "check_artifact_unchanged", "is_export_dir", "write_manifest", "manifest_path", "read_manifest", "manifest_signature",
     "artifact_for_file", "batch_profile", "signature_from_checkpoint", "scene_manifest", "Source", "resolve_source",
     "tensorrt_unavailable_reason", "artifact_file", "artifact_problem", "usable_artifacts",

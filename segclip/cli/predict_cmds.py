@@ -41,8 +41,15 @@ from segclip.errors import SegclipError
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--scene", help="Scene of the inputs for a model trained with metadata prompts: a name of its scene table "
               "(e.g. rural, urban) or an id; default generic (metadata unknown).")
+@click.option("--gsd", default="auto", show_default=True, metavar="auto|off|METRES",
+              help="Read georeferenced inputs at the model's ground sampling distance (train --gsd; averaged down, "
+                   "bilinear up, from overviews where the file has them); off: at their own; METRES: the inputs' GSD "
+                   "(also for plain images).")
+@click.option("--out-grid", type=click.Choice(["input", "model"]), default="input", show_default=True,
+              help="Write the class map at each input's own grid (nearest) or at the model's GSD.")
 def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
-                runtime, device, providers, timeout, label_ids, quiet, scene):
+                runtime, device, providers, timeout, label_ids, quiet, scene, gsd,
+                out_grid):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
     import sys
@@ -61,7 +68,7 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
     results, errors = predict_paths(models, inputs, out, size=size, overlap=overlap, batch=batch, bands=parse_bands(bands),
                                     value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
                                     runner_opts=opts, timeout=timeout, force=force, progress=not quiet, scene=scene,
-                                    label_ids=label_ids,
+                                    label_ids=label_ids, gsd=gsd, out_grid=out_grid,
                                     log=lambda m: click.echo(m, err=m.startswith("error:")))
     for line in summary_lines(results):
         click.echo(line)

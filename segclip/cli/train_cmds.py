@@ -53,9 +53,11 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
                  lr=None, crop_size=None, backbone_weights=None, clip_checkpoint=None, device=None, seed=None,
                  checkpoint_every=None, gtg=True, prompts=None, prompt_template=None, num_workers=None,
                  progress=True, stop_after=None, metadata=None, metadata_templates=None, warmup_steps=None,
-                 value_range=None):
+                 value_range=None, gsd=None):
     """Build datasets and model from a preset and train; returns (trainer, fit result).
-    ``metadata``: "auto" | "on" | "off" | a sidecar FILE (see ``segclip.metadata``)."""
+    ``metadata``: "auto" | "on" | "off" | a sidecar FILE (see ``segclip.metadata``).  ``gsd``: metres
+    per pixel of the training images (default: the dataset's, ``segclip.data.gsd.dataset_gsd``; a
+    resumed run keeps its own)."""
     from segclip.metadata import parse_switch
     from segclip.config import get_preset
     from segclip.data import build_dataset
@@ -89,6 +91,14 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         val_ds = None
     if val_ds is not None:
         with_metadata(val_ds, sidecar, required=False)
+    from segclip.data.gsd import dataset_gsd, describe
+
+    t.gsd = gsd if gsd is not None else dataset_gsd(train_ds)  # recorded in the checkpoint -> the export signature
+    if t.gsd is None and not resume:
+        click.echo(f"note: the ground sampling distance of --data {dataset} is unknown (not georeferenced, or the tiles "
+                   f"disagree): predict will not resample to it; give train --gsd METRES", err=True)
+    elif gsd is None and not resume:
+        click.echo(f"ground sampling distance: {describe(t.gsd)} per pixel ({dataset}; train --gsd overrides)", err=True)
     if t.max_steps < t.warmup_steps:
         click.echo(f"warning: --max-steps {t.max_steps} is shorter than the {t.warmup_steps}-step learning-rate warm-up of "
                    f"{preset}: the rate never reaches --lr {t.lr:g} (it peaks at {t.lr * t.max_steps / t.warmup_steps:.2g}); "
@@ -131,12 +141,16 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 @click.option("--range", "value_range", default=None, metavar="LOW,HIGH",
               help="16-bit/float imagery: scale LOW..HIGH to 0..255 (default: each image's 2-98th percentile). "
                    "Recorded in the checkpoint: eval, export and predict then apply the same range.")
+@click.option("--gsd", default=None, metavar="METRES",
+              help="Ground sampling distance of the training images, metres per pixel (default: the dataset's -- "
+                   "LoveDA and the sample set 0.3; folder: from the tiles' georeferencing when they agree). Recorded "
+                   "in the checkpoint and export; predict resamples georeferenced inputs to it.")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
 @click.option("--seed", type=int)
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate on the val split at the end.")
 def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, backbone_weights, clip_checkpoint,
-          prompt_items, prompt_template, no_gtg, metadata, metadata_templates, checkpoint_every, value_range, device, seed,
-          do_eval):
+          prompt_items, prompt_template, no_gtg, metadata, metadata_templates, checkpoint_every, value_range, gsd, device,
+          seed, do_eval):
     """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
     from segclip.engine import distributed as D
 
@@ -144,18 +158,20 @@ def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, b
         raise SegclipError(f"--data {data}: train reads the train split (and val for its evaluation); drop :{data.split}")
     if Path(out).exists() and not Path(out).is_dir():
         raise SegclipError(f"--out {out}: exists and is not a folder; give a run directory (new, or an earlier run with --resume)")
+    from segclip.data.gsd import parse_gsd
     from segclip.parsers import parse_range
 
     from segclip.engine.trainer import claim_run_dir
 
     claim_run_dir(out)  # before the datasets are read: a user's folder is refused at once
+    gsd = None if gsd is None else parse_gsd(gsd)
     clean_partials(out, Path(out) / "checkpoints")
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,
                                 lr=lr, warmup_steps=warmup_steps, crop_size=size, backbone_weights=backbone_weights, clip_checkpoint=clip_checkpoint,
                                 device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
                                 prompts=_parse_prompts(prompt_items), prompt_template=prompt_template,
                                 metadata=metadata, metadata_templates=_parse_templates(metadata_templates),
-                                value_range=parse_range(value_range))
+                                value_range=parse_range(value_range), gsd=gsd)
     if D.is_main():
         click.echo(f"trained {res['step']} steps in {res['train_seconds']:.0f} s -> {out}")
         if do_eval and trainer.val_dataset is not None:

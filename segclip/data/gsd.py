@@ -103,3 +103,9 @@ def dataset_gsd(ds) -> Optional[float]:
 
 def describe(gsd: Optional[float]) -> str:
     return "unknown" if gsd is None else f"{gsd:g} m"
+
+
+def parse_gsd_mode(value):
+    """``predict --gsd``: "auto" | "off" | the inputs' GSD in metres (a positive float)."""
+    s = "auto" if value is None else str(value).strip().lower()
+    return s if s in ("auto", "off") else parse_gsd(value)

@@ -173,10 +173,12 @@ class RasterSource:
 
         return Window(x0, y0, min(x1, self.width) - x0, min(y1, self.height) - y0)
 
-    def read(self, y0: int, x0: int, y1: int, x1: int, out_shape: Optional[tuple] = None) -> np.ndarray:
+    def read(self, y0: int, x0: int, y1: int, x1: int, out_shape: Optional[tuple] = None, resampling=None) -> np.ndarray:
         """uint8 h x w x 3 RGB of the window clipped to the raster (``out_shape=(h, w)``: decimated)."""
         try:
             kw = {"out_shape": (len(self.bands),) + tuple(out_shape)} if out_shape else {}
+            if resampling is not None:  # rasterio.enums.Resampling for out_shape reads (default nearest)
+                kw["resampling"] = resampling
             a = self.ds.read(self.bands, window=self._window(y0, x0, y1, x1), **kw)
         except Exception as e:
             raise _read_error(self.path, e) from None

@@ -66,6 +66,8 @@ class Exporter:
     calib_method: str = "minmax"
     int8_threshold: object = None  # "AGREEMENT[:MIOU_POINTS]", default 0.98:1.0
     int8_fallback: int = FALLBACK_BUDGET  # at most this many quantized nodes kept in float when the INT8 gate fails
+    geodeep: bool = False  # also model_geodeep.onnx: the GeoDeep / QGIS Deepness contract (segclip.export.geodeep)
+    scene: Optional[str] = None  # the one scene baked into the geodeep artifact (metadata prompts); None = generic
     log: object = print
     tune: bool = True  # time the gated artifacts on every runtime here (segclip.inference.speed): predict's default
     msda: str = "auto"  # --msda auto|plugin|gridsample: the TensorRT graph's deformable attention (segclip.export.msda)
@@ -90,6 +92,12 @@ class Exporter:
         from segclip.export.onnx_export import check_opset
 
         check_opset(self.opset)
+        if self.geodeep and self.dynamic_size:
+            raise SegclipError("--geodeep with --dynamic-size: GeoDeep and QGIS Deepness take the tile size from the "
+                               "model's fixed input shape; export at a fixed --size")
+        if self.scene is not None and not self.geodeep:
+            raise SegclipError(f"--scene {self.scene}: fixes the scene of the --geodeep artifact only (the other artifacts "
+                               f"take scene_id per request); add --geodeep or drop --scene")
         self.int8_data = None
         if self.int8:
             from segclip.export import int8 as q8
@@ -132,6 +140,16 @@ class Exporter:
         h, w = (None, None) if self.dynamic_size else self.size
         self.signature = signature_from_checkpoint(self.ckpt, height=h, width=w, scores=self.scores, max_batch=self.batch[2])
         self.twin_signature = dataclasses.replace(self.signature, scores=True)
+        if self.geodeep:
+            from segclip.export import geodeep as gd
+
+            if self.size[0] != self.size[1]:
+                raise SegclipError(f"--geodeep --size {self.size[0]}x{self.size[1]}: GeoDeep and QGIS Deepness cut square "
+                                   f"tiles; give a square --size, e.g. --size {max(self.size)}")
+            self.geodeep_scene = gd.scene_id(self.signature, self.scene)
+            if self.signature.gsd is None:
+                self.log("note: --geodeep: the model's ground sampling distance is unknown (train --gsd), so the artifact "
+                         "has no 'resolution': GeoDeep assumes 10 cm/px, Deepness asks the user")
         self.trt_reason = tensorrt_unavailable_reason() if self.trt else None
         if self.trt:  # the plugin version the TensorRT graph names: the local TensorRT's, else the portable one
             from segclip.export.msda import local_trt_version, plugin_version_for
@@ -275,6 +293,43 @@ class Exporter:
         self._write_onnx(stage, q8.INT8_FP16_NAME, pub, twin, "onnx_int8_fp16", "int8", info, t0,
                          extra_meta={"int8_target": "tensorrt", "fp32_nodes": str(report["fp32_node_count"])})
 
+    def export_geodeep(self, stage: Path, images: list) -> None:
+        """``model_geodeep.onnx`` (``segclip.export.geodeep``): the same inference module behind GeoDeep's and
+        Deepness' tensors; its probabilities are checked against the FP32 twin's scores here, its class
+        maps against PyTorch in the gate."""
+        from segclip.data.gsd import describe
+        from segclip.export import geodeep as gd
+        from segclip.export import onnx_export as ox
+
+        t0 = time.perf_counter()
+        model, info = gd.export_graph(self.module, self.geodeep_scene[0], self.size, self.opset)
+        gh = gd.stamp(model, self.twin_signature, size=self.size[0], overlap_percent=gd.TILES_OVERLAP,
+                      scene=self.geodeep_scene, source_sha256=self.source_sha256)
+        path = ox.save(model, stage / gd.GEODEEP_NAME)
+        self.twins["geodeep"] = path  # the file itself: its probabilities are its scores
+        self.artifacts["geodeep"] = {
+            **info, "file": gd.GEODEEP_NAME, "format": "onnx", "precision": "fp32", "status": PENDING,
+            "sha256": sha256_file(path), "graph_sha256": gh, "size_bytes": path.stat().st_size, "opset": self.opset,
+            **gd.manifest_entry(self.signature, self.size, gd.TILES_OVERLAP, self.geodeep_scene),
+            "probabilities_vs_scores": self._geodeep_probabilities(path, windows(images[:2], *self.size)),
+            "export_seconds": round(time.perf_counter() - t0, 3)}
+        self.log(f"geodeep: wrote {gd.GEODEEP_NAME} ({path.stat().st_size / 2**20:.1f} MB, scene {self.geodeep_scene[1]}, "
+                 f"GSD {describe(self.signature.gsd)}) in {time.perf_counter() - t0:.1f} s")
+
+    def _geodeep_probabilities(self, path: Path, calls: list) -> dict:
+        """Its probabilities against the FP32 twin's scores divided by their class sum, on the same windows."""
+        from segclip.runtime.geodeep_runner import GeoDeepRunner
+        from segclip.runtime.onnx_runner import OnnxRunner
+
+        x = np.stack(calls)
+        ids = np.full(len(x), self.geodeep_scene[0], np.int32) if self.signature.scenes else None
+        with OnnxRunner(self.twins["onnx"], providers="cpu") as twin, GeoDeepRunner(path, providers="cpu") as geo:
+            ref, got = twin.infer(x, ids), geo.infer(x, ids)
+        want = ref[SCORES_NAME] / ref[SCORES_NAME].sum(1, keepdims=True)
+        d = np.abs(got[SCORES_NAME] - want)
+        return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
+                "argmax_agreement": float((got["mask"] == ref["mask"]).mean()), "windows": len(x)}
+
     def int8_fallback_rounds(self, stage: Path, result: dict, gate: tuple) -> None:
         """Failed INT8 rows: rank quantized nodes by the error they add (on calibration images), keep
         the worst ones in float and re-gate, in rounds within ``int8_fallback`` nodes."""
@@ -407,7 +462,10 @@ class Exporter:
         """A runner per artifact the gate measures (ONNX ones through their scores-enabled twins)."""
         from segclip.runtime.onnx_runner import OnnxRunner
 
-        candidates = [OnnxRunner(path, providers="cpu", name=key, **self._onnx_options(key)) for key, path in self.twins.items()]
+        from segclip.runtime.geodeep_runner import GeoDeepRunner
+
+        candidates = [(GeoDeepRunner if key == "geodeep" else OnnxRunner)(path, providers="cpu", name=key, **self._onnx_options(key))
+                      for key, path in self.twins.items()]
         trt = self.artifacts.get("tensorrt")
         if trt and trt.get("status") == PENDING:
             candidates.append(self._trt_runner(stage, twin=True))
@@ -452,10 +510,21 @@ class Exporter:
         candidates = [c for c in self.parity_candidates(stage) if keys is None or c.name in keys]
         thresholds = {c.name: self.threshold(self.artifacts[c.name]["precision"]) for c in candidates}
         bs = min(4, self.batch[2])
+        # the geodeep artifact has one scene baked in: gated under that scene only
+        geo = [c for c in candidates if c.name == "geodeep" and self.signature.scenes]
+        candidates = [c for c in candidates if c not in geo]
+        n = len(images)
         images, labels, scene_ids = every_scene(images, labels, self.signature.scenes)
         ref, ref_out, window = self.reference(images, scene_ids)
         result = compare(ref, candidates, images, labels, thresholds, batch_size=bs, scene_ids=scene_ids,
                          window=window, reference_out=ref_out)
+        if geo:
+            one = compare(ref, geo, images[:n], None if labels is None else labels[:n], thresholds, batch_size=bs,
+                          scene_ids=np.full(n, self.geodeep_scene[0], np.int32), window=window)
+            result["rows"] += one["rows"]
+        for r in result["rows"]:
+            if r["name"] == "geodeep":  # probabilities, not PyTorch's raw scores: see its probabilities_vs_scores
+                r["max_abs_diff"] = r["mean_abs_diff"] = None
         if self.int8:  # INT8 rows also need |dmIoU| within tolerance; failing ones get the sensitivity fallback
             from segclip.export import int8 as q8
 
@@ -468,7 +537,7 @@ class Exporter:
         if not self.scores:
             pairs = {key: (OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key, **self._onnx_options(key)),
                            OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores", **self._onnx_options(key)))
-                     for key in self.twins if keys is None or key in keys}
+                     for key in self.twins if (keys is None or key in keys) and key != "geodeep"}
             if self.trt_twin is not None and self.artifacts["tensorrt"]["status"] == PENDING and (keys is None or "tensorrt" in keys):
                 pairs["tensorrt"] = (self._trt_runner(stage, twin=False), self._trt_runner(stage, twin=True, name="tensorrt+scores"))
             k = min(len(images), 2)
@@ -535,6 +604,8 @@ class Exporter:
 
                 for key in FLAVOURS:
                     self.export_int8(stage, key)
+            if self.geodeep:
+                self.export_geodeep(stage, images)
             n_built = sum(a["status"] == PENDING for a in self.artifacts.values())
             self.log(f"parity: {len(images)} image(s) ({src}) through torch and {n_built} artifact(s)")
             result = self.parity(stage, images, labels)
@@ -582,7 +653,7 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
            workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = DEFAULT_CALIB_IMAGES,
            calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print, out_dir=None,
-           tune: bool = True, msda: str = "auto") -> dict:
+           tune: bool = True, msda: str = "auto", geodeep: bool = False, scene=None) -> dict:
     """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
 
     ``model.onnx`` (FP32) is always written: the FP16 ONNX, the INT8 Q/DQ ONNX (``model_int8.onnx`` for
@@ -599,10 +670,13 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
     ``msda`` ("auto" | "plugin" | "gridsample", with ``trt``): the TensorRT graph's deformable attention,
     TensorRT's own ``MultiscaleDeformableAttnPlugin_TRT`` (``model_plugin.onnx``) or GridSample ops;
     "auto" builds the plugin engine first and falls back to GridSample when it fails (``segclip.export.msda``).
+    ``geodeep=True`` adds ``model_geodeep.onnx``, the model as GeoDeep and QGIS Deepness load it
+    (``segclip.export.geodeep``), with ``scene`` (a name or id; default generic) baked in.
     """
     out = renamed_keyword("export", "out_dir", out_dir, "out", out)
     return Exporter(source=source, out_dir=out, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,
                     workspace_mb=workspace_mb, device=device, int8=int8, calib_images=calib_images, calib_method=calib_method,
-                    int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=log, tune=tune, msda=msda).run()
+                    int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=log, tune=tune, msda=msda,
+                    geodeep=geodeep, scene=scene).run()

@@ -107,8 +107,10 @@ class Predictor:
 
     def __init__(self, pool, window: tuple, overlap: float = 0.25, batch: int = 8, bands=None, value_range=None,
                  overlay: bool = False, progress: bool = True, log: Callable = print, scene: Optional[int] = None,
-                 label_ids=None, runner_info: Optional[dict] = None):
-        """``label_ids``: ``segclip.data.dataset_label_ids(...)`` to write the dataset's own mask-file ids
+                 label_ids=None, runner_info: Optional[dict] = None, gsd="auto", out_grid: str = "input"):
+        """``gsd``: "auto" (georeferenced inputs are read at the model's GSD), "off", or the inputs' GSD in
+        metres (``segclip.data.resample.plan_resampling``); ``out_grid``: the class map at the "input"'s
+        grid (nearest) or the "model"'s.  ``label_ids``: ``segclip.data.dataset_label_ids(...)`` to write the dataset's own mask-file ids
         (e.g. LoveDA 1..7, 0 = no-data) instead of the model's 0..K-1 (255 = no-data).  ``runner_info``:
         what ran (``runner_info``), recorded in every ``_counts.json``."""
         self.pool, self.window, self.overlap = pool, window, overlap
@@ -122,6 +124,7 @@ class Predictor:
         self.mode = "scores" if pool.has_scores else "mask"
         self.encode, self.file_ids = (label_ids[1], label_ids[2]) if label_ids else (None, None)
         self.runner_info = runner_info
+        self.model_gsd, self.gsd, self.out_grid = sig.gsd, gsd, out_grid
 
     # ---- one raster ------------------------------------------------------------------------------
     def predict_file(self, path: Path, stem: Path) -> dict:
@@ -135,26 +138,33 @@ class Predictor:
             warnings.simplefilter("ignore", _not_georeferenced())
             source = RasterSource(path, self.bands, self.value_range)
             try:
-                plan = SlidingPlan(source.height, source.width, self.window, overlap=self.overlap)
+                from segclip.data.resample import ResampledSource, plan_resampling
+
+                gsd = plan_resampling(source, self.model_gsd, self.gsd)
+                # windows are read at the model's GSD; the class map is written at out_src's grid
+                work = ResampledSource(source, gsd["factor"]) if gsd["resampled"] else source
+                out_src = work if self.out_grid == "model" else source
+                gsd["grid"] = "model" if out_src is work and gsd["resampled"] else "input"
+                plan = SlidingPlan(work.height, work.width, self.window, overlap=self.overlap)
                 strips = plan.strips(blend_bytes_per_pixel(self.mode, self.k))
                 if self.encode:  # dataset ids: their own colours, their no-data id
                     ids = range(max(self.file_ids) + 1)
-                    sink = ClassMapSink(Path(f"{stem}_mask"), source, [self.file_ids[i][1] for i in ids], len(ids),
+                    sink = ClassMapSink(Path(f"{stem}_mask"), out_src, [self.file_ids[i][1] for i in ids], len(ids),
                                         int(self.encode(np.array([IGNORE_INDEX]))[0]))
                 else:
-                    sink = ClassMapSink(Path(f"{stem}_mask"), source, self.palette, self.k, IGNORE_INDEX)
-                counts, preview = Counts(self.k), Preview(source.height, source.width, IGNORE_INDEX)
+                    sink = ClassMapSink(Path(f"{stem}_mask"), out_src, self.palette, self.k, IGNORE_INDEX)
+                counts, preview = Counts(self.k), Preview(out_src.height, out_src.width, IGNORE_INDEX)
                 bar = tqdm(total=sum(len(s[2]) for s in strips), desc=path.name[:30], unit="win", leave=False,
                            position=1, disable=None if self.progress else True, dynamic_ncols=True)  # None: terminals only
                 try:
-                    skipped = self._stream(source, plan, strips, sink, counts, preview, bar)
+                    skipped = self._stream(work, out_src, plan, strips, sink, counts, preview, bar)
                 except BaseException:
                     sink.abort()
                     raise
                 finally:
                     bar.close()
                 mask_path = sink.close()
-                outputs = self._finish(source, stem, mask_path, counts, preview)
+                outputs = self._finish(out_src, stem, mask_path, counts, preview, gsd)
             finally:
                 source.close()
         seconds = time.perf_counter() - t0
@@ -165,9 +175,11 @@ class Predictor:
         return {"input": str(path), "width": source.width, "height": source.height, "windows": len(plan),
                 "strips": len(strips), "batch": self.batch, "skipped_windows": skipped, "seconds": round(seconds, 3), "megapixels": round(mpx, 3),
                 "megapixels_per_s": round(mpx / max(seconds, 1e-9), 3), "scaling": source.describe_scaling(),
-                "stage_seconds": stages, "outputs": outputs, "counts": counts}
+                "stage_seconds": stages, "outputs": outputs, "counts": counts, "gsd": gsd}
 
-    def _stream(self, source, plan, strips, sink, counts, preview, bar) -> int:
+    def _stream(self, source, out_src, plan, strips, sink, counts, preview, bar) -> int:
+        """``source``: what windows are read from (the raster, or it at the model's GSD); ``out_src``:
+        the grid the class map is written at (``source``, or the raster's own when it was resampled)."""
         from segclip.data.sliding import Blender
 
         pool = self.pool
@@ -209,12 +221,14 @@ class Predictor:
 
         def writer():
             try:
-                with source.reopen() as src:
+                with out_src.reopen() as src:
                     while True:
                         item = _get(q_out, failed)
                         if item is None:
                             return
                         y0, x0, rows = item
+                        if out_src is not source:  # read at the model's GSD: back to the input's grid, nearest
+                            y0, x0, rows = source.to_input_block(y0, x0, rows)
                         t = time.perf_counter()
                         y1, x1 = y0 + rows.shape[0], x0 + rows.shape[1]
                         valid = src.valid(y0, x0, y1, x1)
@@ -300,7 +314,7 @@ class Predictor:
         return skipped[0]
 
     # ---- side outputs ----------------------------------------------------------------------------
-    def _finish(self, source, stem: Path, mask_path: Path, counts: Counts, preview: Preview) -> dict:
+    def _finish(self, source, stem: Path, mask_path: Path, counts: Counts, preview: Preview, gsd=None) -> dict:
         from segclip.atomic import atomic_write_json
         from segclip.signature import palette_table
         from segclip.viz import add_legend, legend_entries, save_png
@@ -334,6 +348,8 @@ class Predictor:
             "valid_pixels": valid,
             "nodata_pixels": counts.nodata,
             "scaling": source.describe_scaling(),  # how the pixels became 8-bit (16-bit: the range or the stretch)
+            # ground sampling distance (m): the input's, the model's, input/model, and the grid written
+            "gsd": gsd,
             "area_unit": "m2" if areas else None,
             "classes": {name: {"id": i, "pixels": int(counts.pixels[i]),
                                "share": round(float(counts.pixels[i] / max(valid, 1)), 6),
@@ -363,6 +379,9 @@ class Predictor:
         from segclip.viz import describe_shares, legend_image, save_png
 
         results, errors = [], []
+        if self.model_gsd is None and self.gsd != "off":  # said once per run, not per file
+            self.log("note: the model's ground sampling distance is unknown (trained without train --gsd): inputs are "
+                     "read at their own resolution")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         stems = stems or output_stems(paths, out)
@@ -378,6 +397,12 @@ class Predictor:
             shares = describe_shares(self.shares(r.pop("counts")), self.classes)
             self.log(f"{path.name}: {r['width']}x{r['height']} {r['windows']} windows, {r['seconds']:.1f} s, "
                      f"{r['megapixels_per_s']:.2f} Mpx/s -> {r['outputs']['mask']} ({shares})")
+            g = r.get("gsd") or {}
+            if g.get("resampled"):
+                self.log(f"  {path.name}: GSD {g['input']:g} m read at the model's {g['model']:g} m (x{g['factor']:g}); "
+                         f"class map at the {g['grid']}'s grid")
+            elif g.get("factor") and abs(g["factor"] - 1) >= 0.01:
+                self.log(f"  {path.name}: GSD {g['input']:g} m, the model's {g['model']:g} m: not resampled ({g['why']})")
             if r["scaling"] not in ("8-bit as is", "palette"):  # 16-bit/float: say how it became 8-bit, not only in _counts.json
                 self.log(f"  {path.name}: scaled to 8 bits ({r['scaling']})")
         if results and self.encode:
@@ -424,11 +449,13 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
                   overlap: float = 0.25, batch: Optional[int] = None, bands=None, value_range=None, overlay: bool = False,
                   in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
                   force: bool = False, progress: bool = True, scene=None, log: Callable = print,
-                  label_ids: str = "model") -> tuple:
+                  label_ids: str = "model", gsd="auto", out_grid: str = "input") -> tuple:
     """``segclip predict`` in Python: -> (per-file summaries, [one-line errors]).  Raises
     ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
     ``scene``: a scene name or id of a model trained with metadata prompts, for every input.
-    ``batch``: windows per request; None: ``predict.default_batch`` of the (first) model."""
+    ``batch``: windows per request; None: ``predict.default_batch`` of the (first) model.
+    ``gsd``: "auto" | "off" | the inputs' GSD in metres; ``out_grid``: "input" | "model" (see ``Predictor``)."""
+    from segclip.data.gsd import parse_gsd_mode
     from segclip.parsers import path_list
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool
@@ -439,6 +466,9 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
         raise SegclipError(f"--overlap {overlap}: must be in [0, 1); give e.g. --overlap 0.25")
     if batch is not None and batch < 1:
         raise SegclipError(f"--batch {batch}: must be >= 1; give e.g. --batch 8")
+    gsd = parse_gsd_mode(gsd)
+    if out_grid not in ("input", "model"):
+        raise SegclipError(f"--out-grid {out_grid}: choose input (the class map at each input's own grid) or model")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SegclipError(f"--out {out}: is a file, not a folder; give a folder for the predictions")
@@ -478,7 +508,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
     try:
         results, file_errors = _predict_into(pool, paths, out, stems, size=size, overlap=overlap, batch=batch, bands=bands,
                                              value_range=value_range, overlay=overlay, progress=progress, log=log,
-                                             scene=scene, label_ids=label_ids)
+                                             scene=scene, label_ids=label_ids, gsd=gsd, out_grid=out_grid)
     finally:  # every input failed, or the run was refused (--size, --scene): no empty folder either
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -486,12 +516,16 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
 
 
 def _predict_into(pool, paths, out, stems, *, size, overlap, batch, bands, value_range, overlay, progress, log, scene,
-                  label_ids) -> tuple:
+                  label_ids, gsd="auto", out_grid="input") -> tuple:
     """The part of ``predict_paths`` that runs the models, once ``out`` exists."""
     with pool:
         sig = pool.signature
         # one-line error for a scene the model lacks (or any scene for a model without them)
         scene_id = None if scene is None else int(sig.check_scene_ids(scene, 1, where="--scene")[0])
+        if out_grid == "model" and (sig.gsd is None or gsd == "off"):
+            raise SegclipError("--out-grid model: " + ("the model's ground sampling distance is unknown (train --gsd "
+                               "records it)" if sig.gsd is None else "--gsd off reads every input at its own grid")
+                               + "; drop --out-grid model")
         if sig.dynamic_size:
             window = (int(size or 1024),) * 2
         else:
@@ -515,5 +549,6 @@ def _predict_into(pool, paths, out, stems, *, size, overlap, batch, bands, value
                                    f"({', '.join(sig.classes)}); its masks already hold the class ids 0..K-1: drop --label-ids")
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
                               overlay=overlay, progress=progress, log=log, scene=scene_id, label_ids=ids,
-                              runner_info=runner_info(first, batch) if len(pool.endpoints) == 1 else None)
+                              runner_info=runner_info(first, batch) if len(pool.endpoints) == 1 else None,
+                              gsd=gsd, out_grid=out_grid)
         return predictor.run(paths, out, stems)

@@ -34,8 +34,20 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
         return _chosen(_make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
                              precision=entry.get("precision"), **opts), choice)
     check_artifact_unchanged(entry, path)  # an engine may differ: trtexec.sh rebuilds it on the target
-    cls = onnx_runner_class(opts.pop("runtime", None))
+    if format == "geodeep":  # float NCHW 0..1 in, probabilities out: its own runner (ONNX Runtime, as GeoDeep)
+        cls = geodeep_runner_class(opts.pop("runtime", None))
+    else:
+        cls = onnx_runner_class(opts.pop("runtime", None))
     return _chosen(_make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts), choice)
+
+
+def geodeep_runner_class(runtime: str | None):
+    if runtime not in (None, "onnxruntime", "ort"):
+        raise SegclipError(f"runtime {runtime!r}: the geodeep artifact runs on ONNX Runtime, as GeoDeep and Deepness "
+                           f"run it; drop --runtime")
+    from segclip.runtime.geodeep_runner import GeoDeepRunner
+
+    return GeoDeepRunner
 
 
 def _chosen(runner: Runner, choice) -> Runner:
@@ -94,7 +106,12 @@ def load_runner(path_or_url, **opts) -> Runner:
     opts.pop("format", None)
     if src.kind == "onnx":
         _check_beside_manifest(src.path)
-        return _make(onnx_runner_class(opts.pop("runtime", None)), str(src), src.path, **opts)
+        from segclip.contract import META_ARTIFACT
+        from segclip.runtime.onnx_runner import read_onnx_metadata
+
+        runtime = opts.pop("runtime", None)
+        geodeep = read_onnx_metadata(src.path).get(META_ARTIFACT) == "geodeep"
+        return _make(geodeep_runner_class(runtime) if geodeep else onnx_runner_class(runtime), str(src), src.path, **opts)
     from segclip.runtime.tensorrt_runner import TensorRTRunner
 
     return _make(TensorRTRunner, str(src), src.path, **opts)

@@ -153,6 +153,10 @@ class OnnxRunner(Runner):
             raise
         except Exception as e:
             raise corrupt_onnx_error(self.path, e) from None
+        self._session, self._outputs = sess, self._check_io(sess)
+
+    def _check_io(self, sess) -> list:
+        """The session's output names, after checking its inputs and outputs against the signature."""
         got = {i.name: i.type for i in sess.get_inputs()}
         want = {t.name: f"tensor({t.dtype})" for t in self.signature.inputs}
         if got != want:
@@ -161,7 +165,7 @@ class OnnxRunner(Runner):
         want = [t.name for t in self.signature.outputs]
         if sorted(outs) != sorted(want):
             raise SegclipError(f"{self.path}: outputs {outs} do not match the signature {want}; re-export with segclip export")
-        self._session, self._outputs = sess, outs
+        return outs
 
     def _deactivate(self) -> None:
         self._session = None
