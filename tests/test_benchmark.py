@@ -213,6 +213,41 @@ def test_quick_api_as_the_quickstart_calls_it(export_dir, sample_data, tmp_path)
     assert (tmp_path / "q" / "benchmark.json").is_file()
 
 
+def test_eval_and_benchmark_give_one_miou_on_the_same_images(export_dir, trained_checkpoint, tmp_path):
+    """`segclip eval` and the benchmark's accuracy column: the same number on the same images, window and
+    scenes -- images larger than the window, so both slide and blend.  Both say what it is over."""
+    import yaml
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from conftest import LOVEDA_CLASSES, rendered_scenes
+    from segclip.benchmarks import run_benchmark
+    from segclip.cli import main
+
+    imgs, labs = rendered_scenes(3, 2 * SIZE, 5)
+    root = tmp_path / "big"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": list(LOVEDA_CLASSES)}))
+    for i, (im, lb) in enumerate(zip(imgs, labs)):  # 96 x 112: not a multiple of the 64 px window
+        Image.fromarray(np.ascontiguousarray(im[:96, :112])).save(root / "images" / f"{i}.png")
+        Image.fromarray(lb[:96, :112].astype(np.uint8), mode="L").save(root / "masks" / f"{i}.png")
+    data = f"folder:{root}:val"
+    res = CliRunner().invoke(main, ["eval", str(export_dir), "--format", "onnx", "--data", data, "--out",
+                                    str(tmp_path / "eval.json")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["computed_on"].startswith(f"3 image(s) of {data}, whole images in {SIZE}x{SIZE} windows"), ev["computed_on"]
+    assert f"mIoU {100 * ev['miou']:.1f}%" in res.output and ev["computed_on"] in res.output  # percent, one decimal
+    report = run_benchmark(export_dir, data=data, backends="onnxruntime", batch=[1], log=None,
+                           **{**FAST, "limit": 3, "plot": False})
+    (row,) = report["rows"]
+    assert row["accuracy_images"] == 3 and "3 of 3 images" in report["config"]["accuracy_images"]
+    assert 0 < ev["miou"] < 1
+    assert abs(row["miou"] - ev["miou"]) < 1e-5, (row["miou"], ev["miou"])
+    assert f"{100 * row['miou']:.1f}" in report["table"] and "mIoU % on " in report["table"]
+
+
 def test_checkpoint_source_and_other_size_export_on_demand(small_checkpoint, export_dir, tmp_path):
     """A checkpoint is exported for the benchmark; a fixed-size export is re-exported (from its
     checkpoint) for another size; without --data accuracy is pixel agreement on random images."""
@@ -550,3 +585,13 @@ def test_every_backend_has_its_own_plot_colour():
 
     assert set(BACKENDS) <= set(BACKEND_COLORS), set(BACKENDS) - set(BACKEND_COLORS)
     assert len(set(BACKEND_COLORS.values())) == len(BACKEND_COLORS) and "#7f7f7f" not in BACKEND_COLORS.values()
+
+
+def test_miou_units_and_what_a_parity_mIoU_is_over():
+    from segclip.inference.compare import describe_set, pct, pts
+
+    assert (pct(0.17823), pct(None), pts(0.007665), pts(-0.0004)) == ("17.8%", "n/a", "+0.77 pts", "-0.04 pts")
+    # the export's parity gate runs every image under every scene: 24 rows are 8 images
+    got = describe_set({"images": 24, "scenes": 3, "image_size": [64, 64], "window": [64, 64]})
+    assert got == "8 image(s) over 3 scenes (every image under each) of 64x64, window 64x64"
+    assert describe_set({"images": 5, "scenes": None, "image_size": None, "window": None}) == "5 image(s) of mixed sizes"

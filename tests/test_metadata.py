@@ -155,7 +155,7 @@ def test_training_with_metadata_and_eval_ablation(sample_root, tmp_path):
     run = CliRunner().invoke(main, ["eval", str(tmp_path / "on"), "--data", f"sample:{sample_root}:val",
                                     "--limit", "2", "--metadata", "off"])
     assert run.exit_code == 0, run.output
-    assert "(metadata off)" in run.output and (tmp_path / "on" / "eval_val_nometa_first2.json").is_file()  # --limit: a spot-check file
+    assert "windows, metadata off" in run.output and (tmp_path / "on" / "eval_val_nometa_first2.json").is_file()  # --limit: a spot-check file
 
     trainer_off, _ = run_training("sample", str(sample_root), "segclip-small", str(tmp_path / "off"), metadata="off", **kw)
     assert trainer_off.model.scenes is None and load_checkpoint(tmp_path / "off")["scenes"] is None

@@ -106,19 +106,23 @@ def _pct(x):
 def format_table(report: dict) -> str:
     rows = report["rows"]
     head = ["backend", "precision", "status", "MiB", "HxW", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "x torch",
-            "mIoU %", "agree %", "dmIoU", "others CPU"]
+            "mIoU %", "agree %", "dmIoU pts", "others CPU"]
     lines = []
     for r in rows:
         st = r["status"] if r["status"] == "ok" else r["status"].split(":", 1)[0]
         hw = f"{r['height']}x{r['width']}" if r.get("height") else "-"
         lines.append([r["backend"], r.get("precision") or "-", st, _f(r.get("size_mib")), hw, _f(r.get("batch"), "{}"),
                       _f(r.get("p50_ms")), _f(r.get("p90_ms")), _f(r.get("p99_ms")), _f(r.get("throughput_ips"), "{:.2f}"),
-                      _f(r.get("speedup_vs_torch"), "{:.2f}"), _f(_pct(r.get("miou")), "{:.2f}"),
+                      _f(r.get("speedup_vs_torch"), "{:.2f}"), _f(_pct(r.get("miou")), "{:.1f}"),
                       _f(None if r.get("pixel_agreement") is None else 100 * r["pixel_agreement"], "{:.3f}"),
                       _f(_pct(r.get("miou_delta")), "{:+.2f}"), _others(r)])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
+    cfg = report.get("config") or {}
+    if any(r.get("miou") is not None for r in rows):  # what the mIoU column is over (eval on the same set agrees)
+        out.append(f"mIoU % on {cfg.get('accuracy_images')}, whole images in windows of the row's HxW; "
+                   f"dmIoU pts vs torch")
     reasons = {}
     for r in rows:
         if r["status"] != "ok":

@@ -177,7 +177,10 @@ def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, b
         if do_eval and trainer.val_dataset is not None:
             metrics = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device)
             atomic_write_json(Path(out) / "eval_val.json", metrics)
-            click.echo(f"val mIoU {metrics['miou']:.4f}  OA {metrics['overall_accuracy']:.4f}  -> {Path(out) / 'eval_val.json'}")
+            from segclip.inference.compare import pct
+
+            click.echo(f"val mIoU {pct(metrics['miou'])}  OA {pct(metrics['overall_accuracy'])} on {metrics['images']} val "
+                       f"image(s)  -> {Path(out) / 'eval_val.json'}")
     D.cleanup()
 
 
@@ -271,6 +274,7 @@ def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, fo
     matrix over the split); artifacts without a scores output are blended by their class maps."""
     from segclip.contract import resolve_source
     from segclip.data import build_dataset
+    from segclip.inference.compare import pct
     from segclip.inference.evaluate import evaluate, runner_predict_fn
     from segclip.inference.predict import runner_info
     from segclip.metadata import parse_switch
@@ -310,12 +314,15 @@ def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, fo
                     "foreground_only": foreground_only, "runner": runner_info(runner)})
     if runner.backend == "torch":
         metrics["checkpoint"] = str(runner.checkpoint_path)
+    # what the numbers are over, in the file and on screen (the benchmark and the export's parity table say theirs)
+    metrics["computed_on"] = (f"{metrics['images']} image(s) of {dataset}:{data.root}:{split}, whole images in "
+                              f"{window[0]}x{window[1]} windows, metadata {metrics['metadata']}")
     atomic_write_json(dest, metrics)
-    click.echo(f"mIoU {metrics['miou']:.4f}  mF1 {metrics['mf1']:.4f}  OA {metrics['overall_accuracy']:.4f}  "
-               f"(metadata {metrics['metadata']})")
-    click.echo(f"  model: {runner.backend} {runner.name}, window {window[0]}x{window[1]}")
+    click.echo(f"mIoU {pct(metrics['miou'])}  mF1 {pct(metrics['mf1'])}  OA {pct(metrics['overall_accuracy'])}  "
+               f"on {metrics['computed_on']}")
+    click.echo(f"  model: {runner.backend} {runner.name}")
     for name, v in metrics["per_class_iou"].items():
-        click.echo(f"  {name:<20} IoU {'-' if v is None else f'{v:.4f}'}")
+        click.echo(f"  {name:<20} IoU {pct(v)}")
     click.echo(f"-> {dest}")
 
 
@@ -397,13 +404,16 @@ def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device
     summary["val_overall_accuracy"] = round(metrics["overall_accuracy"], 4)
     summary["per_class_iou"] = metrics["per_class_iou"]
     summary["artifacts"]["eval"] = str(run / "eval_val.json")
-    click.echo(f"val mIoU {metrics['miou']:.4f} after {res['step']} steps ({res['train_seconds']:.0f} s)")
+    from segclip.inference.compare import pct
+
+    click.echo(f"val mIoU {pct(metrics['miou'])} on {metrics['images']} val image(s) after {res['step']} steps "
+               f"({res['train_seconds']:.0f} s)")
     if trainer.model.scenes is not None:  # ablation: same checkpoint and data, metadata withheld
         off = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device, metadata=False)
         atomic_write_json(run / "eval_val_nometa.json", off)
         summary["metadata"] = {"scenes": trainer.model.scenes.names, "val_miou_on": round(metrics["miou"], 4),
                                "val_miou_off": round(off["miou"], 4)}
-        click.echo(f"val mIoU with scene metadata {metrics['miou']:.4f}, withheld {off['miou']:.4f} "
+        click.echo(f"val mIoU with scene metadata {pct(metrics['miou'])}, withheld {pct(off['miou'])} "
                    f"(scenes: {', '.join(trainer.model.scenes.names)})")
     for step_name, enabled, fn in (("export", do_export, _quickstart_export), ("benchmark", do_bench, _quickstart_benchmark)):
         if not enabled:

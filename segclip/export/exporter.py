@@ -334,7 +334,7 @@ class Exporter:
         """Failed INT8 rows: rank quantized nodes by the error they add (on calibration images), keep
         the worst ones in float and re-gate, in rounds within ``int8_fallback`` nodes."""
         from segclip.export import int8 as q8
-        from segclip.inference.compare import compare
+        from segclip.inference.compare import compare, pts
         from segclip.runtime.onnx_runner import OnnxRunner
 
         for i, row in enumerate(result["rows"]):
@@ -348,7 +348,7 @@ class Exporter:
             for k in q8.fallback_schedule(self.int8_fallback):
                 exclude = [n for n, _ in ranked[:k]]
                 self.log(f"{key}: parity gate failed ({100 * row['pixel_agreement']:.2f}% agreement, dmIoU "
-                         f"{row['miou_delta'] if row['miou_delta'] is not None else 'n/a'}); keeping the {k} most "
+                         f"{pts(row['miou_delta'])}); keeping the {k} most "
                          f"sensitive node(s) in float and re-gating")
                 self.export_int8(stage, key, exclude=exclude, sensitivity=added)
                 images, labels, scene_ids = gate  # the gate's own (held-out) images, every scene

@@ -81,6 +81,19 @@ def class_iou(preds, labels, num_classes: int, names=None) -> tuple:
     return res["miou"], res["per_class_iou"]
 
 
+# mIoU and IoU are fractions (0..1) in every file segclip writes; on screen they are percent with one
+# decimal, and a difference of two of them is in points (percent minus percent).  Every command prints
+# through these two.
+def pct(x, digits: int = 1) -> str:
+    """A fraction as percent: 0.17823 -> "17.8%"; None -> "n/a"."""
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def pts(d, digits: int = 2) -> str:
+    """A difference of two fractions in points: 0.00766 -> "+0.77 pts"; None -> "n/a"."""
+    return "n/a" if d is None else f"{100 * d:+.{digits}f} pts"
+
+
 def miou(preds, labels, num_classes: int, names=None) -> Optional[float]:
     """mIoU (a fraction) of a list of class maps against their labels; None without labels."""
     return class_iou(preds, labels, num_classes, names)[0]
@@ -155,6 +168,7 @@ def compare(reference, candidates: Sequence, images, labels=None, thresholds: Op
         "image_size": list(sizes[0]) if len(sizes) == 1 else None,
         "labels": labels is not None,
         "scenes": None if ids is None else int(len(np.unique(ids))),
+        "window": None if window is None else [int(window[0]), int(window[1])],
         "rows": [],
     }
     for cand in candidates:
@@ -180,7 +194,19 @@ def compare(reference, candidates: Sequence, images, labels=None, thresholds: Op
             **({} if per_scene is None else {"pixel_agreement_per_scene": per_scene}),
         })
     result["seconds"] = _r(time.perf_counter() - t0, 3)
+    result["computed_on"] = describe_set(result)  # what every mIoU of this result is over
     return result
+
+
+def describe_set(result: dict) -> str:
+    """What a comparison's mIoU was computed on, in words: "8 image(s) over 3 scenes (every image under
+    each) of 64x64, window 64x64" (``every_scene`` repeats each image once per scene, so ``images``
+    counts image-scene pairs)."""
+    n, scenes, size, window = result["images"], result.get("scenes"), result.get("image_size"), result.get("window")
+    what = (f"{n // scenes} image(s) over {scenes} scenes (every image under each)" if scenes and n % scenes == 0
+            else f"{n} image(s)")
+    what += f" of {size[0]}x{size[1]}" if size else " of mixed sizes"
+    return what + (f", window {window[0]}x{window[1]}" if window else "")
 
 
 def failed_rows(result: dict) -> list:
@@ -195,11 +221,12 @@ def format_table(result: dict) -> str:
     def sci(x):
         return "n/a" if x is None else f"{x:.2e}"
 
-    def num(x, signed=False):  # mIoU: a fraction in the JSON, percent points in the table
-        return "n/a" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
+    def num(x, signed=False):  # mIoU: a fraction in the JSON, percent (one decimal) in the table, deltas in points
+        return "n/a" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.1f}")
 
     ref = result["reference"]
-    head = ["artifact", "backend", "precision", "pixel agree", "max|dscore|", "mean|dscore|", "mIoU %", "dmIoU", "gate", "status"]
+    head = ["artifact", "backend", "precision", "pixel agree", "max|dscore|", "mean|dscore|", "mIoU %", "dmIoU pts", "gate",
+            "status"]
     rows = [[ref["name"], ref["backend"], ref["precision"], "reference", "-", "-", num(ref["miou"]), "-", "-", "ref"]]
     for r in result["rows"]:
         rows.append([r["name"], r["backend"], r["precision"], pct(r["pixel_agreement"]), sci(r["max_abs_diff"]),
@@ -207,10 +234,7 @@ def format_table(result: dict) -> str:
                      ">= " + pct(r["threshold"]) if r["threshold"] is not None else "-", r["status"].upper()])
     widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
     fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
-    size = result["image_size"]
-    lines = [f"parity on {result['images']} image(s) of " + (f"{size[0]}x{size[1]}" if size else "mixed sizes (sliding windows)")
-             + (f" over {result['scenes']} scenes" if result.get("scenes") else "")
-             + (" with labels" if result["labels"] else " (no labels: mIoU n/a)"),
+    lines = [f"parity on {describe_set(result)}" + ("" if result["labels"] else " (no labels: mIoU n/a)"),
              fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     for r in result["rows"]:  # quantized artifacts: where the mIoU delta comes from
         if r["precision"] == "int8" and r.get("per_class_iou_delta"):
