@@ -75,6 +75,24 @@ def test_quickstart_and_sample_data_take_out_and_max_steps(tmp_path):
     assert res.exit_code == 0 and "64x64" in res.output, res.output
 
 
+def test_the_warmup_warning_names_options_of_both_commands_that_print_it():
+    """train and quickstart both print the short-run warning: every --flag it names exists on both."""
+    import dataclasses
+    import re
+
+    from segclip.cli.train_cmds import quickstart, train, warmup_warning
+    from segclip.config import PRESETS
+
+    small = PRESETS["segclip-small"].train
+    t = dataclasses.replace(small, max_steps=20)
+    line = warmup_warning(t, "segclip-small")
+    assert line and "--warmup-steps 2" in line
+    for cmd in (train, quickstart):
+        opts = {o for p in cmd.params for o in p.opts}
+        assert set(re.findall(r"--[a-z][a-z-]+", line)) <= opts, (cmd.name, line)
+    assert warmup_warning(small, "segclip-small") is None  # 300 steps > 50
+
+
 def _probe():
     """A command built from the shared options that returns what the command body receives."""
     seen = {}

@@ -99,11 +99,9 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
                    f"disagree): predict will not resample to it; give train --gsd METRES", err=True)
     elif gsd is None and not resume:
         click.echo(f"ground sampling distance: {describe(t.gsd)} per pixel ({dataset}; train --gsd overrides)", err=True)
-    if t.max_steps < t.warmup_steps:
-        click.echo(f"warning: --max-steps {t.max_steps} is shorter than the {t.warmup_steps}-step learning-rate warm-up of "
-                   f"{preset}: the rate never reaches --lr {t.lr:g} (it peaks at {t.lr * t.max_steps / t.warmup_steps:.2g}); "
-                   f"give e.g. --warmup-steps {max(1, t.max_steps // 10)}",
-                   err=True)
+    warning = warmup_warning(t, preset)
+    if warning:
+        click.echo(warning, err=True)
     # what this call set explicitly: a --resume checks each against the run's own
     given = {flag: (field, v) for flag, field, v in (
         ("--max-steps", "max_steps", max_steps), ("--batch", "batch_size", batch_size), ("--lr", "lr", lr),
@@ -326,16 +324,28 @@ def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, fo
     click.echo(f"-> {dest}")
 
 
+def warmup_warning(t, preset: str):
+    """One line when training stops before the learning-rate warm-up ends; it names only options that
+    both ``train`` and ``quickstart`` have (both print it)."""
+    if t.max_steps >= t.warmup_steps:
+        return None
+    return (f"warning: --max-steps {t.max_steps} is shorter than the {t.warmup_steps}-step learning-rate warm-up of "
+            f"{preset}: the rate never reaches its peak {t.lr:g} (it stops at {t.lr * t.max_steps / t.warmup_steps:.2g}); "
+            f"give e.g. --warmup-steps {max(1, t.max_steps // 10)}")
+
+
 @click.command()
 @out_option(default="quickstart", help="Output directory.")
 @max_steps_option(legacy="--steps", help="Training steps (default: the small preset's).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
+              help="Learning-rate warm-up steps (default: the small preset's 50; shorten it with a short --max-steps).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--pretrained", is_flag=True, help="Use ImageNet/CLIP weights by name (needs internet); default is explicit random init.")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--export/--no-export", "do_export", default=True, show_default=True)
 @click.option("--benchmark/--no-benchmark", "do_bench", default=True, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing quickstart directory.")
-def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, force):
+def quickstart(out, max_steps, warmup_steps, seed, pretrained, device, do_export, do_bench, force):
     """Generate the sample dataset, train the small preset, evaluate, export and benchmark."""
     from segclip.atomic import atomic_dir, holds_own
 
@@ -348,7 +358,8 @@ def quickstart(out, max_steps, seed, pretrained, device, do_export, do_bench, fo
     clean_partials(out.parent)
     # built beside --out and swapped in at the end: an interrupted run leaves the previous result as it was
     with atomic_dir(out, replace=force) as stage:
-        summary = _quickstart_into(stage, out, max_steps, seed, pretrained, device, do_export, do_bench)
+        summary = _quickstart_into(stage, out, max_steps, seed, pretrained, device, do_export, do_bench,
+                                   warmup_steps=warmup_steps)
     click.echo(f"summary -> {out / QUICKSTART_SUMMARY} (total {summary['total_seconds']:.0f} s)")
 
 
@@ -379,7 +390,8 @@ def _relocate(obj, moves: tuple):
     return obj
 
 
-def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device, do_export, do_bench) -> dict:
+def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device, do_export, do_bench,
+                     warmup_steps=None) -> dict:
     """The quickstart, written into ``stage`` (which becomes ``out``); returns the summary."""
     import json
 
@@ -393,7 +405,8 @@ def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device
     if not pretrained:
         click.echo("quickstart: random init for backbone and CLIP text encoder (offline); --pretrained uses ImageNet/CLIP weights")
     run = stage / "run"
-    trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=max_steps, seed=seed, device=device, **weights)
+    trainer, res = run_training("sample", str(data), "segclip-small", str(run), max_steps=max_steps, seed=seed, device=device,
+                                warmup_steps=warmup_steps, **weights)
     summary["train_seconds"] = round(res["train_seconds"], 1)
     summary["train_steps"] = res["step"]
     summary["artifacts"]["run_dir"] = str(run)
