@@ -114,6 +114,21 @@ def test_runner_predict_and_format_follow_the_record(export_dir, tmp_path):
     assert counts["runner"]["precision"] == "fp32" and counts["runner"]["backend"] == "onnxruntime"
     assert counts["runner"]["choice"]["how"] == "explicit"
 
+    # eval: the same choice, printed and in its JSON; --runtime narrows it
+    from segclip.data.sample import generate_sample_dataset
+
+    data = generate_sample_dataset(tmp_path / "data", num_train=1, num_val=1, size=64)
+    res = CliRunner().invoke(main, ["eval", str(d), "--data", f"sample:{data}:val", "--out", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("using onnx_fp16 on OpenVINO: fastest gated artifact measured here")
+    runner = json.loads((tmp_path / "e.json").read_text())["runner"]
+    assert (runner["backend"], runner["artifact"], runner["choice"]["how"]) == ("openvino", "onnx_fp16", "measured")
+    res = CliRunner().invoke(main, ["eval", str(d), "--data", f"sample:{data}:val", "--out", str(tmp_path / "f.json"),
+                                    "--runtime", "onnxruntime"])
+    assert res.exit_code == 0, res.output
+    runner = json.loads((tmp_path / "f.json").read_text())["runner"]
+    assert (runner["backend"], runner["precision"], runner["choice"]["how"]) == ("onnxruntime", "fp32", "measured")
+
 
 def test_tune_records_this_machine(export_dir, tmp_path):
     """segclip tune times every gated artifact on every runtime here and keeps other machines' records."""
