@@ -17,6 +17,7 @@ SHARED = {
     "sample-data": {"--size", "--out"},
     "prepare": {"--out"},
     "triton-repo": {"--out"},
+    "tune": {"--size"},
 }
 
 

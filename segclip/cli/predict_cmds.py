@@ -78,8 +78,8 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
 
 @click.command("tune")
 @click.argument("export_dir", type=click.Path(file_okay=False))
-@click.option("--size", type=int, default=None,
-              help="Window size for exports that take any size (default: predict's, 1024); fixed-size exports use their own.")
+@size_option(stride=False, square=True,
+             help="Window size S or SxS for exports that take any size (default: predict's, 1024); fixed-size exports use their own.")
 @click.option("--calls", default=3, show_default=True, type=click.IntRange(min=1), help="Timed calls per artifact and runtime.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the runtime's own, all usable CPUs).")
 def tune_cmd(export_dir, size, calls, threads):
