@@ -38,7 +38,7 @@ class ResampledSource:
         self.sy, self.sx = self.H / self.height, self.W / self.width  # input pixels per model pixel, exact extent
         self.has_nodata, self.nodata = inner.has_nodata, inner.nodata
         self.crs, self.georeferenced = inner.crs, inner.georeferenced
-        self.transform = inner.transform * inner.transform.scale(self.sx, self.sy) if inner.transform is not None else None
+        self.transform = inner.transform @ inner.transform.scale(self.sx, self.sy) if inner.transform is not None else None
         palette = getattr(inner, "colormap", None) is not None  # class-like indices: never averaged
         self.resampling = (Resampling.nearest if palette else Resampling.average if self.factor < 1
                            else Resampling.bilinear)

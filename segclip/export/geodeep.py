@@ -36,6 +36,8 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from segclip.data.sliding import OVERLAP
+
 GEODEEP_NAME = "model_geodeep.onnx"
 INPUT = "image"
 OUTPUT = "probabilities"
@@ -46,7 +48,7 @@ SEG_THRESH = 0.0
 # GeoDeep sieves (2n)^2 px and Deepness median-blurs 2*(n//2)+1 px: 0 = neither (segclip's map has no
 # post-filter; GeoDeep's 5x5 median filter runs regardless)
 SEG_SMALL_SEGMENT = 0
-TILES_OVERLAP = 25  # percent: segclip predict's default --overlap 0.25
+TILES_OVERLAP = round(100 * OVERLAP)  # percent: segclip's own window overlap (predict's default)
 
 
 def scene_id(signature, scene) -> tuple:
