@@ -70,3 +70,29 @@ def test_bad_sizes_and_a_missing_earlier_run(run_targets, tmp_path, capsys):
     assert e.value.code == 2 and "multiples of 32" in capsys.readouterr().err
     assert run_targets.main(["--only", "int8", "--sizes", "64", "--results", str(tmp_path / "R.md"), "--out", str(tmp_path)]) == 2
     assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+def test_triton_target_serves_the_export_and_stops_the_server(trained_checkpoint, export_dir, server_env, tmp_path,
+                                                               monkeypatch):
+    """Target 3's measurement: a server started for the export (serving.server.serve_export), the
+    in-process ONNX Runtime and Triton gRPC (plain and shared memory) interleaved, the server gone afterwards."""
+    import segclip.serving.server as srv_mod
+    from segclip.benchmarks import targets as tg
+    from segclip.contract import read_manifest
+
+    monkeypatch.setenv("SEGCLIP_TRITON_ENV", str(server_env.path))
+    started, start = [], srv_mod.TritonServer.start
+
+    def spy(self):
+        out = start(self)
+        started.append(self.pid)
+        return out
+
+    monkeypatch.setattr(srv_mod.TritonServer, "start", spy)
+    s = tg.Setup(trained_checkpoint, tmp_path, threads=2, reps=2, warmup=0, wait_clean=False, log=lambda m: None)
+    res = tg.triton_target(s, 64, (export_dir[0], read_manifest(export_dir[0])))
+    assert res["status"] == "measured", res
+    assert res["pixel_agreement"] == 1.0 and res["onnxruntime"]["reps"] == res["triton-grpc"]["reps"] == 2
+    assert res["ratio_grpc"] == pytest.approx(res["p50"]["triton-grpc"] / res["p50"]["onnxruntime"], rel=1e-3)
+    assert ("triton-grpc-shm" in res) != bool(res["shm_note"]) and res["ratio"] <= res["ratio_grpc"]
+    assert started and all(srv_mod.process_group_pids(p) == [] for p in started)
