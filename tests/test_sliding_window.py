@@ -33,3 +33,19 @@ def test_sliding_window_memory_is_bounded_by_a_band():
     assert mask.dtype == np.uint8
     with pytest.raises(SegclipError, match="uint8"):
         sliding_window_predict(predict, img.astype(np.float32), win)
+
+
+def test_one_window_overlap_default_for_every_caller():
+    """predict (CLI, predict_paths, Predictor), eval, the comparator's predict_image and the sliding
+    window itself default to the one ``sliding.OVERLAP`` (predict once said 0.25 and eval 1/3)."""
+    import inspect
+
+    from segclip.cli.predict_cmds import predict_cmd
+    from segclip.data import sliding
+    from segclip.inference import evaluate, predict
+
+    fns = (predict.predict_paths, predict.Predictor.__init__, evaluate.evaluate, evaluate.predict_image,
+           sliding.sliding_window_predict, sliding.SlidingPlan.__init__)
+    defaults = {f.__qualname__: inspect.signature(f).parameters["overlap"].default for f in fns}
+    defaults["segclip predict --overlap"] = next(p.default for p in predict_cmd.params if p.name == "overlap")
+    assert set(defaults.values()) == {sliding.OVERLAP} == {0.25}, defaults

@@ -5,6 +5,7 @@ import click
 
 from segclip.cli.options import batch_option, device_option, out_option, size_option
 from segclip.contract import FORMATS
+from segclip.data.sliding import OVERLAP
 from segclip.errors import SegclipError
 
 
@@ -16,7 +17,7 @@ from segclip.errors import SegclipError
 @out_option(default="predictions", help="Output folder.")
 @size_option(legacy="--tile", stride=False, square=True,
              help="Window size S or SxS for models that take any size (default 1024); fixed-size exports use their own.")
-@click.option("--overlap", default=0.25, show_default=True, type=float, help="Overlap of neighbouring windows.")
+@click.option("--overlap", default=OVERLAP, show_default=True, type=float, help="Overlap of neighbouring windows.")
 @batch_option("int", help="Windows per request (default: 2 when the model runs on the CPU -- larger batches only cost "
                           "activation memory there, ~1.3 GiB at 8 x 1024 px -- else 8; engines with a smaller profile "
                           "use theirs).")

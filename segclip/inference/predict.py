@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from segclip.data.base import IGNORE_INDEX
+from segclip.data.sliding import OVERLAP
 from segclip.atomic import sweep_partials
 from segclip.errors import SegclipError
 from segclip.inference.outputs import OUTPUT_SUFFIXES, Counts, Preview, output_stems
@@ -105,7 +106,7 @@ class _Stop(Exception):
 class Predictor:
     """Streams rasters through a ``RunnerPool``.  ``window`` is the model's input size."""
 
-    def __init__(self, pool, window: tuple, overlap: float = 0.25, batch: int = 8, bands=None, value_range=None,
+    def __init__(self, pool, window: tuple, overlap: float = OVERLAP, batch: int = 8, bands=None, value_range=None,
                  overlay: bool = False, progress: bool = True, log: Callable = print, scene: Optional[int] = None,
                  label_ids=None, runner_info: Optional[dict] = None, gsd="auto", out_grid: str = "input"):
         """``gsd``: "auto" (georeferenced inputs are read at the model's GSD), "off", or the inputs' GSD in
@@ -446,7 +447,7 @@ def _not_georeferenced():
 
 
 def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Optional[int] = None,
-                  overlap: float = 0.25, batch: Optional[int] = None, bands=None, value_range=None, overlay: bool = False,
+                  overlap: float = OVERLAP, batch: Optional[int] = None, bands=None, value_range=None, overlay: bool = False,
                   in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
                   force: bool = False, progress: bool = True, scene=None, log: Callable = print,
                   label_ids: str = "model", gsd="auto", out_grid: str = "input") -> tuple:
