@@ -21,7 +21,7 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 from conftest import parity_images
-from export_fixtures import assert_one_error
+from export_fixtures import FP16_AGREEMENT, assert_one_error
 from segclip.errors import SegclipError
 from segclip.runtime.msda_plugin import PLUGIN_DOMAIN, PLUGIN_NAME, reference, reference_session
 
@@ -84,13 +84,14 @@ def test_reference_refuses_inconsistent_inputs():
 # ---- the exported plugin graph against the GridSample graph ------------------------------------------
 @pytest.fixture(scope="module")
 def plugin_export(trained_checkpoint, tmp_path_factory):
-    """``export --trt`` (default --msda auto) of the parity fixture with scores, on this GPU-less machine."""
+    """``export --trt --fp16`` (default --msda auto) of the parity fixture with scores, on this GPU-less machine."""
     from segclip.export import export
 
     out = tmp_path_factory.mktemp("msda") / "export"
     lines = []
     try:
-        manifest = export(trained_checkpoint, out, trt=True, scores=True, batch=(1, 2, 2), parity_images=1, log=lines.append)
+        manifest = export(trained_checkpoint, out, trt=True, fp16=True, scores=True, batch=(1, 2, 2), parity_images=1,
+                          fp16_threshold=FP16_AGREEMENT, log=lines.append)
     except SegclipError as e:  # where --trt without a GPU is an error, it comes after everything is written
         assert "trtexec.sh" in str(e), e
         manifest = json.loads((out / "manifest.json").read_text())
@@ -172,23 +173,26 @@ def test_a_wrong_plugin_graph_fails_the_comparison(plugin_export, how):
 def test_export_trt_writes_both_forms_and_says_which(plugin_export, tmp_path):
     out, manifest, log = plugin_export
     arts = manifest["artifacts"]
-    assert (out / "model.onnx").is_file() and (out / "model_plugin.onnx").is_file()
-    assert arts["onnx_plugin"]["status"] == "ok" and arts["onnx_plugin"]["tensorrt_check"] == "ok"
-    assert arts["onnx"]["tensorrt_check"] == "ok"
+    for key in ("onnx", "onnx_fp16", "onnx_plugin", "onnx_plugin_fp16"):
+        assert (out / arts[key]["file"]).is_file() and arts[key]["status"] == "ok" and arts[key]["tensorrt_check"] == "ok", key
     form = arts["tensorrt"]["msda"]
-    assert arts["tensorrt"]["status"] == "not_built" and arts["tensorrt"]["onnx"] == "model_plugin.onnx"
-    assert form["form"] == "plugin" and form["plugin_version"] == "1" and form["fallback_onnx"] == "model.onnx"
+    assert arts["tensorrt"]["status"] == "not_built" and arts["tensorrt"]["onnx"] == "model_plugin_fp16.onnx"
+    assert form["form"] == "plugin" and form["plugin_version"] == "1" and form["fallback_onnx"] == "model_fp16.onnx"
+    # in the FP16 graph the plugin runs FP32 between casts (its FP16 kernel samples in half precision)
+    fp32 = {d["name"]: d["reason"] for d in arts["onnx_plugin_fp16"]["fp16"]["fp32_nodes"]}
+    plugin_nodes = [n for n in onnx.load(str(out / "model_plugin_fp16.onnx")).graph.node if n.op_type == PLUGIN_NAME]
+    assert plugin_nodes and all("TensorRT plugin kept FP32" in fp32[n.name] for n in plugin_nodes)
     assert "the engine takes the plugin form" in log
     assert json.loads((out / "manifest.json").read_text())["artifacts"]["tensorrt"]["msda"] == form
     meta = {p.key: p.value for p in onnx.load(str(out / "model_plugin.onnx"), load_external_data=False).metadata_props}
     assert meta["segclip.tensorrt_plugins"] == PLUGIN_NAME and meta["segclip.plugin_version"] == "1"
     script = (out / "trtexec.sh").read_text()
-    assert "plugin form" in script and "ONNX=model.onnx sh trtexec.sh" in script
+    assert "plugin form" in script and "ONNX=model_fp16.onnx sh trtexec.sh" in script
     # trtexec.sh builds the plugin graph, or the GridSample one when asked (a stand-in trtexec records its arguments)
     fake = tmp_path / "fake-trtexec"
     fake.write_text('#!/bin/sh\necho "$@" > "$ARGS"\n')
     fake.chmod(0o755)
-    for onnx_env, want in ((None, "--onnx=model_plugin.onnx"), ("model.onnx", "--onnx=model.onnx")):
+    for onnx_env, want in ((None, "--onnx=model_plugin_fp16.onnx"), ("model_fp16.onnx", "--onnx=model_fp16.onnx")):
         env = dict(os.environ, TRTEXEC=str(fake), ARGS=str(tmp_path / "args"))
         env.pop("ONNX", None)
         if onnx_env:
@@ -219,8 +223,8 @@ def test_msda_plugin_needs_trt_one_line(tmp_path):
 
     res = CliRunner().invoke(main, ["export", str(tmp_path / "x.pt"), "--msda", "plugin"])
     assert_one_error(res, 2, "--msda plugin", "TensorRT only", "--trt")
-    res = CliRunner().invoke(main, ["export", str(tmp_path / "x.pt"), "--msda", "plugin", "--trt", "--fp16"])
-    assert_one_error(res, 2, "--msda plugin with --fp16")
+    res = CliRunner().invoke(main, ["export", str(tmp_path / "x.pt"), "--msda", "plugin", "--trt", "--int8"])
+    assert_one_error(res, 2, "--msda plugin with --int8")
 
 
 def test_plugin_versions_by_tensorrt_release():

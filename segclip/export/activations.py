@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from segclip.runtime.msda_plugin import plugin_ops, reference_session, register_onnx_schema
 from segclip.signature import INPUT_NAME, SCENE_NAME
 
 PASS_BUDGET = 2 << 30  # bytes of exposed activations per session and image
@@ -22,6 +23,8 @@ def float_tensors(model) -> list:
     import onnx
     from onnx import TensorProto
 
+    if plugin_ops(model):  # shape inference through TensorRT's plugin node (the plugin form's FP16 range pass)
+        register_onnx_schema()
     inferred = onnx.shape_inference.infer_shapes(model)
     names, seen = [], set()
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -53,6 +56,8 @@ def exposed_session(model, outputs: Sequence):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if plugin_ops(m):  # the TensorRT plugin form: its plugin op runs on the CPU reference of the plugin
+        return reference_session(m, so)
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -181,7 +181,7 @@ class Exporter:
         self._write_onnx(stage, ONNX_NAME, pub, twin, "onnx", "fp32", info, t0)
         from segclip.export.msda import auto_form_reason
 
-        if self.trt and self.msda != "gridsample" and auto_form_reason(self.fp16, self.int8) is None:
+        if self.trt and self.msda != "gridsample" and auto_form_reason(self.int8) is None:
             self.export_onnx_plugin(stage)
 
     def export_onnx_plugin(self, stage: Path) -> None:
@@ -195,7 +195,8 @@ class Exporter:
         plugins = ((msda.PLUGIN_DOMAIN, msda.PLUGIN_NAME),)
         with msda.traced_in_plugin_form(self.module, self.msda_version):
             twin, info = ox.export_twin(self.module, self.twin_signature, self.opset, False, plugins=plugins)
-        info["plugin_nodes"] = msda.annotate(twin)
+        info["plugin_nodes"] = len(msda.plugin_nodes(twin))
+        self.twin_plugin32 = twin  # the FP16 plugin graph derives from it
         pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
         info["ops"] = ox.check_graph(pub, msda.PLUGIN_ONNX_NAME, plugins)
         self._write_onnx(stage, msda.PLUGIN_ONNX_NAME, pub, twin, msda.PLUGIN_KEY, "fp32", info, t0,
@@ -251,6 +252,32 @@ class Exporter:
         info = {"ops": ox.check_graph(pub, ONNX_FP16_NAME), "fp16": report}
         self._write_onnx(stage, ONNX_FP16_NAME, pub, twin16, "onnx_fp16", "fp16", info, t0,
                          extra_meta={"fp32_nodes": str(report["fp32_node_count"])})
+        from segclip.export.msda import PLUGIN_KEY
+
+        if PLUGIN_KEY in self.artifacts:  # --trt --fp16: the FP16 TensorRT graph in the plugin form too
+            self.export_fp16_plugin(stage, images)
+
+    def export_fp16_plugin(self, stage: Path, images: np.ndarray) -> None:
+        """``model_plugin_fp16.onnx``: the FP16 conversion of the plugin graph (same range pass and rules as
+        ``model_fp16.onnx``), with the plugin itself kept FP32 (``msda.FP16_REASON``)."""
+        from segclip.export import fp16 as f16
+        from segclip.export import msda
+        from segclip.export import onnx_export as ox
+
+        t0 = time.perf_counter()
+        base = type(self.twin_plugin32)()
+        base.CopyFrom(self.twin_plugin32)
+        del base.metadata_props[:]
+        plugins = ((msda.PLUGIN_DOMAIN, msda.PLUGIN_NAME),)
+        twin16, keep, ops, report = f16.make_fp16(base, images, extra_ops={msda.PLUGIN_NAME: msda.FP16_REASON},
+                                                  output_dtypes={SCORES_NAME: self.signature.scores_dtype},
+                                                  scene_ids=self.scene_cycle(len(images)))
+        ox.check_graph(twin16, msda.PLUGIN_FP16_ONNX_NAME, plugins)
+        pub = twin16 if self.scores else ox.drop_output(twin16, SCORES_NAME)
+        info = {"ops": ox.check_graph(pub, msda.PLUGIN_FP16_ONNX_NAME, plugins), "fp16": report}
+        self._write_onnx(stage, msda.PLUGIN_FP16_ONNX_NAME, pub, twin16, msda.PLUGIN_FP16_KEY, "fp16", info, t0,
+                         extra_meta={"fp32_nodes": str(report["fp32_node_count"]), "msda": "plugin",
+                                     "tensorrt_plugins": msda.PLUGIN_NAME, "plugin_version": self.msda_version})
 
     def export_int8(self, stage: Path, key: str, exclude=(), sensitivity=None) -> None:
         """One INT8 flavour (``int8.FLAVOURS[key]``): calibrated Q/DQ graph from the FP32 twin, with the
@@ -419,18 +446,19 @@ class Exporter:
         """(the ONNX key the engine builds from, the manifest's record of its deformable-attention form)."""
         from segclip.export import msda
 
-        plugin = self.artifacts.get(msda.PLUGIN_KEY)
+        key = msda.PLUGIN_KEYS.get(src_key)
+        plugin = self.artifacts.get(key) if key else None
         reason = None
         if self.msda == "gridsample":
             reason = "--msda gridsample"
         elif plugin is None:
-            reason = msda.auto_form_reason(self.fp16, self.int8)
+            reason = msda.auto_form_reason(self.int8)
         elif self.msda == "auto" and plugin.get("status") == FAILED:
-            reason = f"{msda.PLUGIN_ONNX_NAME} failed its parity gate on the CPU reference of the plugin"
+            reason = f"{plugin['file']} failed its parity gate on the CPU reference of the plugin"
         elif self.msda_tried:
             reason = f"--msda auto: the plugin engine {self.msda_tried[-1]['status']}"
         if reason is None:
-            return msda.PLUGIN_KEY, {"form": "plugin", "choice": self.msda, "onnx": plugin["file"], "plugin": msda.PLUGIN_NAME,
+            return key, {"form": "plugin", "choice": self.msda, "onnx": plugin["file"], "plugin": msda.PLUGIN_NAME,
                                      "plugin_version": self.msda_version, "fallback_onnx": self.artifacts[src_key]["file"]}
         return src_key, {"form": "gridsample", "choice": self.msda, "onnx": self.artifacts[src_key]["file"], "reason": reason,
                          "plugin_onnx": plugin["file"] if plugin else None, "tried": list(self.msda_tried)}
@@ -474,9 +502,9 @@ class Exporter:
     @staticmethod
     def _onnx_options(key: str) -> dict:
         """The plugin graph runs on the CPU through the reference of its TensorRT plugin op."""
-        from segclip.export.msda import PLUGIN_KEY
+        from segclip.export.msda import PLUGIN_KEYS
 
-        return {"reference_ops": True} if key == PLUGIN_KEY else {}
+        return {"reference_ops": True} if key in PLUGIN_KEYS.values() else {}
 
     def _trt_runner(self, stage: Path, twin: bool, name: str = "tensorrt"):
         """The public engine, or (``twin``) the engine whose outputs include the scores when there is one."""

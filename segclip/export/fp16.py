@@ -125,8 +125,8 @@ def choose_fp32_nodes(model, ranges: Optional[dict], overflow: float = OVERFLOW_
                       extra_ops: Iterable[str] = (), extra_nodes: Iterable[str] = ()) -> tuple:
     """-> ({node name: reason}, block op types, report lists)."""
     ops = default_block_ops()
-    for op in extra_ops:
-        ops.setdefault(op, "requested (--fp32-op)")
+    for op in extra_ops:  # a dict gives each op type its reason
+        ops.setdefault(op, extra_ops[op] if isinstance(extra_ops, dict) else "requested (--fp32-op)")
     keep = {}
     for n in model.graph.node:
         if n.op_type in ops:

@@ -19,15 +19,24 @@ import functools
 from typing import Optional
 
 from segclip.errors import SegclipError
-from segclip.runtime.msda_plugin import (META_PLUGINS, OUTPUT_RANK, PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_VERSIONS,
-                                         plugin_ops, plugin_version_for)
+from segclip.runtime.msda_plugin import (META_PLUGINS, PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_VERSIONS,
+                                         plugin_ops, plugin_version_for, register_onnx_schema)
 
 FORMS = ("auto", "plugin", "gridsample")
 PLUGIN_KEY = "onnx_plugin"
 PLUGIN_ONNX_NAME = "model_plugin.onnx"
+PLUGIN_FP16_KEY = "onnx_plugin_fp16"
+PLUGIN_FP16_ONNX_NAME = "model_plugin_fp16.onnx"
+# the TensorRT source graph (artifact key) -> its plugin form
+PLUGIN_KEYS = {"onnx": PLUGIN_KEY, "onnx_fp16": PLUGIN_FP16_KEY}
+# In the FP16 graph the plugin stays FP32 (casts around it): its FP16 kernel computes the sampling position
+# loc * H - 0.5 in half precision (the __half specialisation in multiscaleDeformableIm2ColCuda.cuh), about
+# 1/16 px at a 128-px level, and the CPU reference the gate runs is the FP32 kernel.
+FP16_REASON = ("TensorRT plugin kept FP32: its FP16 kernel computes sampling positions in half precision "
+               "(segclip.export.msda)")
 
-__all__ = ["FORMS", "PLUGIN_KEY", "PLUGIN_ONNX_NAME", "PLUGIN_NAME", "PLUGIN_DOMAIN", "PLUGIN_VERSIONS", "META_PLUGINS",
-           "check_form", "plugin_version_for", "plugin_core", "traced_in_plugin_form", "annotate", "plugin_ops"]
+__all__ = ["FORMS", "PLUGIN_KEY", "PLUGIN_ONNX_NAME", "PLUGIN_FP16_KEY", "PLUGIN_FP16_ONNX_NAME", "PLUGIN_KEYS", "PLUGIN_NAME", "PLUGIN_DOMAIN", "PLUGIN_VERSIONS", "META_PLUGINS",
+           "check_form", "plugin_version_for", "plugin_core", "traced_in_plugin_form", "plugin_nodes", "plugin_ops"]
 
 
 def check_form(msda: str, *, trt: bool, fp16: bool, int8: bool) -> str:
@@ -38,17 +47,16 @@ def check_form(msda: str, *, trt: bool, fp16: bool, int8: bool) -> str:
     if form == "plugin" and not trt:
         raise SegclipError("--msda plugin: the plugin form is for TensorRT only (ONNX Runtime, OpenVINO and the INT8-CPU "
                            "graph use the GridSample form); add --trt or drop --msda")
-    if form == "plugin" and (fp16 or int8):
-        raise SegclipError(f"--msda plugin with {'--int8' if int8 else '--fp16'}: segclip writes the plugin form for the "
-                           f"FP32 TensorRT graph only; drop {'--int8' if int8 else '--fp16'} or use --msda gridsample")
+    if form == "plugin" and int8:
+        raise SegclipError("--msda plugin with --int8: segclip writes the plugin form for the FP32 and FP16 TensorRT "
+                           "graphs only; drop --int8 or use --msda gridsample")
     return form
 
 
-def auto_form_reason(fp16: bool, int8: bool) -> Optional[str]:
+def auto_form_reason(int8: bool) -> Optional[str]:
     """Why ``--msda auto`` takes the GridSample form from the start (None: it tries the plugin first)."""
-    if fp16 or int8:
-        return (f"the TensorRT graph is {'INT8' if int8 else 'FP16'}; segclip writes the plugin form for the FP32 "
-                f"TensorRT graph only")
+    if int8:
+        return "the TensorRT graph is INT8; segclip writes the plugin form for the FP32 and FP16 TensorRT graphs only"
     return None
 
 
@@ -106,37 +114,15 @@ def traced_in_plugin_form(module, version: str):
 
     if version not in PLUGIN_VERSIONS:
         raise SegclipError(f"{PLUGIN_NAME} version {version!r}: TensorRT ships versions {', '.join(PLUGIN_VERSIONS)}")
+    register_onnx_schema()  # the export's checks and shape inference go through the plugin node
     return use_core(plugin_core(version))
 
 
-def annotate(model) -> int:
-    """Give every plugin output its type and shape ([N, Lq, M, D], value's float type) as value_info,
-    so ONNX shape inference runs through the op it does not know.  Returns the number of plugin nodes."""
-    from onnx import helper, shape_inference
-
-    g = model.graph
-    inferred = shape_inference.infer_shapes(model).graph
-    known = {vi.name: vi for vi in list(inferred.value_info) + list(g.input) + list(g.output)}
-    inits = {t.name: list(t.dims) for t in g.initializer}
-    n = 0
-    for node in g.node:
-        if node.op_type != PLUGIN_NAME:
-            continue
-        n += 1
-        value, loc = known.get(node.input[0]), known.get(node.input[3])
-        if value is None or node.input[0] in inits:
-            raise SegclipError(f"{node.name}: {PLUGIN_NAME} input value has no inferred type; cannot annotate the plugin graph")
-
-        def dims(vi):
-            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
-
-        vd = dims(value)
-        ld = dims(loc) if loc is not None else []
-        shape = [vd[0], ld[1] if len(ld) > 1 else None, vd[2], vd[3]][:OUTPUT_RANK]
-        keep = [vi for vi in g.value_info if vi.name != node.output[0]]
-        del g.value_info[:]
-        g.value_info.extend(keep + [helper.make_tensor_value_info(node.output[0], value.type.tensor_type.elem_type, shape)])
-    return n
+def plugin_nodes(model) -> list:
+    """The plugin nodes of ``model`` (their ONNX schema registered, so onnx's checker and shape inference
+    go through them: ``msda_plugin.register_onnx_schema``)."""
+    register_onnx_schema()
+    return [n for n in model.graph.node if n.op_type == PLUGIN_NAME]
 
 
 def local_trt_version() -> Optional[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from segclip.errors import SegclipError
-from segclip.runtime.msda_plugin import PLUGIN_NAME, node_problems
+from segclip.runtime.msda_plugin import PLUGIN_NAME, node_problems, register_onnx_schema
 
 SUPPORT_FILE = Path(__file__).with_name("tensorrt_onnx_support.json")
 DEFAULT_TRT_VERSION = "10"
@@ -138,6 +138,7 @@ def check_model(model, trt_version: str = DEFAULT_TRT_VERSION) -> list:
     if opset is None or not lo <= opset <= hi:
         problems.append(f"graph: opset {opset} is outside {label}'s supported range {lo}..{hi}; re-export with --opset in that range")
 
+    register_onnx_schema()  # shape inference through TensorRT's deformable-attention plugin node
     types = _typed(model)
     consts = _constants(g)
     producer = {o: n for n in g.node for o in n.output}

@@ -54,7 +54,6 @@ V2_SINCE = (10, 11)  # IPluginV3 version of the plugin
 # (name, rank, element type): "float" is value's type (FP32 or FP16), shared by inputs 0, 3, 4 and the output
 INPUTS = (("value", 4, "float"), ("spatial_shapes", 2, "INT32"), ("level_start_index", 1, "INT32"),
           ("sampling_locations", 6, "float"), ("attention_weights", 5, "float"))
-OUTPUT_RANK = 4
 FLOAT_TYPES = ("FP32", "FP16")
 # ONNX metadata key listing the TensorRT plugin ops of a graph (runners refuse such a graph by name)
 META_PLUGINS = "segclip.tensorrt_plugins"
@@ -232,3 +231,38 @@ def init_trt_plugins(trt, logger) -> None:
     if not _TRT_PLUGINS_LOADED:
         trt.init_libnvinfer_plugins(logger, "")
         _TRT_PLUGINS_LOADED.append(True)
+
+
+@functools.lru_cache(maxsize=None)
+def register_onnx_schema() -> None:
+    """Teach the ``onnx`` package the plugin op (``PLUGIN_DOMAIN`` version 1): onnx.checker then checks its
+    inputs' types (INT32 shapes and start indices, one float type for the rest) and shape inference runs
+    through it (output [N, Lq, M, D] of value's type), as the FP16 converter and trt-check need."""
+    import onnx
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has(PLUGIN_NAME, PLUGIN_DOMAIN):
+        return
+    param = OpSchema.FormalParameter
+    kinds = {"float": "T", "INT32": "tensor(int32)"}
+    schema = OpSchema(
+        PLUGIN_NAME, PLUGIN_DOMAIN, 1,
+        doc="TensorRT's multi-scale deformable attention plugin (NVIDIA/TensorRT plugin/multiscaleDeformableAttnPlugin)",
+        inputs=[param(name, kinds[kind]) for name, _, kind in INPUTS], outputs=[param("output", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "value, sampling_locations, attention_weights, output")],
+        attributes=[OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "plugin version ('1' or '2')"),
+                    OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "plugin registry namespace ('')")],
+    )
+
+    def infer(ctx):
+        value, loc = ctx.get_input_type(0), ctx.get_input_type(3)
+        out = onnx.TypeProto()
+        out.tensor_type.elem_type = value.tensor_type.elem_type
+        vs, ls = value.tensor_type.shape.dim, loc.tensor_type.shape.dim
+        if value.tensor_type.HasField("shape") and loc.tensor_type.HasField("shape") and len(vs) == 4 and len(ls) == 6:
+            for d in (vs[0], ls[1], vs[2], vs[3]):
+                out.tensor_type.shape.dim.add().CopyFrom(d)
+        ctx.set_output_type(0, out)
+
+    schema.set_type_and_shape_inference_function(infer)
+    onnx.defs.register_schema(schema)
