@@ -48,7 +48,7 @@ def _gpu_or_fail():
 
 @pytest.fixture(scope="module")
 def trt_export(trained_checkpoint, tmp_path_factory):
-    """FP16 engine (from model_fp16.onnx) of the parity fixture, with the FP16 gate of the CPU tests."""
+    """FP16 engine (from model_plugin_fp16.onnx, --msda auto) of the parity fixture, with the FP16 gate of the CPU tests."""
     _require_gpu()  # module fixtures run before the autouse check
     from segclip.export import export
 
@@ -85,7 +85,8 @@ def test_engine_from_fp16_onnx_passes_gate(trt_export):
 
     out, m = trt_export
     a = m["artifacts"]["tensorrt"]
-    assert a["status"] == "ok" and a["onnx"] == "model_fp16.onnx" and a["precision"] == "fp16"
+    assert a["status"] == "ok" and a["precision"] == "fp16"
+    assert a["onnx"] == {"plugin": "model_plugin_fp16.onnx", "gridsample": "model_fp16.onnx"}[a["msda"]["form"]], a["msda"]
     assert a["strongly_typed"] is True and a["tensorrt_version"] == trt.__version__ and a["tf32"] is False
     assert a["parity"]["max_abs_diff"] is not None  # scores compared, through the scores-enabled twin engine
     cc = torch.cuda.get_device_capability(0)
