@@ -84,7 +84,7 @@ class TrainConfig:
     warmup_steps: int = 1500
     poly_power: float = 0.9
     grad_clip: float = 0.01  # full-model L2 norm clip, as in Mask2Former
-    amp: bool = True  # used on CUDA only
+    amp: object = True  # True/"fp16", "bf16" or False/"off"; used on CUDA only (segclip.engine.stability.amp_dtype)
     checkpoint_every: int = 5000
     log_every: int = 20
     eval_size: Optional[int] = None  # sliding-window size at eval (None = crop_size)

@@ -274,16 +274,13 @@ def test_int8_export_of_a_scene_model_calibrates_under_every_scene(trained_scene
     calibration, the INT8+FP16 range pass and the sensitivity ranking all feed scene ids."""
     import onnx
 
-    from segclip.errors import SegclipError
     from segclip.export import export
     from segclip.export import int8 as q8
 
     out = tmp_path / "e"
-    try:
-        export(trained_scene_ckpt, out, int8=True, fp16=True, trt=True, data=f"sample:{sample_root}:train", calib_images=4,
-               parity_images=3, batch=(1, 1, 2), int8_threshold="0.5:100", log=lambda *a: None)
-    except SegclipError as e:  # no GPU here: the ONNX files are written, the engine is left to trtexec.sh
-        assert "--trt" in str(e), e
+    # no GPU here: the ONNX files are written, the engine is left to trtexec.sh (a note, no error)
+    export(trained_scene_ckpt, out, int8=True, fp16=True, trt=True, data=f"sample:{sample_root}:train", calib_images=4,
+           parity_images=3, batch=(1, 1, 2), int8_threshold="0.5:100", log=lambda *a: None)
     m = json.loads((out / "manifest.json").read_text())
     for key in ("onnx_int8", "onnx_int8_cpu", "onnx_int8_fp16"):
         a = m["artifacts"][key]

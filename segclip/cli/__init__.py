@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "predict_cmds",
     "serve_cmds",
     "bench_cmds",
+    "doctor_cmds",
 ]
 
 

@@ -19,7 +19,8 @@ from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
               help="INT8 gate: min pixel agreement and max |dmIoU| in points.")
 @click.option("--int8-fallback", default=FALLBACK_BUDGET, show_default=True, type=int,
               help="When the INT8 gate fails: at most this many most sensitive Conv/MatMul nodes go back to float.")
-@click.option("--trt", is_flag=True, help="Also a TensorRT engine (needs an NVIDIA GPU + tensorrt; else writes trtexec.sh and exits 2).")
+@click.option("--trt", is_flag=True, help="Also a TensorRT engine (needs an NVIDIA GPU + tensorrt; else writes trtexec.sh, which builds it on the target, and notes it).")
+@click.option("--require-engine", is_flag=True, help="With --trt: exit 2 when no engine can be built here (instead of a note).")
 @click.option("--geodeep", is_flag=True, help="Also model_geodeep.onnx, loadable as is by OpenDroneMap's GeoDeep and QGIS Deepness: "
               "one float32 NCHW 0..1 input, class probabilities out, their metadata (resolution from train --gsd).")
 @click.option("--scene", default=None, help="The scene baked into the --geodeep artifact (a model with metadata prompts: a "
@@ -43,7 +44,7 @@ from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 @click.option("--tune/--no-tune", default=True, show_default=True,
               help="Time every gated artifact on every runtime here (a few calls each) and record it, so predict, eval "
                    "and triton-repo run the fastest by default (segclip tune EXPORT measures again on another machine).")
-def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_threshold, int8_fallback, trt, batch, size,
+def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_threshold, int8_fallback, trt, require_engine, batch, size,
                dynamic_size, scores, opset, data, parity_images, out, device, force,
                fp32_threshold, fp16_threshold, workspace, tune, msda, geodeep, scene):
     """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / INT8 Q/DQ ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
@@ -56,7 +57,7 @@ def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_thres
     export(source, out=out, device=device, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
            opset=opset, data=data, parity_images=parity_images, force=force, fp32_threshold=fp32_threshold,
            fp16_threshold=fp16_threshold, workspace_mb=workspace, int8=int8, calib_images=calib_images,
-           calib_method=calib_method, int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=click.echo, tune=tune, msda=msda,
+           calib_method=calib_method, int8_threshold=int8_threshold, int8_fallback=int8_fallback, log=click.echo, tune=tune, require_engine=require_engine, msda=msda,
            geodeep=geodeep, scene=scene)
 
 

@@ -26,8 +26,10 @@ from segclip.parsers import split_list
               help="ONNX artifact served by segclip_onnx/segclip_python (int8: model_int8.onnx for --kind gpu, model_int8_cpu.onnx "
                    "for cpu; default: the one measured fastest on ONNX Runtime here by export/segclip tune, else fp32).")
 @click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime intra-op threads per instance (0: its default).")
+@click.option("--triton-release", default=None, metavar="YY.MM",
+              help="The Triton container that will serve segclip_trt (e.g. 24.08): its TensorRT must be the engine's.")
 @click.option("--force", is_flag=True, help="Replace models already in --out.")
-def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind, models, precision, threads, force):
+def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind, models, precision, threads, triton_release, force):
     """Generate a Triton model repository (--out) from the export in EXPORT_DIR."""
     from segclip.contract import read_manifest
     from segclip.serving.repo import build_repository, onnx_choice
@@ -37,7 +39,7 @@ def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind,
     click.echo(choice.line().replace("--format/--runtime", "--precision"))
     written = build_repository(export_dir, out, models=split_list(models) or None, max_batch=max_batch,
                                queue_delay_us=queue_delay_us, instances=instances, kind=kind, intra_op_threads=threads,
-                               precision=precision, force=force)
+                               precision=precision, force=force, triton_release=triton_release)
     for name, path in written.items():
         click.echo(f"{name:15s} {path}")
     click.echo(f"serve it: segclip serve --repo {out}   (pip server: segclip_python; NVIDIA's container: all)")

@@ -52,7 +52,7 @@ def with_metadata(ds, sidecar, required: bool = True):
 def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=False, max_steps=None, batch_size=None,
                  lr=None, crop_size=None, backbone_weights=None, clip_checkpoint=None, device=None, seed=None,
                  checkpoint_every=None, gtg=True, prompts=None, prompt_template=None, num_workers=None,
-                 progress=True, stop_after=None, metadata=None, metadata_templates=None, warmup_steps=None,
+                 progress=True, stop_after=None, metadata=None, metadata_templates=None, warmup_steps=None, amp=None,
                  value_range=None, gsd=None):
     """Build datasets and model from a preset and train; returns (trainer, fit result).
     ``metadata``: "auto" | "on" | "off" | a sidecar FILE (see ``segclip.metadata``).  ``gsd``: metres
@@ -68,7 +68,8 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
     for obj, key, val in ((t, "max_steps", max_steps), (t, "batch_size", batch_size), (t, "lr", lr),
                           (t, "crop_size", crop_size), (t, "seed", seed), (t, "checkpoint_every", checkpoint_every),
                           (t, "num_workers", num_workers), (t, "warmup_steps", warmup_steps), (m, "backbone_weights", backbone_weights),
-                          (m, "clip_pretrained", clip_checkpoint), (m, "prompt_template", prompt_template)):
+                          (m, "clip_pretrained", clip_checkpoint), (m, "prompt_template", prompt_template),
+                          (t, "amp", amp)):
         if val is not None:
             setattr(obj, key, val)
     m.gtg = gtg
@@ -145,10 +146,12 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
                    "in the checkpoint and export; predict resamples georeferenced inputs to it.")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available). Multi-GPU/multi-node: launch with torchrun.")
 @click.option("--seed", type=int)
+@click.option("--amp", type=click.Choice(["fp16", "bf16", "off"]), default=None,
+              help="Mixed precision on CUDA (default: the preset's, fp16): bf16 where the GPU has it (compute capability >= 8.0).")
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate on the val split at the end.")
 def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, backbone_weights, clip_checkpoint,
           prompt_items, prompt_template, no_gtg, metadata, metadata_templates, checkpoint_every, value_range, gsd, device,
-          seed, do_eval):
+          seed, do_eval, amp=None):
     """Train SegCLIP on a dataset (use torchrun --nproc_per_node N for DDP)."""
     from segclip.engine import distributed as D
 
@@ -169,7 +172,7 @@ def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, b
                                 device=device, seed=seed, checkpoint_every=checkpoint_every, gtg=not no_gtg,
                                 prompts=_parse_prompts(prompt_items), prompt_template=prompt_template,
                                 metadata=metadata, metadata_templates=_parse_templates(metadata_templates),
-                                value_range=parse_range(value_range), gsd=gsd)
+                                amp=amp, value_range=parse_range(value_range), gsd=gsd)
     if D.is_main():
         click.echo(f"trained {res['step']} steps in {res['train_seconds']:.0f} s -> {out}")
         if do_eval and trainer.val_dataset is not None:

@@ -27,6 +27,7 @@ from segclip.modeling import build_model, semantic_targets
 from segclip.modeling.criterion import SetCriterion
 from segclip.modeling.matcher import HungarianMatcher
 from segclip.engine import distributed as D
+from segclip.engine.stability import NonFiniteGuard, amp_dtype
 from segclip.checkpoint import (FINAL_NAME, atomic_save, check_classes, checkpoint_dict, checkpoint_scenes,
                                        has_checkpoints, is_run_dir, load_checkpoint, resolve_checkpoint)
 from segclip.metadata import resolve_table
@@ -226,8 +227,12 @@ class Trainer:
         self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else None
         self.optimizer = torch.optim.AdamW(param_groups(self.model, tcfg), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tcfg))
-        self.use_amp = tcfg.amp and self.device.startswith("cuda")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = amp_dtype(tcfg.amp, self.device)  # None (CPU, --amp off), float16 or bfloat16
+        self.use_amp = self.amp_dtype is not None
+        # loss scaling for FP16 only: bfloat16 has FP32's exponent range
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # every rank agrees whether a loss is finite: a rank raising alone would hang the others
+        self.nonfinite = NonFiniteGuard(log=lambda m: tqdm.write(m, file=sys.stderr) if D.is_main() else None)
         self.step = 0
         if ckpt is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -299,12 +304,15 @@ class Trainer:
         num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=self.device)
         num_masks = D.all_reduce_mean(num_masks).clamp(min=1.0).item()
         net = self.ddp or self.model
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast("cuda", dtype=self.amp_dtype or torch.float16, enabled=self.use_amp):
             stages = net(images, targets, scene_ids)
         losses = self.criterion([(l.float(), m.float()) for l, m in stages], targets, self.mcfg.num_queries, num_masks)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise SegclipError(f"train: loss became {loss.item()} at step {self.step}; lower --lr or check the data (mask values)")
+        if not self.nonfinite.check(loss, self.step):  # skipped on every rank: none waits for the others' gradients
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()  # the schedule follows the step count, as on resume
+            main = {k: float("nan") for k in losses if not k.rsplit("_", 1)[-1].isdigit()}
+            return {"loss": float("nan"), "grad_norm": float("nan"), **main}
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -363,4 +371,4 @@ class Trainer:
             self.save(final=True)
         elif self.step % self.tcfg.checkpoint_every:
             self.save()  # stopped early: keep the state so --resume continues from here
-        return {"step": self.step, "train_seconds": time.time() - t0, "last": log}
+        return {"step": self.step, "train_seconds": time.time() - t0, "last": log, "skipped_steps": self.nonfinite.skipped}

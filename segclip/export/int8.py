@@ -36,7 +36,7 @@ from segclip.signature import INPUT_NAME
 INT8_NAME = "model_int8.onnx"
 INT8_CPU_NAME = "model_int8_cpu.onnx"
 INT8_FP16_NAME = "model_int8_fp16.onnx"
-QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")  # kept FP32 (scales too) in the INT8 + FP16 graph: see with_fp16
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum",
              "ReduceMax", "ArgMax")
@@ -241,8 +241,13 @@ def qdq_summary(model) -> dict:
 def with_fp16(qdq_twin, images: np.ndarray, output_dtypes=None, scene_ids=None):
     """The symmetric Q/DQ graph with its float parts in FP16 (``segclip.export.fp16``: norms, softmax,
     reductions and overflowing activations stay FP32), for a strongly typed INT8 + FP16 TensorRT
-    engine: a strongly typed build takes each layer's precision from its tensor types, so the
-    DequantizeLinear scales become FP16 (opset 19) and the Conv/MatMul they feed run INT8 -> FP16.
+    engine.  The QuantizeLinear/DequantizeLinear nodes keep FP32 scales (the converter casts FP16
+    activations to FP32 in front of a QuantizeLinear and a DequantizeLinear's FP32 output to FP16
+    behind it): TensorRT's operator reference documents the Dequantize scale as ``T2: float32``
+    (docs.nvidia.com/deeplearning/tensorrt/operators/docs/Dequantize.html, and the 8.6.1 archive's
+    page), while later pages of the same reference type it like the output (float16/bfloat16/float32);
+    no TensorRT 10.3 document (JetPack 6, the Jetson target) says FP16 scales are accepted, FP32 ones
+    are accepted by every version segclip builds for (10.x, 11.x).  The opset is left as it is.
     Returns (ModelProto, fp16 report)."""
     import onnx
 
@@ -251,11 +256,14 @@ def with_fp16(qdq_twin, images: np.ndarray, output_dtypes=None, scene_ids=None):
     m = onnx.ModelProto()
     m.CopyFrom(qdq_twin)
     del m.metadata_props[:]
-    for o in m.opset_import:
-        if o.domain in ("", "ai.onnx") and o.version < QDQ_FP16_OPSET:
-            o.version = QDQ_FP16_OPSET
-    twin16, _, _, report = f16.make_fp16(m, images, output_dtypes=output_dtypes, scene_ids=scene_ids)
+    twin16, _, _, report = f16.make_fp16(m, images, output_dtypes=output_dtypes, scene_ids=scene_ids, extra_ops=QDQ_OPS)
     return twin16, report
+
+
+def qdq_scale_types(model) -> set:
+    """ONNX element types of the scales of every QuantizeLinear/DequantizeLinear node (initializers)."""
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    return {inits.get(n.input[1]) for n in model.graph.node if n.op_type in QDQ_OPS and len(n.input) > 1}
 
 
 # ---- sensitivity -------------------------------------------------------------------------------------

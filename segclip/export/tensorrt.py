@@ -79,6 +79,9 @@ def trtexec_command(onnx_name: str, engine_name: str, batch, size, workspace_mb:
         f"--minShapes={_shape_arg(prof, 'min')}", f"--optShapes={_shape_arg(prof, 'opt')}",
         f"--maxShapes={_shape_arg(prof, 'max')}", f"--timingCacheFile={TIMING_CACHE_NAME}",
         f"--memPoolSize=workspace:{int(workspace_mb)}M",
+        # build only: trtexec's own timing run feeds random inputs, and a random scene_id can be out of
+        # range for the scene table (segclip's gate and benchmark run the engine on real images)
+        "--skipInference",
     ]
 
 
@@ -119,7 +122,9 @@ def build_engine(onnx_path, engine_path, *, batch, size, workspace_mb: int = 409
     import tensorrt as trt
     import torch
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    from segclip.runtime.tensorrt_runner import trt_logger
+
+    logger = trt_logger()  # one per process, shared with the runners that gate the engine
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)

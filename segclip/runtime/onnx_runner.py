@@ -57,6 +57,53 @@ def signature_from_onnx(path, meta: Optional[dict] = None) -> Signature:
         raise SegclipError(f"{path}: unreadable '{META_SIGNATURE}' metadata ({one_line(e)}); re-export with segclip export") from None
 
 
+# What each GPU provider loads when a session is created -- ONNX Runtime's requirement tables: the CUDA EP
+# of onnxruntime-gpu >= 1.19 needs CUDA 12.x and cuDNN 9 (onnxruntime.ai/docs/execution-providers/
+# CUDA-ExecutionProvider.html#requirements); its TensorRT EP is built with TensorRT 10.x (1.18: 10.0 ...
+# 1.22: 10.9, TensorRT-ExecutionProvider.html#requirements), i.e. it loads libnvinfer.so.10.
+GPU_PROVIDER_LIBS = {"CUDAExecutionProvider": ("libcudart.so.12", "libcublasLt.so.12", "libcudnn.so.9"),
+                     "TensorrtExecutionProvider": ("libnvinfer.so.10", "libnvonnxparser.so.10")}
+
+
+def _unloadable(libs) -> list:
+    import ctypes
+
+    out = []
+    for lib in libs:
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            out.append(lib)
+    return out
+
+
+def check_providers(session, requested, where) -> None:
+    """A session that was asked for a GPU provider and did not get it is an error, never a silent CPU
+    run: ONNX Runtime drops a provider whose libraries fail to load with only a log warning (and
+    segclip's sessions log errors only), so a "cuda" benchmark row could be CPU."""
+    import onnxruntime as ort
+
+    got = list(session.get_providers())
+    names = [p[0] if isinstance(p, tuple) else p for p in requested]
+    missing = [n for n in names if n in GPU_PROVIDER_LIBS and n not in got]
+    if not missing:
+        return
+    why = []
+    for n in missing:
+        libs = _unloadable(GPU_PROVIDER_LIBS[n])
+        why.append(f"{n} needs {', '.join(GPU_PROVIDER_LIBS[n])}" + (f" and {', '.join(libs)} cannot be loaded here" if libs else ""))
+    if "TensorrtExecutionProvider" in missing:
+        try:
+            import tensorrt as trt
+
+            why.append(f"tensorrt {trt.__version__} is installed (onnxruntime's TensorRT EP is built for TensorRT 10)")
+        except ImportError:
+            why.append("the tensorrt package is not installed")
+    raise SegclipError(f"{where}: ONNX Runtime {ort.__version__} was asked for {', '.join(missing)} and runs on "
+                       f"{', '.join(got)} instead ({'; '.join(why)}): install segclip[gpu] with a matching CUDA/cuDNN/"
+                       f"TensorRT, or ask for providers='cpu'")
+
+
 def resolve_providers(providers=None, device_id: int = 0, cache_dir: Optional[str] = None) -> list:
     """"cpu" | "cuda" | "tensorrt" | list of names/(name, options) -> ORT providers list, checked
     against what this onnxruntime build offers.  ``None``: CUDA when available, else CPU."""
@@ -157,6 +204,8 @@ class OnnxRunner(Runner):
 
     def _check_io(self, sess) -> list:
         """The session's output names, after checking its inputs and outputs against the signature."""
+        if not getattr(self, "reference_ops", False):  # a reference-op session runs on the CPU by design
+            check_providers(sess, self.providers, self.path)
         got = {i.name: i.type for i in sess.get_inputs()}
         want = {t.name: f"tensor({t.dtype})" for t in self.signature.inputs}
         if got != want:

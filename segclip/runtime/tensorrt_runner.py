@@ -23,6 +23,22 @@ from segclip.signature import SCENE_NAME, Signature
 from segclip.runtime.base import Runner
 from segclip.runtime.msda_plugin import init_trt_plugins
 
+_LOGGER = None
+
+
+def trt_logger():
+    """The process's one TensorRT logger, shared by every builder and runtime: TensorRT considers the
+    logger a singleton, "multiple instances of IRuntime and/or IBuilder must all use the same logger"
+    (nvinfer1::ILogger, TensorRT C++ API reference, 8.0).  WARNING: builds report rejected tactics
+    and fallbacks; nothing below it."""
+    global _LOGGER
+    if _LOGGER is None:
+        import tensorrt as trt
+
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
 # tensorrt.DataType member name -> torch dtype name
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
                  "INT64": "int64", "UINT8": "uint8", "BOOL": "bool"}
@@ -126,7 +142,7 @@ class TensorRTRunner(Runner):
         cc = torch.cuda.get_device_capability(self.device_index)
         self.check_compatible(trt.__version__, f"{cc[0]}.{cc[1]}", torch.cuda.get_device_name(self.device_index))
         data = self.path.read_bytes()
-        logger = trt.Logger(trt.Logger.ERROR)
+        logger = trt_logger()  # one per process (TensorRT treats the logger as a singleton)
         init_trt_plugins(trt, logger)  # an engine of the plugin form holds MultiscaleDeformableAttnPlugin_TRT
         self._trt_runtime = trt.Runtime(logger)
         try:

@@ -243,6 +243,73 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+# Triton container release -> the TensorRT it ships, from NVIDIA's Triton release notes ("Triton Inference
+# Server Container Versions", docs.nvidia.com/deeplearning/triton-inference-server/release-notes/
+# rel-YY-MM.html) and the Frameworks Support Matrix; extend it from the same table.  An engine runs only on
+# the TensorRT version that built it (TensorRT developer guide, "Version Compatibility": "By default,
+# TensorRT engines are compatible only with the version of TensorRT used to build them").
+TRITON_TENSORRT = {"24.05": "10.0.1", "24.06": "10.1.0", "24.07": "10.2.0", "24.08": "10.3.0", "24.09": "10.4.0",
+                   "24.10": "10.5.0", "24.11": "10.6.0", "24.12": "10.7.0", "25.01": "10.8.0", "25.02": "10.8.0"}
+TRT_MAJORS = ("10", "11")  # the engines segclip builds (strongly typed, TensorRT >= 10)
+TRT_README = "README.md"
+
+
+def _v3(version: str) -> tuple:
+    return tuple(str(version).split(".")[:3])
+
+
+def triton_releases(trt_version: Optional[str]) -> list:
+    """The Triton container releases (of ``TRITON_TENSORRT``) whose TensorRT runs an engine of ``trt_version``."""
+    return [r for r, v in TRITON_TENSORRT.items() if trt_version and _v3(v) == _v3(trt_version)]
+
+
+def check_trt_for_triton(entry: dict, profile: dict, triton_release: Optional[str] = None) -> Optional[str]:
+    """Refuse, with one line, a TensorRT engine Triton would not load; returns the engine's TensorRT version.
+
+    Triton's TensorRT backend runs a request only on an optimisation profile that covers its batch, and
+    its warm-up and single-image requests are batch 1: a profile starting above 1 fails them."""
+    lo, opt, hi = (int(profile.get(k) or 1) for k in ("min", "opt", "max"))
+    if lo != 1:
+        raise SegclipError(f"segclip_trt: the engine's batch profile starts at {lo} ({lo}:{opt}:{hi}) and Triton sends "
+                           f"batches from 1 (warm-up, single requests); re-export with --batch 1:{opt}:{hi}, "
+                           f"or leave it out with --models segclip_onnx,segclip_python")
+    v = entry.get("tensorrt_version")
+    if v and str(v).split(".")[0] not in TRT_MAJORS:
+        raise SegclipError(f"segclip_trt: the engine was built with TensorRT {v}, segclip serves TensorRT "
+                           f"{' or '.join(TRT_MAJORS)} engines; rebuild it with the export's trtexec.sh")
+    if triton_release is not None:
+        want = TRITON_TENSORRT.get(str(triton_release))
+        if want is None:
+            raise SegclipError(f"--triton-release {triton_release}: not in segclip's table ({', '.join(TRITON_TENSORRT)}); "
+                               f"leave it out and check the release's TensorRT in NVIDIA's Triton release notes")
+        if v and _v3(v) != _v3(want):
+            kind = "another TensorRT major" if _v3(v)[0] != _v3(want)[0] else "another TensorRT version"
+            fits = triton_releases(v)
+            raise SegclipError(f"segclip_trt: the engine was built with TensorRT {v}, Triton {triton_release} ships TensorRT "
+                               f"{want} ({kind}: engines run only on the version that built them); "
+                               + (f"serve it with Triton {', '.join(fits)}" if fits else
+                                  f"rebuild it inside nvcr.io/nvidia/tritonserver:{triton_release}-py3 with the export's trtexec.sh"))
+    return v
+
+
+def trt_readme(trt_version: Optional[str], profile: dict) -> str:
+    """The README of the segclip_trt model folder: which Triton container runs this engine."""
+    fits = triton_releases(trt_version)
+    if not trt_version:
+        where = ("The engine was built on the target by `trtexec.sh`; serve it with the Triton container whose "
+                 "TensorRT is the one trtexec ran with (NVIDIA's Triton release notes list each release's TensorRT).")
+    elif fits:
+        where = ("Serve it with " + ", ".join(f"`nvcr.io/nvidia/tritonserver:{r}-py3`" for r in fits)
+                 + f" (TensorRT {TRITON_TENSORRT[fits[0]]}).")
+    else:
+        where = (f"No Triton release in segclip's table ships TensorRT {trt_version}: pick the one whose TensorRT is "
+                 f"{'.'.join(_v3(trt_version))} in NVIDIA's Triton release notes, or rebuild the engine inside the "
+                 f"container you run with the export's `trtexec.sh`.")
+    return (f"# segclip_trt\n\nTensorRT engine `1/model.plan`, built with TensorRT {trt_version or 'unknown'}, batch profile "
+            f"{profile.get('min')}:{profile.get('opt')}:{profile.get('max')}.\n\nTensorRT engines run only on the TensorRT "
+            f"version (and GPU architecture) that built them. {where}\n")
+
+
 def _trt_plan(manifest: dict, export_dir: Path) -> Optional[Path]:
     """The passing TensorRT engine of the export, or None."""
     art = _artifact(manifest, export_dir, "tensorrt", required=False)
@@ -263,7 +330,8 @@ def onnx_choice(manifest: dict, export_dir, kind: str, precision: Optional[str] 
 
 def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
                      queue_delay_us: int = 100, instances: int = 1, kind: str = "cpu", intra_op_threads: int = 0,
-                     precision: Optional[str] = None, force: bool = False, repo_dir=None) -> dict:
+                     precision: Optional[str] = None, force: bool = False, repo_dir=None,
+                     triton_release: Optional[str] = None) -> dict:
     """Generate the Triton models for an export into ``out`` (the repository folder, ``--out`` on the
     command line; ``repo_dir=`` is its old keyword, kept for one release); returns ``{model: folder}``.
 
@@ -273,6 +341,9 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
     or "fp16" (``onnx_fp16``) or "int8": the symmetric Q/DQ ``onnx_int8`` for GPU instances (TensorRT
     and CUDA run it), the u8/s8 ``onnx_int8_cpu`` that ONNX Runtime runs fastest for CPU instances;
     None (default): the one of those measured fastest on ONNX Runtime on this machine (``onnx_choice``).
+    ``segclip_trt`` needs an engine profile starting at batch 1 and a TensorRT 10/11 engine; with
+    ``triton_release`` ("24.08", ...) the engine's TensorRT must be that container's.  Its folder's
+    README.md and segclip_model.json name the engine's TensorRT version and the matching containers.
     """
     from segclip.atomic import atomic_dir
 
@@ -308,6 +379,7 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
             raise SegclipError(f"{export_dir}: the export has no passing TensorRT engine; re-export with --trt on a GPU machine")
         if mb > profile_max:
             raise SegclipError(f"--max-batch {mb} exceeds the TensorRT profile's max batch {profile_max}; re-export with a larger batch profile")
+        trt_version = check_trt_for_triton(manifest["artifacts"]["tensorrt"], batch_profile(manifest), triton_release)
     existing = [m for m in wanted if (repo_dir / m).exists()]
     if existing and not force:
         raise SegclipError(f"{repo_dir} already has {', '.join(existing)}; pass --force to replace")
@@ -337,11 +409,14 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
                 _place(onnx_path, vdir / "model.onnx")
             if m == MODEL_PYTHON:
                 shutil.copyfile(PYTHON_BACKEND_SRC, vdir / "model.py")
+            record = {**record_base, "model": m}
             if m == MODEL_TRT:
                 _place(plan, vdir / "model.plan")
+                record.update(tensorrt_version=trt_version, triton_releases=triton_releases(trt_version))
+                (tmp / TRT_README).write_text(trt_readme(trt_version, batch_profile(manifest)))
             (tmp / LABELS).write_text("".join(f"{c}\n" for c in sig.classes))
             (tmp / CONFIG).write_text(config_text(cfg))
-            (tmp / MODEL_RECORD).write_text(json.dumps({**record_base, "model": m}, indent=2) + "\n")
+            (tmp / MODEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         written[m] = repo_dir / m
     return written
 
