@@ -33,8 +33,11 @@ An export directory holds ``manifest.json`` (schema ``format_version`` 1)::
         "tensorrt":  {"file": "model.plan", "precision": ..., "onnx": "model_fp16.onnx", "onnx_sha256": ...,
                       "tensorrt_version": ..., "gpu": ..., "compute_capability": "8.7",
                       "profile": {"min": [...], "opt": [...], "max": [...]}, "timing_cache": "timing.cache",
-                      "strongly_typed": true}
-                   | {"status": "not_built", "reason": ..., "trtexec": "trtexec.sh"}
+                      "strongly_typed": true,
+                      "msda": {"form": "plugin" | "gridsample", "onnx": ..., "plugin_version": ..., "reason": ...}}
+                   | {"status": "not_built", "reason": ..., "trtexec": "trtexec.sh", "msda": {...}},
+        "onnx_plugin": {..., "file": "model_plugin.onnx"}  # --trt: TensorRT-only graph (segclip.export.msda);
+        "onnx_plugin_fp16": {..., "file": "model_plugin_fp16.onnx"}  # not in FORMATS: no runtime loads it
       },
       "trtexec": "trtexec.sh",                   # when --trt was asked for
       "speed": [{"machine": {...}, "rows": [{"artifact", "runtime", "ms"}, ...]}, ...]  # see choose_artifact
