@@ -346,6 +346,7 @@ class Exporter:
 
     def _geodeep_probabilities(self, path: Path, calls: list) -> dict:
         """Its probabilities against the FP32 twin's scores divided by their class sum, on the same windows."""
+        from segclip.inference.compare import agreement
         from segclip.runtime.geodeep_runner import GeoDeepRunner
         from segclip.runtime.onnx_runner import OnnxRunner
 
@@ -356,7 +357,7 @@ class Exporter:
         want = ref[SCORES_NAME] / ref[SCORES_NAME].sum(1, keepdims=True)
         d = np.abs(got[SCORES_NAME] - want)
         return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
-                "argmax_agreement": float((got["mask"] == ref["mask"]).mean()), "windows": len(x)}
+                "argmax_agreement": agreement([got["mask"]], [ref["mask"]]), "windows": len(x)}
 
     def int8_fallback_rounds(self, stage: Path, result: dict, gate: tuple) -> None:
         """Failed INT8 rows: rank quantized nodes by the error they add (on calibration images), keep
