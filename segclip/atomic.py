@@ -152,6 +152,14 @@ def check_not_being_written(dst) -> None:
                                f"or choose another --out")
 
 
+def _named(e: OSError, tmp, dst) -> OSError:
+    """A write error as the user reads it: about ``dst`` (what they named), not the hidden partial
+    it happened in (a full disk's write() names no file at all)."""
+    if e.filename is None or (tmp is not None and str(e.filename).startswith(str(tmp))) or tmp is None:
+        return type(e)(e.errno, e.strerror, str(dst))
+    return e
+
+
 @contextmanager
 def atomic_dir(dst, replace: bool = False):
     """Yield a temporary folder; on success it becomes ``dst``.  An existing non-empty ``dst``
@@ -162,7 +170,10 @@ def atomic_dir(dst, replace: bool = False):
     check_not_being_written(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(dst.parent, once=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{_tag('partial')}", dir=dst.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{_tag('partial')}", dir=dst.parent))
+    except OSError as e:
+        raise _named(e, None, dst) from None
     old = None
     try:
         yield tmp
@@ -173,10 +184,12 @@ def atomic_dir(dst, replace: bool = False):
             old = dst.with_name(f".{dst.name}.{_tag('old')}{uuid.uuid4().hex[:8]}")
             os.rename(dst, old)
         os.rename(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
         if old is not None and not dst.exists():  # put the previous output back
             os.rename(old, dst)
+        if isinstance(e, OSError):
+            raise _named(e, tmp, dst) from None
         raise
     if old is not None:
         _remove(old)
@@ -198,14 +211,19 @@ def atomic_file(dst):
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(dst.parent, once=True)
-    tmp = partial_file(dst)
+    try:
+        tmp = partial_file(dst)
+    except OSError as e:
+        raise _named(e, None, dst) from None
     try:
         yield tmp
         _fsync(tmp)
         public_mode(tmp)
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        if isinstance(e, OSError):
+            raise _named(e, tmp, dst) from None
         raise
 
 

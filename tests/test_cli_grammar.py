@@ -69,9 +69,9 @@ def test_each_command_accepts_the_shared_flags(tmp_path, name, args):
 def test_quickstart_and_sample_data_take_out_and_max_steps(tmp_path):
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "keep").write_text("x")
-    assert "already exists" in _error(_run("quickstart", "--out", tmp_path / "q", "--max-steps", "1", "--device", "cpu"))
+    assert "not a segclip quickstart" in _error(_run("quickstart", "--out", tmp_path / "q", "--max-steps", "1", "--device", "cpu"))
     res = _run("quickstart", "--out", tmp_path / "q", "--steps", "1")
-    assert "already exists" in _error(res) and "note: --steps is deprecated" in res.stderr
+    assert "not a segclip quickstart" in _error(res) and "note: --steps is deprecated" in res.stderr
     res = _run("sample-data", "--out", tmp_path / "s", "--size", "64x64", "--num-train", "1", "--num-val", "1")
     assert res.exit_code == 0 and "64x64" in res.output, res.output
 

@@ -231,6 +231,70 @@ def test_geographic_crs_areas_are_spherical(tmp_path, mask_model):
         assert doc["classes"][c]["area_m2"] == pytest.approx(float(((ref == i) * row_area[:, None]).sum()), rel=1e-6)
 
 
+def test_foot_crs_areas_in_square_metres(tmp_path, mask_model):
+    """EPSG:2263 (NAD83 / New York Long Island, US survey feet): a pixel of a x a ft is
+    (0.30480060960121924 a)^2 m^2 -- the US survey foot (1200/3937 m), not the international one."""
+    h, w, a = 64, 80, 100.0  # large pixels: the two feet's 4 ppm in area are square metres, not rounding
+    t = Affine(a, 0.0, 980000.0, 0.0, -a, 200000.0)
+    src = write_geotiff(tmp_path / "ft.tif", np.moveaxis(encode(h, w), -1, 0), crs="EPSG:2263", transform=t)
+    assert predict("--model", mask_model, src, "--out", tmp_path / "out").exit_code == 0
+    doc = json.loads((tmp_path / "out" / "ft_counts.json").read_text())
+    ref = reference(h, w)
+    per_pixel = (0.30480060960121924 * a) ** 2
+    for i, c in enumerate(CLASSES):
+        n = float((ref == i).sum())
+        assert doc["classes"][c]["area_m2"] == pytest.approx(n * per_pixel, rel=1e-9, abs=1e-3)
+        assert n == 0 or abs(doc["classes"][c]["area_m2"] - n * (0.3048 * a) ** 2) > 1.0  # not the international foot
+
+
+def test_nan_is_nodata_never_classified_nor_counted(tmp_path, mask_model):
+    """float32 rasters: NaN pixels (no nodata value declared) used to be classified as land cover
+    (an all-NaN scene gave 90,000 'valid' pixels).  They are the ignore value and not counted."""
+    h, w = 120, 150
+    bands = np.moveaxis(encode(h, w), -1, 0).astype(np.float32)
+    bands[:, :40, :50] = np.nan  # a NaN corner, every band
+    bands[1, 100:, 140:] = np.nan  # NaN in one band only: that pixel has no value either
+    src = write_geotiff(tmp_path / "f32.tif", bands)
+    res = predict("--model", mask_model, src, "--out", tmp_path / "out", "--range", "0,255")
+    assert res.exit_code == 0, res.output
+    mask, _, _ = read(tmp_path / "out" / "f32_mask.tif")
+    nodata = np.zeros((h, w), bool)
+    nodata[:40, :50] = True
+    nodata[100:, 140:] = True
+    np.testing.assert_array_equal(mask[nodata], 255)
+    np.testing.assert_array_equal(mask[~nodata], reference(h, w)[~nodata])
+    doc = json.loads((tmp_path / "out" / "f32_counts.json").read_text())
+    assert doc["nodata_pixels"] == nodata.sum() and doc["valid_pixels"] == h * w - nodata.sum()
+    assert sum(v["pixels"] for v in doc["classes"].values()) == h * w - nodata.sum()
+
+    allnan = write_geotiff(tmp_path / "allnan.tif", np.full((3, 300, 300), np.nan, np.float32))
+    res = predict("--model", mask_model, allnan, "--out", tmp_path / "out2")
+    assert res.exit_code == 0, res.output
+    mask, _, _ = read(tmp_path / "out2" / "allnan_mask.tif")
+    doc = json.loads((tmp_path / "out2" / "allnan_counts.json").read_text())
+    assert (mask == 255).all() and doc["valid_pixels"] == 0 and doc["nodata_pixels"] == 300 * 300
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # a plain tile, no CRS
+def test_nan_pixels_are_ignored_in_training_labels(tmp_path):
+    """The datasets read images as predict does: a NaN pixel's label becomes the ignore index, so it
+    is neither trained on nor scored."""
+    from segclip.data import build_dataset
+
+    root = tmp_path / "folder"
+    for sub in ("images/train", "masks/train"):
+        (root / sub).mkdir(parents=True)
+    (root / "classes.yaml").write_text("classes: [field, forest]\n")
+    rgb = np.moveaxis(encode(64, 64), -1, 0).astype(np.float32)
+    rgb[:, :10, :20] = np.nan
+    with rasterio.open(root / "images/train/t.tif", "w", driver="GTiff", width=64, height=64, count=3,
+                       dtype="float32") as d:
+        d.write(rgb)
+    Image.fromarray(np.ones((64, 64), np.uint8)).save(root / "masks/train/t.png")
+    item = build_dataset("folder", root, "train", value_range=(0, 255))[0]
+    assert (item["mask"][:10, :20] == 255).all() and (item["mask"][10:] == 1).all()
+
+
 # ---- inputs and bad input -----------------------------------------------------------------------
 def test_folders_globs_and_same_stems(tmp_path, mask_model):
     for d in ("a", "b"):

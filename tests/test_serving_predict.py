@@ -195,9 +195,21 @@ def test_triton_requests_with_scene_id(scene_repo, scene_export_dir, server_env)
         np.testing.assert_array_equal(request(), want["generic"][:1])  # the documented default
         np.testing.assert_array_equal(request(2), want["urban"][:1])
         for bad in (3, -1):
-            with pytest.raises(InferenceServerException, match="out of range 0..2"):
+            with pytest.raises(InferenceServerException, match="out of range 0..2") as e:
                 request(bad)
+            assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value.status()  # the client's error, not INTERNAL
             np.testing.assert_array_equal(request(1), want["rural"][:1])  # still serving
         g.close()
+        import tritonclient.http as httpclient
+
+        h = httpclient.InferenceServerClient(srv.http_url[len("http://"):])
+        inp = httpclient.InferInput("image", [1, SIZE, SIZE, 3], "UINT8")
+        inp.set_data_from_numpy(x[:1])
+        sc = httpclient.InferInput("scene_id", [1, 1], "INT32")
+        sc.set_data_from_numpy(np.array([[7]], np.int32))
+        with pytest.raises(InferenceServerException, match="out of range 0..2") as e:
+            h.infer("segclip_python", [inp, sc])
+        assert e.value.status() == "400", e.value.status()  # was HTTP 500 (a bare TritonError is INTERNAL)
+        h.close()
     finally:
         srv.stop()

@@ -141,6 +141,22 @@ def test_killed_after_a_periodic_checkpoint_resumes_without_duplicate_rows(sampl
     _same_weights(full_run / "model_final.pt", run / "model_final.pt")
 
 
+def test_resume_refuses_changed_options_and_metrics_header_comes_back(sample_root, tmp_path):
+    """--resume used to ignore --lr/--batch/... silently; and a run killed before its first log row
+    left an empty metrics.csv that the resumed run took as having its header."""
+    run = tmp_path / "run"
+    _train(sample_root, run, max_steps=4, stop_after=2)
+    assert [p.name for p in step_checkpoints(run)] == ["step_0000002.pt"]
+    with pytest.raises(SegclipError, match=r"--batch 4 \(the run's: 2\), --lr 0.5 \(the run's: 0.0004\) differ from how .*drop them"):
+        _train(sample_root, run, max_steps=4, resume=True, lr=0.5, batch_size=4)
+    with pytest.raises(SegclipError, match=r"--no-gtg \(the run's: True\)"):
+        _train(sample_root, run, max_steps=4, resume=True, gtg=False)
+    (run / "metrics.csv").write_text("")  # what a kill before the first row leaves
+    _train(sample_root, run, max_steps=4, resume=True, checkpoint_every=3)
+    assert _steps(run) == [4]  # a header, then the resumed run's row
+    assert [p.name for p in step_checkpoints(run)] == ["step_0000002.pt", "step_0000003.pt"]  # --checkpoint-every applied
+
+
 def test_existing_run_is_not_overwritten(sample_root, tmp_path):
     _train(sample_root, tmp_path / "run", max_steps=2)
     before = (tmp_path / "run" / "model_final.pt").read_bytes()
@@ -296,7 +312,7 @@ def _to_16bit(src: Path, dst: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-def test_train_range_is_recorded_and_applied_by_eval_and_predict(sample_root, tmp_path):
+def test_train_range_is_recorded_and_applied_by_eval_and_predict(sample_root, tmp_path, trained_checkpoint):
     """train --range LOW,HIGH: the datasets read 16-bit images stretched from it, the checkpoint (and
     so every export's signature) records it, predict and eval apply it by default, and a resume with
     another range is refused.  The reference is the 8-bit set the 16-bit one was made from."""
@@ -322,16 +338,32 @@ def test_train_range_is_recorded_and_applied_by_eval_and_predict(sample_root, tm
     with pytest.raises(SegclipError, match="trained with --range 0,4080, this call gives no --range"):
         _train(root16, run, max_steps=3, resume=True)
 
-    img16 = next((root16 / "Val").rglob("images_png/*.png"))
-    img8 = sample_root / img16.relative_to(root16)
+    # predict applies the recorded range: compared on the varied parity model (several classes with real
+    # boundaries per image; the 2-step model above predicts nearly one class, which proves little)
+    import rasterio
+
+    from conftest import PARITY_SIZE, parity_images, parity_problems
+
+    ck = load_checkpoint(trained_checkpoint)
+    ck["train_config"] = {**(ck.get("train_config") or {}), "value_range": [0.0, 4080.0]}
+    varied = atomic_save(ck, tmp_path / "varied_range.pt")
+    x8 = parity_images(1)[0]
+    img8, img16 = tmp_path / "v8.png", tmp_path / "v16.png"
+    Image.fromarray(x8).save(img8)
+    with rasterio.open(img16, "w", driver="PNG", width=PARITY_SIZE, height=PARITY_SIZE, count=3, dtype="uint16") as ds:
+        ds.write(np.moveaxis(x8.astype(np.uint16) * 16, -1, 0))
     outs = {}
-    for name, img in (("p16", img16), ("p8", img8)):
-        r = CliRunner().invoke(main, ["predict", "--model", str(run), str(img), "--out", str(tmp_path / name), "--device", "cpu"])
+    for name, img, extra in (("p16", img16, []), ("p8", img8, []), ("p16own", img16, ["--range", "0,65535"])):
+        r = CliRunner().invoke(main, ["predict", "--model", str(varied), str(img), "--out", str(tmp_path / name), "--device",
+                                      "cpu", "--size", str(PARITY_SIZE), *extra])
         assert r.exit_code == 0, r.output
         outs[name] = np.asarray(Image.open(next((tmp_path / name).glob("*_mask.png"))))
+    assert not parity_problems(outs["p8"][None]), "the comparison needs a varied prediction"
     np.testing.assert_array_equal(outs["p16"], outs["p8"])  # the 16-bit file predicted as the 8-bit one it holds
+    assert not np.array_equal(outs["p16own"], outs["p8"])  # another range gives another prediction: the range matters
     stats = json.loads(next((tmp_path / "p16").glob("*.json")).read_text())
     assert "range [0,4080]" in json.dumps(stats), stats
+    assert "scaled to 8 bits (uint16 range [0,65535]" in r.output  # said on screen, not only in _counts.json
 
     r = CliRunner().invoke(main, ["eval", str(run), "--data", f"loveda:{root16}:val", "--device", "cpu",
                                   "--out", str(tmp_path / "e16.json")])

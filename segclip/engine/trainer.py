@@ -161,9 +161,10 @@ def check_resume_options(given: dict, mcfg: ModelConfig, tcfg: TrainConfig, out,
             shown = "" if isinstance(value, bool) else f" {value}"
             differ.append(f"{flag}{shown} (the run's: {getattr(cfg, field)})")
     if differ:
-        raise SegclipError(f"--resume: {out} was trained with other settings than {', '.join(differ)}; a resumed run "
-                           f"keeps its own: drop {'them' if len(differ) > 1 else 'it'} (only --max-steps, "
-                           f"--checkpoint-every apply to a resumed run) or start a new run with another --out")
+        raise SegclipError(f"--resume: {', '.join(differ)} differ{'s' if len(differ) == 1 else ''} from how {out} was "
+                           f"trained; a resumed run keeps its own settings: drop {'them' if len(differ) > 1 else 'it'} "
+                           f"(only --max-steps and --checkpoint-every apply to a resumed run) or start a new run with "
+                           f"another --out")
     if moot:
         print(f"note: {', '.join(moot)} ignored: a resumed run continues from the weights in its checkpoint", file=sys.stderr)
 

@@ -24,7 +24,8 @@ CASES = [
     # ---- sample-data
     ("sample-data-out-is-file", "sample-data --out {file}", ["afile.txt"]),
     ("sample-data-out-is-file-positional", "sample-data {file}", ["afile.txt"]),
-    ("sample-data-occupied", "sample-data --out {occupied}", ["occupied", "--force"]),
+    ("sample-data-occupied", "sample-data --out {occupied}", ["occupied", "not a segclip sample dataset"]),
+    ("sample-data-occupied-force", "sample-data --out {occupied} --force", ["occupied", "not a segclip sample dataset"]),
     ("sample-data-size-0", "sample-data --out {root}/s --size 0", ["--size", "0"]),
     ("sample-data-num-train-0", "sample-data --out {root}/s --num-train 0", ["--num-train"]),
     ("sample-data-size-text", "sample-data --out {root}/s --size big", ["--size", "big"]),
@@ -58,6 +59,9 @@ CASES = [
     ("train-device-unknown", TRAIN + " --device tpu", ["tpu"]),
     ("train-unknown-preset", TRAIN + " --preset segclip-r51", ["segclip-r51", "segclip-small"]),
     ("train-unknown-dataset", "train --data pascal:{data} --out {root}/newrun", ["pascal"]),
+    # train has no --force: the fix named is another folder, never "pass --force"
+    ("train-data-sample-occupied", "train --data sample:{occupied} --out {root}/newrun", ["occupied", "--data sample:"]),
+    ("train-out-occupied", TRAIN + " --out {occupied}", ["occupied", "not a segclip training run"]),
     ("train-data-root-missing", "train --data loveda:{root}/nowhere --out {root}/newrun", ["nowhere"]),
     ("train-data-val-split", "train --data sample:{data}:val --out {root}/newrun", ["train split"]),
     ("train-prompt-format", TRAIN + " --prompt road", ["--prompt", "CLASS=TEXT"]),
@@ -71,7 +75,7 @@ CASES = [
     # ---- eval
     ("eval-missing-source", "eval " + DATA, ["MODEL", "usage:"]),
     ("eval-limit-0", EVAL + " --limit 0", ["--limit", "0"]),
-    ("eval-batch-0", EVAL + " --batch 0", ["--batch", "0"]),
+    ("eval-batch-0", EVAL + " --batch 0", ["--batch 0", "give e.g. --batch 4"]),  # not the list 1,4,8 eval rejects
     ("eval-batch-size-0-old-spelling", EVAL + " --batch-size 0", ["--batch", "0"]),
     ("eval-source-missing", "eval {root}/nowhere " + DATA, ["nowhere", "give a checkpoint"]),
     ("eval-truncated-checkpoint", "eval {trunc} " + DATA, ["trunc.pt", "truncated"]),
@@ -100,6 +104,8 @@ CASES = [
     ("export-exists", "export {run} --out {export}", ["--force"]),
     ("export-trt-dynamic", EXPORT + " --trt --dynamic-size", ["--dynamic-size", "fixed --size"]),
     ("export-threshold", EXPORT + " --fp32-threshold 2", ["--fp32-threshold 2", "(0, 1]"]),
+    ("export-opset-99", EXPORT + " --opset 99", ["--opset 99", "17..", "--opset 17"]),  # was torch's traceback, exit 1
+    ("export-opset-12", EXPORT + " --opset 12", ["--opset 12", "--opset 17"]),
     ("export-opset-low", EXPORT + " --opset 7", ["--opset 7"]),
     # ---- predict
     ("predict-no-images", "predict --model {run}", ["INPUTS", "usage:"]),
@@ -142,7 +148,8 @@ CASES = [
     ("triton-repo-target-is-file", "triton-repo {export} --out {file}", ["afile.txt"]),
     ("triton-repo-max-batch-0", "triton-repo {export} --out {root}/repo --max-batch 0", ["--max-batch"]),
     ("serve-repo-missing", "serve --repo {root}/nowhere", ["nowhere"]),
-    ("quickstart-occupied", "quickstart --out {occupied}", ["occupied", "--force"]),
+    ("quickstart-occupied", "quickstart --out {occupied}", ["occupied", "not a segclip quickstart"]),
+    ("quickstart-occupied-force", "quickstart --out {occupied} --force", ["occupied", "not a segclip quickstart"]),
     ("quickstart-out-is-file", "quickstart --out {file}", ["afile.txt"]),
     ("quickstart-max-steps-0", "quickstart --out {root}/qs --max-steps 0", ["--max-steps"]),
     ("quickstart-steps-0-old-spelling", "quickstart --out {root}/qs --steps 0", ["--max-steps"]),
@@ -181,3 +188,90 @@ def test_bad_input_real_process(cli_ws, cmd, needles):
     line = error_line(out, 2, proc.returncode)
     assert all(n in line for n in needles), line
     assert tree_diff(before, fingerprint(cli_ws["root"])) == []
+
+
+def test_no_bad_input_error_says_pass_force_to_train():
+    for case_id, cmd, _ in CASES:
+        if cmd.startswith("train"):
+            assert "--force" not in cmd, case_id
+
+
+@pytest.mark.parametrize("call", ["export-int", "predict-int-input", "predict-int-model"])
+def test_python_api_names_a_non_path_argument(cli_ws, tmp_path, call):
+    """export(123) and predict_paths([42], ...) raised a bare TypeError."""
+    from segclip.errors import SegclipError
+    from segclip.export import export
+    from segclip.inference.predict import predict_paths
+
+    fn = {"export-int": lambda: export(123, out=tmp_path / "e"),
+          "predict-int-input": lambda: predict_paths(str(cli_ws["export"]), [42], tmp_path / "p"),
+          "predict-int-model": lambda: predict_paths([42], [str(cli_ws["img"])], tmp_path / "p")}[call]
+    with pytest.raises(SegclipError, match=r"(123|42) \(int\) is not a path; give"):
+        fn()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_paths_takes_one_path_as_a_string(cli_ws, tmp_path):
+    """predict_paths("exp", "img.png", ...) iterated both strings character by character."""
+    from segclip.inference.predict import predict_paths
+
+    results, errors = predict_paths(str(cli_ws["export"]), str(cli_ws["img"]), tmp_path / "p", progress=False,
+                                    log=lambda m: None)
+    assert errors == [] and [r["input"] for r in results] == [str(cli_ws["img"])]
+    assert (tmp_path / "p" / "img_mask.png").is_file()
+
+
+def test_export_refuses_an_out_another_export_is_writing(cli_ws, tmp_path):
+    """A second export to the same --out used to work for a minute, then say 'already exists'."""
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".exp.partial-{writer.pid}-abc123").mkdir()  # what a live export's staging folder looks like
+        before = fingerprint(tmp_path)
+        res = CliRunner().invoke(main, ["export", str(cli_ws["run"]), "--out", str(tmp_path / "exp")])
+        line = error_line(res.output, 2, res.exit_code)
+        assert f"segclip process {writer.pid} is writing it now" in line
+        assert tree_diff(before, fingerprint(tmp_path)) == []
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def _in_small_mount(tmp_path, args, mount_opts):
+    """``segclip ARGS`` in a private mount namespace (``unshare -rm``, no root needed) where MNT is a
+    tmpfs mounted with ``mount_opts``: a real full disk or read-only file system, nothing mocked."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .support import REPO
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k none {mnt}"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this kernel/container allows no user mount namespaces ({probe.stderr.decode().strip()})")
+    seg = " ".join([sys.executable, "-m", "segclip", *[str(a).replace("MNT", str(mnt)) for a in args]])
+    # what the command left in the mount is listed before the namespace (and the mount) goes
+    cmd = f"mount -t tmpfs -o {mount_opts} none {mnt} && {{ {seg}; rc=$?; echo LEFT:$(ls -A {mnt}); exit $rc; }}"
+    env = dict(__import__("os").environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    res = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, env=env, timeout=600)
+    out = res.stdout + res.stderr
+    left = [ln for ln in out.splitlines() if ln.startswith("LEFT:")]
+    assert len(left) == 1, out
+    return res.returncode, out.replace(left[0] + "\n", ""), left[0][len("LEFT:"):].split()
+
+
+@pytest.mark.parametrize("opts,needle", [("size=256k", "no space left"), ("ro", "read-only file system")],
+                         ids=["full-disk", "read-only"])
+def test_export_to_a_full_or_read_only_disk_is_one_error_line(cli_ws, tmp_path, opts, needle):
+    """OSError 28 / 30 were tracebacks with exit 1; now one line, exit 2, and nothing left behind."""
+    code, out, left = _in_small_mount(tmp_path, ["export", cli_ws["run"], "--out", "MNT/exp", "--parity-images", 1,
+                                                 "--data", f"sample:{cli_ws['data']}:val"], opts)
+    line = error_line(out, 2, code)
+    assert needle in line and str(tmp_path / "mnt" / "exp") in line and "--out" in line, line
+    assert left == []  # no partial export left on the full disk

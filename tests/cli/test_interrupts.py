@@ -164,3 +164,30 @@ def test_sweep_removes_only_dead_owners_and_restores_a_swapped_out_folder(tmp_pa
     assert names == sorted([f".model_final.partial-{me}-abc123.pt", "export2", ".hidden-unrelated"])
     assert (tmp_path / "export2" / "manifest.json").is_file()
     assert len(lines) == 1 and str(dead) in lines[0] and "removed 2" in lines[0] and "restored" in lines[0]
+
+
+def test_quickstart_force_sigterm_keeps_the_previous_quickstart(tmp_path):
+    """quickstart --force used to rmtree the previous result first: SIGTERM 20 s later left no
+    model_final.pt, no export/, no summary.json.  Now it builds beside and swaps at the end."""
+    import json
+
+    from .support import fingerprint, tree_diff
+
+    qs = tmp_path / "qs"
+    (qs / "run").mkdir(parents=True)
+    (qs / "run" / "model_final.pt").write_bytes(b"the previous model")
+    (qs / "export").mkdir()
+    (qs / "export" / "manifest.json").write_text("{}\n")
+    (qs / "summary.json").write_text(json.dumps({"preset": "segclip-small", "dataset": "sample", "artifacts": {}}) + "\n")
+    before = fingerprint(qs)
+    proc = segclip_subprocess(["quickstart", "--out", qs, "--force", "--max-steps", 100, "--no-export", "--no-benchmark",
+                               "--device", "cpu"], cwd=tmp_path)
+    staged = re.compile(rf"^\.qs\.partial-{proc.pid}-")
+    _wait_for(lambda: [p for p in tmp_path.iterdir() if staged.match(p.name) and (p / "run" / "config.json").is_file()],
+              proc, what="training in the staging folder")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "Traceback" not in out
+    assert tree_diff(before, fingerprint(qs)) == []  # the previous quickstart, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qs"]  # and its partial removed on the way out
