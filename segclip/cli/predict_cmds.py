@@ -48,9 +48,17 @@ from segclip.errors import SegclipError
                    "(also for plain images).")
 @click.option("--out-grid", type=click.Choice(["input", "model"]), default="input", show_default=True,
               help="Write the class map at each input's own grid (nearest) or at the model's GSD.")
+@click.option("--vector", type=click.Choice(["gpkg", "geojson"]), default=None,
+              help="Also <stem>_polygons.gpkg (the raster's CRS) or .geojson (EPSG:4326): one polygon per region, with "
+                   "its class name and id; nodata is never vectorised.")
+@click.option("--min-area", type=float, default=0.0, show_default=True, metavar="M2",
+              help="--vector: regions smaller than this (square metres; pixels for plain images) merge into their "
+                   "neighbours first (rasterio sieve).")
+@click.option("--simplify", type=float, default=0.0, show_default=True, metavar="M",
+              help="--vector: simplify polygon edges within this tolerance (metres; 0: the pixel edges).")
 def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
                 runtime, device, providers, timeout, label_ids, quiet, scene, gsd,
-                out_grid):
+                out_grid, vector, min_area, simplify):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
     import sys
@@ -69,7 +77,8 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
     results, errors = predict_paths(models, inputs, out, size=size, overlap=overlap, batch=batch, bands=parse_bands(bands),
                                     value_range=parse_range(value_range), overlay=overlay, in_flight=in_flight,
                                     runner_opts=opts, timeout=timeout, force=force, progress=not quiet, scene=scene,
-                                    label_ids=label_ids, gsd=gsd, out_grid=out_grid,
+                                    label_ids=label_ids, gsd=gsd, out_grid=out_grid, vector=vector,
+                                    min_area=min_area, simplify=simplify,
                                     log=lambda m: click.echo(m, err=m.startswith("error:")))
     for line in summary_lines(results):
         click.echo(line)

@@ -108,7 +108,8 @@ class Predictor:
 
     def __init__(self, pool, window: tuple, overlap: float = OVERLAP, batch: int = 8, bands=None, value_range=None,
                  overlay: bool = False, progress: bool = True, log: Callable = print, scene: Optional[int] = None,
-                 label_ids=None, runner_info: Optional[dict] = None, gsd="auto", out_grid: str = "input"):
+                 label_ids=None, runner_info: Optional[dict] = None, gsd="auto", out_grid: str = "input",
+                 vector: Optional[str] = None, min_area: float = 0.0, simplify: float = 0.0):
         """``gsd``: "auto" (georeferenced inputs are read at the model's GSD), "off", or the inputs' GSD in
         metres (``segclip.data.resample.plan_resampling``); ``out_grid``: the class map at the "input"'s
         grid (nearest) or the "model"'s.  ``label_ids``: ``segclip.data.dataset_label_ids(...)`` to write the dataset's own mask-file ids
@@ -126,6 +127,8 @@ class Predictor:
         self.encode, self.file_ids = (label_ids[1], label_ids[2]) if label_ids else (None, None)
         self.runner_info = runner_info
         self.model_gsd, self.gsd, self.out_grid = sig.gsd, gsd, out_grid
+        # --vector: polygons of the written class map (segclip.inference.vector), --min-area m2, --simplify m
+        self.vector, self.min_area, self.simplify = vector, float(min_area or 0), float(simplify or 0)
 
     # ---- one raster ------------------------------------------------------------------------------
     def predict_file(self, path: Path, stem: Path) -> dict:
@@ -141,6 +144,10 @@ class Predictor:
             try:
                 from segclip.data.resample import ResampledSource, plan_resampling
 
+                if self.vector:  # this input's own refusal (geojson needs a CRS), before any work
+                    from segclip.inference.vector import check_vector_input
+
+                    check_vector_input(self.vector, source.georeferenced, path)
                 gsd = plan_resampling(source, self.model_gsd, self.gsd)
                 # windows are read at the model's GSD; the class map is written at out_src's grid
                 work = ResampledSource(source, gsd["factor"]) if gsd["resampled"] else source
@@ -165,7 +172,8 @@ class Predictor:
                 finally:
                     bar.close()
                 mask_path = sink.close()
-                outputs = self._finish(out_src, stem, mask_path, counts, preview, gsd)
+                vector = self._vectorize(mask_path, stem, sink.ignore) if self.vector else None
+                outputs = self._finish(out_src, stem, mask_path, counts, preview, gsd, vector)
             finally:
                 source.close()
         seconds = time.perf_counter() - t0
@@ -315,7 +323,15 @@ class Predictor:
         return skipped[0]
 
     # ---- side outputs ----------------------------------------------------------------------------
-    def _finish(self, source, stem: Path, mask_path: Path, counts: Counts, preview: Preview, gsd=None) -> dict:
+    def _vectorize(self, mask_path: Path, stem: Path, ignore: int) -> dict:
+        from segclip.inference.vector import FORMATS, vectorize
+
+        names = ([self.file_ids[i][0] for i in range(max(self.file_ids) + 1)] if self.encode else self.classes)
+        return vectorize(mask_path, Path(f"{stem}_polygons{FORMATS[self.vector][1]}"), names, fmt=self.vector,
+                         ignore=ignore, min_area=self.min_area, simplify=self.simplify)
+
+    def _finish(self, source, stem: Path, mask_path: Path, counts: Counts, preview: Preview, gsd=None,
+                vector=None) -> dict:
         from segclip.atomic import atomic_write_json
         from segclip.signature import palette_table
         from segclip.viz import add_legend, legend_entries, save_png
@@ -328,7 +344,8 @@ class Predictor:
         entries = legend_entries(self.classes, self.palette, shares=self.shares(counts), ignore_color=nodata_rgb)
         pm = preview.map
         colour = table[np.clip(pm, 0, 255)]
-        outputs = {"mask": str(mask_path), "preview": f"{stem}_preview.png", "counts": f"{stem}_counts.json"}
+        outputs = {"mask": str(mask_path), "preview": f"{stem}_preview.png", "counts": f"{stem}_counts.json",
+                   **({"vector": vector["file"]} if vector else {})}
         pictures = [(outputs["preview"], colour)]
         if self.overlay:
             img = source.read(0, 0, source.height, source.width, out_shape=pm.shape).astype(np.float32)
@@ -351,6 +368,7 @@ class Predictor:
             "scaling": source.describe_scaling(),  # how the pixels became 8-bit (16-bit: the range or the stretch)
             # ground sampling distance (m): the input's, the model's, input/model, and the grid written
             "gsd": gsd,
+            **({"vector": vector} if vector else {}),  # --vector: the polygon layer, its count and m2 per class
             "area_unit": "m2" if areas else None,
             "classes": {name: {"id": i, "pixels": int(counts.pixels[i]),
                                "share": round(float(counts.pixels[i] / max(valid, 1)), 6),
@@ -450,7 +468,8 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
                   overlap: float = OVERLAP, batch: Optional[int] = None, bands=None, value_range=None, overlay: bool = False,
                   in_flight: int = 2, runner_opts: Optional[dict] = None, timeout: Optional[float] = None,
                   force: bool = False, progress: bool = True, scene=None, log: Callable = print,
-                  label_ids: str = "model", gsd="auto", out_grid: str = "input") -> tuple:
+                  label_ids: str = "model", gsd="auto", out_grid: str = "input", vector: Optional[str] = None,
+                  min_area: float = 0.0, simplify: float = 0.0) -> tuple:
     """``segclip predict`` in Python: -> (per-file summaries, [one-line errors]).  Raises
     ``SegclipError`` only when no input can be predicted at all (bad ``--out``, no usable model).
     ``scene``: a scene name or id of a model trained with metadata prompts, for every input.
@@ -468,6 +487,9 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
     if batch is not None and batch < 1:
         raise SegclipError(f"--batch {batch}: must be >= 1; give e.g. --batch 8")
     gsd = parse_gsd_mode(gsd)
+    from segclip.inference.vector import check_vector_args
+
+    check_vector_args(vector, min_area, simplify)
     if out_grid not in ("input", "model"):
         raise SegclipError(f"--out-grid {out_grid}: choose input (the class map at each input's own grid) or model")
     out = Path(out)
@@ -509,7 +531,8 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
     try:
         results, file_errors = _predict_into(pool, paths, out, stems, size=size, overlap=overlap, batch=batch, bands=bands,
                                              value_range=value_range, overlay=overlay, progress=progress, log=log,
-                                             scene=scene, label_ids=label_ids, gsd=gsd, out_grid=out_grid)
+                                             scene=scene, label_ids=label_ids, gsd=gsd, out_grid=out_grid,
+                                             vector=vector, min_area=min_area, simplify=simplify)
     finally:  # every input failed, or the run was refused (--size, --scene): no empty folder either
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -517,7 +540,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
 
 
 def _predict_into(pool, paths, out, stems, *, size, overlap, batch, bands, value_range, overlay, progress, log, scene,
-                  label_ids, gsd="auto", out_grid="input") -> tuple:
+                  label_ids, gsd="auto", out_grid="input", vector=None, min_area=0.0, simplify=0.0) -> tuple:
     """The part of ``predict_paths`` that runs the models, once ``out`` exists."""
     with pool:
         sig = pool.signature
@@ -551,5 +574,5 @@ def _predict_into(pool, paths, out, stems, *, size, overlap, batch, bands, value
         predictor = Predictor(pool, window, overlap=overlap, batch=batch, bands=bands, value_range=value_range,
                               overlay=overlay, progress=progress, log=log, scene=scene_id, label_ids=ids,
                               runner_info=runner_info(first, batch) if len(pool.endpoints) == 1 else None,
-                              gsd=gsd, out_grid=out_grid)
+                              gsd=gsd, out_grid=out_grid, vector=vector, min_area=min_area, simplify=simplify)
         return predictor.run(paths, out, stems)
