@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -120,10 +119,12 @@ class Setup:
         made, why = {}, {}
         for key, name in (names.items() if isinstance(names, dict) else ((n, n) for n in names)):
             r, reason = make_runner(BACKENDS[name], settings, self.sources, (size, size), export, urls or {})
-            if r is None and need:
+            if r is not None:
+                made[key] = r
+            elif need:
                 raise SegclipError(f"{key} at {size}x{size}: {reason}")
-            made.update({key: r} if r is not None else {})
-            why.update({} if r is not None else {key: reason})
+            else:
+                why[key] = reason
         return made, why
 
 
@@ -368,7 +369,3 @@ def finished() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def elapsed(t0: float) -> float:
-    return round(time.perf_counter() - t0, 1)
