@@ -164,7 +164,7 @@ def train(data, preset, out, resume, max_steps, batch, lr, warmup_steps, size, b
 
     from segclip.engine.trainer import claim_run_dir
 
-    claim_run_dir(out)  # before the datasets are read: a user's folder is refused at once
+    claim_run_dir(out, resume)  # before the datasets are read: refused at once
     gsd = None if gsd is None else parse_gsd(gsd)
     clean_partials(out, Path(out) / "checkpoints")
     trainer, res = run_training(data.dataset, data.root, preset, out, resume=resume, max_steps=max_steps, batch_size=batch,

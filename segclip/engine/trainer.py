@@ -116,10 +116,16 @@ def _drop_rows_after(path: Path, step: int) -> bool:
     return True
 
 
-def claim_run_dir(out) -> bool:
-    """Whether ``out`` already holds a training run; a non-empty folder that is not one (the user's
-    own files) is refused, with or without --resume: train writes config.json and metrics.csv there."""
-    return holds_own(out, is_run_dir, "a segclip training run", "no checkpoint, no segclip config.json")
+def claim_run_dir(out, resume: bool = False) -> None:
+    """May a training run write into ``out``?  A non-empty folder that is not a run (the user's own
+    files) is refused with or without --resume (train writes config.json and metrics.csv there);
+    a run with checkpoints only with ``resume``, and ``resume`` needs one.  The train command
+    calls it before reading any data, the Trainer again (the Python API)."""
+    if holds_own(out, is_run_dir, "a segclip training run", "no checkpoint, no segclip config.json") \
+            and has_checkpoints(out) and not resume:
+        raise SegclipError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
+    if resume and not has_checkpoints(out):
+        raise SegclipError(f"--resume: no checkpoint in {out}; start without --resume")
 
 
 # a resumed run takes these from the call (max_steps extends it; the others change no step), every
@@ -186,10 +192,8 @@ class Trainer:
         self.palette = tuple(dataset.palette)
 
         ckpt = None
-        is_run = claim_run_dir(self.out)
+        claim_run_dir(self.out, resume)
         if resume:
-            if not has_checkpoints(self.out):
-                raise SegclipError(f"--resume: no checkpoint in {self.out}; start without --resume")
             ckpt = load_checkpoint(resolve_checkpoint(self.out, latest=True))
             check_classes(ckpt, classes, f"dataset {dataset_name}")
             mcfg = model_config_from_dict(dict(ckpt["model_config"]))
@@ -206,8 +210,6 @@ class Trainer:
                                    f"{show(tcfg.value_range)}; give the run's own --range again")
             saved_t.max_steps = tcfg.max_steps  # a resumed run may be extended
             tcfg = saved_t
-        elif is_run and has_checkpoints(self.out):
-            raise SegclipError(f"{self.out} already holds a training run; pass --resume to continue it or choose a new --out")
         self.mcfg, self.tcfg = mcfg, tcfg
 
         torch.manual_seed(tcfg.seed)  # identical init (and random-init CLIP) on every rank
