@@ -111,7 +111,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         ("--backbone-weights", "backbone_weights", backbone_weights), ("--clip-checkpoint", "clip_pretrained", clip_checkpoint),
         ("--prompt/--prompt-template", "prompts", True if (prompts or prompt_template) else None),
         ("--no-gtg", "gtg", False if not gtg else None), ("--metadata", "metadata", mode if metadata is not None and mode != "auto" else None),
-        ("--metadata-template", "metadata_templates", metadata_templates or None)) if v is not None}
+        ("--metadata-template", "metadata_templates", metadata_templates or None), ("--gsd", "gsd", gsd)) if v is not None}
     trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device, resume=resume,
                       prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after, given=given)
     return trainer, trainer.fit()
