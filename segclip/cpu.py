@@ -4,7 +4,7 @@ x86 CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, which adds pairs of
 *16-bit* lane and saturates (255 * 127 * 2 > 32767); ONNX Runtime uses it for every u8s8/s8s8 Conv
 and MatMul on AVX2 and on AVX-512 without VNNI.  VNNI (VPDPBUSD, AVX512_VNNI or AVX_VNNI), AMX and
 Arm's dot-product instructions accumulate in 32 bits and do not saturate.  Weights quantized to 7
-bits (``reduce_range``) keep every pair below 2**15 (255 * 63 * 2 = 32130).  Sources: ONNX Runtime's
+bits (``reduce_range``, |w| <= 64) keep every pair below 2**15 (255 * 64 * 2 = 32640).  Sources: ONNX Runtime's
 quantization guide (microsoft/onnxruntime docs/performance/model-optimizations/quantization.md,
 "When and why do I need to try U8U8?", "When to use reduce-range") and OpenVINO's "Saturation
 (overflow) issue" page.
@@ -20,6 +20,9 @@ from functools import lru_cache
 # what ``int8_isa`` reports, best first; the saturating ones are x86 without 32-bit 8-bit dot products
 ISAS = ("amx", "avx512_vnni", "avx_vnni", "avx512", "avx2", "arm_dotprod", "arm", "other")
 SATURATING = ("avx512", "avx2")
+# how the export's gate ran an INT8 graph (manifest ``int8.gate_kernels``): ONNX Runtime's int8 kernels of
+# this CPU, or float arithmetic on the dequantized values (no Q/DQ fusion; what TensorRT computes)
+GATE_CPU_KERNELS, GATE_DEQUANTIZED = "onnxruntime-int8-kernels", "dequantized-float"
 # x86 SIMD flags worth recording with a measurement (kernel choice, speed)
 X86_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "amx_tile", "amx_int8", "amx_bf16")
@@ -89,6 +92,24 @@ def isa_info() -> dict:
     flags = cpu_flags()
     return {"isa": isa, "int8_saturates": saturates(isa), "machine": platform.machine(),
             "flags": [x for x in X86_FLAGS if x in flags] or sorted(x for x in flags if x in ("asimd", "asimddp"))}
+
+
+def int8_warning(file: str, record: dict, isa: str | None = None, regate: str = "") -> str | None:
+    """One line when an INT8 graph (manifest ``int8`` ``record``) runs on this CPU's saturating 16-bit
+    arithmetic without the gate having measured that arithmetic; None when the gate's result holds here.
+
+    It holds where products cannot saturate (VNNI, AMX, Arm), for 7-bit weights anywhere, and for an
+    artifact gated through ONNX Runtime's int8 kernels on a CPU that saturates the same way."""
+    isa = isa or int8_isa()
+    if not saturates(isa) or int(record.get("weight_bits", 8)) <= 7:
+        return None
+    gated = (record.get("isa") or {}).get("isa")
+    if gated is not None and saturates(gated) and record.get("gate_kernels") == GATE_CPU_KERNELS:
+        return None
+    return (f"warning: {file} has 8-bit weights and was gated on {gated or 'a CPU it did not record'}; this CPU "
+            f"({isa}, no VNNI) adds u8 x s8 products in 16-bit lanes that saturate, so its classes may differ from "
+            f"the gate's: re-gate it here{' with ' + regate if regate else ''} (export --int8 on this CPU quantizes "
+            f"the CPU flavour to 7-bit weights)")
 
 
 def describe() -> str:

@@ -126,8 +126,6 @@ def build_parity_model(seed: int = 6, images=None):
     3. the class head is fitted (ridge least squares on the last decoder stage) so that query k votes
        for class k and the other queries for "no object".
     """
-    import torch.nn.functional as F
-
     spread = 3.0  # std of the mask logits across an image
 
     model = make_small_model(seed=seed).eval()
@@ -158,12 +156,84 @@ def build_parity_model(seed: int = 6, images=None):
             scale = spread / logits.std(-1).mean()
             pix.mask_features.weight.mul_(scale)
             pix.mask_features.bias.mul_(scale)
-            nq = q.shape[1]
-            target = F.one_hot(torch.tensor([i if i < k else k for i in range(nq)]), k + 1).float() * 8.0
-            a = torch.cat([q.reshape(-1, q.shape[-1]), torch.ones(q.shape[0] * nq, 1)], 1)
-            sol = torch.linalg.solve(a.T @ a + torch.eye(a.shape[1]), a.T @ target.repeat(q.shape[0], 1))
-            dec.class_embed.weight.copy_(sol[:-1].T)
-            dec.class_embed.bias.copy_(sol[-1])
+            _fit_class_head(dec, q, k)
+    return model
+
+
+def _fit_class_head(dec, q, k: int) -> None:
+    """The class head, fitted (ridge least squares on the last decoder stage's queries ``q``) so that
+    query i < k votes for class i and the other queries for "no object"."""
+    import torch.nn.functional as F
+
+    nq = q.shape[1]
+    target = F.one_hot(torch.tensor([i if i < k else k for i in range(nq)]), k + 1).float() * 8.0
+    a = torch.cat([q.reshape(-1, q.shape[-1]), torch.ones(q.shape[0] * nq, 1)], 1)
+    sol = torch.linalg.solve(a.T @ a + torch.eye(a.shape[1]), a.T @ target.repeat(q.shape[0], 1))
+    dec.class_embed.weight.copy_(sol[:-1].T)
+    dec.class_embed.bias.copy_(sol[-1])
+
+
+def build_margin_model(seed: int = 6, n_fit: int = 16, spread: float = 4.0, cross_attention: float = 0.1):
+    """A small-preset model built deterministically whose class maps follow the *labels* of the rendered
+    scenes with real decision margins: the INT8 fixture.  The parity fixture (``build_parity_model``) is
+    fragile by design -- quantizing its stem conv alone flips 8% of its pixels, 8-bit PTQ 20-25% -- so an
+    INT8 threshold on it has to sit near the noise.  Here:
+
+    1. random init, with the image->query cross-attention (CFF and decoder) scaled by ``cross_attention``:
+       every part still takes part, but each query's mask embedding varies little from image to image;
+    2. the 1x1 mask-feature projection is a ridge linear probe from the pixel decoder's features to the
+       labels (+-``spread`` logits for class k in query k's mask): it reads the feature directions that
+       carry the scene's structure, which 8-bit noise moves little;
+    3. the class head is fitted as in the parity fixture (query k votes for class k).
+
+    Measured on its 8 parity images: 71% pixel accuracy against the labels, 5-7 classes per image; INT8
+    agreement with FP32 96-97% for every flavour, the same on a VNNI CPU and (qemu -cpu Haswell) AVX2."""
+    import torch.nn.functional as F
+
+    model = make_small_model(seed=seed).eval()
+    k, dec, pix = len(model.classes), model.decoder, model.pixel_decoder
+    imgs, labs = rendered_scenes(n_fit, 2 * PARITY_SIZE, 11)  # the parity images' scenes, cropped alike
+    x = torch.from_numpy(np.ascontiguousarray(imgs[:, 20:20 + PARITY_SIZE, 30:30 + PARITY_SIZE]))
+    y = torch.from_numpy(np.ascontiguousarray(labs[:, 20:20 + PARITY_SIZE, 30:30 + PARITY_SIZE]))
+    with torch.no_grad():
+        for att in [model.cff.cross_attn] + [layer.cross_attn for layer in dec.layers]:
+            att.out_proj.weight.mul_(cross_attention)
+            att.out_proj.bias.mul_(cross_attention)
+    for _ in range(2):  # twice: the new masks change the decoder's masked attention, hence its queries
+        feats, emb, qs = [], [], []
+        hooks = [pix.mask_features.register_forward_hook(lambda m, i, o: feats.append(i[0])),
+                 dec.mask_embed.register_forward_hook(lambda m, i, o: emb.append(o)),
+                 dec.decoder_norm.register_forward_hook(lambda m, i, o: qs.append(o))]
+        with torch.no_grad():
+            model(x)
+            for h in hooks:
+                h.remove()
+            p, e, q = feats[-1], emb[-1][:, :k], qs[-1]
+            common = e.mean((0, 1))  # the part every query shares (see build_parity_model)
+            dec.mask_embed.layers[-1].bias.sub_(common)
+            e = (e - common).double()
+            # per-pixel targets at the features' stride: +spread inside class k, -spread outside
+            valid = y != 255
+            onehot = F.one_hot(torch.where(valid, y, 0), k).permute(0, 3, 1, 2).double() * valid[:, None]
+            cover = F.adaptive_avg_pool2d(valid[:, None].double(), p.shape[2:])
+            target = spread * (2 * F.adaptive_avg_pool2d(onehot, p.shape[2:]) / cover.clamp_min(1e-6) - 1)
+            feat = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]).double()
+            tgt = target.permute(0, 2, 3, 1).reshape(-1, k)
+            keep = cover.reshape(-1) > 0.5
+            feat, tgt = feat[keep], tgt[keep]
+            mu = feat.mean(0)
+            cov = (feat - mu).T @ (feat - mu)
+            probe = torch.linalg.solve(cov + 1e-2 * cov.trace() / len(cov) * torch.eye(len(cov), dtype=cov.dtype),
+                                       (feat - mu).T @ tgt).T  # k x C_in
+            offset = tgt.mean(0) - probe @ mu
+            # A with e_b @ A ~ identity for every image b (ridge): mask logits e_b (W p + b) ~ probe p + offset
+            gram = torch.einsum("bkc,bkd->cd", e, e)
+            lift = torch.linalg.solve(gram + 1e-3 * gram.trace() / len(gram) * torch.eye(len(gram), dtype=gram.dtype),
+                                      e.sum(0).T)
+            w = pix.mask_features.weight
+            w.copy_((lift @ probe).float().reshape(w.shape))
+            pix.mask_features.bias.copy_((lift @ offset).float())
+            _fit_class_head(dec, q, k)
     return model
 
 

@@ -1,9 +1,14 @@
 """INT8 export: calibrated Q/DQ graphs, their placement, the held-out parity gate, bad input.
 
-One export of the parity fixture (``trained_checkpoint``: >= 3 classes with real boundaries on every
-parity image) serves the graph and gate tests; spies record every image the calibration reader hands to
-ONNX Runtime and every image a parity runner sees, so "calibration images never reach the gate" is
-checked on the pixels themselves, not on the exporter's own bookkeeping.
+One export of the INT8 fixture (``int8_checkpoint``, ``conftest.build_margin_model``: >= 3 classes with
+real boundaries on every parity image, and real decision margins) serves the graph and gate tests; spies
+record every image the calibration reader hands to ONNX Runtime and every image a parity runner sees, so
+"calibration images never reach the gate" is checked on the pixels themselves, not on the exporter's own
+bookkeeping.
+
+The thresholds hold on every CPU: where u8 x s8 products saturate (x86 without VNNI, ``segclip.cpu``)
+the CPU flavour is exported with 7-bit weights and the TensorRT flavour is gated without ONNX Runtime's
+int8 kernels; both give the same class maps there as on a VNNI CPU (measured under qemu -cpu Haswell).
 """
 from __future__ import annotations
 
@@ -15,16 +20,18 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from conftest import LOVEDA_CLASSES, PARITY_MAX, PARITY_SIZE, parity_problems, rendered_scenes
+from conftest import (LOVEDA_CLASSES, LOVEDA_PALETTE, PARITY_MAX, PARITY_SIZE, build_margin_model, parity_images, parity_problems,
+                      rendered_scenes)
 from export_fixtures import assert_one_error
 
 SIZE = PARITY_SIZE
 
 N_CALIB, N_GATE = 4, 4  # together the PARITY_MAX images the fixture is checked on
-# The parity fixture is built, not trained: its class decisions have small margins by design (so a broken
-# kernel shows), and 8-bit PTQ of its random-init backbone moves 10-20% of its pixels (measured 77-90%).
-# The gate machinery is tested at this threshold; the default 98% gate must fail on it (exit 1, marked failed).
-FIXTURE_THRESHOLD = "0.7:100"
+# The INT8 fixture agrees 96-97% with FP32 after 8-bit PTQ, |dmIoU| < 1 point (measured on a VNNI CPU and
+# under AVX2 emulation); the parity fixture, fragile by design, only 77-80%.  The gate is tested at this
+# threshold; the default 98% gate must fail on it (exit 1, marked failed).
+FIXTURE_AGREEMENT = 0.93
+FIXTURE_THRESHOLD = f"{FIXTURE_AGREEMENT}:3"
 assert N_CALIB + N_GATE <= PARITY_MAX
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum", "ArgMax")
@@ -56,7 +63,26 @@ def int8_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def int8_export(trained_checkpoint, int8_data, tmp_path_factory):
+def int8_checkpoint(tmp_path_factory):
+    """Path of the INT8 fixture checkpoint (``conftest.build_margin_model``), checked like the parity fixture."""
+    import torch
+
+    from segclip.checkpoint import atomic_save, checkpoint_dict
+    from segclip.modeling import semantic_scores
+
+    model = build_margin_model()
+    x = parity_images(PARITY_MAX)
+    with torch.no_grad():
+        pred = semantic_scores(*model(torch.from_numpy(x))[-1], x.shape[1:3]).argmax(1).numpy()
+    problems = parity_problems(pred)
+    assert not problems, "INT8 fixture is degenerate: " + "; ".join(problems)
+    path = tmp_path_factory.mktemp("int8_ckpt") / "small_margin.pt"
+    atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample", train_config={"crop_size": PARITY_SIZE}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_export(int8_checkpoint, int8_data, tmp_path_factory):
     """(dir, manifest, calibration images seen, gate images seen) of one --int8 export at 64x64."""
     from segclip.export import export
     from segclip.export import int8 as q8
@@ -79,7 +105,7 @@ def int8_export(trained_checkpoint, int8_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(q8.CalibrationReader, "get_next", spy_next)
         mp.setattr(parity, "run_all", spy_run_all)
-        manifest = export(trained_checkpoint, out, int8=True, data=int8_data, calib_images=N_CALIB, parity_images=N_GATE,
+        manifest = export(int8_checkpoint, out, int8=True, data=int8_data, calib_images=N_CALIB, parity_images=N_GATE,
                           batch=(1, 1, 4), int8_threshold=FIXTURE_THRESHOLD, int8_fallback=0, log=lambda *a: None)
     return out, manifest, calib_seen, gate_seen
 
@@ -94,16 +120,24 @@ def _init(g):
 
 def _dq_inputs(node, prod, inits):
     """For each of the first two inputs of ``node``: (quantized value, scale, zero point) of the
-    DequantizeLinear feeding it (value None for an activation), or None when no DQ feeds it."""
+    DequantizeLinear feeding it, directly or through a Cast (value None for an activation), or None when no DQ feeds it."""
     out = []
     for x in node.input[:2]:
         dq = prod.get(x)
+        while dq is not None and dq.op_type == "Cast":  # the INT8+FP16 graph: FP32 DequantizeLinear -> Cast to FP16
+            dq = prod.get(dq.input[0])
         if dq is None or dq.op_type != "DequantizeLinear":
             out.append(None)
             continue
         zp = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
         out.append((inits.get(dq.input[0]), inits[dq.input[1]], zp))
     return out
+
+
+def _weight_range(model) -> int:
+    """The largest |quantized weight| of a Q/DQ graph: 127 with 8-bit weights, 64 with ``reduce_range``'s 7."""
+    inits = _init(model.graph)
+    return max(int(np.abs(v.astype(np.int32)).max()) for v in inits.values() if v.dtype == np.int8 and v.ndim >= 2)
 
 
 # ---- the graphs -------------------------------------------------------------------------------------
@@ -166,10 +200,15 @@ def test_qdq_symmetric_per_channel_weights_and_float_islands(int8_export):
     for key in ("onnx_int8", "onnx_int8_cpu"):
         size = (out / manifest["artifacts"][key]["file"]).stat().st_size
         assert size < 0.4 * fp32_size, (key, size, fp32_size)
+        # the weight bits the manifest records (7 for the CPU flavour where u8 x s8 products saturate) are the graph's
+        bits = manifest["artifacts"][key]["int8"]["weight_bits"]
+        assert _weight_range(onnx.load(str(out / manifest["artifacts"][key]["file"]))) == {8: 127, 7: 64}[bits], key
 
 
 # ---- the gate ---------------------------------------------------------------------------------------
-def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, trained_checkpoint):
+def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, int8_checkpoint, capsys):
+    import segclip.cpu as cpu
+    from segclip.export import int8 as q8
     from segclip.runtime import load_runner
 
     out, manifest, _, gate_seen = int8_export
@@ -177,19 +216,85 @@ def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, trained_check
     assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model_int8.onnx", "model_int8_cpu.onnx"]
     # independent check: torch on the gate's own images vs each INT8 artifact on ONNX Runtime
     images = np.stack(gate_seen[:N_GATE])
-    with load_runner(trained_checkpoint, scores=False) as ref:
+    with load_runner(int8_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
     assert not parity_problems(want)  # several classes with real boundaries per image, not a one-class model
+    isa = cpu.int8_isa()
     for fmt in ("onnx_int8", "onnx_int8_cpu"):
         a = manifest["artifacts"][fmt]
         assert a["status"] == "ok" and a["precision"] == "int8"
-        assert a["parity"]["threshold"] == 0.7 and a["parity"]["miou_tolerance"] == 100
+        assert a["parity"]["threshold"] == FIXTURE_AGREEMENT and a["parity"]["miou_tolerance"] == 3
         assert a["parity"]["per_class_iou_delta"]  # reported per class
-        with load_runner(out, format=fmt, providers="cpu") as r:
+        # the CPU it was calibrated and gated on, and what that decided
+        rec = a["int8"]
+        assert rec["isa"]["isa"] == isa and rec["isa"]["int8_saturates"] == cpu.saturates(isa)
+        assert rec["weight_bits"] == (7 if fmt == "onnx_int8_cpu" and cpu.saturates(isa) else 8)
+        assert rec["gate_kernels"] == (cpu.GATE_CPU_KERNELS if fmt == "onnx_int8_cpu" else cpu.GATE_DEQUANTIZED)
+        # the gate's arithmetic: the CPU flavour as deployed (this CPU's int8 kernels), TensorRT's graph as float
+        # on the dequantized values -- the same class maps on a VNNI and an AVX2-only CPU
+        level = q8.gate_optimization(rec)
+        assert level == (None if fmt == "onnx_int8_cpu" else "basic")
+        with load_runner(out, format=fmt, providers="cpu", **({"optimization": level} if level else {})) as r:
             got = r.infer(images)["mask"]
         agree = float((got == want).mean())
-        assert agree >= 0.7, (fmt, agree)
+        assert agree >= FIXTURE_AGREEMENT, (fmt, agree)
         assert abs(agree - a["parity"]["pixel_agreement"]) < 1e-6
+    # run as deployed on this CPU's kernels: the 8-bit TensorRT graph saturates where VNNI is missing, and the
+    # loader says so in one line; the CPU flavour was gated on what it runs here and is never warned about
+    capsys.readouterr()
+    load_runner(out, format="onnx_int8_cpu", providers="cpu")
+    assert "warning" not in capsys.readouterr().err
+    load_runner(out, format="onnx_int8", providers="cpu")
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(err) == (1 if cpu.saturates(isa) else 0), err
+
+
+def test_vnni_gated_8bit_graph_warns_on_a_cpu_that_saturates(int8_export, int8_data, tmp_path, monkeypatch, capsys):
+    """A CPU-flavour graph with 8-bit weights gated on a VNNI CPU, loaded where u8 x s8 products saturate
+    (the recorded ISA and this CPU's are faked, not ONNX Runtime): one warning line naming the file, both
+    ISAs and the command that re-gates it here; none where the gate's result holds."""
+    import json
+    import shutil
+
+    import segclip.cpu as cpu
+    from segclip.runtime import load_runner
+
+    out = tmp_path / "copied"
+    shutil.copytree(int8_export[0], out)
+    m = json.loads((out / "manifest.json").read_text())
+    rec = m["artifacts"]["onnx_int8_cpu"]["int8"]
+    rec.update(weight_bits=8, isa={**rec["isa"], "isa": "avx512_vnni", "int8_saturates": False})
+    (out / "manifest.json").write_text(json.dumps(m))
+
+    def warnings_on(host, **opts):
+        monkeypatch.setattr(cpu, "int8_isa", lambda flags=None, machine=None: host)
+        capsys.readouterr()
+        load_runner(out, format="onnx_int8_cpu", **opts)
+        return [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+
+    for opts in ({"providers": "cpu"}, {"runtime": "openvino"}):
+        lines = warnings_on("avx2", **opts)
+        assert len(lines) == 1 and lines[0].startswith("warning: model_int8_cpu.onnx"), lines
+        for needle in ("8-bit weights", "gated on avx512_vnni", "(avx2, no VNNI)", "saturate",
+                       f"segclip export {m['source']['checkpoint']} --int8 --data {int8_data}"):
+            assert needle in lines[0], (needle, lines[0])
+    assert warnings_on("avx512", providers="cpu")  # AVX-512 without VNNI saturates too
+    for host in ("avx512_vnni", "avx_vnni", "amx", "arm_dotprod"):
+        assert not warnings_on(host, providers="cpu"), host
+    rec["weight_bits"] = 7  # 7-bit weights cannot saturate anywhere
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert not warnings_on("avx2", providers="cpu")
+
+
+@pytest.mark.parametrize("delta, status", [(-0.02, "failed"), (0.02, "failed"), (-0.005, "ok"), (0.01, "ok"), (None, "ok")])
+def test_gate_int8_miou_tolerance(delta, status):
+    """|dmIoU| beyond the tolerance (1 point) fails the row; within it (or no labels: None) it passes."""
+    from segclip.export import int8 as q8
+
+    row = q8.gate_int8({"name": "onnx_int8_cpu", "status": "ok", "miou_delta": delta}, 1.0)
+    assert row["status"] == status and row["miou_tolerance"] == 1.0
+    if status == "failed":
+        assert row["note"] == "onnx_int8_cpu |dmIoU| 2.00 points > 1"
 
 
 def test_calibration_images_never_reach_the_gate(int8_export):
@@ -203,17 +308,17 @@ def test_calibration_images_never_reach_the_gate(int8_export):
 
 
 # ---- bad input --------------------------------------------------------------------------------------
-def test_int8_bad_input_exits_2_and_writes_nothing(trained_checkpoint, int8_data, tmp_path):
+def test_int8_bad_input_exits_2_and_writes_nothing(int8_checkpoint, int8_data, tmp_path):
     from segclip.checkpoint import atomic_save, checkpoint_dict
 
     from conftest import make_small_model
 
     out = tmp_path / "e"
-    r = _cli("export", trained_checkpoint, "--int8", "--data", f"loveda:{tmp_path / 'nope'}:val", "--out", out)
+    r = _cli("export", int8_checkpoint, "--int8", "--data", f"loveda:{tmp_path / 'nope'}:val", "--out", out)
     assert_one_error(r, 2, "nope")
-    r = _cli("export", trained_checkpoint, "--int8", "--data", int8_data, "--calib-images", 2, "--out", out)
+    r = _cli("export", int8_checkpoint, "--int8", "--data", int8_data, "--calib-images", 2, "--out", out)
     assert_one_error(r, 2, "too few calibration images")
-    r = _cli("export", trained_checkpoint, "--int8", "--data", int8_data, "--calib-images", 6, "--out", out)
+    r = _cli("export", int8_checkpoint, "--int8", "--data", int8_data, "--calib-images", 6, "--out", out)
     assert_one_error(r, 2, "too few images", "--calib-images")
     other = tmp_path / "three.pt"
     atomic_save(checkpoint_dict(make_small_model(classes=("land", "water", "road")), ((0, 0, 0), (0, 0, 255), (255, 255, 0)),
@@ -222,33 +327,47 @@ def test_int8_bad_input_exits_2_and_writes_nothing(trained_checkpoint, int8_data
     assert_one_error(r, 2, "trained on classes")
     r = _cli("export", other, "--int8", "--out", out)  # no --data: the sample set's classes are not the model's
     assert_one_error(r, 2, "sample set has LoveDA's classes", "--data DATASET:ROOT:SPLIT")
-    r = _cli("export", trained_checkpoint, "--int8", "--int8-threshold", "1.5", "--out", out)
+    r = _cli("export", int8_checkpoint, "--int8", "--int8-threshold", "1.5", "--out", out)
     assert_one_error(r, 2, "--int8-threshold")
     assert not out.exists() and not any(p.name.startswith(".e") for p in tmp_path.iterdir())
 
 
-def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, trained_checkpoint):
+def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, int8_checkpoint, capsys):
+    import segclip.cpu as cpu
     from segclip.runtime import load_runner
 
     out, _, _, gate_seen = int8_export
     images = np.stack(gate_seen[:N_GATE])
-    with load_runner(trained_checkpoint, scores=False) as ref:
+    with load_runner(int8_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
-    for fmt, need in (("onnx", 0.999), ("onnx_int8", 0.7)):
+    isa = cpu.int8_isa()
+    for fmt, need in (("onnx", 0.999), ("onnx_int8", FIXTURE_AGREEMENT)):
+        capsys.readouterr()
         with load_runner(out, format=fmt, runtime="openvino", threads=2) as r:
             assert r.backend == "openvino"
             got = np.concatenate([r.infer(images[i:i + 1])["mask"] for i in range(len(images))])  # batch 1 and
             got2 = r.infer(images)["mask"]  # a second compiled shape
         assert np.array_equal(got, got2)
+        if fmt == "onnx_int8" and cpu.saturates(isa):
+            # OpenVINO's CPU int8 kernels add 8-bit products in saturating 16-bit lanes here too (measured under
+            # AVX2 emulation: 45% agreement with 8-bit weights, 97% on VNNI): the loader must have said so
+            assert "warning: model_int8.onnx" in capsys.readouterr().err
+            pytest.skip(f"OpenVINO INT8 agreement needs a CPU whose 8-bit products do not saturate (VNNI, AMX, Arm); "
+                        f"this one is {isa}: checked that the loader warns instead")
         assert float((got == want).mean()) >= need, fmt
 
 
-def test_default_int8_gate_fails_exit_1_and_marks_failed(trained_checkpoint, int8_data, tmp_path):
+def test_default_int8_gate_fails_exit_1_and_marks_failed(int8_checkpoint, int8_data, tmp_path, monkeypatch):
+    """The default gate (98%) fails on the fixture (96-97%).  This export runs as on an AVX2-only CPU
+    (``segclip.cpu.int8_isa`` faked): its CPU flavour gets 7-bit weights and the manifest says so."""
     import json
 
+    import segclip.cpu as cpu
+
+    monkeypatch.setattr(cpu, "int8_isa", lambda flags=None, machine=None: "avx2")
     out = tmp_path / "e"
     # --fp16 --trt: the INT8+FP16 graph (and the engine, on a GPU) must derive from the graph the fallback kept
-    r = _cli("export", trained_checkpoint, "--int8", "--fp16", "--trt", "--data", int8_data, "--calib-images", N_CALIB,
+    r = _cli("export", int8_checkpoint, "--int8", "--fp16", "--trt", "--data", int8_data, "--calib-images", N_CALIB,
              "--parity-images", N_GATE, "--int8-fallback", 1, "--out", out)
     assert_one_error(r, 1, "parity gate failed", "onnx_int8")
     m = json.loads((out / "manifest.json").read_text())
@@ -261,8 +380,15 @@ def test_default_int8_gate_fails_exit_1_and_marks_failed(trained_checkpoint, int
     for fname in ("model_int8.onnx", "model_int8_fp16.onnx"):
         g = onnx.load(str(out / fname)).graph
         node = next(n for n in g.node if n.name == kept)
-        assert _dq_inputs(node, _producers(g), _init(g))[1] is None, (fname, kept)  # its weight is not quantized
+        # neither its weight nor its inputs are quantized, also where a quantized node shares an input with it
+        assert _dq_inputs(node, _producers(g), _init(g)) == [None, None], (fname, kept)
         quantized = [n.name for n in g.node if n.op_type in QUANT_OPS and _dq_inputs(n, _producers(g), _init(g))[1]]
         assert quantized, fname  # ... while the other layers are
     assert m["artifacts"]["onnx_int8_fp16"]["status"] in ("ok", "failed")  # gated like every artifact
     assert m["artifacts"]["onnx"]["status"] == "ok" and (out / "model_int8.onnx").is_file()
+    # where u8 x s8 products saturate: 7-bit weights (|q| <= 64) for the CPU flavour, 8-bit for TensorRT's graphs
+    for key, bits in (("onnx_int8_cpu", 7), ("onnx_int8", 8), ("onnx_int8_fp16", 8)):
+        rec = m["artifacts"][key]["int8"]
+        assert rec["isa"]["isa"] == "avx2" and rec["isa"]["int8_saturates"] and rec["weight_bits"] == bits, key
+    for fname, bits in (("model_int8_cpu.onnx", 7), ("model_int8.onnx", 8)):
+        assert _weight_range(onnx.load(str(out / fname))) == {8: 127, 7: 64}[bits], fname

@@ -289,14 +289,16 @@ class Exporter:
         t0 = time.perf_counter()
         spec = q8.FLAVOURS[key]
         (stage / ".parity").mkdir(exist_ok=True)
+        record = q8.int8_record(key)  # this CPU's ISA decides the weight bits (7 where u8 x s8 saturates)
         twin = q8.quantize(self.twin32, key, self.int8_data.calib, self.calib_method, exclude=exclude,
                            cache=stage / ".parity" / f"calibration_{self.calib_method}.json",
-                           scene_ids=self.scene_cycle(len(self.int8_data.calib)))
+                           scene_ids=self.scene_cycle(len(self.int8_data.calib)), reduce_range=record["weight_bits"] < 8)
         pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
         summary = q8.qdq_summary(pub)
         info = {"ops": ox.check_graph(pub, spec["file"]), "int8": {
             "quantizer": "onnxruntime.quantization.quantize_static (QDQ, per-channel weights)",
-            "target": spec["target"], "activations": spec["activations"], "weights": "int8 symmetric per-channel",
+            "target": spec["target"], "activations": spec["activations"],
+            "weights": f"int8 symmetric per-channel, {record['weight_bits']}-bit range", **record,
             "calibration": {"method": self.calib_method, **self.int8_data.describe()},
             "quantized_op_types": list(q8.QUANT_OPS), "float_op_types": list(q8.FLOAT_OPS),
             "quantized_nodes": summary["quantized_nodes"], "float_nodes": summary["float_nodes"],
@@ -317,7 +319,7 @@ class Exporter:
                                     scene_ids=self.scene_cycle(len(images)))
         pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
         info = {"ops": ox.check_graph(pub, q8.INT8_FP16_NAME), "fp16": report,
-                "int8": {"from": q8.INT8_NAME, "qdq_scales": "float32"}}
+                "int8": {"from": q8.INT8_NAME, "qdq_scales": "float32", **q8.int8_record("onnx_int8_fp16")}}
         self._write_onnx(stage, q8.INT8_FP16_NAME, pub, twin, "onnx_int8_fp16", "int8", info, t0,
                          extra_meta={"int8_target": "tensorrt", "fp32_nodes": str(report["fp32_node_count"])})
 
@@ -382,7 +384,7 @@ class Exporter:
                 self.export_int8(stage, key, exclude=exclude, sensitivity=added)
                 images, labels, scene_ids = gate  # the gate's own (held-out) images, every scene
                 ref, ref_out, window = self.reference(images, scene_ids)
-                one = compare(ref, [OnnxRunner(self.twins[key], providers="cpu", name=key)], images, labels,
+                one = compare(ref, [OnnxRunner(self.twins[key], providers="cpu", name=key, **self._onnx_options(key))], images, labels,
                               {key: self.int8_agreement}, batch_size=min(4, self.batch[2]), scene_ids=scene_ids,
                               window=window, reference_out=ref_out)
                 row = q8.gate_int8(one["rows"][0], self.int8_miou_points)
@@ -501,12 +503,16 @@ class Exporter:
             candidates.append(self._trt_runner(stage, twin=True))
         return candidates
 
-    @staticmethod
-    def _onnx_options(key: str) -> dict:
-        """The plugin graph runs on the CPU through the reference of its TensorRT plugin op."""
+    def _onnx_options(self, key: str) -> dict:
+        """The plugin graph runs on the CPU through the reference of its TensorRT plugin op; an INT8 graph
+        for TensorRT without ONNX Runtime's Q/DQ fusions (``int8.gate_optimization``: no CPU saturation)."""
+        from segclip.export import int8 as q8
         from segclip.export.msda import PLUGIN_KEYS
 
-        return {"reference_ops": True} if key in PLUGIN_KEYS.values() else {}
+        if key in PLUGIN_KEYS.values():
+            return {"reference_ops": True}
+        level = q8.gate_optimization((self.artifacts.get(key) or {}).get("int8") or {})
+        return {"optimization": level} if level else {}
 
     def _trt_runner(self, stage: Path, twin: bool, name: str = "tensorrt"):
         """The public engine, or (``twin``) the engine whose outputs include the scores when there is one."""

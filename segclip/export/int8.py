@@ -14,6 +14,11 @@ per-channel weights) calibrates once on real images and writes two flavours of t
   MatMul/Gemm outputs stay float (MatMulIntegerToFloat): 8-bit mask and class logits flipped the
   class of most pixels in our measurements (6% agreement) where float logits kept 100%.
 
+The CPU matters (``segclip.cpu``): without VNNI (AVX2, AVX-512 without VNNI) ONNX Runtime and OpenVINO
+add u8 x s8 products in 16-bit lanes that saturate.  There the CPU flavour gets 7-bit weights
+(``weight_bits``), the manifest records the ISA each INT8 graph was gated on (``int8_record``) and the
+runtime loader warns when an 8-bit graph gated elsewhere runs on such a CPU.
+
 Only Conv, MatMul and Gemm are quantized; GridSample (deformable sampling), Softmax, LayerNorm/
 GroupNorm, the reductions and the ArgMax stay float (``FLOAT_OPS``): they carry little compute and
 most of the quantization error.  When the parity gate fails, ``sensitivity`` ranks the quantized
@@ -29,6 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from segclip.cpu import GATE_CPU_KERNELS, GATE_DEQUANTIZED, isa_info, saturates
 from segclip.errors import SegclipError
 from segclip.export.activations import exposed_session, image_feeds
 from segclip.signature import INPUT_NAME
@@ -48,18 +54,47 @@ FALLBACK_BUDGET = 12  # at most this many quantized nodes go back to float, over
 FALLBACK_ROUNDS = 3
 SENSITIVITY_IMAGES = 4
 
-# manifest key -> how the flavour is quantized
+# manifest key -> how the flavour is quantized.  "gate": how the parity gate runs it on ONNX Runtime --
+# the CPU flavour on this CPU's int8 kernels (what a CPU deployment runs), the TensorRT ones as float on
+# the dequantized values (``gate_optimization``), TensorRT's arithmetic, the same on every CPU
 FLAVOURS = {
     "onnx_int8": {
-        "file": INT8_NAME, "target": "tensorrt", "activations": "int8 symmetric",
+        "file": INT8_NAME, "target": "tensorrt", "gate": GATE_DEQUANTIZED, "activations": "int8 symmetric",
         "activation_type": "QInt8", "extra": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                               "OpTypesToExcludeOutputQuantization": list(QUANT_OPS)},
     },
     "onnx_int8_cpu": {
-        "file": INT8_CPU_NAME, "target": "cpu", "activations": "uint8 asymmetric",
+        "file": INT8_CPU_NAME, "target": "cpu", "gate": GATE_CPU_KERNELS, "activations": "uint8 asymmetric",
         "activation_type": "QUInt8", "extra": {"WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
     },
 }
+
+
+def weight_bits(flavour: str, isa: str) -> int:
+    """8, or 7 (ONNX Runtime's ``reduce_range``) for the CPU flavour on a CPU whose u8 x s8 products
+    saturate in 16 bits (``segclip.cpu``): 255 * 64 * 2 < 2**15, so its kernels are exact there.  Measured
+    under AVX2 emulation (qemu -cpu Haswell, the INT8 test fixture): 8-bit weights 87% agreement (97% on
+    VNNI), 7-bit 97% on both, the same class maps.  The TensorRT flavours keep 8 bits (no GPU saturates)."""
+    return 7 if FLAVOURS[flavour]["target"] == "cpu" and saturates(isa) else 8
+
+
+def int8_record(flavour: str, isa: dict | None = None) -> dict:
+    """What the manifest records of the CPU an INT8 flavour was calibrated and gated on: its ISA
+    (``segclip.cpu.isa_info``), the weight bits chosen for it and how the gate ran the graph --
+    the runtime loader warns from these (``segclip.cpu.int8_warning``)."""
+    isa = isa or isa_info()
+    gate = FLAVOURS[flavour]["gate"] if flavour in FLAVOURS else GATE_DEQUANTIZED
+    bits = weight_bits(flavour, isa["isa"]) if flavour in FLAVOURS else 8
+    return {"isa": isa, "weight_bits": bits, "gate_kernels": gate}
+
+
+def gate_optimization(record: dict):
+    """ONNX Runtime graph optimization level for the gate of an INT8 graph with this manifest record:
+    "basic" runs a TensorRT graph without ONNX Runtime's Q/DQ fusions (extended-level transformers), so
+    DequantizeLinear feeds a float Conv/MatMul -- no 16-bit saturation on any CPU (measured: the same
+    class maps under AVX2 emulation as on VNNI, 97% agreement, where the fused int8 kernels gave 82%);
+    None (the default level) for graphs gated on this CPU's int8 kernels."""
+    return "basic" if record.get("gate_kernels") == GATE_DEQUANTIZED else None
 
 
 def parse_int8_threshold(value) -> tuple:
@@ -177,13 +212,14 @@ class CalibrationReader:
 
 # ---- quantization ------------------------------------------------------------------------------------
 def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "minmax",
-             exclude: Sequence[str] = (), cache=None, scene_ids=None):
+             exclude: Sequence[str] = (), cache=None, scene_ids=None, reduce_range: bool = False):
     """FP32 ModelProto -> Q/DQ ModelProto of ``flavour`` (a ``FLAVOURS`` key), calibrated on ``calib_images``
     (``scene_ids``: one per image when the graph has a scene_id input).
 
     ``cache``: a JSON file of calibrated tensor ranges (ONNX Runtime's calibration cache): written by
     the first call, reused by the next ones (the other flavour, the fallback rounds) -- the ranges of
-    every Conv/MatMul/Gemm tensor do not depend on the flavour or on which nodes are excluded."""
+    every Conv/MatMul/Gemm tensor do not depend on the flavour or on which nodes are excluded.
+    ``reduce_range``: 7-bit weights (``weight_bits``), for CPUs whose u8 x s8 products saturate."""
     import logging
     import tempfile
 
@@ -213,14 +249,34 @@ def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "m
         try:
             quantize_static(
                 str(src), str(dst), CalibrationReader(calib_images, scene_ids), quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=False,
+                op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=bool(reduce_range),
                 activation_type=getattr(QuantType, spec["activation_type"]), weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(exclude), calibrate_method=methods[method], extra_options=extra,
                 **cache_kw,
             )
         finally:
             root.setLevel(level)
-        return onnx.load(str(dst))
+        out = onnx.load(str(dst))
+    if exclude:
+        float_inputs(out, set(exclude))
+    return out
+
+
+def float_inputs(model, names) -> None:
+    """Feed the nodes kept in float (``names``) from the float tensors in front of their Q/DQ pairs, in place.
+    ONNX Runtime quantizes an activation once for all its consumers, so a kept node whose input also feeds a
+    quantized node (e.g. the mask-features tensor every decoder stage's MatMul reads) would still read it
+    through QuantizeLinear/DequantizeLinear, and keeping it in float would not remove that error."""
+    g = model.graph
+    prod = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.name not in names:
+            continue
+        for i, x in enumerate(n.input):
+            dq = prod.get(x)
+            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                n.input[i] = q.input[0]
 
 
 def qdq_summary(model) -> dict:
@@ -312,5 +368,5 @@ def gate_int8(row: dict, miou_points: float) -> dict:
     return row
 
 
-__all__ = ["INT8_NAME", "INT8_CPU_NAME", "FLAVOURS", "QUANT_OPS", "FLOAT_OPS", "CALIB_METHODS", "quantize", "sensitivity",
+__all__ = ["INT8_NAME", "INT8_CPU_NAME", "FLAVOURS", "weight_bits", "int8_record", "gate_optimization", "QUANT_OPS", "FLOAT_OPS", "CALIB_METHODS", "quantize", "sensitivity",
            "qdq_summary", "split_indices", "CalibrationReader", "parse_int8_threshold", "fallback_schedule"]

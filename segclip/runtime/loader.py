@@ -38,7 +38,28 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
         cls = geodeep_runner_class(opts.pop("runtime", None))
     else:
         cls = onnx_runner_class(opts.pop("runtime", None))
-    return _chosen(_make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts), choice)
+    runner = _make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
+    _warn_int8_isa(runner, entry, m, path)
+    return _chosen(runner, choice)
+
+
+def _warn_int8_isa(runner: Runner, entry: dict, manifest: dict, path: Path) -> None:
+    """One line on stderr when an INT8 graph runs on this CPU's saturating u8 x s8 arithmetic and its
+    gate did not measure that (``segclip.cpu.int8_warning``), naming the export command that re-gates it here."""
+    record = entry.get("int8")
+    if entry.get("precision") != "int8" or not isinstance(record, dict) or runner._device() != "cpu":
+        return
+    import sys
+
+    from segclip.cpu import int8_warning
+
+    ckpt = (manifest.get("source") or {}).get("checkpoint") or "CHECKPOINT"
+    data = (record.get("calibration") or {}).get("source") or ""
+    # the --data it was calibrated on ("data:SPEC", export's parity_dataset); the rendered sample set has none
+    data = data[len("data:"):] if data.startswith("data:") else "DATASET:ROOT:SPLIT"
+    line = int8_warning(path.name, record, regate=f"segclip export {ckpt} --int8 --data {data} --out NEW_DIR")
+    if line:
+        print(line, file=sys.stderr)
 
 
 def geodeep_runner_class(runtime: str | None):
