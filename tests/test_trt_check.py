@@ -152,6 +152,25 @@ def _cli(*args):
     return CliRunner().invoke(main, ["trt-check", *map(str, args)])
 
 
+def test_trt_version_names_a_release_or_a_jetpack_and_refuses_one_without_a_table(tmp_path):
+    """trt-check --trt-version 10.3 (JetPack 6) once said "ok for TensorRT 10.15": a release without a
+    table of its own is refused in one line naming the tables there are."""
+    from segclip.export.trt_check import resolve_trt_version, support_table
+
+    tables = support_table()["tables"]
+    assert resolve_trt_version("10") == "10" and resolve_trt_version(tables["10"]["tensorrt"]) == "10"
+    assert resolve_trt_version(tables["11"]["tensorrt"]) == "11"
+    ok = tmp_path / "ok.onnx"
+    save(_uint8_model(), str(ok))
+    for asked in ("10.3", "jetpack6.2", "JetPack-6.1"):
+        line = assert_one_error(_cli(ok, "--trt-version", asked), 2, "no ONNX support table for TensorRT 10.3",
+                                f"TensorRT {tables['10']['tensorrt']} (--trt-version 10)")
+        assert "ok for" not in line
+    assert_one_error(_cli(ok, "--trt-version", "jetpack5.1"), 2, "JetPack 5.1", "--trt-version 10.3")
+    res = _cli(ok, "--trt-version", tables["10"]["tensorrt"])
+    assert res.exit_code == 0 and f"ok for TensorRT {tables['10']['tensorrt']}" in res.output
+
+
 def test_cli_exit_codes(tmp_path):
     ok = tmp_path / "ok.onnx"
     save(_uint8_model(), str(ok))

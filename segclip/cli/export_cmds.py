@@ -63,14 +63,16 @@ def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_thres
 
 @click.command("trt-check")
 @click.argument("model", type=click.Path())
-@click.option("--trt-version", default="10", show_default=True, type=click.Choice(["10", "11"]),
-              help="TensorRT major version whose documented ONNX support to check against.")
+@click.option("--trt-version", default="10", show_default=True, metavar="VERSION",
+              help="The target's TensorRT: 10 or 11 (the tables segclip has: TensorRT 10.15 and 11.2), a release "
+                   "(10.15), or a JetPack release (jetpack6.2 = TensorRT 10.3); one without a table is refused.")
 def trt_check_cmd(model, trt_version):
     """Will TensorRT build MODEL.onnx?  Every node against TensorRT's documented ONNX support (ops, opsets,
     restricted attributes, constant axes, UINT8 only at the I/O through Casts, no If/Loop/NonZero).
     Exit 0: ok; 1: problems, one line each; 2: unreadable file."""
-    from segclip.export.trt_check import check_onnx, support_table
+    from segclip.export.trt_check import check_onnx, resolve_trt_version, support_table
 
+    trt_version = resolve_trt_version(trt_version)  # before the model is read: a version without a table says so
     problems = check_onnx(model, trt_version)
     label = f"TensorRT {support_table()['tables'][trt_version]['tensorrt']}"
     for line in problems:

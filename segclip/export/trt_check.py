@@ -36,6 +36,38 @@ def support_table() -> dict:
     return json.loads(SUPPORT_FILE.read_text())
 
 
+# JetPack release -> the TensorRT it ships (pytorch/TensorRT docs/getting_started/jetpack.rst: JetPack 6.1
+# and 6.2 ship CUDA 12.6, TensorRT 10.3, cuDNN 9.3)
+JETPACK_TENSORRT = {"6.1": "10.3", "6.2": "10.3"}
+
+
+def resolve_trt_version(value) -> str:
+    """``--trt-version`` as a user gives it -- a table key ("10", "11"), a TensorRT release ("10.15",
+    "10.3") or a JetPack release ("jetpack6.2") -> the key of the support table to check against.
+    A release with no table of its own is refused in one line naming the tables there are: a newer
+    release's table could pass operators the older TensorRT lacks (JetPack 6 is TensorRT 10.3)."""
+    import re
+
+    tables = support_table()["tables"]
+    v = str(value).strip().lower()
+    jp = re.fullmatch(r"(?:jetpack|jp)[-_ ]?(\d+\.\d+)(?:\.\d+)*", v)
+    if jp:
+        if jp[1] not in JETPACK_TENSORRT:
+            known = ", ".join(f"JetPack {k} = TensorRT {t}" for k, t in JETPACK_TENSORRT.items())
+            raise SegclipError(f"--trt-version {value}: segclip does not know which TensorRT JetPack {jp[1]} ships "
+                               f"(it knows {known}); give the TensorRT release, e.g. --trt-version 10.3")
+        v = JETPACK_TENSORRT[jp[1]]
+    if v in tables:
+        return v
+    for key, t in tables.items():
+        if str(t.get("tensorrt")) == v:
+            return key
+    have = ", ".join(f"TensorRT {t.get('tensorrt')} (--trt-version {k})" for k, t in sorted(tables.items()))
+    raise SegclipError(f"--trt-version {value}: segclip has no ONNX support table for TensorRT {v} (it has {have}), and "
+                       f"a newer release's table may pass operators {v} lacks; check onnx-tensorrt's release/{v}-GA "
+                       f"docs/operators.md, or run trtexec.sh on the target, whose TensorRT parses the graph itself")
+
+
 def _trt_type(elem_type: int) -> Optional[str]:
     """ONNX element type -> the type names of the ONNX-TensorRT matrix."""
     from onnx import TensorProto as T
