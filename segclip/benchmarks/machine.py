@@ -10,6 +10,8 @@ import platform
 import subprocess
 from typing import Optional
 
+from segclip.cpu import int8_isa
+
 # distribution name -> import name; version from importlib.metadata first (no import needed)
 PACKAGES = {
     "segclip": "segclip",
@@ -73,17 +75,10 @@ def cpu_counts() -> dict:
 
 
 def cpu_flags() -> list:
-    """The SIMD flags that decide CPU kernel speed (AVX2/AVX-512/AMX/VNNI)."""
-    want = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "f16c")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in want if w in have]
-    except OSError:
-        pass
-    return []
+    """The SIMD flags that decide CPU kernel speed (AVX2/AVX-512/AMX/VNNI), as ``segclip.cpu`` reads them."""
+    from segclip.cpu import isa_info
+
+    return isa_info()["flags"]
 
 
 def memory_gb() -> Optional[float]:
@@ -156,6 +151,8 @@ def machine_info(threads: Optional[int] = None) -> dict:
         "cpu": cpu_model(),
         "cpu_cores": cpu_counts(),
         "cpu_flags": cpu_flags(),
+        # INT8 speed and accuracy depend on it (VNNI or not): a report names it, and compares only within one
+        "int8_isa": int8_isa(),
         "memory_gb": memory_gb(),
         "gpu": g[0]["name"] if g else None,
         "gpus": g,
@@ -173,5 +170,6 @@ def describe(m: dict) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tritonclient", "segclip")
                      if v.get(k))
     load = f", load {m['load_average'][0]}" if m.get("load_average") else ""
-    return (f"{m['cpu']} ({c['usable']} usable of {c['logical']} logical CPUs{load}), {m['memory_gb']} GB RAM, {gpu}; "
+    isa = f", INT8 ISA {m['int8_isa']}" if m.get("int8_isa") else ""
+    return (f"{m['cpu']} ({c['usable']} usable of {c['logical']} logical CPUs{load}{isa}), {m['memory_gb']} GB RAM, {gpu}; "
             f"{m.get('threads')} threads; {libs}")
