@@ -415,7 +415,9 @@ def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, 
         return Choice(format, runtime_of(format, runtime), "explicit")
     rec = speed_record(manifest, machine)
     gated = {k for k in among if artifact_problem(manifest, k, directory) is None}
-    if rec is None:
+    if artifact_problem(manifest, "onnx", directory) is not None:  # the graph every other derives from: refused below
+        note = "the FP32 ONNX artifact did not pass its gate"
+    elif rec is None:
         others = sorted({(r.get("machine") or {}).get("cpu", "?") for r in manifest.get(SPEED) or [] if isinstance(r, dict)})
         note = (f"measured only on {', '.join(others)}, not this CPU; `segclip tune {directory}` measures here" if others
                 else f"no speed measured on this machine; `segclip tune {directory}` measures")
@@ -428,9 +430,8 @@ def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, 
             if r.get("runtime") in RUNTIME_NAMES and _runtime_missing(r["runtime"]) is None:
                 return Choice(r["artifact"], r["runtime"], "measured", round(ref / r["ms"], 2) if ref else None, r["ms"])
         note = "no gated artifact of this machine's speed measurement runs here"
-    # gated ones first; only when none passed, the failed one, which the loader refuses without allow_failed
-    usable = [k for k in usable_artifacts(manifest, directory, allow_failed=False) or usable_artifacts(manifest, directory)
-              if k in among]
+    # a failed FP32 graph stays first, so the loader refuses it (without allow_failed) rather than run another
+    usable = [k for k in usable_artifacts(manifest, directory) if k in among]
     if runtime not in (None, "tensorrt") or (device and not str(device).startswith("cuda")):
         usable = [k for k in usable if k != "tensorrt"]
     if not usable:

@@ -662,7 +662,9 @@ class Exporter:
             failed = failed_rows(result)
             manifest = self.build_manifest(images, labels, src, result, table, failed, t_start)
             write_manifest(stage, manifest)
-            if self.tune and not failed:  # the fastest gated artifact here becomes predict/eval/triton-repo's default
+            # time the gated artifacts (a missed INT8 gate does not stop it; a failed FP32 graph does: such an export
+            # is refused by default until re-exported): the fastest becomes predict/eval/triton-repo's default
+            if self.tune and self.artifacts["onnx"]["status"] == OK:
                 from segclip.inference.speed import measure, record
 
                 record(manifest, measure(stage, manifest=manifest, size=self.size[0], log=self.log))
