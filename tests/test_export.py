@@ -501,9 +501,11 @@ def test_eval_on_deployed_artifacts_matches_its_checkpoint(tmp_path, trained_che
     assert sum(v is not None for v in got["ckpt"]["per_class_iou"].values()) >= 3  # a real score, not one class
     for key in ("export", "onnx"):
         assert abs(got[key]["miou"] - got["ckpt"]["miou"]) <= 0.005, (key, got[key]["miou"], got["ckpt"]["miou"])
-    # the default JSON goes beside the export folder, never inside it
-    res = _cli("eval", out, "--data", data, "--limit", 1)
-    assert res.exit_code == 0, res.output
-    assert not list(out.glob("*eval*")) and list(out.parent.glob(f"{out.name}.*.eval_val_first1.json"))  # --limit: the spot-check name
+    # the default JSON goes inside the export folder, one name per artifact (the folder or its file alike)
+    for model in (out, out / "model.onnx"):
+        res = _cli("eval", model, "--data", data, "--limit", 1, "--format", "onnx")
+        assert res.exit_code == 0, res.output
+        assert sorted(p.name for p in out.glob("*eval*")) == ["eval_val_first1.model.onnx.json"]  # --limit: spot-check name
+    assert not list(out.parent.glob("*eval*"))
     assert_one_error(_cli("eval", out, "--data", data, "--size", "128x128"), 2, "--size 128x128",
                      f"{PARITY_SIZE}x{PARITY_SIZE}")

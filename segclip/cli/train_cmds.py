@@ -200,16 +200,17 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
 
 
 def _eval_dest(source: str, name: str, runner) -> Path:
-    """Where eval writes ``<name>.json`` by default: in a run directory or beside a checkpoint; never
-    inside an export (beside the export folder); the current folder for a server URL."""
+    """Where eval writes ``<name>.json`` by default: in a run directory or beside a checkpoint; inside
+    an export folder (segclip's own), one file per artifact however it was named (the folder or its
+    file): ``EXPORT/<name>.<artifact file>.json``; the current folder for a server URL."""
     if runner.backend == "triton":
         return Path(f"{name}_{runner.name}.json")
     p = Path(source)
     if runner.backend == "torch":
         return p / f"{name}.json" if p.is_dir() else runner.checkpoint_path.with_suffix(f".{name}.json")
     export = p if p.is_dir() else p.parent
-    if (export / "manifest.json").is_file():
-        return export.parent / f"{export.name}.{runner.name}.{name}.json"
+    if (export / "manifest.json").is_file() and runner.artifact:
+        return export / f"{name}.{Path(runner.artifact).name}.json"
     return p.with_suffix(f".{name}.json")
 
 
@@ -265,9 +266,11 @@ def _eval_window(size, runner) -> tuple:
               "generic scene; the ablation), or a CSV/JSON sidecar FILE for this data.")
 @click.option("--foreground-only", is_flag=True,
               help="Leave class 0 (background) out of mIoU/mF1, as iSAID results are reported.")
-@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa][_first<N>].json, beside a checkpoint, or beside "
-                 "an export folder).")
-def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, foreground_only, out):
+@out_option(help="Metrics JSON (default: RUN_DIR/eval_<split>[_nometa][_first<N>].json, beside a checkpoint, or inside "
+                 "an export folder as eval_<split>...<artifact file>.json).")
+@click.option("--allow-failed", is_flag=True, help="Evaluate an export artifact that failed its parity gate anyway (one "
+                                                  "warning line).")
+def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, foreground_only, out, allow_failed):
     """Evaluate MODEL -- a checkpoint, run directory, export directory, .onnx, .plan or a Triton
     grpc:// / http:// URL -- on labelled data: mIoU, per-class IoU, F1, overall accuracy.
 
@@ -291,6 +294,8 @@ def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, fo
     if out is not None and Path(out).is_dir():
         raise SegclipError(f"--out {out}: is a folder; give the metrics JSON file to write, e.g. --out {Path(out) / f'eval_{split}.json'}")
     opts = {k: v for k, v in (("format", fmt), ("runtime", runtime), ("device", device)) if v}
+    if allow_failed and (Path(model).is_dir() or Path(model).suffix == ".onnx"):  # as predict: export verdicts only
+        opts["allow_failed"] = True
     runner = load_runner(model, **opts)
     if runner.choice is not None:  # which artifact of an export, and why
         click.echo(runner.choice.line())

@@ -514,8 +514,8 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
         if remote:
             return load_runner(m, **({"timeout": timeout} if timeout else {}))
         opts = dict(runner_opts or {})
-        if not Path(m).is_dir():
-            opts.pop("allow_failed", None)  # only export folders hold parity-gate verdicts
+        if not Path(m).is_dir() and Path(m).suffix != ".onnx":
+            opts.pop("allow_failed", None)  # export folders (and the ONNX files in them) hold parity-gate verdicts
         runner = load_runner(m, **opts)
         if hasattr(runner, "memory_arena"):  # ONNX Runtime: peak memory flat over a whole scene (not yet active)
             runner.memory_arena = False

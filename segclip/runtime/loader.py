@@ -27,6 +27,7 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     entry = m["artifacts"][format]
     sig = manifest_signature(m)
     path = d / artifact_file(entry, d)
+    warn_if_failed(entry, path)
     name = opts.pop("name", format)
     if format == "tensorrt":
         from segclip.runtime.tensorrt_runner import TensorRTRunner
@@ -97,16 +98,32 @@ def _make(cls, what: str, *args, **opts):
     return cls(*args, **opts)
 
 
-def _check_beside_manifest(path: Path) -> None:
-    """An ONNX file given by path inside an export folder is checked against its manifest entry too."""
+def _check_beside_manifest(path: Path, allow_failed: bool = False) -> None:
+    """An ONNX file given by path inside an export folder is checked against its manifest entry too:
+    unchanged, and gated -- the same rule as for the export folder (a failed one only with allow_failed)."""
     if not is_export_dir(path.parent):
         return
     try:
-        found = artifact_for_file(read_manifest(path.parent), path)
+        m = read_manifest(path.parent)
+        found = artifact_for_file(m, path)
     except SegclipError:  # an unreadable manifest beside a model file says nothing about the file
         return
     if found:
         check_artifact_unchanged(found[1], path)
+        why = artifact_problem(m, found[0], path.parent, allow_failed=allow_failed)
+        if why:
+            raise SegclipError(why)
+        warn_if_failed(found[1], path)
+
+
+def warn_if_failed(entry: dict, path) -> None:
+    """One line on stderr when a runner is made from an artifact that failed its parity gate (allowed
+    with --allow-failed): its results may differ from PyTorch's."""
+    if str(entry.get("status")) == "failed":
+        import sys
+
+        print(f"warning: {path}: this artifact failed its parity gate at export (see manifest.json); its results may "
+              f"differ from PyTorch's (used because of --allow-failed)", file=sys.stderr)
 
 
 def load_runner(path_or_url, **opts) -> Runner:
@@ -126,7 +143,7 @@ def load_runner(path_or_url, **opts) -> Runner:
         return _make(TorchRunner, str(src), src.path, **opts)
     opts.pop("format", None)
     if src.kind == "onnx":
-        _check_beside_manifest(src.path)
+        _check_beside_manifest(src.path, bool(opts.pop("allow_failed", False)))
         from segclip.contract import META_ARTIFACT
         from segclip.runtime.onnx_runner import read_onnx_metadata
 

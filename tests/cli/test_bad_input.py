@@ -85,6 +85,9 @@ CASES = [
     ("eval-bad-split", "eval {run} --data sample:{data}:bogus", ["bogus"]),
     ("eval-device-cuda", EVAL + " --device cuda", ["--device cuda"]),
     ("eval-out-is-dir", EVAL + " --out {occupied}", ["--out", "occupied"]),
+    ("eval-failed-artifact", "eval {failed_export} " + DATA + " --out {root}/e.json", ["parity gate", "--allow-failed"]),
+    ("eval-failed-artifact-file", "eval {failed_export}/model.onnx " + DATA + " --out {root}/e.json",
+     ["parity gate", "--allow-failed"]),
     # ---- export
     ("export-missing-source", "export", ["SOURCE", "usage:"]),
     ("export-source-missing", "export {root}/nowhere --out {root}/newexport", ["nowhere", "check the path"]),
@@ -127,6 +130,8 @@ CASES = [
     ("predict-device-cuda", PREDICT + " {img} --device cuda", ["cuda", "cpu"]),
     ("predict-format-missing", "predict --model {export} --format onnx_fp16 {img} --out {root}/newpreds", ["onnx_fp16"]),
     ("predict-failed-artifact", "predict --model {failed_export} {img} --out {root}/newpreds", ["parity gate", "--allow-failed"]),
+    ("predict-failed-artifact-file", "predict --model {failed_export}/model.onnx {img} --out {root}/newpreds",
+     ["parity gate", "--allow-failed"]),
     ("predict-plain-dict", "predict --model {plain} {img} --out {root}/newpreds", ["plain.pt"]),
     # ---- benchmark
     ("benchmark-source-missing", "benchmark {root}/nowhere --out {root}/newbench", ["nowhere"]),
@@ -209,6 +214,19 @@ def test_python_api_names_a_non_path_argument(cli_ws, tmp_path, call):
     with pytest.raises(SegclipError, match=r"(123|42) \(int\) is not a path; give"):
         fn()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model", ["{failed_export}", "{failed_export}/model.onnx"])
+@pytest.mark.parametrize("cmd", ["eval {model} --data sample:{data} --limit 1 --out {tmp}/e.json",
+                                 "predict --model {model} {img} --out {tmp}/p"])
+def test_a_failed_artifact_runs_with_allow_failed_and_one_warning(cli_ws, tmp_path, model, cmd):
+    """eval and predict, the export folder or its file: the same rule (refused above), and with
+    --allow-failed one warning line."""
+    args = _args(cmd.replace("{model}", model).replace("{tmp}", str(tmp_path)), cli_ws) + ["--allow-failed"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.output.splitlines() if line.startswith("warning:") and "parity gate" in line]
+    assert len(warnings) == 1 and "model.onnx" in warnings[0], res.output
 
 
 def test_predict_paths_takes_one_path_as_a_string(cli_ws, tmp_path):
