@@ -3,6 +3,7 @@ summary table of the targets, then one section per target with the measured figu
 reads only the results, so ``run_targets.py --render`` re-writes RESULTS.md from any earlier run."""
 from __future__ import annotations
 
+from segclip.cpu import int8_isa, saturates
 from segclip.data.loveda import CLASSES
 
 from segclip.benchmarks import profiling as prof
@@ -27,6 +28,17 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def isa_note(machine: dict) -> str:
+    """Which CPUs the INT8 rows speak for: the run's INT8 instruction set (``segclip.cpu``; older results: from
+    their CPU flags), and that x86 CPUs without VNNI differ."""
+    isa = machine.get("int8_isa") or int8_isa(machine.get("cpu_flags") or [], "x86_64")
+    other = ("8-bit products saturate in 16-bit lanes here, so the CPU INT8 graph has 7-bit weights; CPUs with VNNI, "
+             "AMX or Arm's dot product get other figures" if saturates(isa) else
+             "x86 CPUs without VNNI get other figures and a CPU INT8 graph with 7-bit weights")
+    return (f"**INT8 instruction set:** {isa}. The INT8 speed-ups and agreements below hold for CPUs with this one; "
+            f"{other} (README.md, 'INT8 depends on the CPU').")
+
+
 def render(res: dict) -> str:
     """RESULTS.md of a run's results (``res``: the RESULTS.json dict)."""
     m = res["machine"]
@@ -36,6 +48,7 @@ def render(res: dict) -> str:
          f"**Machine:** {describe_machine(m)}.  ",
          f"CPU flags: {', '.join(m.get('cpu_flags') or []) or 'n/a'}; load average at start {m.get('load_average')}, "
          f"at end {res.get('load_average_end')} (a shared machine: other jobs ran beside this one).", "",
+         isa_note(m), "",
          f"**Model:** `{res['preset']}` ({res['preset_description'][:1].lower() + res['preset_description'][1:].rstrip('.')}), random init, {res['params_m']:.1f} M parameters, {len(CLASSES)} LoveDA classes; exported by "
          f"`segclip export` (opset 17, onnxslim, uint8 NHWC in, uint8 class map out, no scores), batch 1. Latency does not "
          f"depend on training.", "",
