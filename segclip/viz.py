@@ -14,6 +14,15 @@ import numpy as np
 from segclip.signature import colorize
 
 IGNORE = 255  # no-data / ignore label in every class map (white in colorize)
+# no-data in pictures: the first of these the palette does not use (black for LoveDA-like palettes,
+# whose background is white), the same in previews, overlays and legend.png
+NODATA_RGBS = ((0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255))
+
+
+def nodata_color(palette) -> tuple:
+    """The colour no-data (255) gets in every picture of a model with this palette."""
+    used = {tuple(int(c) for c in p) for p in palette}
+    return next((c for c in NODATA_RGBS if c not in used), NODATA_RGBS[0])
 
 
 def class_shares(mask: np.ndarray, num_classes: int, ignore: int = IGNORE) -> list:
@@ -58,15 +67,15 @@ def _font(size: int):
         return ImageFont.load_default(size)
 
 
-def add_legend(image: np.ndarray, entries: Sequence, *, title: str | None = None) -> np.ndarray:
+def add_legend(image: np.ndarray, entries: Sequence, *, title: str | None = None, font_size: int | None = None) -> np.ndarray:
     """``image`` (H x W x 3 uint8) with a white legend panel on its right: one colour swatch and
     label per entry (``(label, (r, g, b))``).  The image is padded at the bottom, never scaled,
-    when the legend is taller than it."""
+    when the legend is taller than it.  ``font_size``: default from the image's height."""
     from PIL import Image, ImageDraw
 
     image = np.asarray(image, dtype=np.uint8)
     h, w = image.shape[:2]
-    fs = int(np.clip(h / 24, 11, 22))  # text size follows the picture, within readable bounds
+    fs = font_size or int(np.clip(h / 24, 11, 22))  # text size follows the picture, within readable bounds
     font, pad, sw = _font(fs), max(4, fs // 2), fs + 2
     line = sw + max(3, fs // 4)
     lines = ([title] if title else []) + [str(e[0]) for e in entries]
@@ -101,12 +110,46 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, classes: Sequence[s
     return add_legend(overlay_image(image, mask, palette, alpha), legend_entries(classes, palette, mask))
 
 
-def legend_image(classes: Sequence[str], palette, title: str | None = "class id: name", ignore: bool = True) -> np.ndarray:
-    """The legend alone, every class as ``id: name`` (what the palette masks' colours mean);
-    ``ignore``: also the 255 no-data entry."""
-    labels = [f"{i}: {c}" for i, c in enumerate(classes)] + ([f"{IGNORE}: no-data / ignore"] if ignore else [])
-    pal = [tuple(p) for p in palette] + ([(255, 255, 255)] if ignore else [])
-    return add_legend(np.full((0, 0, 3), 255, np.uint8), list(zip(labels, pal)), title=title)
+def legend_image(classes: Sequence[str], palette, title: str | None = "class id: name", ignore: bool = True,
+                 font_size: int = 20) -> np.ndarray:
+    """The legend alone (``legend.png``), every class as ``id: name`` in its palette colour; ``ignore``:
+    also the 255 no-data entry in the colour previews give it (``nodata_color``; the mask files
+    make it transparent), never a class's colour."""
+    labels = [f"{i}: {c}" for i, c in enumerate(classes)]
+    pal = [tuple(p) for p in palette]
+    if ignore:
+        labels.append(f"{IGNORE}: no-data (transparent in the mask files)")
+        pal.append(nodata_color(palette))
+    return add_legend(np.full((0, 0, 3), 255, np.uint8), list(zip(labels, pal)), title=title, font_size=font_size)
+
+
+def labelled_grid(rows: Sequence[Sequence[np.ndarray]], headings: Sequence[str], gap: int = 4,
+                  font_size: int | None = None) -> np.ndarray:
+    """Pictures in rows and columns (each H x W x 3 uint8; a row's pictures share a height) on white,
+    with a heading above every column: e.g. image | prediction | truth."""
+    from PIL import Image, ImageDraw
+
+    widths = [max(r[j].shape[1] for r in rows) for j in range(len(headings))]
+    heights = [max(p.shape[0] for p in r) for r in rows]
+    fs = font_size or int(np.clip(min(widths) / 7, 12, 20))
+    font = _font(fs)
+    top = fs + 2 * gap
+    W = sum(widths) + gap * (len(widths) + 1)
+    H = top + sum(heights) + gap * len(rows)
+    canvas = Image.new("RGB", (W, H), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for j, text in enumerate(headings):
+        draw.text((x + (widths[j] - draw.textlength(text, font=font)) / 2, gap), text, fill=(0, 0, 0), font=font)
+        x += widths[j] + gap
+    y = top
+    for r, h in zip(rows, heights):
+        x = gap
+        for j, pic in enumerate(r):
+            canvas.paste(Image.fromarray(np.asarray(pic, np.uint8)), (x, y))
+            x += widths[j] + gap
+        y += h + gap
+    return np.asarray(canvas)
 
 
 def save_png(img, path) -> None:

@@ -413,6 +413,30 @@ def test_plot_bars_for_one_batch_with_fixed_backend_colours(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 0
 
 
+def test_plot_value_labels_are_readable_on_every_bar(tmp_path, monkeypatch):
+    """Value labels stand above their bar and its p90 whisker on a white box (they were black text in
+    the middle of dark and hatched bars, and torch's crossed its whisker)."""
+    import matplotlib.pyplot as plt
+
+    from segclip.benchmarks.report import write_plot
+
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    report = _fake_report(["torch", "onnxruntime-fp16", "openvino-int8"], busy=("torch",))
+    write_plot(report, tmp_path / "p.png")
+    lat, thr = figs[0].axes[:2]
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    for ax, top in ((lat, [r["p90_ms"] for r in ok]), (thr, [r["throughput_ips"] for r in ok])):
+        labels = [t for t in ax.texts if t.get_text()]
+        assert len(labels) == len(ok)
+        for t, y in zip(labels, top):
+            assert t.xy[1] >= y, (t.get_text(), t.xy, y)  # at the top of the bar / whisker, not inside
+            box = t.get_bbox_patch()
+            assert box is not None and tuple(box.get_facecolor()[:3]) == (1.0, 1.0, 1.0)
+    monkeypatch.undo()
+    plt.close("all")
+
+
 def test_timing_rules():
     from segclip.benchmarks.timing import measure, random_batches
 

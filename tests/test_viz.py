@@ -56,6 +56,24 @@ def test_sample_preview_has_a_legend(tmp_path):
     present = set()
     for p in (tmp_path / "d" / "Train").rglob("masks_png/*.png"):
         present |= {int(v) for v in np.unique(np.asarray(Image.open(p)))}
-    panel = prev[:, 2 * 64 + 4:]
+    panel = prev[:, 2 * 64 + 3 * 4:]  # gap | image | gap | labels | gap | legend
     for v in present - {0}:  # LoveDA ids 1..7 -> class v-1 (0 = no-data, shown black)
         assert _colour_pixels(panel, LOVEDA[v - 1]) >= 25, v
+    # column headings above the pictures: dark text in the white strip over each column
+    head = prev[:18, : 2 * 64 + 3 * 4]
+    assert (head == 255).all(-1).mean() > 0.7  # a white strip, not the pictures' top rows
+    assert (head[:, :68] < 100).all(-1).sum() >= 15 and (head[:, 68:] < 100).all(-1).sum() >= 15
+
+
+def test_legend_png_is_readable_and_tells_no_data_from_background():
+    """legend.png drew background (white in LoveDA) and no-data both white, 145 px wide: no-data now
+    has the previews' colour (black here), labelled, in a font as large as the previews'."""
+    from segclip.data.loveda import CLASSES as NAMES, PALETTE as LOVEDA
+    from segclip.viz import legend_image, nodata_color
+
+    assert LOVEDA[0] == (255, 255, 255) and nodata_color(LOVEDA) == (0, 0, 0)
+    with_nd, without = legend_image(NAMES, LOVEDA), legend_image(NAMES, LOVEDA, ignore=False)
+    assert with_nd.shape[0] >= 8 * 24 and with_nd.shape[1] >= 300  # 20 px text, 8 entries
+    # the extra entry is a black swatch (the text adds black too, the swatch a solid square of it)
+    assert _colour_pixels(with_nd, (0, 0, 0)) - _colour_pixels(without, (0, 0, 0)) >= 20 * 20
+    assert nodata_color([(0, 0, 0), (64, 64, 64)]) == (128, 128, 128)  # never a class's colour

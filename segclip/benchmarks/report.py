@@ -188,6 +188,8 @@ BACKEND_COLORS = {"torch": "#1f77b4", "onnxruntime": "#ff7f0e", "onnxruntime-fp1
                   "onnxruntime-int8": "#bcbd22", "openvino": "#17becf", "openvino-int8": "#aec7e8"}
 PROTOCOL_COLORS = {"grpc": BACKEND_COLORS["triton-grpc"], "http": BACKEND_COLORS["triton-http"]}
 BUSY_HATCH = "//"
+# value labels sit above their bar (and whisker) on a white box: readable over any colour or hatch
+LABEL_BOX = dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85)
 
 
 def _color(backend: str) -> str:
@@ -222,10 +224,14 @@ def write_plot(report: dict, path) -> Optional[Path]:
         lat, thr = axes[0], axes[1]
         bars = lat.bar(x, [r["p50_ms"] for r in ok], color=colors, hatch=hatches, edgecolor="black",
                        yerr=[[0] * len(ok), [r["p90_ms"] - r["p50_ms"] for r in ok]], capsize=4)
-        lat.bar_label(bars, fmt="%.1f", fontsize=8, label_type="center")
+        for xi, r in zip(x, ok):  # above the p90 whisker, not across it
+            lat.annotate(f"{r['p50_ms']:.1f}", (xi, r["p90_ms"]), xytext=(0, 3), textcoords="offset points", ha="center",
+                         va="bottom", fontsize=8, bbox=LABEL_BOX)
+        lat.margins(y=0.12)
         lat.set_ylabel("latency p50 ms (whisker: p90)")
         bars = thr.bar(x, [r["throughput_ips"] for r in ok], color=colors, hatch=hatches, edgecolor="black")
-        thr.bar_label(bars, fmt="%.2f", fontsize=8)
+        thr.bar_label(bars, fmt="%.2f", fontsize=8, padding=2, bbox=LABEL_BOX)
+        thr.margins(y=0.12)
         thr.set_ylabel("throughput (images/s)")
         b = ok[0]["batch"] if ok else "-"
         size = f"{ok[0]['height']}x{ok[0]['width']}" if ok else ""
@@ -289,7 +295,7 @@ def write_plot(report: dict, path) -> Optional[Path]:
         bars = ax3.bar(x, [r["mpx_s"] for r in scene], color=[_color(r["backend"]) for r in scene], edgecolor="black",
                        hatch=[BUSY_HATCH if r.get("busy") else "" for r in scene])
         ax3.bar_label(bars, labels=[f"{r['mpx_s']:.2f}\n{100 * (r.get('pipeline_efficiency') or 0):.0f}% eff." for r in scene],
-                      fontsize=7)
+                      fontsize=7, padding=2, bbox=LABEL_BOX)
         ax3.set_xticks(x, [r["backend"] for r in scene], rotation=20, ha="right", fontsize=8)
         ax3.set_ylim(bottom=0)
         ax3.set_ylabel("megapixels / s (predict, end to end)")

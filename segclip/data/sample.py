@@ -346,7 +346,7 @@ def write_preview(root, out=None, n: int = 4) -> Path:
     legend of the classes shown and their pixel shares."""
     from segclip.signature import colorize
     from segclip.data.loveda import CLASSES, PALETTE, LoveDADataset
-    from segclip.viz import add_legend, legend_entries, save_png
+    from segclip.viz import add_legend, labelled_grid, legend_entries, nodata_color, save_png
 
     ds = LoveDADataset(root, "train")
     pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)  # both domains
@@ -354,12 +354,11 @@ def write_preview(root, out=None, n: int = 4) -> Path:
     for i in pick:
         item = ds[int(i)]
         col = colorize(item["mask"], PALETTE)
-        col[item["mask"] == 255] = 0
-        gap = np.full((item["image"].shape[0], 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([item["image"], gap, col], 1))
+        col[item["mask"] == 255] = nodata_color(PALETTE)
+        rows.append([item["image"], col])
         masks.append(item["mask"].ravel())
-    grid = np.concatenate([np.pad(r, ((2, 2), (0, 0), (0, 0)), constant_values=255) for r in rows], 0)
-    entries = legend_entries(CLASSES, PALETTE, np.concatenate(masks), ignore_color=(0, 0, 0))
+    grid = labelled_grid(rows, ["image", "labels"])
+    entries = legend_entries(CLASSES, PALETTE, np.concatenate(masks), ignore_color=nodata_color(PALETTE))
     out = Path(out) if out else Path(root) / "preview.png"
     save_png(add_legend(grid, entries), out)
     return out

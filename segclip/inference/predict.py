@@ -38,7 +38,6 @@ from segclip.errors import SegclipError
 from segclip.inference.outputs import OUTPUT_SUFFIXES, Counts, Preview, output_stems
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".jp2", ".img", ".vrt", ".bmp", ".webp")
-NODATA_RGBS = ((0, 0, 0), (64, 64, 64), (128, 128, 128), (255, 255, 255))  # the first the palette does not use
 _POLL = 0.2  # seconds between checks of the other threads while waiting on a queue
 # Default windows per request.  On a CPU a larger batch buys no throughput (one 1024 px window already
 # keeps every core busy) and costs activation memory: ONNX Runtime needs ~1.2-1.4 GiB at 8 x 1024 px
@@ -334,12 +333,12 @@ class Predictor:
                 vector=None) -> dict:
         from segclip.atomic import atomic_write_json
         from segclip.signature import palette_table
-        from segclip.viz import add_legend, legend_entries, save_png
+        from segclip.viz import add_legend, legend_entries, nodata_color, save_png
 
         valid = int(counts.pixels.sum())
         total = source.width * source.height
         table = palette_table(self.palette)
-        nodata_rgb = next((c for c in NODATA_RGBS if c not in self.palette), NODATA_RGBS[0])
+        nodata_rgb = nodata_color(self.palette)  # as legend.png shows it
         table[IGNORE_INDEX] = nodata_rgb
         entries = legend_entries(self.classes, self.palette, shares=self.shares(counts), ignore_color=nodata_rgb)
         pm = preview.map
