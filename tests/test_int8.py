@@ -332,6 +332,38 @@ def test_int8_bad_input_exits_2_and_writes_nothing(int8_checkpoint, int8_data, t
     assert not out.exists() and not any(p.name.startswith(".e") for p in tmp_path.iterdir())
 
 
+def test_default_calibration_fits_the_labelled_images_there_are(int8_data):
+    """The default --calib-images (16) could not work on the sample set's 16 val images (16 + 8 gate
+    images needed): the default now takes what the gate leaves, saying so; an explicit count that
+    does not fit is refused naming the count that does."""
+    from segclip.data import build_dataset
+    from segclip.errors import SegclipError
+    from segclip.export import int8 as q8
+    from segclip.parsers import parse_data
+
+    name, root, split = parse_data(int8_data)
+    ds = build_dataset(name, root, split)
+    total = len(ds)
+    assert total < q8.DEFAULT_CALIB_IMAGES + 4
+    said = []
+    got = q8.Int8Images((ds, int8_data), None, 4, SIZE, SIZE, LOVEDA_CLASSES, log=said.append)
+    assert len(got.calib) == total - 4 and len(got.gate) == 4 and not set(got.calib_idx) & set(got.gate_idx)
+    assert len(said) == 1 and f"calibrating on {total - 4}, gating on 4" in said[0]
+    with pytest.raises(SegclipError, match=f"pass --calib-images {total - 4}"):
+        q8.Int8Images((ds, int8_data), q8.DEFAULT_CALIB_IMAGES, 4, SIZE, SIZE, LOVEDA_CLASSES, log=said.append)
+
+
+def test_an_int8_gate_failure_on_a_low_scoring_model_says_it_looks_under_trained():
+    from segclip.export.exporter import Exporter
+
+    int8_row, fp16_row = {"name": "onnx_int8", "precision": "int8"}, {"name": "onnx_fp16", "precision": "fp16"}
+    hint = Exporter._undertrained_hint([int8_row], {"reference": {"miou": 0.178}})
+    assert "mIoU 17.8%" in hint and "looks under-trained" in hint and "\n" not in hint
+    assert Exporter._undertrained_hint([int8_row], {"reference": {"miou": 0.81}}) == ""  # a trained model: no hint
+    assert Exporter._undertrained_hint([fp16_row], {"reference": {"miou": 0.178}}) == ""  # not an INT8 failure
+    assert Exporter._undertrained_hint([int8_row], {"reference": {"miou": None}}) == ""  # no labels: nothing to say
+
+
 def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, int8_checkpoint, capsys):
     import segclip.cpu as cpu
     from segclip.runtime import load_runner

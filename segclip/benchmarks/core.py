@@ -160,7 +160,7 @@ def _reusable(m: dict, checkpoint, *, fp16: bool, trt: bool, int8: bool, max_bat
 
 
 def export_or_reuse(checkpoint, d, size, *, fp16: bool = False, trt: bool = False, int8: bool = False, max_batch: int = 1,
-                    data=None, calib_images: int = 16, log=print, export_log=None) -> tuple:
+                    data=None, calib_images: Optional[int] = None, log=print, export_log=None) -> tuple:
     """(export dir, manifest) of ``checkpoint`` at ``size`` in ``d``: the export made there before when
     it holds what is asked for, else a fresh one (2 parity images; INT8 calibrated on ``data``, no
     fallback rounds: these exports are for timing).  A failed parity gate keeps the artifacts (they

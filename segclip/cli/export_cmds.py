@@ -13,7 +13,10 @@ from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 @click.option("--onnx", "onnx_", is_flag=True, hidden=True)  # old spelling: ONNX FP32 is always written
 @click.option("--fp16", is_flag=True, help="Also model_fp16.onnx: FP16 weights/ops with FP32 islands (strongly typed).")
 @click.option("--int8", is_flag=True, help="Also model_int8.onnx (symmetric Q/DQ, TensorRT) and model_int8_cpu.onnx (u8/s8, x86 CPUs), calibrated on --data.")
-@click.option("--calib-images", default=DEFAULT_CALIB_IMAGES, show_default=True, type=int, help="INT8 calibration images from --data (the gate uses others).")
+@click.option("--calib-images", default=None, type=int,
+              help=f"INT8 calibration images from --data (the gate uses --parity-images others; default "
+                   f"{DEFAULT_CALIB_IMAGES}, or what --data leaves after the gate's, at least 4: the sample set's 16 "
+                   f"val images give 8 + 8).")
 @click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]))
 @click.option("--int8-threshold", default="0.98:1.0", show_default=True, metavar="AGREEMENT[:MIOU_POINTS]",
               help="INT8 gate: min pixel agreement and max |dmIoU| in points.")

@@ -28,7 +28,7 @@ from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT
                               scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
                               write_manifest)
 from segclip.errors import GateFailed, SegclipError
-from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
+from segclip.export.int8 import FALLBACK_BUDGET
 from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images, windows
 from segclip.parsers import parse_batch, parse_size, renamed_keyword, split_device
 from segclip.signature import SCORES_NAME
@@ -62,7 +62,7 @@ class Exporter:
     workspace_mb: int = 4096
     device: Optional[str] = None  # torch reference + TensorRT GPU; None: cpu reference, cuda:0 engine
     int8: bool = False
-    calib_images: int = DEFAULT_CALIB_IMAGES
+    calib_images: Optional[int] = None  # None: DEFAULT_CALIB_IMAGES, fewer when --data holds fewer (int8.Int8Images)
     calib_method: str = "minmax"
     int8_threshold: object = None  # "AGREEMENT[:MIOU_POINTS]", default 0.98:1.0
     int8_fallback: int = FALLBACK_BUDGET  # at most this many quantized nodes kept in float when the INT8 gate fails
@@ -159,7 +159,8 @@ class Exporter:
         if self.int8:  # calibration + held-out gate images: a bad --data fails here, before anything is written
             from segclip.export import int8 as q8
 
-            self.int8_data = q8.Int8Images(self.parity_data, int(self.calib_images), int(self.parity_images), *self.size,
+            self.int8_data = q8.Int8Images(self.parity_data, None if self.calib_images is None else int(self.calib_images),
+                                           int(self.parity_images), *self.size,
                                            self.signature.classes, log=self.log)
         self.source_sha256 = sha256_file(self.ckpt_path)
 
@@ -360,6 +361,18 @@ class Exporter:
         d = np.abs(got[SCORES_NAME] - want)
         return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
                 "argmax_agreement": agreement([got["mask"]], [ref["mask"]]), "windows": len(x)}
+
+    @staticmethod
+    def _undertrained_hint(failed: list, result: dict) -> str:
+        """An INT8 gate missed on a model that scores low itself: say the model looks under-trained."""
+        from segclip.export.int8 import UNDERTRAINED_MIOU
+        from segclip.inference.compare import pct
+
+        ref = (result.get("reference") or {}).get("miou")
+        if ref is None or ref >= UNDERTRAINED_MIOU or not any(r.get("precision") == "int8" for r in failed):
+            return ""
+        return (f"; the FP32 model itself scores mIoU {pct(ref)} on the gate images: it looks under-trained, and a barely "
+                f"trained model's class decisions are too close for INT8 to keep -- train longer, or export without --int8")
 
     def int8_fallback_rounds(self, stage: Path, result: dict, gate: tuple) -> None:
         """Failed INT8 rows: rank quantized nodes by the error they add (on calibration images), keep
@@ -676,7 +689,8 @@ class Exporter:
         if failed:
             names = ", ".join(r.get("note") or f"{r['name']} {100 * r['pixel_agreement']:.3f}% < {100 * r['threshold']:.3f}%"
                               for r in failed)
-            raise GateFailed(f"parity gate failed ({names}); artifacts kept in {self.out} and marked failed in {MANIFEST_NAME}")
+            raise GateFailed(f"parity gate failed ({names}); artifacts kept in {self.out} and marked failed in {MANIFEST_NAME}"
+                             + self._undertrained_hint(failed, result))
         if self.trt and self.trt_reason:
             if self.require_engine:
                 raise SegclipError(f"--trt --require-engine: {self.trt_reason}; the ONNX export in {self.out} is done and "
@@ -715,7 +729,7 @@ def judge_public(row: dict, agree: float) -> dict:
 def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1, 1, 8),
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
-           workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: int = DEFAULT_CALIB_IMAGES,
+           workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: Optional[int] = None,
            calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print, out_dir=None,
            tune: bool = True, msda: str = "auto", geodeep: bool = False, scene=None,
            require_engine: bool = False) -> dict:

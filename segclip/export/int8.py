@@ -48,7 +48,8 @@ FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalizati
              "ReduceMax", "ArgMax")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MIN_CALIB_IMAGES = 4
-DEFAULT_CALIB_IMAGES = 16  # the exporter's and the CLI's default
+DEFAULT_CALIB_IMAGES = 16  # the exporter's and the CLI's default (fewer when --data holds fewer: Int8Images)
+UNDERTRAINED_MIOU = 0.5  # an INT8 gate failure on a model whose own mIoU is below this says it looks under-trained
 DEFAULT_AGREEMENT, DEFAULT_MIOU_POINTS = 0.98, 1.0
 FALLBACK_BUDGET = 12  # at most this many quantized nodes go back to float, over FALLBACK_ROUNDS
 FALLBACK_ROUNDS = 3
@@ -116,10 +117,11 @@ def parse_int8_threshold(value) -> tuple:
     return agree, points
 
 
-def check_calibration_args(calib_images: int, calib_method: str) -> None:
+def check_calibration_args(calib_images: Optional[int], calib_method: str) -> None:
+    """``calib_images`` None: the default, fitted to the data (``Int8Images``)."""
     if calib_method not in CALIB_METHODS:
         raise SegclipError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
-    if int(calib_images) < MIN_CALIB_IMAGES:
+    if calib_images is not None and int(calib_images) < MIN_CALIB_IMAGES:
         raise SegclipError(f"--calib-images {calib_images}: too few calibration images (need >= {MIN_CALIB_IMAGES}); "
                            f"give --calib-images 16 or more")
 
@@ -129,9 +131,11 @@ def split_indices(total: int, n_calib: int, n_gate: int, seed: int = 0) -> tuple
     """Disjoint (calibration, gate) index arrays of a dataset of ``total`` items: a fixed shuffle,
     calibration first, the gate's held-out images spread over the rest."""
     if total < n_calib + n_gate:
+        fit = (f"pass --calib-images {total - n_gate}" if total - n_gate >= MIN_CALIB_IMAGES else
+               f"pass --calib-images {MIN_CALIB_IMAGES} --parity-images {total - MIN_CALIB_IMAGES}"
+               if total - MIN_CALIB_IMAGES >= 1 else "give a larger --data split")
         raise SegclipError(f"too few images for INT8: the dataset has {total}, calibration needs {n_calib} and the "
-                           f"parity gate {n_gate} more (held out); lower --calib-images / --parity-images or give a "
-                           f"larger --data split")
+                           f"parity gate {n_gate} more (held out); {fit}, or give a larger --data split")
     perm = np.random.default_rng(seed).permutation(total)
     calib = np.sort(perm[:n_calib])
     rest = np.sort(perm[n_calib:])
@@ -147,9 +151,11 @@ class Int8Images:
     Built before anything is written, so a missing dataset, a class list that differs from the
     checkpoint's or too few images fail with one line and leave nothing behind."""
 
-    def __init__(self, data, n_calib: int, n_gate: int, h: int, w: int, classes, log=print):
+    def __init__(self, data, n_calib: Optional[int], n_gate: int, h: int, w: int, classes, log=print):
         """``data``: (dataset, description) from ``parity_images.parity_dataset`` (it checked the
-        dataset exists and has the checkpoint's classes), or None for a rendered sample set."""
+        dataset exists and has the checkpoint's classes), or None for a rendered sample set.
+        ``n_calib`` None: ``DEFAULT_CALIB_IMAGES``, or what the data leaves after the gate's images
+        (at least ``MIN_CALIB_IMAGES``; said in one line) -- the sample set's 16 val images give 8 + 8."""
         import shutil
         import tempfile
 
@@ -161,6 +167,7 @@ class Int8Images:
                 log("warning: int8: calibrating on the rendered sample set; calibrate on imagery like the deployment's "
                     "with --data DATASET:ROOT:SPLIT")
                 tmp = Path(tempfile.mkdtemp(prefix="segclip-calib-"))
+                n_calib = n_calib or DEFAULT_CALIB_IMAGES  # rendered to measure: no shortage to fit
                 ds, self.source = sample_dataset(tmp, n_calib + n_gate, h, w), SAMPLE_SOURCE
                 if tuple(ds.classes) != tuple(classes):  # --data was checked by parity_dataset already
                     raise SegclipError(f"--int8: the sample set has LoveDA's classes {list(ds.classes)}, this model "
@@ -169,6 +176,12 @@ class Int8Images:
                 ds, self.source = data
             if not getattr(ds, "has_labels", True):
                 raise SegclipError(f"--data {self.source}: has no labels; the INT8 parity gate needs a labelled split (e.g. val)")
+            if n_calib is None:  # the default, fitted to the labelled images there are
+                n_calib = DEFAULT_CALIB_IMAGES
+                if MIN_CALIB_IMAGES <= len(ds) - n_gate < n_calib:
+                    n_calib = len(ds) - n_gate
+                    log(f"int8: --data {self.source} has {len(ds)} labelled images: calibrating on {n_calib}, gating "
+                        f"on {n_gate} held out (--calib-images N sets it)")
             self.calib_idx, self.gate_idx = split_indices(len(ds), n_calib, n_gate)
             # calibration needs the graph's input size: one window per image; the gate takes images whole
             self.calib = np.stack(windows(_from_dataset(ds, n_calib, classes, indices=self.calib_idx)[0], h, w))
