@@ -297,7 +297,7 @@ def write_plot(report: dict, path) -> Optional[Path]:
         ax3.bar_label(bars, labels=[f"{r['mpx_s']:.2f}\n{100 * (r.get('pipeline_efficiency') or 0):.0f}% eff." for r in scene],
                       fontsize=7, padding=2, bbox=LABEL_BOX)
         ax3.set_xticks(x, [r["backend"] for r in scene], rotation=20, ha="right", fontsize=8)
-        ax3.set_ylim(bottom=0)
+        ax3.set_ylim(0, 1.25 * max(r["mpx_s"] for r in scene))  # room for the two-line labels
         ax3.set_ylabel("megapixels / s (predict, end to end)")
         ax3.set_title(f"whole scene {scene[0]['height']}x{scene[0]['width']}")
         ax3.grid(True, axis="y", alpha=0.3)

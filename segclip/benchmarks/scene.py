@@ -13,7 +13,7 @@ its peak RSS is its own and no backend inherits another's allocator state.  Per 
 * ``pipeline_efficiency`` = ``mpx_s`` / ``runner_bound_mpx_s`` (= runner_s / wall time): 1.0 when
   reading, blending and writing hide entirely behind inference.  (Issue 27 writes the ratio the other
   way up; this is the one that is a fraction, with 85% as the target.)
-* ``peak_rss_mib``: the child's peak resident memory (``ru_maxrss``);
+* ``peak_rss_mib``: the child's peak resident memory (/proc VmHWM);
 * ``other_cpu``: share of the machine's CPU time other processes took meanwhile (from /proc/stat and
   the child's rusage), ``busy`` above the benchmark's threshold.
 
@@ -235,10 +235,23 @@ def add_scene(report: dict, names, sources, size, settings, scene, work_dir: Pat
         raise RuntimeError("benchmark report does not match its schema: " + "; ".join(problems[:5]))
 
 
-def _child(job: dict) -> None:
-    """The child process: one predict, its summary and peak RSS as one tagged JSON line on stdout."""
+def _peak_rss_mib() -> Optional[float]:
+    """This process's peak resident memory: /proc's VmHWM (of this program only; ``ru_maxrss`` would
+    carry over the benchmark parent's RSS at fork, which Linux keeps across exec), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except (OSError, ValueError):
+        pass
     import resource
 
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _child(job: dict) -> None:
+    """The child process: one predict, its summary and peak RSS as one tagged JSON line on stdout."""
     from segclip.inference.predict import predict_paths, release_freed_memory
 
     release_freed_memory()
@@ -253,7 +266,7 @@ def _child(job: dict) -> None:
         r["runner"] = json.load(f).get("runner")
     r["window"] = job["size"]
     r["total_s"] = round(time.perf_counter() - t0, 3)
-    r["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    r["peak_rss_mib"] = _peak_rss_mib()
     print(RESULT_TAG + json.dumps(r, default=str), flush=True)
 
 
