@@ -491,6 +491,10 @@ def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
 def _quickstart_benchmark(run: Path, out: Path, summary: dict) -> None:
     from segclip.benchmarks import run_benchmark
 
+    if not (out / "export").is_dir():  # the export step was skipped or failed: nothing of it to benchmark
+        summary["benchmark_status"] = "skipped: no export"
+        click.echo("quickstart: benchmark skipped (no export)")
+        return
     report = run_benchmark(out / "export", out=out / "benchmark", data=f"sample:{out / 'data'}:val", quick=True,
                            backends=",".join(QUICKSTART_BACKENDS))
     summary["artifacts"]["benchmark"] = str(out / "benchmark")
