@@ -320,6 +320,37 @@ def test_geodeep_defects_are_documented(geodeep_export, tmp_path):
     assert g_nodata == 0 and manifest["classes"][0] == "background"  # GeoDeep: class 0 declared nodata
 
 
+def test_geodeep_bakes_the_scene_of_a_model_with_metadata_prompts(tmp_path):
+    """LoveDA models train with scene prompts: --scene rural is baked into the artifact, whose
+    probabilities are the standard export's scores under that scene (not generic's), gated under it."""
+    import onnxruntime as ort
+
+    from conftest import LOVEDA_PALETTE, make_scene_model, parity_images
+    from segclip.checkpoint import atomic_save, checkpoint_dict
+    from segclip.errors import SegclipError
+    from segclip.export import export
+    from segclip.runtime import load_runner
+
+    ckpt = atomic_save(checkpoint_dict(make_scene_model(seed=1), LOVEDA_PALETTE, dataset="sample",
+                                       train_config={"crop_size": 64, "gsd": GSD}), tmp_path / "scene.pt")
+    out = tmp_path / "export"
+    manifest = export(ckpt, out, geodeep=True, scene="rural", scores=True, batch=(1, 1, 2), parity_images=1, tune=False,
+                      log=lambda *a: None)
+    art = manifest["artifacts"]["geodeep"]
+    assert art["status"] == "ok" and art["scene"] == {"id": 1, "name": "rural"}
+    x = parity_images(2)
+    probs = ort.InferenceSession(str(out / "model_geodeep.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": (x.transpose(0, 3, 1, 2) / 255.0).astype(np.float32)})[0]
+    with load_runner(out, format="onnx") as r:
+        rural, generic = r.infer(x, "rural")["scores"], r.infer(x, "generic")["scores"]
+    d_rural = float(np.abs(probs - rural / rural.sum(1, keepdims=True)).max())
+    d_generic = float(np.abs(probs - generic / generic.sum(1, keepdims=True)).max())
+    assert d_rural < 1e-4 and d_generic > 5 * d_rural  # (a random-init model's scenes differ by ~1e-3)
+    with load_runner(out, format="geodeep") as g:
+        with pytest.raises(SegclipError, match="exported for scene 'rural'"):
+            g.infer(x, "urban")
+
+
 def test_geodeep_export_bad_input(trained_checkpoint, tmp_path):
     from segclip.errors import SegclipError
     from segclip.export import export
