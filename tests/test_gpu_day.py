@@ -257,9 +257,11 @@ def test_ddp_ranks_skip_an_isolated_nan_step_together_and_stop_together_on_a_run
             run_training("sample", {str(root)!r}, "segclip-small", {str(tmp_path / 'run')!r}, max_steps=20,
                          batch_size=1, crop_size=64, backbone_weights="none", clip_checkpoint="none", device="cpu",
                          progress=False, checkpoint_every=100)
-            print("FINISHED", flush=True)
+            result = "FINISHED"
         except SegclipError as e:
-            print("STOP", torch.distributed.get_rank(), str(e), flush=True)
+            result = "STOP " + str(e)
+        # one file per rank: the two processes share stdout, where their lines can interleave
+        open({str(tmp_path)!r} + f"/rank{{torch.distributed.get_rank()}}.txt", "w").write(result)
     """))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -273,9 +275,10 @@ def test_ddp_ranks_skip_an_isolated_nan_step_together_and_stop_together_on_a_run
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    stops = sorted(line for line in out.splitlines() if line.startswith("STOP"))
-    assert len(stops) == 2 and "FINISHED" not in out, out[-2000:] + err[-3000:]
-    msgs = {line.split(" ", 2)[2] for line in stops}
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    stops = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert all(s.startswith("STOP ") for s in stops), stops  # both ranks stopped, neither finished nor hung
+    msgs = {s[5:] for s in stops}
     assert len(msgs) == 1, stops  # the same message on both ranks
     msg = msgs.pop()
     last = 3 + MAX_NONFINITE_IN_A_ROW - 1
@@ -306,3 +309,15 @@ def test_doctor_gpu_without_a_gpu_gives_a_no_gpu_verdict_listing_what_it_would_r
     assert not (tmp_path / "acc" / "run").exists()  # nothing trained
     r = CliRunner().invoke(main, ["doctor"])
     assert r.exit_code == 0 and "doctor --gpu" in r.output
+
+
+def test_fp16_engine_rows_are_bounded_on_scores_too():
+    from segclip.export.exporter import FP16_SCORE_MEAN_BOUND, bound_fp16_scores
+
+    row = lambda d, backend="tensorrt", precision="fp16": {"name": "tensorrt", "backend": backend, "precision": precision,
+                                                           "mean_abs_diff": d, "status": "ok"}
+    assert bound_fp16_scores(row(FP16_SCORE_MEAN_BOUND / 4))["status"] == "ok"
+    r = bound_fp16_scores(row(FP16_SCORE_MEAN_BOUND * 3))  # masks may agree while the scores drift
+    assert r["status"] == "failed" and "FP16 scores" in r["note"]
+    assert bound_fp16_scores(row(0.5, backend="onnxruntime"))["status"] == "ok"  # the GPU engine's gate, not ORT's
+    assert bound_fp16_scores(row(None))["status"] == "ok"  # no scores compared: nothing to bound
