@@ -43,6 +43,8 @@ _POLL = 0.2  # seconds between checks of the other threads while waiting on a qu
 # keeps every core busy) and costs activation memory: ONNX Runtime needs ~1.2-1.4 GiB at 8 x 1024 px
 # (benchmarks/PREDICT_MEMORY.md).  GPUs and Triton servers (which batch on their side) get 8.
 CPU_BATCH, DEVICE_BATCH = 2, 8
+# --gsd: model-grid rows brought back to the input's grid at a time (they become 32 / factor input rows)
+UPSAMPLE_ROWS = 32
 
 
 def default_batch(runner) -> int:
@@ -234,17 +236,15 @@ class Predictor:
                         item = _get(q_out, failed)
                         if item is None:
                             return
-                        y0, x0, rows = item
-                        if out_src is not source:  # read at the model's GSD: back to the input's grid, nearest
-                            y0, x0, rows = source.to_input_block(y0, x0, rows)
                         t = time.perf_counter()
-                        y1, x1 = y0 + rows.shape[0], x0 + rows.shape[1]
-                        valid = src.valid(y0, x0, y1, x1)
-                        if valid is not None:
-                            rows[~valid] = IGNORE_INDEX
-                        sink.write(y0, self.encode(rows) if self.encode else rows, x0)
-                        counts.add(rows, valid, src.row_pixel_areas(y0, y1))
-                        preview.add(y0, rows, x0)
+                        for y0, x0, rows in self._out_blocks(item, source, out_src):
+                            y1, x1 = y0 + rows.shape[0], x0 + rows.shape[1]
+                            valid = src.valid(y0, x0, y1, x1)
+                            if valid is not None:
+                                rows[~valid] = IGNORE_INDEX
+                            sink.write(y0, self.encode(rows) if self.encode else rows, x0)
+                            counts.add(rows, valid, src.row_pixel_areas(y0, y1))
+                            preview.add(y0, rows, x0)
                         busy["write"] += time.perf_counter() - t
             except _Stop:
                 pass
@@ -320,6 +320,18 @@ class Predictor:
         if errors:
             raise errors[0]
         return skipped[0]
+
+    @staticmethod
+    def _out_blocks(item, source, out_src):
+        """A finished block as written: as is, or -- read at the model's GSD -- back at the input's grid
+        (nearest), ``UPSAMPLE_ROWS`` model rows at a time so a block grows by the factor squared only
+        that many rows at once."""
+        y0, x0, rows = item
+        if out_src is source:
+            yield y0, x0, rows
+            return
+        for r in range(0, rows.shape[0], UPSAMPLE_ROWS):
+            yield source.to_input_block(y0 + r, x0, rows[r:r + UPSAMPLE_ROWS])
 
     # ---- side outputs ----------------------------------------------------------------------------
     def _vectorize(self, mask_path: Path, stem: Path, ignore: int) -> dict:
