@@ -77,3 +77,40 @@ def test_legend_png_is_readable_and_tells_no_data_from_background():
     # the extra entry is a black swatch (the text adds black too, the swatch a solid square of it)
     assert _colour_pixels(with_nd, (0, 0, 0)) - _colour_pixels(without, (0, 0, 0)) >= 20 * 20
     assert nodata_color([(0, 0, 0), (64, 64, 64)]) == (128, 128, 128)  # never a class's colour
+
+
+def test_prediction_preview_shows_image_prediction_and_truth(trained_checkpoint, tmp_path):
+    """The quickstart's preview_val.png: headed columns image | prediction | truth, the prediction the
+    runner's own class map in the palette's colours, no-data in the previews' colour, a legend."""
+    from segclip.data import build_dataset
+    from segclip.data.loveda import PALETTE as LOVEDA
+    from segclip.inference.outputs import prediction_preview
+    from segclip.runtime import load_runner
+    from segclip.signature import colorize
+
+    r = CliRunner().invoke(main, ["sample-data", "--out", str(tmp_path / "d"), "--num-train", "1", "--num-val", "2",
+                                  "--size", "64", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    ds = build_dataset("sample", str(tmp_path / "d"), "val")
+    with load_runner(trained_checkpoint) as runner:
+        out = prediction_preview(runner, ds, tmp_path / "p.png", n=2)
+        want = runner.infer(np.stack([ds[i]["image"] for i in range(2)]))["mask"]
+    img = np.asarray(Image.open(out).convert("RGB"))
+    top, gap = 12 + 2 * 4, 4  # labelled_grid: a 12 px heading (64 px columns) between two 4 px gaps
+    for row in range(2):
+        y = top + row * (64 + gap)
+        np.testing.assert_array_equal(img[y:y + 64, gap:gap + 64], ds[row]["image"])
+        np.testing.assert_array_equal(img[y:y + 64, 2 * gap + 64:2 * gap + 128], colorize(want[row], LOVEDA))
+        truth = colorize(ds[row]["mask"], LOVEDA)
+        truth[ds[row]["mask"] == 255] = (0, 0, 0)
+        np.testing.assert_array_equal(img[y:y + 64, 3 * gap + 128:3 * gap + 192], truth)
+    assert (img[:top, : 3 * gap + 192] < 100).all(-1).sum() >= 30  # the headings
+    assert img.shape[1] > 4 * gap + 192 + 40  # the legend panel
+    # the quickstart writes it into its stage, records it, and names it by where it will be
+    from segclip.cli.train_cmds import QUICKSTART_PREVIEW, _quickstart_preview
+
+    summary = {"artifacts": {}}
+    (tmp_path / "stage").mkdir()
+    _quickstart_preview(trained_checkpoint, tmp_path / "stage", tmp_path / "qs", summary, ds, "cpu")
+    assert summary["artifacts"]["prediction_preview"] == str(tmp_path / "stage" / QUICKSTART_PREVIEW)
+    assert Image.open(tmp_path / "stage" / QUICKSTART_PREVIEW).size[0] > 3 * 64

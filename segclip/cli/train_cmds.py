@@ -436,6 +436,7 @@ def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device
                                "val_miou_off": round(off["miou"], 4)}
         click.echo(f"val mIoU with scene metadata {pct(metrics['miou'])}, withheld {pct(off['miou'])} "
                    f"(scenes: {', '.join(trainer.model.scenes.names)})")
+    _quickstart_preview(run, stage, out, summary, trainer.val_dataset, device)
     for step_name, enabled, fn in (("export", do_export, _quickstart_export), ("benchmark", do_bench, _quickstart_benchmark)):
         if not enabled:
             continue
@@ -467,6 +468,21 @@ def export_summary(manifest: dict, directory: Path) -> dict:
     return {k: {"status": v.get("status"), "file": str(directory / v["file"]) if v.get("file") else None,
                 "gate": {g: p[g] for g in gate_keys if g in p} if (p := v.get("parity")) else None}
             for k, v in (manifest.get("artifacts") or {}).items() if isinstance(v, dict)}
+
+
+QUICKSTART_PREVIEW = "preview_val.png"
+
+
+def _quickstart_preview(run: Path, stage: Path, out: Path, summary: dict, val_dataset, device) -> None:
+    """image | prediction | truth of 4 val tiles, with the legend: what the trained model does (written
+    into ``stage``, named by where it will be: ``out``)."""
+    from segclip.inference.outputs import prediction_preview
+    from segclip.runtime import load_runner
+
+    with load_runner(run, device=device) as runner:
+        path = prediction_preview(runner, val_dataset, stage / QUICKSTART_PREVIEW, n=4)
+    summary["artifacts"]["prediction_preview"] = str(path)  # relocated to --out with the others
+    click.echo(f"quickstart: predictions on 4 val tiles (image | prediction | truth) -> {out / QUICKSTART_PREVIEW}")
 
 
 def _quickstart_export(run: Path, out: Path, summary: dict) -> None:

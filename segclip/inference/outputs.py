@@ -106,3 +106,32 @@ def summary_lines(results: list) -> list:
     mpx, sec = sum(r["megapixels"] for r in results), sum(r["seconds"] for r in results)
     lines.append(f"{'total':<32} {mpx:>10.1f} Mpx {'':>8} {sec:>8.1f} {mpx / max(sec, 1e-9):>7.2f}")
     return lines
+
+
+def prediction_preview(runner, dataset, out, n: int = 4, batch: int = 4) -> Path:
+    """``out`` (PNG): image | prediction | truth for ``n`` images spread over a labelled ``dataset``,
+    with the legend of the classes shown (no-data in the colour every preview gives it): the first
+    thing a newcomer wants to see.  The runner sees each image whole (a fixed-size one in windows),
+    with its scene when the model has metadata prompts."""
+    from segclip.inference.compare import run_all
+    from segclip.signature import colorize
+    from segclip.viz import IGNORE, add_legend, labelled_grid, nodata_color, save_png
+
+    sig = runner.signature
+    pick = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)
+    items = [dataset[int(i)] for i in pick]
+    ids = [sig.scene_of(it.get("meta")) for it in items] if sig.scenes else None
+    preds = run_all(runner, [it["image"] for it in items], batch, ids, scores=False)["mask"]
+    nd = nodata_color(sig.palette)
+
+    def paint(mask):
+        col = colorize(mask, sig.palette)
+        col[np.asarray(mask) == IGNORE] = nd
+        return col
+
+    rows = [[it["image"], paint(p), paint(it["mask"])] for it, p in zip(items, preds)]
+    shown = set(np.unique(np.concatenate([np.ravel(p) for p in preds] + [np.ravel(it["mask"]) for it in items])).tolist())
+    entries = [(c, col) for i, (c, col) in enumerate(zip(sig.classes, sig.palette)) if i in shown]  # classes shown
+    entries += [("no-data", nd)] if IGNORE in shown else []
+    save_png(add_legend(labelled_grid(rows, ["image", "prediction", "truth"]), entries, font_size=16), out)
+    return Path(out)
