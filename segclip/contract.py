@@ -401,6 +401,17 @@ class Choice:
                 "measured_ms": self.ms, "line": self.line()}
 
 
+def _saturates_here(manifest: dict, row: dict) -> bool:
+    """A speed row of an INT8 graph on this CPU whose gate did not measure this CPU's saturating 8-bit
+    arithmetic (``segclip.cpu.int8_warning``, e.g. TensorRT's 8-bit graph on an AVX2-only CPU): never chosen
+    by speed -- it is fast there by adding its products in 16-bit lanes that saturate."""
+    from segclip.cpu import int8_warning
+
+    record = ((manifest.get("artifacts") or {}).get(row.get("artifact")) or {}).get("int8")
+    on_cpu = not str(row.get("device") or "cpu").startswith("cuda") and row.get("runtime") != "tensorrt"
+    return isinstance(record, dict) and on_cpu and int8_warning(str(row.get("artifact")), record) is not None
+
+
 def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, runtime: Optional[str] = None,
                     device: Optional[str] = None, machine: Optional[dict] = None, among=RUNNABLE) -> Choice:
     """The one decision of which artifact/runtime a runner of this export uses.
@@ -424,7 +435,7 @@ def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, 
     else:
         rows = [r for r in rec.get("rows") or [] if isinstance(r, dict) and isinstance(r.get("ms"), (int, float))]
         ok = sorted((r for r in rows if r.get("artifact") in gated and (runtime is None or r.get("runtime") == runtime)
-                     and _device_matches(r.get("device"), device)), key=lambda r: r["ms"])
+                     and _device_matches(r.get("device"), device) and not _saturates_here(manifest, r)), key=lambda r: r["ms"])
         ref = next((r["ms"] for r in rows if r.get("artifact") == "onnx" and r.get("runtime") == "onnxruntime"), None)
         for r in ok:
             if r.get("runtime") in RUNTIME_NAMES and _runtime_missing(r["runtime"]) is None:

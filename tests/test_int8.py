@@ -286,6 +286,35 @@ def test_vnni_gated_8bit_graph_warns_on_a_cpu_that_saturates(int8_export, int8_d
     assert not warnings_on("avx2", providers="cpu")
 
 
+def test_speed_choice_skips_an_int8_graph_that_saturates_here(int8_export, tmp_path, monkeypatch):
+    """``predict``'s default (contract.choose_artifact: the fastest gated artifact measured on this CPU) never
+    takes an 8-bit graph whose gate did not measure this CPU's saturating arithmetic, however fast it ran."""
+    import json
+    import shutil
+
+    import segclip.cpu as cpu
+    from segclip import contract
+
+    out = tmp_path / "copied"
+    shutil.copytree(int8_export[0], out)
+    m = json.loads((out / "manifest.json").read_text())
+
+    def choice_on(host):
+        monkeypatch.setattr(cpu, "int8_isa", lambda flags=None, machine=None: host)
+        m["speed"] = [{"machine": contract.this_machine(), "measured": "2026-12-07T00:00:00Z", "rows": [
+            {"artifact": "onnx", "runtime": "onnxruntime", "device": "cpu", "ms": 100.0},
+            {"artifact": "onnx_int8", "runtime": "onnxruntime", "device": "cpu", "ms": 40.0},  # TensorRT's 8-bit graph
+            {"artifact": "onnx_int8_cpu", "runtime": "onnxruntime", "device": "cpu", "ms": 50.0}]}]
+        return contract.choose_artifact(m, out)
+
+    cpu_rec = m["artifacts"]["onnx_int8_cpu"]["int8"]
+    cpu_rec.update(weight_bits=7, isa={"isa": "avx2"})  # as an AVX2-only CPU exports it
+    assert (choice_on("avx512_vnni").format, choice_on("avx2").format) == ("onnx_int8", "onnx_int8_cpu")
+    cpu_rec.update(weight_bits=8, isa={"isa": "avx512_vnni"})  # as a VNNI CPU exports it
+    c = choice_on("avx2")
+    assert (c.format, c.how) == ("onnx", "measured")
+
+
 @pytest.mark.parametrize("delta, status", [(-0.02, "failed"), (0.02, "failed"), (-0.005, "ok"), (0.01, "ok"), (None, "ok")])
 def test_gate_int8_miou_tolerance(delta, status):
     """|dmIoU| beyond the tolerance (1 point) fails the row; within it (or no labels: None) it passes."""

@@ -309,6 +309,9 @@ class Exporter:
         self.int8_twins[key] = twin
         self._write_onnx(stage, spec["file"], pub, twin, key, "int8", info, t0,
                          extra_meta={"int8_target": spec["target"], "float_nodes": str(len(summary["float_nodes"]))})
+        if record["weight_bits"] < 8 and not exclude:
+            self.log(f"{key}: 7-bit weights: this CPU ({record['isa']['isa']}, no VNNI) adds 8-bit products in 16-bit "
+                     f"lanes that saturate (ONNX Runtime's reduce_range)")
 
     def export_int8_fp16(self, stage: Path, images: np.ndarray) -> None:
         """``model_int8_fp16.onnx``: the TensorRT INT8 graph with FP16 elsewhere (``--int8 --fp16 --trt``)."""
@@ -680,10 +683,12 @@ class Exporter:
             # time the gated artifacts (a missed INT8 gate does not stop it; a failed FP32 graph does: such an export
             # is refused by default until re-exported): the fastest becomes predict/eval/triton-repo's default
             if self.tune and self.artifacts["onnx"]["status"] == OK:
+                from segclip.contract import choose_artifact
                 from segclip.inference.speed import measure, record
 
                 record(manifest, measure(stage, manifest=manifest, size=self.size[0], log=self.log))
                 write_manifest(stage, manifest)
+                self.log(f"predict/eval/triton-repo here: {choose_artifact(manifest, stage).line()}")
             shutil.rmtree(stage / ".parity", ignore_errors=True)
         self.log(table)
         self.log(f"export: {self.out} ({', '.join(k for k, a in self.artifacts.items() if a.get('file'))}) "
