@@ -684,7 +684,6 @@ class Exporter:
             # is refused by default until re-exported): the fastest becomes predict/eval/triton-repo's default
             if self.tune and self.artifacts["onnx"]["status"] == OK:
                 from segclip.contract import choose_artifact
-                from segclip.contract import choose_artifact
                 from segclip.inference.speed import measure, record
 
                 record(manifest, measure(stage, manifest=manifest, size=self.size[0], log=self.log))
