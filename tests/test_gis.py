@@ -195,7 +195,7 @@ def test_geodeep_artifact_is_what_geodeep_and_deepness_read(geodeep_export):
 
     from conftest import parity_images
     from segclip.runtime import load_runner
-    from segclip.runtime.onnx_runner import OnnxRunner
+    from segclip.runtime.onnx_runner import OnnxRunner, read_onnx_metadata
 
     out, manifest = geodeep_export
     path = out / "model_geodeep.onnx"
@@ -217,6 +217,8 @@ def test_geodeep_artifact_is_what_geodeep_and_deepness_read(geodeep_export):
     assert float(json.loads(meta["resolution"])) == pytest.approx(30.0)
     assert int(json.loads(meta["tiles_overlap"])) == cfg["tiles_overlap"] and int(json.loads(meta["tile_size"])) == 64
     assert json.loads(meta["segclip.scene"]) == {"id": 0, "name": "generic"}
+    assert json.loads(meta["segclip.signature"])["gsd"] == pytest.approx(GSD)  # segclip's own signature, GSD included
+    assert json.loads(read_onnx_metadata(out / "model.onnx")["segclip.signature"])["gsd"] == pytest.approx(GSD)
     # probabilities = the standard export's scores over their class sum
     x = parity_images(4)
     probs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
