@@ -294,7 +294,7 @@ def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, fo
     if out is not None and Path(out).is_dir():
         raise SegclipError(f"--out {out}: is a folder; give the metrics JSON file to write, e.g. --out {Path(out) / f'eval_{split}.json'}")
     opts = {k: v for k, v in (("format", fmt), ("runtime", runtime), ("device", device)) if v}
-    if allow_failed and (Path(model).is_dir() or Path(model).suffix == ".onnx"):  # as predict: export verdicts only
+    if allow_failed and kind in ("export", "onnx"):  # only exports (and their ONNX files) hold gate verdicts
         opts["allow_failed"] = True
     runner = load_runner(model, **opts)
     if runner.choice is not None:  # which artifact of an export, and why

@@ -488,6 +488,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
     ``gsd``: "auto" | "off" | the inputs' GSD in metres; ``out_grid``: "input" | "model" (see ``Predictor``)."""
     from segclip.data.gsd import parse_gsd_mode
     from segclip.parsers import path_list
+    from segclip.contract import resolve_source
     from segclip.runtime import load_runner
     from segclip.runtime.pool import open_pool
 
@@ -525,7 +526,7 @@ def predict_paths(models: Sequence[str], inputs: Sequence[str], out, *, size: Op
         if remote:
             return load_runner(m, **({"timeout": timeout} if timeout else {}))
         opts = dict(runner_opts or {})
-        if not Path(m).is_dir() and Path(m).suffix != ".onnx":
+        if resolve_source(m).kind not in ("export", "onnx"):
             opts.pop("allow_failed", None)  # export folders (and the ONNX files in them) hold parity-gate verdicts
         runner = load_runner(m, **opts)
         if hasattr(runner, "memory_arena"):  # ONNX Runtime: peak memory flat over a whole scene (not yet active)
