@@ -60,7 +60,8 @@ CASES = [
     ("train-unknown-preset", TRAIN + " --preset segclip-r51", ["segclip-r51", "segclip-small"]),
     ("train-unknown-dataset", "train --data pascal:{data} --out {root}/newrun", ["pascal"]),
     # train has no --force: the fix named is another folder, never "pass --force"
-    ("train-data-sample-occupied", "train --data sample:{occupied} --out {root}/newrun", ["occupied", "--data sample:"]),
+    ("train-data-sample-occupied", "train --data sample:{occupied} --preset segclip-small --out {root}/newrun "
+     "--backbone-weights none --clip-checkpoint none", ["occupied", "--data sample:"]),
     ("train-out-occupied", TRAIN + " --out {occupied}", ["occupied", "not a segclip training run"]),
     ("train-data-root-missing", "train --data loveda:{root}/nowhere --out {root}/newrun", ["nowhere"]),
     ("train-data-val-split", "train --data sample:{data}:val --out {root}/newrun", ["train split"]),
