@@ -114,3 +114,21 @@ def test_prediction_preview_shows_image_prediction_and_truth(trained_checkpoint,
     _quickstart_preview(trained_checkpoint, tmp_path / "stage", tmp_path / "qs", summary, ds, "cpu")
     assert summary["artifacts"]["prediction_preview"] == str(tmp_path / "stage" / QUICKSTART_PREVIEW)
     assert Image.open(tmp_path / "stage" / QUICKSTART_PREVIEW).size[0] > 3 * 64
+
+
+def test_train_and_quickstart_val_miou_say_what_they_are_over(tmp_path):
+    """The val mIoU train and the quickstart print and store (eval_val.json, summary.json) names its set."""
+    import dataclasses
+
+    from conftest import make_small_model
+    from segclip.cli.train_cmds import _evaluate_model
+    from segclip.config import PRESETS
+    from segclip.data import build_dataset
+
+    r = CliRunner().invoke(main, ["sample-data", "--out", str(tmp_path / "d"), "--num-train", "1", "--num-val", "2",
+                                  "--size", "64"])
+    assert r.exit_code == 0, r.output
+    tcfg = dataclasses.replace(PRESETS["segclip-small"].train, crop_size=64, eval_size=64)
+    m = _evaluate_model(make_small_model().eval(), build_dataset("sample", str(tmp_path / "d"), "val"), tcfg, "cpu",
+                        progress=False)
+    assert m["computed_on"] == "2 val image(s), whole images in 64x64 windows, metadata off"

@@ -196,6 +196,9 @@ def _evaluate_model(model, dataset, tcfg, device, batch_size=4, limit=None, prog
     out = evaluate(torch_scores_fn(model, device), dataset, model.num_classes, window, batch_size=batch_size,
                    progress=progress, limit=limit, scene_ids=scene_ids_for(dataset, None if model.scenes is None else model.scenes.scene_id, metadata), exclude=exclude)
     out["metadata"] = "on" if (model.scenes is not None and metadata) else "off"
+    hw = (window, window) if isinstance(window, int) else tuple(window)
+    out["computed_on"] = (f"{out['images']} val image(s), whole images in {hw[0]}x{hw[1]} windows, "
+                          f"metadata {out['metadata']}")  # train and the quickstart score the val split; as eval says it
     return out
 
 
@@ -422,6 +425,7 @@ def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device
     metrics = _evaluate_model(trainer.model, trainer.val_dataset, trainer.tcfg, trainer.device)
     atomic_write_json(run / "eval_val.json", metrics)
     summary["val_miou"] = round(metrics["miou"], 4)
+    summary["val_miou_computed_on"] = metrics["computed_on"]
     summary["val_overall_accuracy"] = round(metrics["overall_accuracy"], 4)
     summary["per_class_iou"] = metrics["per_class_iou"]
     summary["artifacts"]["eval"] = str(run / "eval_val.json")
