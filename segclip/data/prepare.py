@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segclip.errors import SegclipError
-from segclip.atomic import atomic_dir
+from segclip.atomic import atomic_dir, holds_own
 from segclip.data.base import IGNORE_INDEX, SegDataset, list_images, pair_masks
 from segclip.data.imageio import read_index_mask
 from segclip.data.tiling import iter_patches
@@ -57,8 +57,10 @@ def prepare_patches(name, src, dst, tile=None, stride=None, splits=None, force=F
         raise SegclipError(f"prepare: destination {dst} exists and is a file; give a new or empty folder for the patches")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise SegclipError(f"prepare: destination {dst} is inside the source {src}; choose a folder outside it")
-    if dst.exists() and any(dst.iterdir()) and not force:
-        raise SegclipError(f"prepare: {dst} already exists and is not empty; pass --force to replace it or choose another DST")
+    # --force replaces earlier patches only: a folder without prepare's manifest is someone else's
+    if holds_own(dst, lambda d: (d / MANIFEST).is_file(), "patches segclip prepare wrote", f"no {MANIFEST}") and not force:
+        raise SegclipError(f"prepare: {dst} already holds prepared patches ({MANIFEST}); pass --force to replace them "
+                           f"or choose another --out")
     if splits is None:
         splits = [s for s in ("train", "val", "test") if _split_present(name, src, s)]
         if not splits:
