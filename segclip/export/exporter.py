@@ -689,7 +689,6 @@ class Exporter:
                 record(manifest, measure(stage, manifest=manifest, size=self.size[0], log=self.log))
                 write_manifest(stage, manifest)
                 self.log(f"predict/eval/triton-repo here: {choose_artifact(manifest, stage).line()}")
-                self.log(f"predict/eval/triton-repo here: {choose_artifact(manifest, stage).line()}")
             shutil.rmtree(stage / ".parity", ignore_errors=True)
         self.log(table)
         self.log(f"export: {self.out} ({', '.join(k for k, a in self.artifacts.items() if a.get('file'))}) "
