@@ -439,7 +439,7 @@ def test_train_records_the_gsd_of_georeferenced_folder_tiles(tmp_path):
     assert "--gsd 0" in error_line(res.output, 2, res.exit_code) and not (tmp_path / "bad").exists()
     res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
-    assert "ground sampling distance: 0.5 m" in res.output
+    assert "note: ground sampling distance 0.5 m" in res.output
     sig = signature_from_checkpoint(load_checkpoint(tmp_path / "run" / "model_final.pt"))
     assert sig.gsd == pytest.approx(0.5) and sig.to_dict()["gsd"] == pytest.approx(0.5)
     res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "run"), "--resume", "--max-steps", "2", "--gsd", "0.3"])

@@ -34,12 +34,13 @@ def triton_repo_cmd(export_dir, out, max_batch, queue_delay_us, instances, kind,
     from segclip.contract import read_manifest
     from segclip.serving.repo import build_repository, onnx_choice
 
-    # the one decision (contract.choose_artifact through onnx_choice), said before the files are written
+    # the one decision (contract.choose_artifact through onnx_choice), said once the repository is written (a
+    # refused repository prints its one error line only)
     _, precision, choice = onnx_choice(read_manifest(export_dir), export_dir, kind, precision)
-    click.echo(choice.line().replace("--format/--runtime", "--precision"))
     written = build_repository(export_dir, out, models=split_list(models) or None, max_batch=max_batch,
                                queue_delay_us=queue_delay_us, instances=instances, kind=kind, intra_op_threads=threads,
                                precision=precision, force=force, triton_release=triton_release)
+    click.echo(choice.line().replace("--format/--runtime", "--precision"))
     for name, path in written.items():
         click.echo(f"{name:15s} {path}")
     click.echo(f"serve it: segclip serve --repo {out}   (pip server: segclip_python; NVIDIA's container: all)")

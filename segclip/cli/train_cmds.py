@@ -99,7 +99,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         click.echo(f"note: the ground sampling distance of --data {dataset} is unknown (not georeferenced, or the tiles "
                    f"disagree): predict will not resample to it; give train --gsd METRES", err=True)
     elif gsd is None and not resume:
-        click.echo(f"ground sampling distance: {describe(t.gsd)} per pixel ({dataset}; train --gsd overrides)", err=True)
+        click.echo(f"note: ground sampling distance {describe(t.gsd)} per pixel ({dataset}; train --gsd overrides)", err=True)
     warning = warmup_warning(t, preset)
     if warning:
         click.echo(warning, err=True)
