@@ -132,15 +132,8 @@ def build_parity_model(seed: int = 6, images=None):
     k, dec, pix = len(model.classes), model.decoder, model.pixel_decoder
     x = torch.from_numpy(parity_images(PARITY_MAX) if images is None else images)
     for _ in range(2):  # twice: the new masks change the decoder's masked attention, hence its queries
-        feats, emb, qs = [], [], []
-        hooks = [pix.mask_features.register_forward_hook(lambda m, i, o: feats.append(i[0])),
-                 dec.mask_embed.register_forward_hook(lambda m, i, o: emb.append(o)),
-                 dec.decoder_norm.register_forward_hook(lambda m, i, o: qs.append(o))]
+        p, e, q = _last_stage(model, x, k)
         with torch.no_grad():
-            model(x)
-            for h in hooks:
-                h.remove()
-            p, e, q = feats[-1], emb[-1][:, :k], qs[-1]
             # the embedding every query shares: masks alike in every query make near-ties, and FP16 rounding
             # of a dot product dominated by a shared part would swamp the small differences that decide
             common = e.mean((0, 1))
@@ -158,6 +151,23 @@ def build_parity_model(seed: int = 6, images=None):
             pix.mask_features.bias.mul_(scale)
             _fit_class_head(dec, q, k)
     return model
+
+
+def _last_stage(model, x, k: int) -> tuple:
+    """One forward pass -> (mask-feature input, the first ``k`` queries' mask embeddings, the last
+    decoder stage's queries): what the fixture builders fit their heads on."""
+    pix, dec = model.pixel_decoder, model.decoder
+    feats, emb, qs = [], [], []
+    hooks = [pix.mask_features.register_forward_hook(lambda m, i, o: feats.append(i[0])),
+             dec.mask_embed.register_forward_hook(lambda m, i, o: emb.append(o)),
+             dec.decoder_norm.register_forward_hook(lambda m, i, o: qs.append(o))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return feats[-1], emb[-1][:, :k], qs[-1]
 
 
 def _fit_class_head(dec, q, k: int) -> None:
@@ -200,15 +210,8 @@ def build_margin_model(seed: int = 6, n_fit: int = 16, spread: float = 4.0, cros
             att.out_proj.weight.mul_(cross_attention)
             att.out_proj.bias.mul_(cross_attention)
     for _ in range(2):  # twice: the new masks change the decoder's masked attention, hence its queries
-        feats, emb, qs = [], [], []
-        hooks = [pix.mask_features.register_forward_hook(lambda m, i, o: feats.append(i[0])),
-                 dec.mask_embed.register_forward_hook(lambda m, i, o: emb.append(o)),
-                 dec.decoder_norm.register_forward_hook(lambda m, i, o: qs.append(o))]
+        p, e, q = _last_stage(model, x, k)
         with torch.no_grad():
-            model(x)
-            for h in hooks:
-                h.remove()
-            p, e, q = feats[-1], emb[-1][:, :k], qs[-1]
             common = e.mean((0, 1))  # the part every query shares (see build_parity_model)
             dec.mask_embed.layers[-1].bias.sub_(common)
             e = (e - common).double()
