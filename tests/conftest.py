@@ -241,6 +241,26 @@ def build_margin_model(seed: int = 6, n_fit: int = 16, spread: float = 4.0, cros
 
 
 @pytest.fixture(scope="session")
+def margin_checkpoint(tmp_path_factory):
+    """Path of the MARGIN checkpoint (small preset, LoveDA classes, ``build_margin_model``: class maps that
+    follow the rendered scenes' labels with real decision margins), checked like the parity fixture.
+    For comparisons that must hold across arithmetic that legitimately differs (INT8 kernels, another
+    tool's tiling and resampling), where the parity fixture flips by design."""
+    from segclip.checkpoint import atomic_save, checkpoint_dict
+    from segclip.modeling import semantic_scores
+
+    model = build_margin_model()
+    x = parity_images(PARITY_MAX)
+    with torch.no_grad():
+        pred = semantic_scores(*model(torch.from_numpy(x))[-1], x.shape[1:3]).argmax(1).numpy()
+    problems = parity_problems(pred)
+    assert not problems, "margin fixture is degenerate: " + "; ".join(problems)
+    path = tmp_path_factory.mktemp("margin_ckpt") / "small_margin.pt"
+    atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample", train_config={"crop_size": PARITY_SIZE}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory):
     """Path of the PARITY checkpoint (small preset, LoveDA classes, built by ``build_parity_model``).
 

@@ -1,6 +1,6 @@
 """INT8 export: calibrated Q/DQ graphs, their placement, the held-out parity gate, bad input.
 
-One export of the INT8 fixture (``int8_checkpoint``, ``conftest.build_margin_model``: >= 3 classes with
+One export of the INT8 fixture (``margin_checkpoint``, ``conftest.build_margin_model``: >= 3 classes with
 real boundaries on every parity image, and real decision margins) serves the graph and gate tests; spies
 record every image the calibration reader hands to ONNX Runtime and every image a parity runner sees, so
 "calibration images never reach the gate" is checked on the pixels themselves, not on the exporter's own
@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 import segclip.cpu as host_cpu
 
-from conftest import (LOVEDA_CLASSES, LOVEDA_PALETTE, PARITY_MAX, PARITY_SIZE, build_margin_model, parity_images, parity_problems,
+from conftest import (LOVEDA_CLASSES, PARITY_MAX, PARITY_SIZE, parity_problems,
                       rendered_scenes)
 from export_fixtures import assert_one_error
 
@@ -67,26 +67,7 @@ def int8_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def int8_checkpoint(tmp_path_factory):
-    """Path of the INT8 fixture checkpoint (``conftest.build_margin_model``), checked like the parity fixture."""
-    import torch
-
-    from segclip.checkpoint import atomic_save, checkpoint_dict
-    from segclip.modeling import semantic_scores
-
-    model = build_margin_model()
-    x = parity_images(PARITY_MAX)
-    with torch.no_grad():
-        pred = semantic_scores(*model(torch.from_numpy(x))[-1], x.shape[1:3]).argmax(1).numpy()
-    problems = parity_problems(pred)
-    assert not problems, "INT8 fixture is degenerate: " + "; ".join(problems)
-    path = tmp_path_factory.mktemp("int8_ckpt") / "small_margin.pt"
-    atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample", train_config={"crop_size": PARITY_SIZE}), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def int8_export(int8_checkpoint, int8_data, tmp_path_factory):
+def int8_export(margin_checkpoint, int8_data, tmp_path_factory):
     """(dir, manifest, calibration images seen, gate images seen) of one --int8 export at 64x64."""
     from segclip.export import export
     from segclip.export import int8 as q8
@@ -109,7 +90,7 @@ def int8_export(int8_checkpoint, int8_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(q8.CalibrationReader, "get_next", spy_next)
         mp.setattr(parity, "run_all", spy_run_all)
-        manifest = export(int8_checkpoint, out, int8=True, data=int8_data, calib_images=N_CALIB, parity_images=N_GATE,
+        manifest = export(margin_checkpoint, out, int8=True, data=int8_data, calib_images=N_CALIB, parity_images=N_GATE,
                           batch=(1, 1, 4), int8_threshold=FIXTURE_THRESHOLD, int8_fallback=0, log=lambda *a: None)
     return out, manifest, calib_seen, gate_seen
 
@@ -210,7 +191,7 @@ def test_qdq_symmetric_per_channel_weights_and_float_islands(int8_export):
 
 
 # ---- the gate ---------------------------------------------------------------------------------------
-def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, int8_checkpoint, capsys):
+def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, margin_checkpoint, capsys):
     import segclip.cpu as cpu
     from segclip.export import int8 as q8
     from segclip.runtime import load_runner
@@ -220,7 +201,7 @@ def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, int8_checkpoi
     assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model_int8.onnx", "model_int8_cpu.onnx"]
     # independent check: torch on the gate's own images vs each INT8 artifact on ONNX Runtime
     images = np.stack(gate_seen[:N_GATE])
-    with load_runner(int8_checkpoint, scores=False) as ref:
+    with load_runner(margin_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
     assert not parity_problems(want)  # several classes with real boundaries per image, not a one-class model
     isa = cpu.int8_isa()
@@ -392,17 +373,17 @@ def test_calibration_images_never_reach_the_gate(int8_export):
 
 
 # ---- bad input --------------------------------------------------------------------------------------
-def test_int8_bad_input_exits_2_and_writes_nothing(int8_checkpoint, int8_data, tmp_path):
+def test_int8_bad_input_exits_2_and_writes_nothing(margin_checkpoint, int8_data, tmp_path):
     from segclip.checkpoint import atomic_save, checkpoint_dict
 
     from conftest import make_small_model
 
     out = tmp_path / "e"
-    r = _cli("export", int8_checkpoint, "--int8", "--data", f"loveda:{tmp_path / 'nope'}:val", "--out", out)
+    r = _cli("export", margin_checkpoint, "--int8", "--data", f"loveda:{tmp_path / 'nope'}:val", "--out", out)
     assert_one_error(r, 2, "nope")
-    r = _cli("export", int8_checkpoint, "--int8", "--data", int8_data, "--calib-images", 2, "--out", out)
+    r = _cli("export", margin_checkpoint, "--int8", "--data", int8_data, "--calib-images", 2, "--out", out)
     assert_one_error(r, 2, "too few calibration images")
-    r = _cli("export", int8_checkpoint, "--int8", "--data", int8_data, "--calib-images", 6, "--out", out)
+    r = _cli("export", margin_checkpoint, "--int8", "--data", int8_data, "--calib-images", 6, "--out", out)
     assert_one_error(r, 2, "too few images", "--calib-images")
     other = tmp_path / "three.pt"
     atomic_save(checkpoint_dict(make_small_model(classes=("land", "water", "road")), ((0, 0, 0), (0, 0, 255), (255, 255, 0)),
@@ -411,7 +392,7 @@ def test_int8_bad_input_exits_2_and_writes_nothing(int8_checkpoint, int8_data, t
     assert_one_error(r, 2, "trained on classes")
     r = _cli("export", other, "--int8", "--out", out)  # no --data: the sample set's classes are not the model's
     assert_one_error(r, 2, "sample set has LoveDA's classes", "--data DATASET:ROOT:SPLIT")
-    r = _cli("export", int8_checkpoint, "--int8", "--int8-threshold", "1.5", "--out", out)
+    r = _cli("export", margin_checkpoint, "--int8", "--int8-threshold", "1.5", "--out", out)
     assert_one_error(r, 2, "--int8-threshold")
     assert not out.exists() and not any(p.name.startswith(".e") for p in tmp_path.iterdir())
 
@@ -448,13 +429,13 @@ def test_an_int8_gate_failure_on_a_low_scoring_model_says_it_looks_under_trained
     assert Exporter._undertrained_hint([int8_row], {"reference": {"miou": None}}) == ""  # no labels: nothing to say
 
 
-def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, int8_checkpoint, capsys):
+def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, margin_checkpoint, capsys):
     import segclip.cpu as cpu
     from segclip.runtime import load_runner
 
     out, _, _, gate_seen = int8_export
     images = np.stack(gate_seen[:N_GATE])
-    with load_runner(int8_checkpoint, scores=False) as ref:
+    with load_runner(margin_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
     isa = cpu.int8_isa()
     for fmt, need in (("onnx", 0.999), ("onnx_int8", FIXTURE_AGREEMENT)):
@@ -473,7 +454,7 @@ def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, int8_checkpoint,
         assert float((got == want).mean()) >= need, fmt
 
 
-def test_default_int8_gate_fails_exit_1_and_marks_failed(int8_checkpoint, int8_data, tmp_path, monkeypatch):
+def test_default_int8_gate_fails_exit_1_and_marks_failed(margin_checkpoint, int8_data, tmp_path, monkeypatch):
     """The default gate (98%) fails on the fixture (96-97%).  This export runs as on an AVX2-only CPU
     (``segclip.cpu.int8_isa`` faked): its CPU flavour gets 7-bit weights and the manifest says so."""
     import json
@@ -483,7 +464,7 @@ def test_default_int8_gate_fails_exit_1_and_marks_failed(int8_checkpoint, int8_d
     monkeypatch.setattr(cpu, "int8_isa", lambda flags=None, machine=None: "avx2")
     out = tmp_path / "e"
     # --fp16 --trt: the INT8+FP16 graph (and the engine, on a GPU) must derive from the graph the fallback kept
-    r = _cli("export", int8_checkpoint, "--int8", "--fp16", "--trt", "--data", int8_data, "--calib-images", N_CALIB,
+    r = _cli("export", margin_checkpoint, "--int8", "--fp16", "--trt", "--data", int8_data, "--calib-images", N_CALIB,
              "--parity-images", N_GATE, "--int8-fallback", 1, "--out", out)
     assert_one_error(r, 1, "parity gate failed", "onnx_int8")
     m = json.loads((out / "manifest.json").read_text())
