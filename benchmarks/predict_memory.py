@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="2000,5000,10000", help="scene sizes in pixels (S or HxW), comma separated")
     ap.add_argument("--out", required=True, help="work folder (scenes are kept there for re-runs)")
     ap.add_argument("--keep", action="store_true", help="keep the predictions")
-    ap.add_argument("args", nargs="*", help="extra predict arguments after --, e.g. -- --tile 1024 --batch 4")
+    ap.add_argument("args", nargs="*", help="extra predict arguments after --, e.g. -- --size 1024 --batch 4")
     a = ap.parse_args()
     work = Path(a.out)
     work.mkdir(parents=True, exist_ok=True)

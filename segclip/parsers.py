@@ -171,19 +171,6 @@ def check_options(fn, opts, what: str, kind: str) -> None:
                            f"valid: {', '.join(valid) or 'none'}")
 
 
-def renamed_keyword(func: str, old: str, old_value, new: str, new_value):
-    """A Python keyword renamed to the CLI's spelling: the old one still works for one release, with a
-    DeprecationWarning; both given with different values is an error."""
-    if old_value is None:
-        return new_value
-    import warnings
-
-    warnings.warn(f"{func}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
-    if new_value is not None and str(new_value) != str(old_value):
-        raise SegclipError(f"{func}: {new} and {old} given with different values; use {new} alone")
-    return old_value
-
-
 def check_device(device: str | None, flag: str = "--device") -> str:
     """``None`` -> cuda when a GPU is visible, else cpu; ``cpu``/``cuda``/``cuda:N`` checked against
     this machine before any work (a clear error instead of a traceback from deep inside torch)."""

@@ -163,7 +163,7 @@ def test_triton_repo_serves_the_onnx_artifact_measured_fastest_on_onnx_runtime(e
     rec = json.loads((written["segclip_python"] / MODEL_RECORD).read_text())
     assert rec["onnx_artifact"] == "onnx_fp16" and rec["options"]["precision"] == "fp16"
     assert rec["choice"]["how"] == "measured"
-    res = CliRunner().invoke(main, ["triton-repo", str(d), str(tmp_path / "repo2"), "--models", "segclip_python",
+    res = CliRunner().invoke(main, ["triton-repo", str(d), "--out", str(tmp_path / "repo2"), "--models", "segclip_python",
                                     "--precision", "fp32"])
     assert res.exit_code == 0, res.output
     assert "using onnx on ONNX Runtime: as asked (--precision)" in res.output

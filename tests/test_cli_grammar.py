@@ -70,8 +70,6 @@ def test_quickstart_and_sample_data_take_out_and_max_steps(tmp_path):
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "keep").write_text("x")
     assert "not a segclip quickstart" in _error(_run("quickstart", "--out", tmp_path / "q", "--max-steps", "1", "--device", "cpu"))
-    res = _run("quickstart", "--out", tmp_path / "q", "--steps", "1")
-    assert "not a segclip quickstart" in _error(res) and "note: --steps is deprecated" in res.stderr
     res = _run("sample-data", "--out", tmp_path / "s", "--size", "64x64", "--num-train", "1", "--num-val", "1")
     assert res.exit_code == 0 and "64x64" in res.output, res.output
 
@@ -100,36 +98,24 @@ def _probe():
 
     @click.command()
     @data_option(default_split="val")
-    @size_option(legacy="--window", stride=False)
+    @size_option(stride=False)
     @batch_option("int", default=4)
-    @device_option(providers_alias=True)
-    @out_option(positional="OUT_DIR")
-    @max_steps_option(legacy="--steps")
+    @device_option()
+    @out_option()
+    @max_steps_option()
     def probe(**kw):
         seen.update(kw)
 
     return probe, seen
 
 
-@pytest.mark.parametrize("new,old", [
-    (["--data", "loveda:/d/L:test"], ["--dataset", "loveda", "--data-root", "/d/L", "--split", "test"]),
-    (["--data", "loveda:/d/L"], ["--dataset", "loveda", "--data-root", "/d/L"]),
-    (["--size", "96"], ["--window", "96"]),
-    (["--batch", "3"], ["--batch-size", "3"]),
-    (["--out", "o"], ["o"]),
-    (["--max-steps", "7"], ["--steps", "7"]),
-])
-def test_old_spellings_work_with_one_note(new, old):
-    got = []
-    for args in (new, old):
-        probe, seen = _probe()
-        res = CliRunner().invoke(probe, ["--data", "x:y"] * ("--data" not in new) + args)
-        assert res.exit_code == 0, res.output
-        got.append((dict(seen), res.stderr))
-    assert got[0][0] == got[1][0]
-    assert got[0][1] == ""
-    notes = got[1][1].splitlines()
-    assert len(notes) == 1 and notes[0].startswith("note: ") and "deprecated" in notes[0] and new[0] in notes[0]
+@pytest.mark.parametrize("old", [["--dataset", "loveda", "--data-root", "/d/L"], ["--window", "96"], ["--batch-size", "3"],
+                                 ["o"], ["--steps", "7"], ["--providers", "cpu"]])
+def test_no_old_spellings_before_the_first_release(old):
+    """segclip 0.1.0 was never released: the old spellings of the shared options are gone, not shims."""
+    probe, _ = _probe()
+    res = CliRunner().invoke(probe, ["--data", "x:y", *old])
+    assert res.exit_code == 2 and ("No such option" in res.output or "unexpected extra argument" in res.output), res.output
 
 
 def test_parsed_values():
@@ -139,20 +125,26 @@ def test_parsed_values():
     assert tuple(seen["data"]) == ("loveda", "/d/L", "val") and str(seen["data"]) == "loveda:/d/L:val"
     assert seen["size"] == (64, 96) and seen["batch"] == 4 and seen["device"] == "cuda:1" and seen["out"] == "o"
     for args, needle in ((["--device", "gpu"], "--device 'gpu'"), (["--size", "64y"], "--size"),
-                         (["--data", "loveda:/a", "--dataset", "x", "--data-root", "y"], "alone"),
                          (["--batch", "0"], "--batch")):
         probe, _ = _probe()
         res = CliRunner().invoke(probe, ["--data", "x:y"] * ("--data" not in args) + args)
         assert res.exit_code != 0 and isinstance(res.exception, SegclipError) and needle in str(res.exception), res.output
 
 
-def test_export_python_twin_takes_out_and_warns_on_out_dir(tmp_path):
+def test_python_twins_take_the_cli_keywords_only(tmp_path):
+    """export(out=), build_repository(out=), run_benchmark(batch=, size=): the CLI's words, no old keywords."""
+    from segclip.benchmarks import run_benchmark
     from segclip.export import export
+    from segclip.serving.repo import build_repository
 
-    with pytest.warns(DeprecationWarning, match="out_dir"), pytest.raises(SegclipError, match="missing"):
-        export(tmp_path / "missing.pt", out_dir=tmp_path / "e")
     with pytest.raises(SegclipError, match="missing"):
         export(tmp_path / "missing.pt", out=tmp_path / "e")
+    for call in (lambda: export(tmp_path / "missing.pt", out_dir=tmp_path / "e"),
+                 lambda: build_repository(tmp_path / "no-export", repo_dir=tmp_path / "repo"),
+                 lambda: run_benchmark(tmp_path / "nothing", out=tmp_path / "bench", batches="x")):
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            call()
+    assert not any((tmp_path / n).exists() for n in ("e", "repo", "bench"))
 
 
 def test_readme_preset_figures_match_the_presets():
@@ -173,19 +165,3 @@ def test_readme_preset_figures_match_the_presets():
             assert (int(crop), int(batch), int(steps)) == (t.crop_size, t.batch_size, t.max_steps), name
             assert (float(lr), float(mult), int(warm), float(clip)) == (t.lr, t.backbone_lr_mult, t.warmup_steps, t.grad_clip), name
             assert (window == "crop" and t.eval_size is None) or int(window) == t.eval_size, name
-
-
-def test_python_twins_warn_on_their_old_keywords(tmp_path):
-    """``build_repository(repo_dir=)`` / ``run_benchmark(batches=, sizes=)`` still work for one release, with a warning."""
-    import pytest
-
-    from segclip.benchmarks import run_benchmark
-    from segclip.errors import SegclipError
-    from segclip.serving.repo import build_repository
-
-    with pytest.warns(DeprecationWarning, match=r"use out="), pytest.raises(SegclipError, match="manifest"):
-        build_repository(tmp_path / "no-export", repo_dir=tmp_path / "repo")
-    assert not (tmp_path / "repo").exists()
-    with pytest.warns(DeprecationWarning, match=r"use batch="), pytest.raises(SegclipError, match="batch"):
-        run_benchmark(tmp_path / "nothing", out=tmp_path / "bench", batches="x")
-    assert not (tmp_path / "bench").exists()

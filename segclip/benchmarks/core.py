@@ -23,7 +23,7 @@ from segclip.contract import (artifact_problem, batch_profile, is_export_dir, ma
                               signature_from_checkpoint, tensorrt_unavailable_reason)
 from segclip.errors import GateFailed, SegclipError, one_line
 from segclip.inference.compare import miou, score
-from segclip.parsers import parse_device, parse_ints, parse_sizes, renamed_keyword, split_list
+from segclip.parsers import parse_device, parse_ints, parse_sizes, split_list
 
 from segclip.benchmarks import accuracy as acc
 from segclip.benchmarks.backends import BACKENDS, QUICK_BACKENDS, REFERENCE, parse_backends
@@ -661,7 +661,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
                   threads: Optional[int] = None, budget_s: Optional[float] = None, device: Optional[str] = None,
                   limit: Optional[int] = None, triton_shm: bool = False, triton_env=None,
                   load_duration_s: Optional[float] = None, plot: bool = True, show_table: bool = True, log=print,
-                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, batches=None, sizes=None, scene=None,
+                  force: bool = False, busy_threshold: float = BUSY_THRESHOLD, scene=None,
                   progress: bool = False) -> dict:
     """Benchmark a run directory / checkpoint / export directory on every backend; returns the report
     (and writes ``OUT/benchmark.json``, ``benchmark.csv``, ``latency.png`` when ``out`` is given).
@@ -684,9 +684,6 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     """
     t_start = time.perf_counter()
     log = log or (lambda *a, **k: None)
-    # ``batch``/``size`` as on the command line; ``batches``/``sizes`` kept for one release
-    batch = renamed_keyword("run_benchmark", "batches", batches, "batch", batch)
-    size = renamed_keyword("run_benchmark", "sizes", sizes, "size", size)
     plan = make_plan(backends, batch, size, concurrency, quick, triton_url, data, reps, warmup, threads, budget_s, device,
                      limit, triton_shm, load_duration_s, busy_threshold)
     out = check_out(out, force)

@@ -25,7 +25,7 @@ def default_out(source) -> Path:
 @data_option(required=False, help="Labelled images for mIoU and the deltas vs PyTorch (e.g. sample:data/sample:val); default: random images, agreement only.")
 @click.option("--backends", default=None,
               help="Comma list of torch, onnxruntime, onnxruntime-fp16, tensorrt, triton-grpc, triton-http (default: all; --quick: the first three).")
-@batch_option("list", default="1,4,8", legacy=None, help="Batch sizes.")
+@batch_option("list", default="1,4,8", help="Batch sizes.")
 @size_option(several=True, help="Image sizes, multiples of 32. Default: the export's size (a fixed-size export is re-exported from its checkpoint for other sizes).")
 @click.option("--concurrency", default="1,4,8", show_default=True, help="Triton concurrency sweep levels.")
 @click.option("--triton-url", "triton_urls", multiple=True, metavar="URL",

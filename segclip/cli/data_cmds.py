@@ -10,7 +10,7 @@ from segclip.cli.options import out_option, size_option
 
 
 @click.command("sample-data")
-@out_option(positional="OUT_DIR", required=True, file_okay=False, help="Dataset folder.")
+@out_option(required=True, file_okay=False, help="Dataset folder.")
 @click.option("--seed", default=0, show_default=True, help="Same seed -> byte-identical PNGs.")
 @click.option("--num-train", default=48, show_default=True, type=click.IntRange(min=1))
 @click.option("--num-val", default=16, show_default=True, type=click.IntRange(min=1))
@@ -29,7 +29,7 @@ def sample_data(out, seed, num_train, num_val, size, force):
 @click.command()
 @click.argument("dataset", type=click.Choice(["isaid", "uavid"]), metavar="DATASET")
 @click.argument("src", type=click.Path())
-@out_option(positional="DST", required=True, file_okay=False, help="Patch dataset folder.")
+@out_option(required=True, file_okay=False, help="Patch dataset folder.")
 @click.option("--tile", type=click.IntRange(min=1), help="Patch size (default: iSAID 896, UAVid 1024).")
 @click.option("--stride", type=click.IntRange(min=1), help="Patch stride (default: iSAID 512, UAVid = tile).")
 @click.option("--split", "splits", multiple=True, help="Only these splits (repeatable; default: all present).")

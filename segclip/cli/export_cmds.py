@@ -10,7 +10,6 @@ from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 
 @click.command("export")
 @click.argument("source", type=click.Path())
-@click.option("--onnx", "onnx_", is_flag=True, hidden=True)  # old spelling: ONNX FP32 is always written
 @click.option("--fp16", is_flag=True, help="Also model_fp16.onnx: FP16 weights/ops with FP32 islands (strongly typed).")
 @click.option("--int8", is_flag=True, help="Also model_int8.onnx (symmetric Q/DQ, TensorRT) and model_int8_cpu.onnx (u8/s8, x86 CPUs), calibrated on --data.")
 @click.option("--calib-images", default=None, type=int,
@@ -31,7 +30,7 @@ from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 @click.option("--msda", default="auto", show_default=True, type=click.Choice(["auto", "plugin", "gridsample"]),
               help="With --trt: the TensorRT graph's deformable attention: TensorRT's own MultiscaleDeformableAttnPlugin_TRT "
               "(model_plugin.onnx) or GridSample ops; auto builds the plugin engine first and falls back to GridSample if it fails.")
-@batch_option("profile", default="1:1:8", legacy=None, help="Batch profile (dynamic batch in ONNX; TensorRT profile).")
+@batch_option("profile", default="1:1:8", help="Batch profile (dynamic batch in ONNX; TensorRT profile).")
 @size_option(help="Input HxW, multiples of 32 (default: the checkpoint's training crop size, else 512).")
 @click.option("--dynamic-size", is_flag=True, help="Dynamic H/W in the ONNX (checked at a second size).")
 @click.option("--scores", is_flag=True, help="Also output the N x K x H x W FP32 class scores.")
@@ -47,16 +46,12 @@ from segclip.export.int8 import DEFAULT_CALIB_IMAGES, FALLBACK_BUDGET
 @click.option("--tune/--no-tune", default=True, show_default=True,
               help="Time every gated artifact on every runtime here (a few calls each) and record it, so predict, eval "
                    "and triton-repo run the fastest by default (segclip tune EXPORT measures again on another machine).")
-def export_cmd(source, onnx_, fp16, int8, calib_images, calib_method, int8_threshold, int8_fallback, trt, require_engine, batch, size,
+def export_cmd(source, fp16, int8, calib_images, calib_method, int8_threshold, int8_fallback, trt, require_engine, batch, size,
                dynamic_size, scores, opset, data, parity_images, out, device, force,
                fp32_threshold, fp16_threshold, workspace, tune, msda, geodeep, scene):
     """Export RUN_DIR|CHECKPOINT to ONNX / FP16 ONNX / INT8 Q/DQ ONNX / TensorRT behind a parity gate (exit 1 if it fails)."""
     from segclip.export import export
 
-    if onnx_:
-        from segclip.cli.options import deprecated
-
-        deprecated("--onnx", "nothing (model.onnx is always written; the other formats derive from it)")
     export(source, out=out, device=device, fp16=fp16, trt=trt, batch=batch, size=size, dynamic_size=dynamic_size, scores=scores,
            opset=opset, data=data, parity_images=parity_images, force=force, fp32_threshold=fp32_threshold,
            fp16_threshold=fp16_threshold, workspace_mb=workspace, int8=int8, calib_images=calib_images,

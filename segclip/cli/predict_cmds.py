@@ -15,7 +15,7 @@ from segclip.errors import SegclipError
                    "Triton endpoints to spread the windows over them.")
 @click.argument("inputs", nargs=-1, required=True)
 @out_option(default="predictions", help="Output folder.")
-@size_option(legacy="--tile", stride=False, square=True,
+@size_option(stride=False, square=True,
              help="Window size S or SxS for models that take any size (default 1024); fixed-size exports use their own.")
 @click.option("--overlap", default=OVERLAP, show_default=True, type=float, help="Overlap of neighbouring windows.")
 @batch_option("int", help="Windows per request (default: 2 when the model runs on the CPU -- larger batches only cost "
@@ -34,7 +34,7 @@ from segclip.errors import SegclipError
               help="Artifact of an export dir (onnx_int8_cpu: the INT8 graph ONNX Runtime runs fastest on x86).")
 @click.option("--runtime", default=None, type=click.Choice(["onnxruntime", "openvino"]),
               help="Runtime for ONNX artifacts (default onnxruntime; openvino: OpenVINO CPU).")
-@device_option(providers_alias=True, help="cpu, cuda or cuda:N for torch, ONNX Runtime and TensorRT (default: cuda when visible).")
+@device_option(help="cpu, cuda or cuda:N for torch, ONNX Runtime and TensorRT (default: cuda when visible).")
 @click.option("--timeout", default=None, type=float, help="Seconds before a Triton request counts as failed (default 60).")
 @click.option("--label-ids", type=click.Choice(["model", "dataset"]), default="model", show_default=True,
               help="Mask values: the model's class ids 0..K-1 (255 = no-data), or the training dataset's own "
@@ -57,7 +57,7 @@ from segclip.errors import SegclipError
 @click.option("--simplify", type=float, default=0.0, show_default=True, metavar="M",
               help="--vector: simplify polygon edges within this tolerance (metres; 0: the pixel edges).")
 def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, in_flight, overlay, force, allow_failed, fmt,
-                runtime, device, providers, timeout, label_ids, quiet, scene, gsd,
+                runtime, device, timeout, label_ids, quiet, scene, gsd,
                 out_grid, vector, min_area, simplify):
     """Segment INPUTS (images, GeoTIFFs, folders, globs) window by window; per input writes <stem>_mask.tif
     (COG with the input's georeferencing) or <stem>_mask.png, <stem>_preview.png and <stem>_counts.json."""
@@ -69,7 +69,7 @@ def predict_cmd(models, inputs, out, size, overlap, batch, bands, value_range, i
 
     if in_flight < 1:
         raise SegclipError(f"--in-flight {in_flight}: must be >= 1; give e.g. --in-flight 2")
-    opts = {k: v for k, v in (("format", fmt), ("runtime", runtime), ("device", device), ("providers", providers),
+    opts = {k: v for k, v in (("format", fmt), ("runtime", runtime), ("device", device),
                               ("allow_failed", allow_failed)) if v}
     if timeout is not None and timeout <= 0:
         raise SegclipError(f"--timeout {timeout}: must be > 0 seconds; give e.g. --timeout 60")

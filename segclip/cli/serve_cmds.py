@@ -13,7 +13,7 @@ from segclip.parsers import split_list
 
 @click.command("triton-repo")
 @click.argument("export_dir", type=click.Path(file_okay=False))
-@out_option(positional="REPO_DIR", required=True, file_okay=False, help="Model repository folder.")
+@out_option(required=True, file_okay=False, help="Model repository folder.")
 @click.option("--max-batch", type=int, default=None, help="max_batch_size (default: the export's profile max).")
 @click.option("--queue-delay-us", type=int, default=100, show_default=True,
               help="dynamic_batching max_queue_delay_microseconds: how long Triton waits to fill a batch.")

@@ -126,7 +126,7 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
 @batch_option("int", help="Images per process per step (default: the preset's).")
 @click.option("--lr", type=float, help="Base learning rate (AdamW).")
 @click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps (default: the preset's; shorten it for short runs).")
-@size_option(legacy="--crop-size", stride=False, square=True, help="Training crop S or SxS (default: the preset's).")
+@size_option(stride=False, square=True, help="Training crop S or SxS (default: the preset's).")
 @click.option("--backbone-weights", help="'imagenet' (download by name), a local torchvision state-dict PATH, or 'none' (random init).")
 @click.option("--clip-checkpoint", help="open_clip tag (e.g. 'openai', online), a local checkpoint PATH, or 'none' (random init).")
 @click.option("--prompt", "prompt_items", multiple=True, help="Per-class description CLASS=TEXT (repeatable).")
@@ -255,7 +255,7 @@ def _eval_window(size, runner) -> tuple:
 @click.command("eval")
 @click.argument("model", metavar="MODEL")
 @data_option(default_split="val", help="Labelled images to score.")
-@size_option(legacy="--window", stride=False,
+@size_option(stride=False,
              help="Sliding-window size HxW (default: a fixed-size artifact's size, else the checkpoint's eval size).")
 @batch_option("int", default=4, help="Windows per forward pass (at most the artifact's max batch).")
 @device_option(help="cpu, cuda or cuda:N (default: cuda when available; not for server URLs).")
@@ -347,7 +347,7 @@ def warmup_warning(t, preset: str):
 
 @click.command()
 @out_option(default="quickstart", help="Output directory.")
-@max_steps_option(legacy="--steps", help="Training steps (default: the small preset's).")
+@max_steps_option(help="Training steps (default: the small preset's).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
               help="Learning-rate warm-up steps (default: the small preset's 50; shorten it with a short --max-steps).")
 @click.option("--seed", default=0, show_default=True)

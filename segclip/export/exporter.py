@@ -30,7 +30,7 @@ from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT
 from segclip.errors import GateFailed, SegclipError
 from segclip.export.int8 import FALLBACK_BUDGET
 from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images, windows
-from segclip.parsers import parse_batch, parse_size, renamed_keyword, split_device
+from segclip.parsers import parse_batch, parse_size, split_device
 from segclip.signature import SCORES_NAME
 
 ONNX_NAME = "model.onnx"
@@ -754,7 +754,7 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
            size=None, dynamic_size: bool = False, scores: bool = False, opset: int = 17, data=None,
            parity_images: int = 8, force: bool = False, fp32_threshold: float = 0.999, fp16_threshold: float = 0.995,
            workspace_mb: int = 4096, device: Optional[str] = None, int8: bool = False, calib_images: Optional[int] = None,
-           calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print, out_dir=None,
+           calib_method: str = "minmax", int8_threshold=None, int8_fallback: int = FALLBACK_BUDGET, log=print,
            tune: bool = True, msda: str = "auto", geodeep: bool = False, scene=None,
            require_engine: bool = False) -> dict:
     """Export a checkpoint / run directory to ``out``; returns the manifest (also written to ``OUT/manifest.json``).
@@ -763,7 +763,7 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
     TensorRT, ``model_int8_cpu.onnx`` for x86 CPUs; calibrated on ``calib_images`` images of ``data``,
     gated on held-out ones) and the TensorRT engine derive from it.
     ``device``: "cpu" | "cuda" | "cuda:N" for the PyTorch reference of the parity gate (default cpu)
-    and the GPU the TensorRT engine is built and checked on.  ``out_dir`` is the old name of ``out``.
+    and the GPU the TensorRT engine is built and checked on.
     Raises ``GateFailed`` (exit 1) when an artifact fails its parity gate (artifacts kept, marked
     failed) and ``SegclipError`` (exit 2) for bad arguments or an existing export without ``force``.
     ``trt=True`` where no engine can be built (no GPU or no ``tensorrt``) writes the ONNX files and
@@ -778,7 +778,6 @@ def export(source, out=None, *, fp16: bool = False, trt: bool = False, batch=(1,
     ``geodeep=True`` adds ``model_geodeep.onnx``, the model as GeoDeep and QGIS Deepness load it
     (``segclip.export.geodeep``), with ``scene`` (a name or id; default generic) baked in.
     """
-    out = renamed_keyword("export", "out_dir", out_dir, "out", out)
     return Exporter(source=source, out_dir=out, fp16=fp16, trt=trt, batch=batch, size=size,
                     dynamic_size=dynamic_size, scores=scores, opset=opset, data=data, parity_images=parity_images,
                     force=force, fp32_threshold=fp32_threshold, fp16_threshold=fp16_threshold,

@@ -31,7 +31,6 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from segclip.errors import SegclipError, one_line
-from segclip.parsers import renamed_keyword
 from segclip.contract import (choose_artifact, artifact_file, artifact_problem, batch_profile, check_artifact_unchanged, manifest_signature,
                               read_manifest)
 from segclip.runtime.triton import PRECISION_PARAM, SCENE_DEFAULT_PARAM, SIGNATURE_PARAM
@@ -330,10 +329,10 @@ def onnx_choice(manifest: dict, export_dir, kind: str, precision: Optional[str] 
 
 def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = None, max_batch: Optional[int] = None,
                      queue_delay_us: int = 100, instances: int = 1, kind: str = "cpu", intra_op_threads: int = 0,
-                     precision: Optional[str] = None, force: bool = False, repo_dir=None,
+                     precision: Optional[str] = None, force: bool = False,
                      triton_release: Optional[str] = None) -> dict:
     """Generate the Triton models for an export into ``out`` (the repository folder, ``--out`` on the
-    command line; ``repo_dir=`` is its old keyword, kept for one release); returns ``{model: folder}``.
+    command line); returns ``{model: folder}``.
 
     ``models`` defaults to every model the export supports (segclip_trt only with a passing engine).
     ``max_batch`` defaults to the export's profile max (it may not exceed a TensorRT profile's max).
@@ -347,7 +346,6 @@ def build_repository(export_dir, out=None, *, models: Optional[Iterable[str]] = 
     """
     from segclip.atomic import atomic_dir
 
-    out = renamed_keyword("build_repository", "repo_dir", repo_dir, "out", out)
     if out is None:
         raise SegclipError("build_repository: no repository folder; give out=DIR (--out on the command line)")
     export_dir, repo_dir = Path(export_dir), Path(out)

@@ -45,13 +45,11 @@ CASES = [
     ("prepare-no-splits", "prepare isaid {occupied} --out {root}/p", ["occupied"]),
     # ---- train
     ("train-missing-data", "train --out {root}/newrun", ["--data"]),
-    ("train-half-old-spelling", "train --data-root {data} --out {root}/newrun", ["--dataset"]),
     ("train-max-steps-0", TRAIN + " --max-steps 0", ["--max-steps 0"]),
     ("train-max-steps-negative", TRAIN + " --max-steps -1", ["--max-steps -1"]),
     ("train-lr-negative", TRAIN + " --lr -0.001", ["--lr -0.001"]),
     ("train-lr-zero", TRAIN + " --lr 0", ["--lr 0"]),
     ("train-batch-0", TRAIN + " --batch 0", ["--batch", "0"]),
-    ("train-batch-size-0-old-spelling", TRAIN + " --batch-size 0", ["--batch", "0"]),
     ("train-checkpoint-every-0", TRAIN + " --checkpoint-every 0", ["--checkpoint-every 0"]),
     ("train-crop-not-stride", TRAIN + " --size 100", ["100", "multiple of 32"]),
     ("train-crop-0", TRAIN + " --size 0", ["--size"]),
@@ -78,7 +76,6 @@ CASES = [
     ("eval-missing-source", "eval " + DATA, ["MODEL", "usage:"]),
     ("eval-limit-0", EVAL + " --limit 0", ["--limit", "0"]),
     ("eval-batch-0", EVAL + " --batch 0", ["--batch 0", "give e.g. --batch 4"]),  # not the list 1,4,8 eval rejects
-    ("eval-batch-size-0-old-spelling", EVAL + " --batch-size 0", ["--batch", "0"]),
     ("eval-source-missing", "eval {root}/nowhere " + DATA, ["nowhere", "give a checkpoint"]),
     ("eval-truncated-checkpoint", "eval {trunc} " + DATA, ["trunc.pt", "truncated"]),
     ("eval-plain-dict", "eval {plain} " + DATA, ["plain.pt", "segclip train"]),
@@ -120,10 +117,9 @@ CASES = [
     ("predict-image-is-dir", PREDICT + " {occupied}", ["occupied", "folder"]),
     ("predict-corrupt-image", PREDICT + " {corrupt_img}", ["corrupt.png"]),
     ("predict-batch-0", PREDICT + " {img} --batch 0", ["--batch", "0"]),
-    ("predict-batch-size-0-old-spelling", PREDICT + " {img} --batch-size 0", ["--batch", "0"]),
     ("predict-overlap", PREDICT + " {img} --overlap 1.5", ["--overlap 1.5"]),
     ("predict-existing-output", "predict --model {run} {img} --out {preds}", ["img_mask", "--force"]),
-    ("predict-tile-0", PREDICT + " {img} --tile 0", ["--size 0"]),
+    ("predict-size-0", PREDICT + " {img} --size 0", ["--size", "0"]),
     ("predict-in-flight-0", PREDICT + " {img} --in-flight 0", ["--in-flight 0"]),
     ("predict-timeout-0", PREDICT + " {img} --timeout 0", ["--timeout"]),
     ("predict-bands-text", PREDICT + " {img} --bands red", ["--bands"]),
@@ -159,7 +155,6 @@ CASES = [
     ("quickstart-occupied-force", "quickstart --out {occupied} --force", ["occupied", "not a segclip quickstart"]),
     ("quickstart-out-is-file", "quickstart --out {file}", ["afile.txt"]),
     ("quickstart-max-steps-0", "quickstart --out {root}/qs --max-steps 0", ["--max-steps"]),
-    ("quickstart-steps-0-old-spelling", "quickstart --out {root}/qs --steps 0", ["--max-steps"]),
 ]
 
 
