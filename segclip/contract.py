@@ -65,10 +65,35 @@ from segclip.signature import DEFAULT_SCENE, SCENE_DTYPE, SCENE_NAME, Signature,
 MANIFEST_NAME = "manifest.json"
 FORMAT = "segclip-export"
 FORMAT_VERSION = 1
-# the manifest's artifact keys; INT8: the symmetric Q/DQ graph (TensorRT, OpenVINO), the u8/s8 one ONNX
-# Runtime runs fastest on x86, and the symmetric one with FP16 elsewhere (INT8 + FP16 TensorRT engines)
-# geodeep: the GIS tools' contract (float NCHW 0..1 in, class probabilities out, one scene; segclip.export.geodeep)
-FORMATS = ("onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "onnx_int8_fp16", "tensorrt", "geodeep")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactFormat:
+    """One row of the format table: the manifest key, the file the exporter writes, its precision
+    (None: the build's, TensorRT), the runtimes ``segclip predict``/``eval`` run it on (empty: it only
+    feeds TensorRT builds), where it computes, and which runner family loads it."""
+    key: str
+    file: str
+    precision: Optional[str]
+    runtimes: tuple
+    devices: str  # "cpu+gpu" | "cpu" | "gpu"
+    runner: str   # "onnx" (segclip's uint8 NHWC contract) | "geodeep" (float NCHW 0..1) | "tensorrt"
+
+
+# The one format table: the exporter names its files from it, the loader picks the runner from it, the
+# speed measurement and the benchmark's backends take their runtimes and artifact keys from it.
+# INT8: the symmetric Q/DQ graph (TensorRT explicit quantization; OpenVINO), the u8/s8 one ONNX Runtime runs
+# fastest on x86 (OpenVINO cannot compile it), and the symmetric one with FP16 elsewhere (INT8 + FP16
+# TensorRT engines only).  geodeep: the GIS tools' contract (segclip.export.geodeep).
+FORMATS = {f.key: f for f in (
+    ArtifactFormat("onnx", "model.onnx", "fp32", ("onnxruntime", "openvino"), "cpu+gpu", "onnx"),
+    ArtifactFormat("onnx_fp16", "model_fp16.onnx", "fp16", ("onnxruntime", "openvino"), "cpu+gpu", "onnx"),
+    ArtifactFormat("onnx_int8", "model_int8.onnx", "int8", ("onnxruntime", "openvino"), "cpu+gpu", "onnx"),
+    ArtifactFormat("onnx_int8_cpu", "model_int8_cpu.onnx", "int8", ("onnxruntime",), "cpu", "onnx"),
+    ArtifactFormat("onnx_int8_fp16", "model_int8_fp16.onnx", "int8", (), "gpu", "onnx"),
+    ArtifactFormat("tensorrt", "model.plan", None, ("tensorrt",), "gpu", "tensorrt"),
+    ArtifactFormat("geodeep", "model_geodeep.onnx", "fp32", ("onnxruntime",), "cpu+gpu", "geodeep"),
+)}
 TRTEXEC_NAME = "trtexec.sh"
 
 # artifact "status" values
@@ -322,8 +347,8 @@ def usable_artifacts(manifest: dict, directory, *, allow_failed: bool = True) ->
 SPEED = "speed"
 # the artifacts a runner of segclip predict/eval can run (onnx_int8_fp16 only feeds TensorRT builds;
 # geodeep takes float NCHW input for the GIS tools), and the runtimes of ONNX files
-RUNNABLE = ("onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "tensorrt")
-ONNX_RUNTIMES = ("onnxruntime", "openvino")
+RUNNABLE = tuple(k for k, f in FORMATS.items() if f.runtimes and f.runner != "geodeep")
+ONNX_RUNTIMES = FORMATS["onnx"].runtimes
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
 # without a measurement from this machine: TensorRT where it runs, then the FP32 graph on ONNX Runtime
 # (the reference's own arithmetic), then FP16; INT8 only when asked for or measured faster here
@@ -356,7 +381,7 @@ def speed_record(manifest: dict, machine: Optional[dict] = None) -> Optional[dic
 def runtime_of(format: str, runtime: Optional[str] = None) -> str:
     """The runtime an artifact runs on: TensorRT engines on TensorRT, ONNX files on ``runtime``
     (default ONNX Runtime)."""
-    return "tensorrt" if format == "tensorrt" else (runtime or "onnxruntime")
+    return "tensorrt" if FORMATS[format].runner == "tensorrt" else (runtime or "onnxruntime")
 
 
 def _runtime_missing(runtime: str) -> Optional[str]:
@@ -452,7 +477,7 @@ def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, 
 
 
 __all__ = [
-    "MANIFEST_NAME", "FORMAT", "FORMAT_VERSION", "FORMATS", "OK", "FAILED", "NOT_BUILT", "PENDING",
+    "MANIFEST_NAME", "FORMAT", "FORMAT_VERSION", "ArtifactFormat", "FORMATS", "OK", "FAILED", "NOT_BUILT", "PENDING",
     "META_PREFIX", "META_SIGNATURE", "META_PRECISION", "META_GRAPH_SHA256", "META_SOURCE_SHA256", "META_ARTIFACT", "META_SCENE",
     "sha256_file", "artifact_changed", "check_artifact_unchanged", "is_export_dir", "write_manifest", "manifest_path", "read_manifest", "manifest_signature",
     "artifact_for_file", "batch_profile", "signature_from_checkpoint", "scene_manifest", "Source", "resolve_source",

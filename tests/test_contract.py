@@ -68,3 +68,21 @@ def test_read_manifest_refuses_what_it_cannot_read(tmp_path):
         read_manifest(d)
     # the manifest of the directory holding an artifact file
     assert read_manifest(_export(tmp_path / "exp", {}) / "model.plan")["format"] == "segclip-export"
+
+
+def test_one_format_table_for_exporter_loader_and_benchmark():
+    """The exporter's file names, the speed measurement's runtimes and the benchmark's artifact rows all
+    come from contract.FORMATS: no second list of formats to fall out of step with it."""
+    from segclip.benchmarks.backends import BACKENDS
+    from segclip.contract import FORMATS, RUNNABLE
+    from segclip.export import exporter, geodeep, int8, tensorrt
+
+    assert [f.file for f in FORMATS.values()] == [exporter.ONNX_NAME, exporter.ONNX_FP16_NAME, int8.INT8_NAME,
+                                                  int8.INT8_CPU_NAME, int8.INT8_FP16_NAME, tensorrt.ENGINE_NAME,
+                                                  geodeep.GEODEEP_NAME]
+    assert all(k == f.key for k, f in FORMATS.items()) and len({f.file for f in FORMATS.values()}) == len(FORMATS)
+    assert set(RUNNABLE) == {"onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "tensorrt"}
+    for spec in BACKENDS.values():  # every artifact row of the benchmark runs a format on a runtime the table lists
+        if spec.source == "artifact":
+            runtime = "openvino" if spec.name.startswith("openvino") else spec.name.split("-")[0]
+            assert runtime in FORMATS[spec.artifact].runtimes, spec.name

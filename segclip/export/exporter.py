@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from segclip.atomic import atomic_dir, check_not_being_written, holds_own
-from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, MANIFEST_NAME, NOT_BUILT, OK, PENDING, TRTEXEC_NAME,
+from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, FORMATS, MANIFEST_NAME, NOT_BUILT, OK, PENDING, TRTEXEC_NAME,
                               scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
                               write_manifest)
 from segclip.errors import GateFailed, SegclipError
@@ -33,8 +33,8 @@ from segclip.export.parity_images import parity_dataset, parity_images as load_p
 from segclip.parsers import parse_batch, parse_size, split_device
 from segclip.signature import SCORES_NAME
 
-ONNX_NAME = "model.onnx"
-ONNX_FP16_NAME = "model_fp16.onnx"
+ONNX_NAME = FORMATS["onnx"].file
+ONNX_FP16_NAME = FORMATS["onnx_fp16"].file
 DEFAULT_SIZE = 512
 
 

@@ -36,9 +36,10 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from segclip.contract import FORMATS
 from segclip.data.sliding import OVERLAP
 
-GEODEEP_NAME = "model_geodeep.onnx"
+GEODEEP_NAME = FORMATS["geodeep"].file
 INPUT = "image"
 OUTPUT = "probabilities"
 ARTIFACT_META = "artifact"  # segclip.artifact = "geodeep": what a runner opening the bare file needs to know

@@ -34,14 +34,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from segclip.contract import FORMATS
 from segclip.cpu import GATE_CPU_KERNELS, GATE_DEQUANTIZED, isa_info, saturates
 from segclip.errors import SegclipError
 from segclip.export.activations import exposed_session, image_feeds
 from segclip.signature import INPUT_NAME
 
-INT8_NAME = "model_int8.onnx"
-INT8_CPU_NAME = "model_int8_cpu.onnx"
-INT8_FP16_NAME = "model_int8_fp16.onnx"
+INT8_NAME = FORMATS["onnx_int8"].file
+INT8_CPU_NAME = FORMATS["onnx_int8_cpu"].file
+INT8_FP16_NAME = FORMATS["onnx_int8_fp16"].file
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")  # kept FP32 (scales too) in the INT8 + FP16 graph: see with_fp16
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 FLOAT_OPS = ("GridSample", "Softmax", "LayerNormalization", "InstanceNormalization", "ReduceMean", "ReduceSum",

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from segclip.contract import TRTEXEC_NAME, sha256_file, tensorrt_unavailable_reason
+from segclip.contract import FORMATS, TRTEXEC_NAME, sha256_file, tensorrt_unavailable_reason
 from segclip.errors import SegclipError
 from segclip.runtime.msda_plugin import init_trt_plugins
 from segclip.signature import INPUT_NAME, SCENE_NAME
 from segclip.atomic import atomic_write_bytes, atomic_write_text
 
-ENGINE_NAME = "model.plan"
+ENGINE_NAME = FORMATS["tensorrt"].file
 TIMING_CACHE_NAME = "timing.cache"
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from segclip.contract import (ONNX_RUNTIMES, RUNNABLE, RUNTIME_NAMES, SPEED, artifact_problem, manifest_signature, read_manifest,
+from segclip.contract import (FORMATS, RUNNABLE, RUNTIME_NAMES, SPEED, artifact_problem, manifest_signature, read_manifest,
                               same_machine, tensorrt_unavailable_reason, this_machine, write_manifest)
 from segclip.errors import one_line
 
@@ -41,11 +41,11 @@ def pairs(manifest: dict, directory) -> list:
     for key in RUNNABLE:
         if artifact_problem(manifest, key, directory) is not None:
             continue
-        if key == "tensorrt":
+        if FORMATS[key].runner == "tensorrt":
             if tensorrt_unavailable_reason() is None:
                 out.append((key, "tensorrt"))
             continue
-        out += [(key, rt) for rt in ONNX_RUNTIMES if importlib.util.find_spec(rt) is not None]
+        out += [(key, rt) for rt in FORMATS[key].runtimes if importlib.util.find_spec(rt) is not None]
     return out
 
 

@@ -29,19 +29,20 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     path = d / artifact_file(entry, d)
     warn_if_failed(entry, path)
     name = opts.pop("name", format)
-    if format == "tensorrt":
+    runner = FORMATS[format].runner  # the format table says which runner family loads it
+    if runner == "tensorrt":
         from segclip.runtime.tensorrt_runner import TensorRTRunner
 
         return _chosen(_make(TensorRTRunner, str(path), path, signature=sig, manifest_entry=entry, name=name,
                              precision=entry.get("precision"), **opts), choice)
     check_artifact_unchanged(entry, path)  # an engine may differ: trtexec.sh rebuilds it on the target
-    if format == "geodeep":  # float NCHW 0..1 in, probabilities out: its own runner (ONNX Runtime, as GeoDeep)
+    if runner == "geodeep":  # float NCHW 0..1 in, probabilities out: its own runner (ONNX Runtime, as GeoDeep)
         cls = geodeep_runner_class(opts.pop("runtime", None))
     else:
         cls = onnx_runner_class(opts.pop("runtime", None))
-    runner = _make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
-    _warn_int8_isa(runner, entry, m, path)
-    return _chosen(runner, choice)
+    made = _make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
+    _warn_int8_isa(made, entry, m, path)
+    return _chosen(made, choice)
 
 
 def _warn_int8_isa(runner: Runner, entry: dict, manifest: dict, path: Path) -> None:
