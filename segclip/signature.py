@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -252,3 +252,15 @@ def palette_table(palette: Sequence) -> np.ndarray:
 def colorize(mask: np.ndarray, palette: Sequence) -> np.ndarray:
     """Class map (H x W, ints) -> RGB image using the palette; ignore (255) stays white."""
     return palette_table(palette)[np.clip(mask, 0, 255).astype(np.int64)]
+
+
+class Scorer(Protocol):
+    """What code that drives a model needs of it (``segclip.runtime.base.Runner`` has it for every backend):
+    its ``signature``, the largest batch it takes (None: any) and ``infer`` of a uint8 N x H x W x 3 batch
+    (with the scene ids of a model with metadata prompts) -> ``{"mask": ..., ["scores": ...]}``.  Here, at
+    the signature's layer, so code below the runtime can name the type it takes without importing it."""
+
+    signature: "Signature"
+    max_batch: Optional[int]
+
+    def infer(self, images: np.ndarray, scene_ids=None) -> dict: ...

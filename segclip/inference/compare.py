@@ -20,10 +20,10 @@ import numpy as np
 from segclip.data.base import IGNORE_INDEX
 from segclip.inference.evaluate import predict_image
 from segclip.engine.metrics import ConfusionMatrix
-from segclip.signature import MASK_NAME, SCORES_NAME
+from segclip.signature import MASK_NAME, SCORES_NAME, Scorer
 
 
-def run_all(runner, images, batch_size: int = 4, scene_ids=None, *, scores: bool = True, window=None) -> dict:
+def run_all(runner: Scorer, images, batch_size: int = 4, scene_ids=None, *, scores: bool = True, window=None) -> dict:
     """-> {"mask": [H x W per image], "scores": [K x H x W per image] or None, "seconds": inference time}.
 
     ``images``: an N x H x W x 3 array or a list of H x W x 3 images of any sizes.  ``window``: the

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from segclip.data.sliding import OVERLAP, sliding_window_predict
 from segclip.data.tiling import _pair
 from segclip.engine.metrics import ConfusionMatrix
+from segclip.signature import Scorer
 
 
 def torch_scores_fn(model, device: str = "cpu") -> Callable:
@@ -55,7 +56,7 @@ def scene_ids_for(dataset, scene_of, metadata: bool = True):
     return [scene_of(data.meta(i)) if metadata else 0 for i in range(len(data))]
 
 
-def runner_predict_fn(runner) -> tuple:
+def runner_predict_fn(runner: Scorer) -> tuple:
     """``(predict_fn, mode)`` for ``evaluate`` over any ``Runner``: its scores when it outputs them,
     else its class maps (blended by the sliding window's class-map rule)."""
     key = "scores" if runner.signature.scores else "mask"
@@ -98,7 +99,7 @@ def evaluate(scores_fn: Callable, dataset, num_classes: int, window, batch_size:
     return out
 
 
-def predict_image(runner, image: np.ndarray, *, window=None, overlap: float = OVERLAP, batch_size: int = 4,
+def predict_image(runner: Scorer, image: np.ndarray, *, window=None, overlap: float = OVERLAP, batch_size: int = 4,
                   return_scores: bool = False, scene=None):
     """One H x W x 3 uint8 image through a ``Runner``-like scorer -> ``(class map, how)``, or
     ``(class map, scores or None, how)`` with ``return_scores``; ``how`` is "direct" (one call: the
