@@ -27,7 +27,7 @@ import numpy as np
 
 from segclip.errors import SegclipError, one_line
 from segclip.inference.compare import agreement
-from segclip.signature import INPUT_NAME, MASK_NAME
+from segclip.signature import DEFAULT_SCENE, INPUT_NAME, MASK_NAME, Signature, triton_wire_type
 
 from segclip.benchmarks.timing import percentiles
 from segclip.runtime.triton import parse_url
@@ -75,10 +75,11 @@ def server_split(before: dict, after: dict) -> dict:
 
 
 class _Client:
-    """The same few calls on both asyncio clients."""
+    """The same few calls on both asyncio clients; requests built from the model's ``Signature`` (the
+    image input's name and type; a model with metadata prompts also gets its default scene)."""
 
-    def __init__(self, protocol: str, address: str):
-        self.protocol = protocol
+    def __init__(self, protocol: str, address: str, signature: Signature):
+        self.protocol, self.signature = protocol, signature
         if protocol == "grpc":
             import tritonclient.grpc.aio as tc
         else:
@@ -97,15 +98,18 @@ class _Client:
         return _stats_entry(s, model)
 
     async def infer(self, model: str, version: str, x: np.ndarray) -> np.ndarray:
-        tc = self.tc
-        inp = tc.InferInput(INPUT_NAME, list(x.shape), "UINT8")
-        if self.protocol == "grpc":
-            inp.set_data_from_numpy(x)
-            out = [tc.InferRequestedOutput(MASK_NAME)]
-        else:
-            inp.set_data_from_numpy(x, binary_data=True)
-            out = [tc.InferRequestedOutput(MASK_NAME, binary_data=True)]
-        res = await self.client.infer(model, [inp], model_version=version, outputs=out)
+        tc, sig = self.tc, self.signature
+        arrays = [(sig.inputs[0], np.ascontiguousarray(x, dtype=sig.inputs[0].dtype))]
+        if sig.scenes:  # N x 1 default scene ids, as the runner sends them (triton_dims)
+            arrays.append((sig.inputs[1], np.full((len(x), 1), DEFAULT_SCENE, dtype=sig.inputs[1].dtype)))
+        binary = {} if self.protocol == "grpc" else {"binary_data": True}
+        inputs = []
+        for spec, arr in arrays:
+            inp = tc.InferInput(spec.name, list(arr.shape), triton_wire_type(spec.dtype))
+            inp.set_data_from_numpy(arr, **binary)
+            inputs.append(inp)
+        out = [tc.InferRequestedOutput(MASK_NAME, **binary)]
+        res = await self.client.infer(model, inputs, model_version=version, outputs=out)
         return res.as_numpy(MASK_NAME)
 
     async def close(self):
@@ -115,10 +119,10 @@ class _Client:
             pass
 
 
-async def _level(url: str, concurrency: int, inputs: list, expected: Optional[list], duration_s: float,
-                 min_requests: int, check_every: int) -> dict:
+async def _level(url: str, signature: Signature, concurrency: int, inputs: list, expected: Optional[list],
+                 duration_s: float, min_requests: int, check_every: int) -> dict:
     protocol, address, model, version = parse_url(url)
-    client = _Client(protocol, address)
+    client = _Client(protocol, address, signature)
     lat, errors = [], []
     checks = {"n": 0, "mismatches": 0, "min_agreement": None}
     counter = {"i": 0}
@@ -215,9 +219,11 @@ def _perf_analyzer(url: str, concurrency: int, height: int, width: int, duration
 
 def sweep(url: str, concurrency=(1, 4, 8), inputs: Optional[list] = None, expected: Optional[list] = None, *,
           height: int = 512, width: int = 512, duration_s: float = 5.0, min_requests: Optional[int] = None,
-          check_every: int = 5, use_perf_analyzer: Optional[bool] = None, log=None) -> list:
+          check_every: int = 5, use_perf_analyzer: Optional[bool] = None, log=None,
+          signature: Optional[Signature] = None) -> list:
     """One row per concurrency level (see the module docstring); ``inputs``: batch-1 uint8 arrays
-    (1 x H x W x 3), ``expected``: the local ONNX Runtime mask for each input (or None: no check)."""
+    (1 x H x W x 3), ``expected``: the local ONNX Runtime mask for each input (or None: no check);
+    ``signature``: the served model's (default: read from the server, as ``TritonRunner`` reads it)."""
     if inputs is None:
         rng = np.random.default_rng(0)
         inputs = [rng.integers(1, 256, (1, height, width, 3), dtype=np.uint8) for _ in range(4)]
@@ -228,15 +234,19 @@ def sweep(url: str, concurrency=(1, 4, 8), inputs: Optional[list] = None, expect
         c = int(c)
         n_min = min_requests if min_requests is not None else 2 * c
         try:
+            if signature is None:  # inside the try: a server that cannot describe its model fails its rows
+                from segclip.runtime.triton import TritonRunner
+
+                signature = TritonRunner(url).signature
             if use_pa:
                 row = _perf_analyzer(url, c, height, width, duration_s)
-                chk = asyncio.run(_level(url, 1, inputs, expected, 0.0, len(inputs), 1))
+                chk = asyncio.run(_level(url, signature, 1, inputs, expected, 0.0, len(inputs), 1))
                 row.update({k: chk[k] for k in ("output_checks", "output_mismatches", "output_min_agreement")})
                 row["failures"] += chk["failures"]
                 row["requests"] = chk["requests"] if row["requests"] is None else row["requests"]
                 row["status"] = _status(row)
             else:
-                row = asyncio.run(_level(url, c, inputs, expected, duration_s, n_min, check_every))
+                row = asyncio.run(_level(url, signature, c, inputs, expected, duration_s, n_min, check_every))
         except Exception as e:
             msg = one_line(e, 300)
             row = {"protocol": parse_url(url)[0], "url": url, "tool": "perf_analyzer" if use_pa else "tritonclient.aio",
