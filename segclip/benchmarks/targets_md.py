@@ -143,7 +143,11 @@ def render(res: dict) -> str:
     L += int8_section(res)
     if res.get("notes"):
         L += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
-    L += ["", f"Raw numbers, per-sample times and the profiles: `{res['json']}` (written by the same run).", ""]
+    L += ["", f"Raw numbers, per-sample times and the profiles: `{res['json']}` (written by the same run).", "",
+          # notes kept by hand beside the generated file, so a re-run does not drop the link
+          "The default path (predict/eval/triton-repo run the fastest gated artifact measured here), whole-scene "
+          "throughput (`segclip benchmark --scene`) and an OpenVINO bf16 probe, measured on a loaded machine: "
+          "[FAST_PATH.md](FAST_PATH.md).", ""]
     return "\n".join(L)
 
 
