@@ -448,6 +448,8 @@ def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, 
     was.  ``among``: the artifact keys to choose from (Triton's ONNX models: the ONNX ones).  With no
     such measurement: the first usable artifact of ``FALLBACK``, and ``note`` says why."""
     if format is not None:
+        if format not in FORMATS:
+            raise SegclipError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
         return Choice(format, runtime_of(format, runtime), "explicit")
     rec = speed_record(manifest, machine)
     gated = {k for k in among if artifact_problem(manifest, k, directory) is None}

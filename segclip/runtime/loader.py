@@ -19,8 +19,6 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     format = choice.format
     if choice.how != "explicit" and format != "tensorrt":
         opts["runtime"] = choice.runtime
-    if format not in FORMATS:
-        raise SegclipError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     why = artifact_problem(m, format, d, allow_failed=allow_failed)
     if why:
         raise SegclipError(why)
