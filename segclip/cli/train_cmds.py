@@ -441,11 +441,15 @@ def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device
         click.echo(f"val mIoU with scene metadata {pct(metrics['miou'])}, withheld {pct(off['miou'])} "
                    f"(scenes: {', '.join(trainer.model.scenes.names)})")
     _quickstart_preview(run, stage, out, summary, trainer.val_dataset, device)
+
+    def say(message) -> None:  # lines about files name them where they will be (--out), not the staging folder
+        click.echo(str(message).replace(str(stage), str(out)))
+
     for step_name, enabled, fn in (("export", do_export, _quickstart_export), ("benchmark", do_bench, _quickstart_benchmark)):
         if not enabled:
             continue
         try:
-            fn(run, stage, summary)
+            fn(run, stage, summary, say)
         except ImportError as e:  # that part of the toolkit is not installed in this environment
             summary[f"{step_name}_status"] = f"skipped: {e}"
             click.echo(f"quickstart: {step_name} skipped ({e})")
@@ -489,7 +493,7 @@ def _quickstart_preview(run: Path, stage: Path, out: Path, summary: dict, val_da
     click.echo(f"quickstart: predictions on 4 val tiles (image | prediction | truth) -> {out / QUICKSTART_PREVIEW}")
 
 
-def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
+def _quickstart_export(run: Path, out: Path, summary: dict, log=click.echo) -> None:
     from segclip.contract import choose_artifact, read_manifest
     from segclip.errors import GateFailed
     from segclip.export import export
@@ -497,33 +501,33 @@ def _quickstart_export(run: Path, out: Path, summary: dict) -> None:
     d = out / "export"
     try:
         manifest = export(run, d, fp16=True, int8=True, calib_images=QUICKSTART_CALIB, parity_images=QUICKSTART_GATE,
-                          batch=(1, 1, 4), data=f"sample:{out / 'data'}:val")
+                          batch=(1, 1, 4), data=f"sample:{out / 'data'}:val", log=log)
     except GateFailed as e:  # shown, not fatal: the failed artifact is marked in the manifest and never chosen
-        click.echo(f"quickstart: {e}")
+        log(f"quickstart: {e}")
         manifest = read_manifest(d)
     summary["artifacts"]["export"] = str(d)
     summary["export"] = export_summary(manifest, d)
     choice = choose_artifact(manifest, d)  # what segclip predict / eval run on this export here
     summary["default_runner"] = choice.to_dict()
-    click.echo(f"quickstart: {choice.line()}")
+    log(f"quickstart: {choice.line()}")
 
 
-def _quickstart_benchmark(run: Path, out: Path, summary: dict) -> None:
+def _quickstart_benchmark(run: Path, out: Path, summary: dict, log=click.echo) -> None:
     from segclip.benchmarks import run_benchmark
 
     if not (out / "export").is_dir():  # the export step was skipped or failed: nothing of it to benchmark
         summary["benchmark_status"] = "skipped: no export"
-        click.echo("quickstart: benchmark skipped (no export)")
+        log("quickstart: benchmark skipped (no export)")
         return
     report = run_benchmark(out / "export", out=out / "benchmark", data=f"sample:{out / 'data'}:val", quick=True,
-                           backends=",".join(QUICKSTART_BACKENDS))
+                           backends=",".join(QUICKSTART_BACKENDS), log=log)
     summary["artifacts"]["benchmark"] = str(out / "benchmark")
     summary["benchmark"] = report.get("summary", report) if isinstance(report, dict) else None
     s = summary["benchmark"] or {}
     best = (s.get("backends") or {}).get(s.get("fastest")) or {}
     if best:
         x = f", {best['speedup_vs_torch']:.2f}x torch eager" if best.get("speedup_vs_torch") else ""
-        click.echo(f"quickstart: fastest here {s['fastest']} ({best.get('p50_ms')} ms per {s.get('size')} window{x})")
+        log(f"quickstart: fastest here {s['fastest']} ({best.get('p50_ms')} ms per {s.get('size')} window{x})")
 
 
 COMMANDS = [train, eval_cmd, quickstart]
