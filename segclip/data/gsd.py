@@ -23,7 +23,7 @@ from segclip.errors import SegclipError
 # the embedded sample set imitates LoveDA tiles and inherits it.  iSAID (Google Earth, mixed sources)
 # and UAVid (oblique video frames) have no one GSD: unknown unless train --gsd gives it.
 DATASET_GSD = {"loveda": 0.3, "sample": 0.3}
-EARTH_RADIUS_M = 6371008.8  # mean Earth radius (IUGG), as segclip.data.raster's pixel areas
+EARTH_RADIUS_M = 6371008.8  # mean Earth radius (IUGG)
 AGREE_REL_TOL = 0.01  # training tiles whose GSDs differ by more than 1% do not agree on one
 
 
@@ -40,21 +40,30 @@ def parse_gsd(value, flag: str = "--gsd") -> float:
     return v
 
 
-def pixel_area_m2(crs, transform, row: float) -> Optional[float]:
-    """Ground area in m^2 of one pixel of ``row`` (None when the grid has no known metric size)."""
+def row_pixel_areas(crs, transform, y0: int, y1: int):
+    """Ground area in m^2 of one pixel in each row y0..y1-1 (float64 array), or None when the grid has
+    no known metric size.  Lon/lat grids: the exact spherical area of the row's cells."""
+    import numpy as np
+
     if crs is None or transform is None:
         return None
     t = transform
     if crs.is_geographic:
         if t.b or t.d:
             return None  # rotated lon/lat grids: no simple cell area
-        lat0, lat1 = (math.radians(t.f + t.e * r) for r in (row, row + 1))
-        return EARTH_RADIUS_M ** 2 * abs(math.radians(t.a)) * abs(math.sin(lat0) - math.sin(lat1))
+        lat = np.radians(t.f + t.e * np.arange(y0, y1 + 1, dtype=np.float64))
+        return EARTH_RADIUS_M ** 2 * abs(math.radians(t.a)) * np.abs(np.sin(lat[:-1]) - np.sin(lat[1:]))
     try:
         factor = crs.linear_units_factor[1]
     except Exception:  # a CRS without a known linear unit (engineering/local ones)
         return None
-    return abs(t.a * t.e - t.b * t.d) * factor * factor
+    return np.full(y1 - y0, abs(t.a * t.e - t.b * t.d) * factor * factor, np.float64)
+
+
+def pixel_area_m2(crs, transform, row: int) -> Optional[float]:
+    """Ground area in m^2 of one pixel of ``row`` (None when the grid has no known metric size)."""
+    a = row_pixel_areas(crs, transform, row, row + 1)
+    return None if a is None else float(a[0])
 
 
 def raster_gsd(crs, transform, height: int = 1) -> Optional[float]:

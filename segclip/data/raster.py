@@ -215,24 +215,10 @@ class RasterSource:
 
     # ---- geometry ----------------------------------------------------------------------------------
     def row_pixel_areas(self, y0: int, y1: int) -> Optional[np.ndarray]:
-        """Area in m^2 of one pixel in each row y0..y1-1 (None when not georeferenced).  Projected
-        CRSs: |det(transform)| in the CRS's linear unit, converted to metres; geographic CRSs: the
-        exact spherical area of the row's cells (mean Earth radius)."""
-        if not self.georeferenced:
-            return None
-        t, crs = self.transform, self.crs
-        n = y1 - y0
-        if crs.is_geographic:
-            if t.b or t.d:
-                return None  # rotated lon/lat grids: no simple per-row area
-            r = 6371008.8
-            lat0 = np.radians(t.f + t.e * np.arange(y0, y1 + 1, dtype=np.float64))
-            return (r * r * abs(math.radians(t.a)) * np.abs(np.sin(lat0[:-1]) - np.sin(lat0[1:]))).astype(np.float64)
-        try:
-            factor = crs.linear_units_factor[1]
-        except Exception:
-            return None
-        return np.full(n, abs(t.a * t.e - t.b * t.d) * factor * factor, np.float64)
+        """Area in m^2 of one pixel in each row y0..y1-1 (None when not georeferenced): ``gsd.row_pixel_areas``."""
+        from segclip.data.gsd import row_pixel_areas
+
+        return row_pixel_areas(self.crs, self.transform, y0, y1) if self.georeferenced else None
 
     def close(self) -> None:
         self.ds.close()

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from segclip.data.gsd import pixel_area_m2
+from segclip.data.gsd import row_pixel_areas
 
 RESAMPLE_TOL = 0.01  # |f - 1| below this: the input is read as is (1% is below the scale a model notices)
 
@@ -65,8 +65,7 @@ class ResampledSource:
     def row_pixel_areas(self, y0: int, y1: int) -> Optional[np.ndarray]:
         if not self.georeferenced:
             return None
-        a = [pixel_area_m2(self.crs, self.transform, r) for r in range(y0, y1)]
-        return None if any(v is None for v in a) else np.asarray(a, np.float64)
+        return row_pixel_areas(self.crs, self.transform, y0, y1)
 
     # ---- back to the input's grid ------------------------------------------------------------------
     def _first_input(self, m: int, n_in: int, n_model: int) -> int:
