@@ -431,6 +431,39 @@ def test_vector_bad_input(gsd_ckpt, scene_copies, tmp_path):
     assert "--min-area -1" in error_line(res.output, 2, res.exit_code)
 
 
+def test_vector_layer_of_an_earlier_run_is_not_replaced_without_force(gsd_ckpt, scene_copies, tmp_path):
+    """An existing <stem>_polygons.gpkg is an earlier predict's output like _mask.tif: refused in one
+    line without --force (it used to be overwritten silently), replaced with it."""
+    out = tmp_path / "p"
+    out.mkdir()
+    layer = out / "native_polygons.gpkg"
+    layer.write_bytes(b"an earlier layer")
+    res = CliRunner().invoke(main, ["predict", "--quiet", "--model", str(gsd_ckpt), str(scene_copies["native"]),
+                                    "--out", str(out), "--size", "64", "--vector", "gpkg"])
+    assert "native_polygons.gpkg" in error_line(res.output, 2, res.exit_code) and "--force" in res.output
+    assert layer.read_bytes() == b"an earlier layer" and sorted(p.name for p in out.iterdir()) == [layer.name]
+    predict(gsd_ckpt, [scene_copies["native"]], out, "--vector", "gpkg", "--force")
+    assert layer.read_bytes() != b"an earlier layer"
+
+
+def test_vector_of_a_raster_in_a_crs_without_metric_units(gsd_ckpt, tmp_path):
+    """A local (engineering) CRS has no linear unit factor: the polygons are written and --min-area
+    counts pixels, as for plain images (it was a CRSError traceback)."""
+    import rasterio
+    from rasterio.crs import CRS as RioCRS
+    from rasterio.transform import from_origin
+
+    rgb = mosaic(1, 64)[0]
+    tif = tmp_path / "local.tif"
+    crs = RioCRS.from_wkt('LOCAL_CS["arbitrary",LOCAL_DATUM["x",0],UNIT["metre",1],AXIS["E",EAST],AXIS["N",NORTH]]')
+    with rasterio.open(tif, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", crs=crs,
+                       transform=from_origin(0, 64, 1, 1)) as d:
+        d.write(np.moveaxis(rgb, -1, 0))
+    predict(gsd_ckpt, [tif], tmp_path / "p", "--vector", "gpkg", "--min-area", "4")
+    counts = json.loads((tmp_path / "p" / "local_counts.json").read_text())
+    assert counts["vector"]["polygons"] > 0 and counts["vector"]["sieve_pixels"] == 4
+
+
 # ---- train --gsd -----------------------------------------------------------------------------------------
 def test_train_records_the_gsd_of_georeferenced_folder_tiles(tmp_path):
     """A folder dataset of 0.5 m GeoTIFF tiles: train records 0.5 m without being told (and says so),

@@ -9,7 +9,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 PREVIEW_MAX = 2048
-OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_preview.png", "_overlay.png", "_counts.json")
+# everything predict may write per input (--vector's layers included): an existing one is refused without --force
+OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_preview.png", "_overlay.png", "_counts.json", "_polygons.gpkg",
+                   "_polygons.geojson")
 
 
 def output_stems(paths: Sequence[Path], out: Path) -> list:

@@ -91,12 +91,13 @@ def vectorize(mask_path, dst, classes, *, fmt: str = "gpkg", ignore: int = 255, 
     from shapely.geometry import shape
 
     from segclip.atomic import atomic_file
+    from segclip.data.gsd import pixel_area_m2
 
     dst = Path(dst)
     with rasterio.open(mask_path) as ds:
         crs, t, h, w = ds.crs, ds.transform, ds.height, ds.width
         if pixel_area is None and crs is not None and not crs.is_geographic:
-            pixel_area = abs(t.a * t.e - t.b * t.d) * crs.linear_units_factor[1] ** 2
+            pixel_area = pixel_area_m2(crs, t, 0)  # None for a CRS without a known linear unit
         unit = math.sqrt(pixel_area) if pixel_area else 1.0  # metres per pixel side (pixels when unknown)
         thr = math.ceil(min_area / (pixel_area or 1.0)) if min_area else 0
         ctx = min(thr, h) if thr > 1 else 0
