@@ -1,7 +1,8 @@
 """The ``Exporter``: checkpoint -> ONNX (FP32), FP16 ONNX, INT8 Q/DQ ONNX, TensorRT engine, each behind a parity gate.
 
-One method per format (Ultralytics style): ``export_onnx``, ``export_fp16``, ``export_int8`` (one
-per flavour of ``int8.FLAVOURS``), ``export_int8_fp16``, ``export_tensorrt``;
+One method per format (Ultralytics style): ``export_onnx`` (and ``export_onnx_plugin``, the TensorRT
+plugin form), ``export_fp16`` (``export_fp16_plugin``), ``export_int8`` (one per flavour of
+``int8.FLAVOURS``), ``export_int8_fp16``, ``export_geodeep``, ``export_tensorrt``;
 a new format adds an ``export_<format>`` method, a line in ``run()`` and, when it can be run
 here, its runner in ``parity_candidates``.  ``parity`` runs the PyTorch runner and every artifact
 on the same images.  Constructing an ``Exporter`` only checks its arguments; all I/O (checkpoint,
@@ -572,9 +573,12 @@ class Exporter:
                          window=window, reference_out=ref_out)
         for row in result["rows"]:
             bound_fp16_scores(row)
-        if geo:
-            one = compare(ref, geo, images[:n], None if labels is None else labels[:n], thresholds, batch_size=bs,
-                          scene_ids=np.full(n, self.geodeep_scene[0], np.int32), window=window)
+        if geo:  # every_scene lays the images out scene by scene: PyTorch's outputs for that scene are a slice
+            part = slice(self.geodeep_scene[0] * n, (self.geodeep_scene[0] + 1) * n)
+            ref_geo = {"mask": ref_out["mask"][part], "seconds": ref_out["seconds"],
+                       "scores": None if ref_out["scores"] is None else ref_out["scores"][part]}
+            one = compare(ref, geo, images[part], None if labels is None else labels[part], thresholds, batch_size=bs,
+                          scene_ids=scene_ids[part], window=window, reference_out=ref_geo)
             result["rows"] += one["rows"]
         for r in result["rows"]:
             if r["name"] == "geodeep":  # probabilities, not PyTorch's raw scores: see its probabilities_vs_scores
@@ -587,7 +591,7 @@ class Exporter:
                     q8.gate_int8(row, self.int8_miou_points)
             if self.int8_fallback > 0:
                 self.int8_fallback_rounds(stage, result, (images, labels, scene_ids))
-        # the public artifacts compute exactly what their scores-enabled twins measured
+        # the public artifacts must agree with the scores-enabled twins the gate measured (judge_public)
         if not self.scores:
             pairs = {key: (OnnxRunner(stage / self.artifacts[key]["file"], providers="cpu", name=key, **self._onnx_options(key)),
                            OnnxRunner(self.twins[key], providers="cpu", name=key + "+scores", **self._onnx_options(key)))
