@@ -17,7 +17,7 @@ import numpy as np
 
 from segclip.contract import META_SCENE
 from segclip.errors import SegclipError
-from segclip.runtime.onnx_runner import OnnxRunner, read_onnx_metadata
+from segclip.runtime.onnx_runner import OnnxRunner
 
 
 class GeoDeepRunner(OnnxRunner):
@@ -28,7 +28,7 @@ class GeoDeepRunner(OnnxRunner):
 
         super().__init__(path, **opts)
         self.signature = dataclasses.replace(self.signature, scores=True)
-        scene = json.loads(read_onnx_metadata(self.path).get(META_SCENE) or '{"id": 0}')
+        scene = json.loads(self.meta.get(META_SCENE) or '{"id": 0}')
         self.scene = int(scene.get("id", 0))
         if self.name.startswith("onnx-"):
             self.name = "geodeep"

@@ -160,7 +160,7 @@ class OnnxRunner(Runner):
             kind, index = split_device(device)
             providers = kind
             device_id = device_id if index is None else index
-        meta = read_onnx_metadata(self.path)
+        self.meta = meta = read_onnx_metadata(self.path)  # kept: subclasses read their keys without another parse
         if signature is None:
             signature = signature_from_onnx(self.path, meta)  # one parse of the file, not two
         precision = precision or meta.get(META_PRECISION, "fp32")
