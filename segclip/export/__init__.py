@@ -1,4 +1,4 @@
-"""``segclip export``: checkpoint -> ONNX (FP32), FP16 ONNX, TensorRT engine, each behind a parity gate.
+"""``segclip export``: checkpoint -> ONNX (FP32), FP16, INT8, GeoDeep ONNX, TensorRT engine, each behind a parity gate.
 
     from segclip.export import export
     manifest = export("runs/small", fp16=True)          # -> runs/small/export/{model.onnx, model_fp16.onnx, manifest.json}
@@ -15,7 +15,9 @@ This package face only re-exports names; where each one lives:
 * ``tensorrt``       the strongly typed TensorRT build and ``trtexec.sh``;
 * ``parity_images``  the images the parity gate runs (compared by ``segclip.inference.compare``);
 * ``int8``           calibrated Q/DQ INT8 graphs; ``activations`` the passes over exposed activations;
-* ``trt_check``      the graph's ops against TensorRT's documented ONNX support.
+* ``trt_check``      the graph's ops against TensorRT's documented ONNX support;
+* ``msda``           the TensorRT graph's deformable attention: plugin or GridSample form;
+* ``geodeep``        the GIS tools' contract (GeoDeep, QGIS Deepness): ``model_geodeep.onnx``.
 """
 from __future__ import annotations
 
