@@ -304,6 +304,9 @@ def eval_cmd(model, data, size, batch, device, fmt, runtime, limit, metadata, fo
         click.echo(runner.choice.line())
     # 16-bit imagery: stretched as the model was trained (train --range; recorded in its signature)
     ds = with_metadata(build_dataset(dataset, data.root, split, value_range=runner.signature.value_range), sidecar)
+    if not ds.has_labels:  # LoveDA's and iSAID's test splits come without masks
+        raise SegclipError(f"--data {dataset}:{data.root}:{split}: this split has no labels to score against; "
+                           f"pick a labelled split (e.g. val), or run segclip predict on its images")
     if tuple(runner.signature.classes) != tuple(ds.classes):
         raise SegclipError(f"{model}: trained on classes {list(runner.signature.classes)} but dataset {dataset} has "
                            f"{list(ds.classes)}; evaluate a model trained on this dataset")

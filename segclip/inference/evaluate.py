@@ -23,6 +23,7 @@ from tqdm import tqdm
 from segclip.data.sliding import OVERLAP, sliding_window_predict
 from segclip.data.tiling import _pair
 from segclip.engine.metrics import ConfusionMatrix
+from segclip.errors import SegclipError
 from segclip.signature import Scorer
 
 
@@ -84,7 +85,7 @@ def evaluate(scores_fn: Callable, dataset, num_classes: int, window, batch_size:
     for i in tqdm(range(n), desc="eval", unit="img", disable=not progress, dynamic_ncols=True):
         item = data[i]
         if "mask" not in item:
-            raise ValueError("evaluate: this split has no labels")
+            raise SegclipError("evaluate: this split has no labels to score against; give a labelled split (e.g. val)")
         fn = scores_fn
         if scene_ids is not None:  # every window of an image shares its scene
             fn = (lambda b, s=int(scene_ids[i]): scores_fn(b, np.full(len(b), s, np.int64)))

@@ -293,3 +293,16 @@ def test_export_to_a_full_or_read_only_disk_is_one_error_line(cli_ws, tmp_path, 
     line = error_line(out, 2, code)
     assert needle in line and str(tmp_path / "mnt" / "exp") in line and "--out" in line, line
     assert left == []  # no partial export left on the full disk
+
+def test_eval_of_a_split_without_labels_is_one_error_line(cli_ws, tmp_path):
+    """eval on LoveDA's unlabelled Test split: one line before any work (it was evaluate's ValueError traceback)."""
+    import shutil
+    from pathlib import Path
+
+    for img_dir in (Path(cli_ws["data"]) / "Val").glob("*/images_png"):
+        shutil.copytree(img_dir, tmp_path / "d" / "Test" / img_dir.parent.name / "images_png")
+    res = CliRunner().invoke(main, ["eval", str(cli_ws["run"]), "--data", f"loveda:{tmp_path / 'd'}:test",
+                                    "--out", str(tmp_path / "e.json")])
+    line = error_line(res.output, 2, res.exit_code)
+    assert "test" in line and "no labels" in line and "val" in line, line
+    assert not (tmp_path / "e.json").exists()
