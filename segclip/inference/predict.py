@@ -43,6 +43,8 @@ _POLL = 0.2  # seconds between checks of the other threads while waiting on a qu
 # keeps every core busy) and costs activation memory: ONNX Runtime needs ~1.2-1.4 GiB at 8 x 1024 px
 # (benchmarks/PREDICT_MEMORY.md).  GPUs and Triton servers (which batch on their side) get 8.
 CPU_BATCH, DEVICE_BATCH = 2, 8
+# window of a model that takes any size (--size overrides); segclip tune times exports at it too
+DEFAULT_WINDOW = 1024
 # --gsd: model-grid rows brought back to the input's grid at a time (they become 32 / factor input rows)
 UPSAMPLE_ROWS = 32
 
@@ -563,7 +565,7 @@ def _predict_into(pool, paths, out, stems, *, size, overlap, batch, bands, value
                                "records it)" if sig.gsd is None else "--gsd off reads every input at its own grid")
                                + "; drop --out-grid model")
         if sig.dynamic_size:
-            window = (int(size or 1024),) * 2
+            window = (int(size or DEFAULT_WINDOW),) * 2
         else:
             window = (sig.height, sig.width)
             if size and (size, size) != window:

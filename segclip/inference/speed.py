@@ -22,9 +22,9 @@ import numpy as np
 from segclip.contract import (FORMATS, RUNNABLE, RUNTIME_NAMES, SPEED, artifact_problem, manifest_signature, read_manifest,
                               same_machine, tensorrt_unavailable_reason, this_machine, write_manifest)
 from segclip.errors import one_line
+from segclip.inference.predict import DEFAULT_WINDOW  # predict's window for exports that take any size
 
 CALLS = 3  # timed calls per pair, after one warm-up call (session creation, compile, allocator growth)
-DEFAULT_WINDOW = 1024  # predict's window for exports that take any size (segclip.inference.predict)
 
 
 def random_batches(batch: int, height: int, width: int, count: int = 4, seed: int = 0) -> list:
