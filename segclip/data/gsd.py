@@ -103,8 +103,9 @@ def agreed_gsd(paths: Iterable) -> Optional[float]:
 
 
 def dataset_gsd(ds) -> Optional[float]:
-    """A dataset's GSD: a known one by dataset name (``DATASET_GSD``), else its own
-    ``ground_resolution()`` (the folder dataset reads its images' georeferencing), else None."""
+    """A dataset's GSD: its own ``ground_resolution()`` when it has one (the folder dataset reads its
+    images' georeferencing; None when they have none or disagree), else a known one by dataset name
+    (``DATASET_GSD``), else None."""
     inner = getattr(ds, "dataset", ds)  # a TiledDataset keeps its images' GSD
     fn = getattr(inner, "ground_resolution", None)
     return fn() if fn is not None else DATASET_GSD.get(getattr(inner, "name", None))
