@@ -16,7 +16,8 @@ the image's height or width.
 
 Outputs per input ``DIR/<stem>``: ``_mask.tif`` (COG; georeferenced input) or ``_mask.png``,
 ``_preview.png`` (palette colours + legend, long side <= ``PREVIEW_MAX``), ``_counts.json`` (pixels
-and area per class; nodata never counted), and with ``overlay`` ``_overlay.png``.
+and area per class; nodata never counted), with ``overlay`` ``_overlay.png``, and with ``vector``
+``_polygons.gpkg`` / ``.geojson`` (``segclip.inference.vector``, from the written class map).
 """
 from __future__ import annotations
 
