@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segclip.contract import (FORMATS, artifact_file, artifact_for_file, artifact_problem, check_artifact_unchanged, choose_artifact,
+from segclip.contract import (FORMATS, ONNX_RUNTIMES, artifact_file, artifact_for_file, artifact_problem, check_artifact_unchanged, choose_artifact,
                               is_export_dir, manifest_signature, read_manifest, resolve_source)
 from segclip.errors import SegclipError
 from segclip.parsers import check_options
@@ -76,7 +76,7 @@ def _chosen(runner: Runner, choice) -> Runner:
     return runner
 
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ONNX_RUNTIMES  # the format table's runtimes of ONNX files (contract.FORMATS)
 
 
 def onnx_runner_class(runtime: str | None):
