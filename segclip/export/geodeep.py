@@ -36,14 +36,15 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from segclip.contract import FORMATS
+from segclip.contract import FORMATS, META_ARTIFACT, META_PREFIX, META_SCENE
 from segclip.data.sliding import OVERLAP
 
 GEODEEP_NAME = FORMATS["geodeep"].file
 INPUT = "image"
 OUTPUT = "probabilities"
-ARTIFACT_META = "artifact"  # segclip.artifact = "geodeep": what a runner opening the bare file needs to know
-SCENE_META = "scene"
+# contract.META_ARTIFACT / META_SCENE without the prefix set_metadata adds: what a runner opening the bare file reads
+ARTIFACT_META = META_ARTIFACT[len(META_PREFIX):]
+SCENE_META = META_SCENE[len(META_PREFIX):]
 # both readers zero the probabilities below seg_thresh before the argmax: 0 keeps segclip's argmax
 SEG_THRESH = 0.0
 # GeoDeep sieves (2n)^2 px and Deepness median-blurs 2*(n//2)+1 px: 0 = neither (segclip's map has no
