@@ -321,3 +321,22 @@ def test_fp16_engine_rows_are_bounded_on_scores_too():
     assert r["status"] == "failed" and "FP16 scores" in r["note"]
     assert bound_fp16_scores(row(0.5, backend="onnxruntime"))["status"] == "ok"  # the GPU engine's gate, not ORT's
     assert bound_fp16_scores(row(None))["status"] == "ok"  # no scores compared: nothing to bound
+
+
+def test_acceptance_trains_again_into_its_own_earlier_folder(tmp_path):
+    """doctor --gpu twice into one --out (its default is one folder): the second run's training step
+    replaces the first's run (it failed: 'already holds a training run; pass --resume'); a run in a
+    folder without an acceptance verdict is someone's and stays refused.  On the CPU here: the
+    training step is the same code with autocast off."""
+    from segclip.benchmarks.gpu_acceptance import Acceptance, write_verdict
+    from segclip.cli.train_cmds import run_training
+
+    acc = Acceptance(tmp_path / "acc", device="cpu", train_steps=1, log=lambda *a: None, train_fn=run_training)
+    assert acc.train()["steps"] == 1
+    write_verdict(acc.out, {"verdict": "failed", "failed": [], "steps": [], "seconds": 0})
+    first = sorted(p.name for p in (acc.out / "run").iterdir())
+    assert Acceptance(acc.out, device="cpu", train_steps=1, log=lambda *a: None, train_fn=run_training).train()["steps"] == 1
+    assert sorted(p.name for p in (acc.out / "run").iterdir()) == first
+    (acc.out / "gpu_acceptance.json").unlink()  # not an acceptance folder (as far as it can tell): the run is kept
+    with pytest.raises(SegclipError, match="already holds a training run"):
+        Acceptance(acc.out, device="cpu", train_steps=1, log=lambda *a: None, train_fn=run_training).train()

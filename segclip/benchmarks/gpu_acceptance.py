@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import platform
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -97,7 +98,7 @@ class Acceptance:
                 "summary": f"{torch.cuda.get_device_name(i)} (sm {cc[0]}.{cc[1]})"}
 
     def train(self) -> dict:
-        from segclip.checkpoint import resolve_checkpoint
+        from segclip.checkpoint import is_run_dir, resolve_checkpoint
 
         if self.model is not None:
             self.checkpoint = resolve_checkpoint(self.model)
@@ -107,10 +108,15 @@ class Acceptance:
         from segclip.data.sample import generate_sample_dataset
 
         self.data = generate_sample_dataset(self.out / "data", seed=0, force=True)
+        run = self.out / "run"
+        # an earlier acceptance's own run (its verdict beside it) is trained again: the default --out is
+        # one folder, and the trainer refuses a run with checkpoints unless resumed
+        if (self.out / JSON_NAME).is_file() and is_run_dir(run):
+            shutil.rmtree(run)
         amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        _, res = self.train_fn("sample", str(self.data), "segclip-small", str(self.out / "run"), max_steps=self.train_steps,
+        _, res = self.train_fn("sample", str(self.data), "segclip-small", str(run), max_steps=self.train_steps,
                               device=self.device, progress=False, backbone_weights="none", clip_checkpoint="none", amp=amp)
-        self.checkpoint = resolve_checkpoint(self.out / "run")
+        self.checkpoint = resolve_checkpoint(run)
         loss = (res.get("last") or {}).get("loss")
         return {"amp": amp, "steps": res["step"], "skipped_steps": res.get("skipped_steps"), "last_loss": loss,
                 "train_seconds": round(res["train_seconds"], 1),
