@@ -309,6 +309,23 @@ def test_doctor_gpu_without_a_gpu_gives_a_no_gpu_verdict_listing_what_it_would_r
     assert not (tmp_path / "acc" / "run").exists()  # nothing trained
     r = CliRunner().invoke(main, ["doctor"])
     assert r.exit_code == 0 and "doctor --gpu" in r.output
+    r = CliRunner().invoke(main, ["doctor", "--gpu", "--out", str(tmp_path / "acc")])  # its own folder: run again
+    assert r.exit_code == 1 and "verdict: no GPU" in r.output, r.output
+
+
+def test_doctor_gpu_refuses_a_folder_it_did_not_make(tmp_path):
+    """--out naming a user's non-empty folder: one error line, nothing written (it wrote its verdict,
+    and on a GPU machine data, run and exports, into it)."""
+    from click.testing import CliRunner
+
+    from cli.support import error_line
+    from segclip.cli import main
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    r = CliRunner().invoke(main, ["doctor", "--gpu", "--out", str(tmp_path / "mine")])
+    assert "not a segclip GPU acceptance folder" in error_line(r.output, 2, r.exit_code)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_fp16_engine_rows_are_bounded_on_scores_too():

@@ -200,6 +200,10 @@ class Acceptance:
 
     # ---- the driver -------------------------------------------------------------------------------------
     def run(self) -> dict:
+        from segclip.atomic import holds_own
+
+        # writes its verdict, data, run and exports into --out: refused in a folder it did not make
+        holds_own(self.out, lambda d: (d / JSON_NAME).is_file(), "a segclip GPU acceptance folder", f"no {JSON_NAME}")
         t0 = time.perf_counter()
         reason = no_gpu_reason()
         if reason:
