@@ -6,5 +6,7 @@
   confusion-matrix metrics;
 * ``predict``  -- streaming whole-raster prediction (``Predictor``, ``predict_paths``: the Python
   face of ``segclip predict``);
-* ``outputs``  -- what predict writes beside the class map: output names, counts and areas, preview.
+* ``outputs``  -- what predict writes beside the class map: output names, counts and areas, preview;
+* ``vector``   -- ``predict --vector``: the written class map as one polygon layer (GPKG/GeoJSON);
+* ``speed``    -- which artifact runs fastest here: export's and ``segclip tune``'s speed record.
 """
