@@ -315,6 +315,21 @@ def test_geodeep_segments_an_orthomosaic(geodeep_export, margin_geodeep_export, 
     assert agree >= 0.90
 
 
+def test_geodeep_runner_refuses_a_silent_cpu_fallback(geodeep_export):
+    """GeoDeepRunner replaces OnnxRunner's I/O check: a session asked for CUDA that ONNX Runtime created
+    on the CPU (a CPU build here; onnxruntime-gpu does the same when cuDNN fails to load) is still a
+    one-line error, not a CPU run reported as GPU (the provider check used to live in the replaced method)."""
+    from segclip.errors import SegclipError
+    from segclip.runtime.geodeep_runner import GeoDeepRunner
+
+    out, _ = geodeep_export
+    runner = GeoDeepRunner(out / "model_geodeep.onnx", providers="cpu")
+    runner.providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]  # past the build check
+    with pytest.raises(SegclipError) as e:
+        runner.activate()
+    assert "\n" not in str(e.value) and "asked for CUDAExecutionProvider" in str(e.value)
+
+
 def test_geodeep_defects_are_documented(geodeep_export, tmp_path):
     """What GeoDeep 0.9.13 itself does wrong, pinned so a fix upstream is noticed:
 

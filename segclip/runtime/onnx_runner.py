@@ -200,12 +200,12 @@ class OnnxRunner(Runner):
             raise
         except Exception as e:
             raise corrupt_onnx_error(self.path, e) from None
+        if not self.reference_ops:  # a reference-op session runs on the CPU by design
+            check_providers(sess, self.providers, self.path)  # here, not in _check_io: subclasses replace that
         self._session, self._outputs = sess, self._check_io(sess)
 
     def _check_io(self, sess) -> list:
         """The session's output names, after checking its inputs and outputs against the signature."""
-        if not getattr(self, "reference_ops", False):  # a reference-op session runs on the CPU by design
-            check_providers(sess, self.providers, self.path)
         got = {i.name: i.type for i in sess.get_inputs()}
         want = {t.name: f"tensor({t.dtype})" for t in self.signature.inputs}
         if got != want:
