@@ -90,6 +90,19 @@ def _copy_export(export_dir, tmp_path, *rows):
     return d
 
 
+def test_providers_keep_the_choice_on_onnx_runtime(export_dir, tmp_path):
+    """``providers=`` is ONNX Runtime's option (a name or a list of provider names): the measured choice
+    is made among ONNX Runtime rows of that device.  It used to pick the OpenVINO row, whose runner
+    refuses a 'providers' option, and a list was matched as no device at all."""
+    from segclip.runtime import load_runner
+
+    d = _copy_export(export_dir, tmp_path, ("onnx", "onnxruntime", 40.0), ("onnx_fp16", "openvino", 20.0),
+                     ("onnx_fp16", "onnxruntime", 30.0))
+    for providers in ("cpu", ["CPUExecutionProvider"], [("CPUExecutionProvider", {})]):
+        r = load_runner(d, providers=providers)
+        assert (r.backend, r.precision, r.choice.how) == ("onnxruntime", "fp16", "measured"), providers
+
+
 def test_runner_predict_and_format_follow_the_record(export_dir, tmp_path):
     """load_runner and segclip predict run the recorded fastest pair, say so in one line and in
     _counts.json; --format onnx still gives ONNX Runtime FP32."""

@@ -15,7 +15,9 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     m = read_manifest(d)
     # the one decision (contract.choose_artifact): explicit --format wins, else the fastest gated artifact
     # measured on this machine, else the documented fallback order; the runner carries it (.choice)
-    choice = choose_artifact(m, d, format=format, runtime=opts.get("runtime"), device=opts.get("device") or opts.get("providers"))
+    # ``providers`` is ONNX Runtime's option: with it the choice stays on ONNX Runtime (OpenVINO takes no such option)
+    runtime = opts.get("runtime") or ("onnxruntime" if opts.get("providers") is not None else None)
+    choice = choose_artifact(m, d, format=format, runtime=runtime, device=_choice_device(opts))
     format = choice.format
     if choice.how != "explicit" and format != "tensorrt":
         opts["runtime"] = choice.runtime
@@ -41,6 +43,16 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     made = _make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
     _warn_int8_isa(made, entry, m, path)
     return _chosen(made, choice)
+
+
+def _choice_device(opts: dict):
+    """The device a runner's options ask for, as ``choose_artifact`` matches speed rows: ``device``, or ONNX
+    Runtime's ``providers`` ("cuda", "tensorrt", "cpu" or a list of provider names) as cpu or cuda."""
+    p = opts.get("providers")
+    if opts.get("device") or p is None:
+        return opts.get("device")
+    names = [p] if isinstance(p, str) else [x[0] if isinstance(x, (tuple, list)) else x for x in p]
+    return "cuda" if any(str(n).lower().startswith(("cuda", "tensorrt")) for n in names) else "cpu"
 
 
 def _warn_int8_isa(runner: Runner, entry: dict, manifest: dict, path: Path) -> None:
