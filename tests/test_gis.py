@@ -399,6 +399,10 @@ def test_geodeep_export_bad_input(trained_checkpoint, tmp_path):
     with pytest.raises(SegclipError, match="no scenes"):
         export(trained_checkpoint, tmp_path / "d", geodeep=True, scene="rural", log=lambda *a: None)
     assert not any(tmp_path.iterdir())
+    from segclip.export import Exporter
+
+    with pytest.raises(SegclipError, match="square"):  # an option check: refused before any checkpoint is read
+        Exporter(source=str(tmp_path / "no-such-run"), geodeep=True, size="64x96")
 
 
 # ---- predict --vector ----------------------------------------------------------------------------------

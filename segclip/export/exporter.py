@@ -97,6 +97,9 @@ class Exporter:
         if self.geodeep and self.dynamic_size:
             raise SegclipError("--geodeep with --dynamic-size: GeoDeep and QGIS Deepness take the tile size from the "
                                "model's fixed input shape; export at a fixed --size")
+        if self.geodeep and self.size is not None and self.size[0] != self.size[1]:  # the default (crop size) is square
+            raise SegclipError(f"--geodeep --size {self.size[0]}x{self.size[1]}: GeoDeep and QGIS Deepness cut square "
+                               f"tiles; give a square --size, e.g. --size {max(self.size)}")
         if self.scene is not None and not self.geodeep:
             raise SegclipError(f"--scene {self.scene}: fixes the scene of the --geodeep artifact only (the other artifacts "
                                f"take scene_id per request); add --geodeep or drop --scene")
@@ -145,9 +148,6 @@ class Exporter:
         if self.geodeep:
             from segclip.export import geodeep as gd
 
-            if self.size[0] != self.size[1]:
-                raise SegclipError(f"--geodeep --size {self.size[0]}x{self.size[1]}: GeoDeep and QGIS Deepness cut square "
-                                   f"tiles; give a square --size, e.g. --size {max(self.size)}")
             self.geodeep_scene = gd.scene_id(self.signature, self.scene)
             if self.signature.gsd is None:
                 self.log("note: --geodeep: the model's ground sampling distance is unknown (train --gsd), so the artifact "
