@@ -7,10 +7,11 @@
 * an ``.onnx`` file -> ``OnnxRunner`` (``providers="cpu"|"cuda"|"tensorrt"|[...]``, ``threads``), or with
   ``runtime="openvino"`` -> ``OpenVINORunner`` (OpenVINO CPU, ``threads``);
 * a TensorRT engine ``.plan``/``.engine`` -> ``TensorRTRunner`` (``device``);
-* an export directory (has ``manifest.json``, see ``segclip.contract``) -> the artifact named by ``format="onnx"|"onnx_fp16"|
-  "onnx_int8"|"onnx_int8_cpu"|"onnx_int8_fp16"|"tensorrt"`` (default: ``tensorrt`` when built and usable
-  here, else ``onnx``, else ``onnx_fp16``; ``onnx_int8_cpu`` is the INT8 graph ONNX Runtime runs fastest
-  on x86), the ONNX ones on OpenVINO with ``runtime="openvino"``;
+* an export directory (has ``manifest.json``, see ``segclip.contract``) -> the artifact named by ``format``
+  (a key of ``contract.FORMATS``: "onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "tensorrt", "geodeep", ...);
+  default: ``contract.choose_artifact``'s choice -- the fastest gated artifact and runtime measured on this
+  CPU, else ``tensorrt`` when built and usable here, else ``onnx``, else ``onnx_fp16`` (``runner.choice``
+  says which and why); the ONNX ones on OpenVINO with ``runtime="openvino"``;
   an artifact that failed its parity gate is refused unless ``allow_failed=True``;
 * ``grpc://host:port/model`` or ``http://host:port/model`` -> ``segclip.runtime.triton.TritonRunner``.
 
