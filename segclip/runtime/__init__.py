@@ -5,7 +5,8 @@
 * a checkpoint file (``.pt``/``.pth``) or a training run directory -> ``TorchRunner``
   (``device="cpu"|"cuda"``, ``precision``, ``scores``, ``size``);
 * an ``.onnx`` file -> ``OnnxRunner`` (``providers="cpu"|"cuda"|"tensorrt"|[...]``, ``threads``), or with
-  ``runtime="openvino"`` -> ``OpenVINORunner`` (OpenVINO CPU, ``threads``);
+  ``runtime="openvino"`` -> ``OpenVINORunner`` (OpenVINO CPU, ``threads``); a ``model_geodeep.onnx`` (metadata
+  ``segclip.artifact`` = geodeep) -> ``GeoDeepRunner``; a file inside an export folder is held to its manifest entry;
 * a TensorRT engine ``.plan``/``.engine`` -> ``TensorRTRunner`` (``device``);
 * an export directory (has ``manifest.json``, see ``segclip.contract``) -> the artifact named by ``format``
   (a key of ``contract.FORMATS``: "onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "tensorrt", "geodeep", ...);
