@@ -101,6 +101,8 @@ def test_providers_keep_the_choice_on_onnx_runtime(export_dir, tmp_path):
     for providers in ("cpu", ["CPUExecutionProvider"], [("CPUExecutionProvider", {})]):
         r = load_runner(d, providers=providers)
         assert (r.backend, r.precision, r.choice.how) == ("onnxruntime", "fp16", "measured"), providers
+    r = load_runner(d, optimization="basic")  # another option only ONNX Runtime's runner takes
+    assert (r.backend, r.precision, r.optimization) == ("onnxruntime", "fp16", "basic")
 
 
 def test_runner_predict_and_format_follow_the_record(export_dir, tmp_path):

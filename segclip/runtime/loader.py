@@ -15,8 +15,8 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     m = read_manifest(d)
     # the one decision (contract.choose_artifact): explicit --format wins, else the fastest gated artifact
     # measured on this machine, else the documented fallback order; the runner carries it (.choice)
-    # ``providers`` is ONNX Runtime's option: with it the choice stays on ONNX Runtime (OpenVINO takes no such option)
-    runtime = opts.get("runtime") or ("onnxruntime" if opts.get("providers") is not None else None)
+    # an option only ONNX Runtime's runner takes (providers, ...) keeps the choice there: OpenVINO's would refuse it
+    runtime = opts.get("runtime") or ("onnxruntime" if any(opts.get(k) is not None for k in _ORT_ONLY) else None)
     choice = choose_artifact(m, d, format=format, runtime=runtime, device=_choice_device(opts))
     format = choice.format
     if choice.how != "explicit" and format != "tensorrt":
@@ -43,6 +43,9 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     made = _make(cls, str(path), path, signature=sig, name=name, precision=entry.get("precision"), **opts)
     _warn_int8_isa(made, entry, m, path)
     return _chosen(made, choice)
+
+
+_ORT_ONLY = ("providers", "device_id", "optimization", "memory_arena")  # OnnxRunner options OpenVINORunner lacks
 
 
 def _choice_device(opts: dict):
