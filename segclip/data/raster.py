@@ -77,7 +77,20 @@ def _check_png(path: Path) -> None:
                            f"re-export the file") from None
 
 
-class RasterSource:
+class Closing:
+    """``with source:`` closes it: the one context-manager face of the raster sources (``close`` their own)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RasterSource(Closing):
     """One input raster.  ``read(y0, x0, y1, x1)`` -> uint8 h x w x 3; ``valid(y0, x0, y1, x1)`` ->
     bool h x w (or None when the raster has no nodata at all).  Not thread-safe: each thread opens
     its own with ``reopen()`` (same band choice and scaling, no second statistics pass)."""
@@ -222,12 +235,6 @@ class RasterSource:
 
     def close(self) -> None:
         self.ds.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def read_image(path, note=None, value_range=None, with_valid: bool = False):

@@ -22,11 +22,12 @@ from typing import Optional
 import numpy as np
 
 from segclip.data.gsd import row_pixel_areas
+from segclip.data.raster import Closing
 
 RESAMPLE_TOL = 0.01  # |f - 1| below this: the input is read as is (1% is below the scale a model notices)
 
 
-class ResampledSource:
+class ResampledSource(Closing):
     def __init__(self, inner, factor: float):
         """``inner``: a ``RasterSource``; ``factor`` f = input GSD / model GSD (< 1: the input is finer)."""
         from rasterio.enums import Resampling
@@ -83,12 +84,6 @@ class ResampledSource:
 
     def close(self) -> None:
         self.inner.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def plan_resampling(source, model_gsd: Optional[float], mode) -> dict:
