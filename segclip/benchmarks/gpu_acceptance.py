@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from segclip.errors import SegclipError, one_line
+from segclip.parsers import split_device
 
 STEPS = {
     "gpu": "what torch sees: GPU name, compute capability, bfloat16 support",
@@ -228,7 +229,7 @@ class Acceptance:
 
 
 def torch_index(device: str) -> int:
-    return int(str(device).split(":")[1]) if ":" in str(device) else 0
+    return split_device(device)[1] or 0
 
 
 def _gate(d: Path) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 from segclip.contract import (FORMATS, RUNNABLE, RUNTIME_NAMES, SPEED, artifact_problem, manifest_signature, read_manifest,
                               same_machine, tensorrt_unavailable_reason, this_machine, write_manifest)
 from segclip.errors import one_line
+from segclip.parsers import split_device
 from segclip.inference.predict import DEFAULT_WINDOW  # predict's window for exports that take any size
 
 CALLS = 3  # timed calls per pair, after one warm-up call (session creation, compile, allocator growth)
@@ -113,7 +114,7 @@ def measure(directory, *, manifest: Optional[dict] = None, size: Optional[int] =
     if gpu:
         import torch
 
-        machine["gpu"] = torch.cuda.get_device_name(int(gpu.split(":")[1]) if ":" in gpu else 0)
+        machine["gpu"] = torch.cuda.get_device_name(split_device(gpu)[1] or 0)
     rec = {"machine": machine, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "window": list(window), "calls": calls, "rows": rows}
     for line in table(rec):
