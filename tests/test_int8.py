@@ -489,3 +489,23 @@ def test_default_int8_gate_fails_exit_1_and_marks_failed(margin_checkpoint, int8
         assert rec["isa"]["isa"] == "avx2" and rec["isa"]["int8_saturates"] and rec["weight_bits"] == bits, key
     for fname, bits in (("model_int8_cpu.onnx", 7), ("model_int8.onnx", 8)):
         assert _weight_range(onnx.load(str(out / fname))) == {8: 127, 7: 64}[bits], fname
+
+
+def test_profiles_of_the_int8_graphs_say_where_the_time_goes(int8_export):
+    """run_targets' per-layer profiles of the two INT8 paths (OpenVINO's PERF_COUNT, ONNX Runtime's
+    profiler) and the INT8 GEMM rate it divides the model's FLOPs by.  No timing assertions: the
+    figures must exist and add up, and the INT8 kernels must be found in the INT8 graph only."""
+    from segclip.benchmarks.profiling import ort_profile, ov_profile
+    from segclip.benchmarks.timing import int8_gemm_rate
+
+    out, _, _, gate_seen = int8_export
+    x = np.stack(gate_seen[:1])
+    ov8, ov32 = ov_profile(out / "model_int8.onnx", x, threads=2, iters=1), ov_profile(out / "model.onnx", x, threads=2, iters=1)
+    for p in (ov8, ov32):
+        assert p["ops"] and p["total_ms"] > 0 and sum(o["ms"] for o in p["ops"]) <= p["total_ms"] * 1.001
+    assert any(o["op"].startswith("GridSample") for o in ov8["ops"] + ov32["ops"])  # the deformable sampling stays float
+    assert 0 < ov8["int8_ms"] < ov8["total_ms"] and ov32["int8_ms"] == 0
+    ort8 = ort_profile(out / "model_int8_cpu.onnx", x, threads=2)
+    assert any(o["op"] in ("QLinearConv", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger") for o in ort8["ops"])
+    g = int8_gemm_rate(2, n=256, reps=2)
+    assert g["gops_best"] > 0 and g["reps"] == 2 and "MatMulInteger" in g["method"]

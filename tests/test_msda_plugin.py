@@ -121,7 +121,9 @@ def test_plugin_graph_matches_gridsample_graph(plugin_export, batch):
     nodes = [n for n in model.graph.node if n.op_type == PLUGIN_NAME]
     layers = sum(n.op_type == "GridSample" for n in onnx.load(str(out / "model.onnx")).graph.node)
     assert nodes and not any(n.op_type == "GridSample" for n in model.graph.node)
-    assert layers == 3 * len(nodes)  # one plugin node per encoder layer replaces its three levels' GridSample
+    points = manifest["source"]["model_config"]["enc_points"]
+    # one plugin node per encoder layer replaces its GridSample per level and sampling point
+    assert layers == 3 * points * len(nodes)
     agree, dmax = _compare(model, out / "model.onnx", parity_images(4), batch)
     print(f"plugin vs GridSample graph, batch {batch}: agreement {100 * agree:.4f}%, max |dscore| {dmax:.2e}")
     assert agree >= AGREEMENT and dmax <= SCORE_TOL, (agree, dmax)

@@ -1,7 +1,8 @@
-"""Where the time goes, per operator type: ONNX Runtime's profiler and torch.profiler.
+"""Where the time goes, per operator type: ONNX Runtime's profiler, OpenVINO's per-layer counters and
+torch.profiler.
 
-Used by ``run_targets.py`` when a target is missed, so RESULTS.md can say which operators dominate.
-Both return ``{"total_ms": per-iteration total, "ops": [{"op", "ms", "share", "calls"}, ...]}``
+Used by ``run_targets.py`` when a target is missed and for the INT8 paths, so RESULTS.md can say which
+operators dominate.  All return ``{"total_ms": per-iteration total, "ops": [{"op", "ms", "share", "calls"}, ...]}``
 (sorted, per iteration).
 """
 from __future__ import annotations
@@ -70,6 +71,49 @@ def ort_profile(onnx_path, images: np.ndarray, threads: Optional[int] = None, it
         "iters": n, "total_ms": round(total / 1e3 / n, 2), "run_ms": round(float(np.median(run_ms)), 2) if run_ms else None,
         "ops": [{"op": op, "ms": round(us / 1e3 / n, 2), "share": round(us / total, 4) if total else None, "calls": calls[op] // n}
                 for op, us in by_op.most_common(top)],
+        "top_nodes": [{"node": k, "ms": round(v / 1e3 / n, 2)} for k, v in nodes.most_common(8)],
+    }
+
+
+GEMM_LAYERS = ("Convolution", "FullyConnected", "MatMul")
+
+
+def ov_profile(onnx_path, images: np.ndarray, threads: Optional[int] = None, iters: int = 3, warmup: int = 2,
+               precision: str = "f32", top: int = 12) -> dict:
+    """Per-layer time of OpenVINO's CPU plugin (``PERF_COUNT``), by executed layer type and kernel
+    ("Convolution brgconv_avx512_I8": an INT8 convolution; "GridSample jit_avx512_f32": float), with
+    the OpenVINO runner's compile options (latency hint, ``precision`` hint, ``threads``)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    model.reshape({model.inputs[0].get_any_name(): list(images.shape)})
+    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    req = core.compile_model(model, "CPU", cfg).create_infer_request()
+    for _ in range(max(0, warmup)):
+        req.infer({0: images})
+    by_op, calls, nodes = collections.Counter(), collections.Counter(), collections.Counter()
+    n = max(1, iters)
+    for _ in range(n):
+        req.infer({0: images})
+        for p in req.get_profiling_info():
+            us = p.real_time.total_seconds() * 1e6
+            if us <= 0:
+                continue  # fused into a neighbour or not executed
+            key = f"{p.node_type} {p.exec_type}"
+            by_op[key] += us
+            calls[key] += 1
+            nodes[p.node_name] += us
+    total = sum(by_op.values())
+    return {
+        "tool": f"OpenVINO {ov.__version__} PERF_COUNT (CPU, {threads or 'default'} threads, precision hint {precision})",
+        "iters": n, "total_ms": round(total / 1e3 / n, 2),
+        "ops": [{"op": op, "ms": round(us / 1e3 / n, 2), "share": round(us / total, 4) if total else None, "calls": calls[op] // n}
+                for op, us in by_op.most_common(top)],
+        # INT8 GEMM work: convolutions and matmuls on int8 kernels (an int8 Transpose or Reorder only moves data)
+        "int8_ms": round(sum(us for op, us in by_op.items() if op.startswith(GEMM_LAYERS) and "_i8" in op.lower()) / 1e3 / n, 2),
         "top_nodes": [{"node": k, "ms": round(v / 1e3 / n, 2)} for k, v in nodes.most_common(8)],
     }
 

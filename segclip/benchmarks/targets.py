@@ -302,6 +302,9 @@ def gpu_target(s: Setup, size: int, data=None) -> dict:
 def int8_speed(s: Setup, sizes) -> dict:
     """Every CPU path of segclip (``INT8_PATHS``) on the same inputs, interleaved, batch 1, at each size;
     a path that cannot run here is listed with the reason."""
+    from segclip.benchmarks.timing import int8_gemm_rate
+    from segclip.cpu import int8_isa
+
     res = {}
     for size in sizes:
         # latency does not depend on the calibration: 4 images keep the 1024 px export short
@@ -312,11 +315,33 @@ def int8_speed(s: Setup, sizes) -> dict:
         p50 = c["p50"]
         sizes_mb = {k: round((d / a["file"]).stat().st_size / 2**20, 2) for k, a in manifest["artifacts"].items() if a.get("file")}
         res[size] = {"timing": c["timing"], "basis": c["basis"], "p50": p50, "unavailable": {**unavailable, **c["unavailable"]},
-                     "file_mb": sizes_mb,
+                     "file_mb": sizes_mb, "isa": int8_isa(),
                      "speedup_vs_torch": {n: round(p50["torch"] / v, 3) for n, v in p50.items()} if "torch" in p50 else {},
                      "fastest": min(p50, key=p50.get), "export": str(d)}
         s.log("  " + ", ".join(f"{n} {v:.0f} ms" for n, v in p50.items()) + f" ({c['basis']} samples); fastest {res[size]['fastest']}")
+        res[size].update(int8_limit(s, d, size, p50, res[size]["fastest"], int8_gemm_rate(s.threads)))
+        # where the INT8 paths spend their time: what is not INT8 GEMM is what stands between them and the limit
+        x = random_batches(1, size, size, count=1)[0]
+        profiles = {"openvino-int8": lambda: prof.ov_profile(d / "model_int8.onnx", x, threads=s.threads),
+                    "onnxruntime-int8": lambda: prof.ort_profile(d / "model_int8_cpu.onnx", x, threads=s.threads, iters=2)}
+        res[size]["profiles"] = {}
+        for name, run in profiles.items():
+            if name in p50:
+                res[size]["profiles"][name] = run()
     return res
+
+
+def int8_limit(s: Setup, d: Path, size: int, p50: dict, fastest: str, gemm: dict) -> dict:
+    """The model's FLOPs at ``size`` over this CPU's INT8 GEMM rate: the time if every FLOP ran as
+    INT8 GEMM at that rate, and the share of it the fastest path reaches."""
+    gflop = fl.onnx_flops(d / "model.onnx", 1, size, size)["gflops"]
+    limit_ms = gflop / gemm["gops_best"] * 1e3
+    out = {"gflop": gflop, "int8_gemm": gemm, "limit_ms": round(limit_ms, 1),
+           "limit_speedup_vs_torch": round(p50["torch"] / limit_ms, 2) if "torch" in p50 else None,
+           "fastest_share_of_limit": round(limit_ms / p50[fastest], 3)}
+    s.log(f"  INT8 GEMM {gemm['gops_best']:.0f} GOP/s: {gflop:.1f} GFLOP -> {limit_ms:.0f} ms at 100% "
+          f"({out['limit_speedup_vs_torch']}x torch eager); {fastest} reaches {100 * out['fastest_share_of_limit']:.0f}% of it")
+    return out
 
 
 def int8_accuracy(s: Setup, ckpt: Path, data, size: int) -> dict:

@@ -179,6 +179,16 @@ def int8_section(res: dict) -> list:
         for n, why in r["unavailable"].items():
             L.append(f"| {n} | unavailable: {why} | - | - |")
         L.append("")
+        if r.get("limit_ms"):
+            g = r["int8_gemm"]
+            L += [f"INT8 GEMM limit at {size}x{size}: {r['gflop']:.1f} GFLOP at {g['gops_best']:.0f} GOP/s ({g['method']}, "
+                  f"best of {g['reps']}, INT8 ISA {r.get('isa')}) = **{r['limit_ms']:.0f} ms**, {r['limit_speedup_vs_torch']}x torch "
+                  f"eager; {r['fastest']} runs at **{100 * r['fastest_share_of_limit']:.0f}%** of it.", ""]
+        for name, pr in (r.get("profiles") or {}).items():
+            L += [prof.format_profile(pr, f"{name} at {size}x{size}"), ""]
+            if pr.get("int8_ms") is not None:
+                L += [f"{name}: INT8 kernels {pr['int8_ms']:.0f} ms of {pr['total_ms']:.0f} ms of layers; the rest (float "
+                      f"layers, layout Reorders/Transposes) is what stands between it and the INT8 GEMM limit.", ""]
     for size, r in (i8.get("speed") or {}).items():
         fm = r["file_mb"]
         if fm.get("onnx") and fm.get("onnx_int8_cpu"):

@@ -316,3 +316,36 @@ def gemm_rate(threads: Optional[int] = None, n: int = 4096, reps: int = 5, budge
             "flops": flops, "best_s": round(best, 4), "median_s": round(med, 4),
             "gflops_best": round(flops / best / 1e9, 2), "gflops_median": round(flops / med / 1e9, 2),
             "foreign_cpu_at_best": None if foreign[i_best] is None else round(foreign[i_best], 3)}
+
+
+def int8_gemm_rate(threads: Optional[int] = None, n: int = 4096, reps: int = 5) -> dict:
+    """INT8 GEMM rate of this machine with the same thread count: ONNX Runtime's ``MatMulInteger`` of
+    an n x n uint8 by an n x n int8 matrix (MLAS: VNNI where the CPU has it, else AVX2's 16-bit
+    ``vpmaddubsw`` path), best of ``reps`` calls after one warm-up.  The limit an INT8 graph would
+    reach if all its FLOPs ran at this rate (the speed target's "GEMM limit")."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "w")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "int8_gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    sess.run(None, {"a": a})
+    times = []
+    for _ in range(max(2, reps)):
+        t0 = time.perf_counter()
+        sess.run(None, {"a": a})
+        times.append(time.perf_counter() - t0)
+    ops = 2.0 * n ** 3
+    return {"method": f"onnxruntime {ort.__version__} MatMulInteger {n}x{n} uint8 @ {n}x{n} int8", "n": n,
+            "threads": threads, "reps": len(times), "best_s": round(min(times), 4),
+            "gops_best": round(ops / min(times) / 1e9, 1), "gops_median": round(ops / float(np.median(times)) / 1e9, 1)}

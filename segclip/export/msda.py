@@ -1,6 +1,6 @@
 """The TensorRT form of the deformable attention: ``segclip export --trt --msda plugin|gridsample|auto``.
 
-segclip's MSDeformAttn exports as plain GridSample ops (one per level and layer), which ONNX Runtime,
+segclip's MSDeformAttn exports as plain GridSample ops (one per level, sampling point and layer), which ONNX Runtime,
 OpenVINO and the INT8-CPU graph run.  Several TensorRT releases compute that decomposition wrongly
 (NVIDIA/TensorRT#4813: 10.14 and 11.1 strongly typed FP32 engines, correct in 10.13;
 pytorch/TensorRT#4074: GridSample kept FP32 inside an FP16 network since 10.14.1.48; NVIDIA/TensorRT#4646:
