@@ -323,7 +323,6 @@ def int8_gemm_rate(threads: Optional[int] = None, n: int = 4096, reps: int = 5) 
     an n x n uint8 by an n x n int8 matrix (MLAS: VNNI where the CPU has it, else AVX2's 16-bit
     ``vpmaddubsw`` path), best of ``reps`` calls after one warm-up.  The limit an INT8 graph would
     reach if all its FLOPs ran at this rate (the speed target's "GEMM limit")."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
