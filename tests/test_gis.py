@@ -3,7 +3,9 @@ the model's GSD, and ``export --geodeep``, run by the real GeoDeep package (Open
 
 Model: the parity fixture (``trained_checkpoint``), copied with ``train_config.gsd = 0.3`` (what
 ``train`` records for the sample set): fast, with several classes per image, and fragile enough
-that reading a raster at the wrong scale, or feeding GeoDeep's tensors wrongly, shows.
+that reading a raster at the wrong scale, or feeding GeoDeep's tensors wrongly, shows.  GeoDeep's
+output against segclip predict's is compared on a genuinely trained model (``trained_geodeep_export``:
+the quickstart's recipe), because only a trained model's maps survive two legitimately different pipelines.
 """
 from __future__ import annotations
 
@@ -190,16 +192,24 @@ def geodeep_export(gsd_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def margin_geodeep_export(margin_checkpoint, tmp_path_factory):
-    """FP32 + GeoDeep export of the margin fixture at 0.3 m: a model whose class maps survive the
-    legitimate differences between GeoDeep's pipeline and segclip's (tiles cropped vs blended,
-    bilinear vs average resampling), as a trained model's do."""
+def trained_geodeep_export(tmp_path_factory):
+    """FP32 + GeoDeep export of a genuinely trained model: the quickstart's recipe (segclip-small, the
+    embedded sample set at 0.3 m, 300 steps of 8 x 128 px crops, random init; ~2 min on 2 cores).  Only a
+    trained model's class maps survive the legitimate differences between GeoDeep's pipeline and
+    segclip's (tiles cropped vs blended, bilinear vs average resampling) as a user's would; the parity
+    and margin fixtures are built to flip on small input changes (measured: 0.72 and 0.96 agreement here)."""
+    from segclip.cli.train_cmds import run_training
+    from segclip.data.sample import generate_sample_dataset
     from segclip.export import export
 
-    d = tmp_path_factory.mktemp("geodeep_margin")
+    d = tmp_path_factory.mktemp("geodeep_trained")
+    root = generate_sample_dataset(d / "data", seed=0)
+    run_training("sample", str(root), "segclip-small", str(d / "run"), backbone_weights="none", clip_checkpoint="none",
+                 device="cpu", progress=False, seed=0)
     out = d / "export"
-    manifest = export(with_gsd(margin_checkpoint, d / "margin_gsd.pt"), out, geodeep=True, batch=(1, 1, 4),
-                      parity_images=2, tune=False, log=lambda *a: None)
+    manifest = export(d / "run" / "model_final.pt", out, geodeep=True, batch=(1, 1, 4), parity_images=2, tune=False,
+                      log=lambda *a: None)
+    assert manifest["signature"]["gsd"] == pytest.approx(GSD)  # train records the sample set's 0.3 m
     return out, manifest
 
 
@@ -269,7 +279,7 @@ def geodeep_pipeline_with(runner, raster_path, cfg):
     return filter_small_segments(median_filter(mask, 5), cfg)
 
 
-def test_geodeep_segments_an_orthomosaic(geodeep_export, margin_geodeep_export, tmp_path):
+def test_geodeep_segments_an_orthomosaic(geodeep_export, trained_geodeep_export, tmp_path):
     """The real GeoDeep on a 0.1 m georeferenced orthomosaic (the model is 0.3 m) with the geodeep
     artifact gives exactly what its own pipeline gives with segclip's standard model; its class
     raster has the size and transform of segclip predict's at the model's grid (--gsd auto
@@ -294,9 +304,10 @@ def test_geodeep_segments_an_orthomosaic(geodeep_export, margin_geodeep_export, 
     same = float((gd == expected).mean())
     print(f"GeoDeep with model_geodeep.onnx vs GeoDeep's pipeline with segclip's model.onnx: {same:.5f}")
     assert same >= 0.999  # the parity fixture flips on any input or scaling error
-    # GeoDeep vs segclip predict on the same raster, with the margin fixture (the parity fixture above
-    # flips on any difference by design: it agreed 0.72 here)
-    out, manifest = margin_geodeep_export
+    # GeoDeep vs segclip predict on the same raster, with a trained model (the parity fixture above flips on
+    # any difference by design: it agreed 0.72 here)
+    out, manifest = trained_geodeep_export
+    _, cfg = create_session(str(out / "model_geodeep.onnx"))
     gd = geodeep.run(str(fine), str(out / "model_geodeep.onnx"), output_type="raw", max_threads=2)
     save_mask_to_raster(str(fine), gd, str(tmp_path / "geodeep_mask.tif"))
     predict(out, [fine], tmp_path / "seg", "--format", "onnx", "--out-grid", "model")
@@ -310,9 +321,10 @@ def test_geodeep_segments_an_orthomosaic(geodeep_export, margin_geodeep_export, 
     print(f"GeoDeep vs segclip predict (+ GeoDeep's median/sieve): {agree:.4f} agreement, {float((g == seg).mean()):.4f} "
           f"without; mIoU segclip {miou([seg], [labels], k):.4f}, segclip + median/sieve {miou([post], [labels], k):.4f}, "
           f"GeoDeep {miou([g], [labels], k):.4f}")
-    # measured 0.959 (0.922 before the post-processing; 7 classes on 192 x 192 px): what is left is GeoDeep cropping tile overlaps where
-    # segclip blends them and reading bilinear where segclip averages; the issue's 0.97 wants a trained model
-    assert agree >= 0.90
+    # measured 0.978 (0.964 before the post-processing; 7 classes on 192 x 192 px; mIoU segclip 0.63, GeoDeep 0.62):
+    # what is left is GeoDeep cropping tile overlaps where segclip blends them and reading bilinear where segclip
+    # averages, both at class boundaries
+    assert agree >= 0.97
 
 
 def test_geodeep_runner_refuses_a_silent_cpu_fallback(geodeep_export):
