@@ -162,7 +162,7 @@ def test_tune_records_this_machine(export_dir, tmp_path):
     assert [r["machine"]["cpu"] for r in m[SPEED]] == [OTHER_CPU["cpu"], this_machine()["cpu"]]
     rows = m[SPEED][-1]["rows"]
     assert {(r["artifact"], r["runtime"]) for r in rows} == {(a, rt) for a in ("onnx", "onnx_fp16") for rt in ("onnxruntime", "openvino")}
-    assert all(r["ms"] > 0 and r["batch"] == 2 for r in rows), rows
+    assert all(r["ms"] > 0 and r["batch"] == 8 for r in rows), rows  # predict's default for 64 px windows on a CPU
     assert "fastest gated artifact measured here" in res.output.splitlines()[-1]
     res = CliRunner().invoke(main, ["tune", str(tmp_path)])
     assert res.exit_code == 2 and "no manifest.json" in res.output
@@ -210,3 +210,20 @@ def test_quickstart_exports_int8_and_its_summary_lists_the_gate(trained_checkpoi
     assert summary["export"][c["format"]]["status"] == "ok" and c["how"] in ("measured", "fallback")
     m = json.loads((stage / "export" / "manifest.json").read_text())
     assert c["how"] == "measured" and m["artifacts"]["onnx"]["status"] == "ok"  # timed even when an INT8 gate was missed
+
+
+def test_default_batch_follows_the_window_on_a_cpu():
+    """Two 1024 px windows' worth of pixels per request on the CPU (small windows batch up, at most 8;
+    a window larger than that runs alone); 8 on a GPU."""
+    from segclip.inference.predict import default_batch
+
+    class Fake:
+        def __init__(self, device):
+            self.device = device
+
+        def describe(self):
+            return {"device": self.device}
+
+    cpu = Fake("cpu")
+    assert [default_batch(cpu, (s, s)) for s in (2048, 1024, 768, 512, 128)] == [1, 2, 3, 8, 8]
+    assert default_batch(cpu) == 2 and default_batch(Fake("cuda:0"), (128, 128)) == 8

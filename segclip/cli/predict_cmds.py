@@ -18,9 +18,9 @@ from segclip.errors import SegclipError
 @size_option(stride=False, square=True,
              help="Window size S or SxS for models that take any size (default 1024); fixed-size exports use their own.")
 @click.option("--overlap", default=OVERLAP, show_default=True, type=float, help="Overlap of neighbouring windows.")
-@batch_option("int", help="Windows per request (default: 2 when the model runs on the CPU -- larger batches only cost "
-                          "activation memory there, ~1.3 GiB at 8 x 1024 px -- else 8; engines with a smaller profile "
-                          "use theirs).")
+@batch_option("int", help="Windows per request (default on the CPU: two 1024 px windows' worth of pixels -- 2 at "
+                          "1024 px, 8 at 512 px or less; larger requests only cost activation memory there, ~1.3 GiB "
+                          "at 8 x 1024 px -- else 8; engines with a smaller profile use theirs).")
 @click.option("--bands", default=None, help="1-based bands to read: R,G,B or one grey band (default: RGB by colour "
                                            "interpretation, else 1,2,3, else 1).")
 @click.option("--range", "value_range", default=None, metavar="LOW,HIGH",

@@ -40,20 +40,25 @@ from segclip.inference.outputs import OUTPUT_SUFFIXES, Counts, Preview, output_s
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".jp2", ".img", ".vrt", ".bmp", ".webp")
 _POLL = 0.2  # seconds between checks of the other threads while waiting on a queue
-# Default windows per request.  On a CPU a larger batch buys no throughput (one 1024 px window already
-# keeps every core busy) and costs activation memory: ONNX Runtime needs ~1.2-1.4 GiB at 8 x 1024 px
-# (benchmarks/PREDICT_MEMORY.md).  GPUs and Triton servers (which batch on their side) get 8.
-CPU_BATCH, DEVICE_BATCH = 2, 8
+# Default windows per request.  On a CPU a request of CPU_PIXELS (two 1024 px windows) keeps every core
+# busy and bounds activation memory: ONNX Runtime needs ~1.2-1.4 GiB at 8 x 1024 px
+# (benchmarks/PREDICT_MEMORY.md).  Smaller windows batch up to the same pixels, at most DEVICE_BATCH: at
+# 128 px, 4-8 windows per request ran a 2048 px scene 10-15% faster than 2 (OpenVINO INT8, FAST_PATH.md).
+# GPUs and Triton servers (which batch on their side) get DEVICE_BATCH.
+CPU_PIXELS, DEVICE_BATCH = 2 * 1024 * 1024, 8
 # window of a model that takes any size (--size overrides); segclip tune times exports at it too
 DEFAULT_WINDOW = 1024
 # --gsd: model-grid rows brought back to the input's grid at a time (they become 32 / factor input rows)
 UPSAMPLE_ROWS = 32
 
 
-def default_batch(runner) -> int:
-    """``CPU_BATCH`` for a runner that computes on this machine's CPU, else ``DEVICE_BATCH``."""
+def default_batch(runner, window: tuple = (DEFAULT_WINDOW, DEFAULT_WINDOW)) -> int:
+    """Windows per request for ``runner`` at ``window`` (h, w): on this machine's CPU as many as make
+    ``CPU_PIXELS`` (1 to ``DEVICE_BATCH``), elsewhere ``DEVICE_BATCH``."""
     device = str(runner.describe().get("device") or "")
-    return CPU_BATCH if device.lower().startswith("cpu") else DEVICE_BATCH
+    if not device.lower().startswith("cpu"):
+        return DEVICE_BATCH
+    return max(1, min(DEVICE_BATCH, CPU_PIXELS // max(1, int(window[0]) * int(window[1]))))
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple:
@@ -575,7 +580,7 @@ def _predict_into(pool, paths, out, stems, *, size, overlap, batch, bands, value
         first = pool.endpoints[0].runners[0]
         if first.choice is not None:  # which artifact of an export, and why (fastest measured here, or asked for)
             log(first.choice.line())
-        batch = default_batch(first) if batch is None else batch
+        batch = default_batch(first, window) if batch is None else batch
         limit = first.max_batch  # fixed engine profiles; Triton splits big batches itself
         batch = min(batch, limit) if limit else batch
         ids = None

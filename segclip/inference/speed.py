@@ -81,7 +81,7 @@ def time_pair(directory, artifact: str, runtime: str, window: tuple, *, batch: O
         opts["threads"] = int(threads)
     try:
         runner = load_runner(directory, **opts)
-        b = batch or default_batch(runner)
+        b = batch or default_batch(runner, window)
         b = min(b, runner.max_batch) if runner.max_batch else b
         inputs = random_batches(b, *window, count=2, seed=3)
         with runner:
