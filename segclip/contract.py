@@ -450,6 +450,13 @@ def choose_artifact(manifest: dict, directory, *, format: Optional[str] = None, 
     if format is not None:
         if format not in FORMATS:
             raise SegclipError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+        f = FORMATS[format]
+        # e.g. OpenVINO cannot compile the u8/s8 graph (an engine runs on TensorRT whatever the runtime option)
+        if runtime is not None and f.runner != "tensorrt" and f.runtimes and runtime not in f.runtimes:
+            there = [k for k in RUNNABLE if runtime in FORMATS[k].runtimes]
+            raise SegclipError(f"--format {format} runs on {', '.join(RUNTIME_NAMES.get(r, r) for r in f.runtimes)} only, not "
+                               f"{RUNTIME_NAMES.get(runtime, runtime)}; drop --runtime, or choose a format it runs "
+                               f"({', '.join(there) or 'none'})")
         return Choice(format, runtime_of(format, runtime), "explicit")
     rec = speed_record(manifest, machine)
     gated = {k for k in among if artifact_problem(manifest, k, directory) is None}

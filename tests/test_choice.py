@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from segclip.cli import main
@@ -227,3 +228,17 @@ def test_default_batch_follows_the_window_on_a_cpu():
     cpu = Fake("cpu")
     assert [default_batch(cpu, (s, s)) for s in (2048, 1024, 768, 512, 128)] == [1, 2, 3, 8, 8]
     assert default_batch(cpu) == 2 and default_batch(Fake("cuda:0"), (128, 128)) == 8
+
+
+def test_an_explicit_format_on_a_runtime_it_does_not_run_is_one_line_up_front(export_dir):
+    """--format onnx_int8_cpu --runtime openvino used to print "using ... as asked" and then fail inside
+    OpenVINO's compiler; the format table knows the pair cannot run."""
+    from segclip.contract import choose_artifact, read_manifest
+    from segclip.errors import SegclipError
+
+    d = export_dir[0]
+    with pytest.raises(SegclipError) as e:
+        choose_artifact(read_manifest(d), d, format="onnx_int8_cpu", runtime="openvino")
+    msg = str(e.value)
+    assert "\n" not in msg and "runs on ONNX Runtime only, not OpenVINO" in msg and "onnx_int8" in msg
+    assert choose_artifact(read_manifest(d), d, format="onnx", runtime="openvino").runtime == "openvino"
