@@ -131,13 +131,14 @@ def _check_beside_manifest(path: Path, allow_failed: bool = False) -> None:
 
 
 def warn_if_failed(entry: dict, path) -> None:
-    """One line on stderr when a runner is made from an artifact that failed its parity gate (allowed
-    with --allow-failed): its results may differ from PyTorch's."""
+    """One line on stderr when a runner is made from an artifact that failed its parity gate (allowed by
+    --allow-failed, or by segclip benchmark, which measures every artifact and flags it): its results
+    may differ from PyTorch's."""
     if str(entry.get("status")) == "failed":
         import sys
 
         print(f"warning: {path}: this artifact failed its parity gate at export (see manifest.json); its results may "
-              f"differ from PyTorch's (used because of --allow-failed)", file=sys.stderr)
+              f"differ from PyTorch's (it runs only because failed artifacts were allowed)", file=sys.stderr)
 
 
 def load_runner(path_or_url, **opts) -> Runner:
