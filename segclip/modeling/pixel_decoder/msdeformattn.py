@@ -27,7 +27,7 @@ def ms_deform_attn(value, shapes, sampling_locations, attention_weights):
     # d x Q x P instead (4 floats at a stride) was 15% of OpenVINO INT8's time for segclip-r50 at 512 px,
     # and slicing a level out of the middle axis of B x Q x H x L x P cost a Gather per level.
     # (heads, levels, points) move together: a rank-4/3 Transpose, not rank 6/5 (OpenVINO's generic kernel)
-    grids = (2 * sampling_locations - 1).reshape(b, q, heads * levels * points, 2).transpose(1, 2)
+    grids = (2 * sampling_locations.reshape(b, q, heads * levels * points, 2) - 1).transpose(1, 2)
     grids = grids.reshape(b * heads, levels * points, 1, q, 2).unbind(1)
     weights = attention_weights.reshape(b, q, heads * levels * points).transpose(1, 2)
     weights = weights.reshape(b * heads, levels * points, 1, 1, q).unbind(1)
@@ -87,10 +87,14 @@ class MSDeformAttn(nn.Module):
         """query/value: B x S x C; reference_points: S x 2 (x, y in [0, 1]); normalizer: L x 2 (w, h)."""
         b, s, _ = query.shape
         v = self.value_proj(value).reshape(b, s, self.heads, self.dim // self.heads)
-        off = self.sampling_offsets(query).reshape(b, s, self.heads, self.levels, self.points, 2)
+        hlp = self.heads * self.levels * self.points
+        off = self.sampling_offsets(query).reshape(b, s, hlp, 2)
         attw = self.attention_weights(query).reshape(b, s, self.heads, self.levels * self.points)
         attw = attw.softmax(-1).reshape(b, s, self.heads, self.levels, self.points)
-        loc = reference_points[None, :, None, None, None, :] + off / normalizer[None, None, None, :, None, :]
+        # rank 4, the normalizer tiled over (heads, levels, points): the same values as broadcasting at rank 6,
+        # which OpenVINO ran as a separate slow element-wise kernel per layer
+        norm = normalizer[None, :, None, :].expand(self.heads, self.levels, self.points, 2).reshape(hlp, 2)
+        loc = (reference_points[:, None, :] + off / norm).reshape(b, s, self.heads, self.levels, self.points, 2)
         return self.output_proj(_core[0](v, shapes, loc, attw))
 
 
