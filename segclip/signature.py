@@ -89,7 +89,8 @@ class Signature:
         object.__setattr__(self, "scene_keys", tuple(str(s) for s in (self.scene_keys or ())))
         object.__setattr__(self, "palette", tuple(tuple(int(c) for c in p) for p in self.palette))
         object.__setattr__(self, "value_range", tuple(float(v) for v in (self.value_range or ())))
-        object.__setattr__(self, "gsd", float(self.gsd) if self.gsd else None)
+        # 0 is an error, not "unknown": only None (or an empty entry) means the GSD was never given
+        object.__setattr__(self, "gsd", None if self.gsd in (None, "") else float(self.gsd))
         if self.gsd is not None and not (self.gsd > 0 and math.isfinite(self.gsd)):
             raise SegclipError(f"signature: ground sampling distance {self.gsd!r} m is not a positive number")
         if len(self.palette) != len(self.classes):
