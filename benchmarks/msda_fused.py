@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,21 +74,11 @@ def build(workdir: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(lib))
 
 
-def median_ms(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(ts))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=512, help="image size: levels at strides 8, 16, 32")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (each implementation once per round)")
     args = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before the kernel's OpenMP runtime starts
 
@@ -97,21 +86,21 @@ def main(argv=None) -> int:
     import openvino as ov
     import torch
 
+    from segclip.benchmarks.timing import measure_interleaved, set_threads
     from segclip.config import get_preset
-    from segclip.modeling.pixel_decoder.msdeformattn import ms_deform_attn
+    from segclip.cpu import cpu_model, int8_isa
+    from segclip.modeling.pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder, ms_deform_attn
 
-    torch.set_num_threads(args.threads)
-    pre = get_preset("segclip-r50")
-    H, P, C = pre.model.enc_heads, pre.model.enc_points, pre.model.hidden_dim
-    D = C // H
-    shapes = [(args.size // s, args.size // s) for s in (8, 16, 32)]
+    set_threads(args.threads)
+    cfg = get_preset("segclip-r50").model
+    H, P, D, layers = cfg.enc_heads, cfg.enc_points, cfg.hidden_dim // cfg.enc_heads, cfg.enc_layers
+    shapes = [(args.size // s, args.size // s) for s in (32, 16, 8)]  # the pixel decoder's level order
     L, S = len(shapes), sum(h * w for h, w in shapes)
     rng = np.random.default_rng(0)
     value = rng.standard_normal((1, S, H, D), dtype=np.float32)
     # as in the model: each query's reference point is its own pixel centre, the sampling points a few
     # pixels of each level around it (so some fall outside: zeros padding), which sets the cache behaviour
-    ref = np.concatenate([np.stack(np.meshgrid((np.arange(w) + 0.5) / w, (np.arange(h) + 0.5) / h), -1).reshape(-1, 2)
-                          for h, w in shapes]).astype(np.float32)
+    ref = MSDeformAttnPixelDecoder._reference_points(shapes, "cpu").numpy()
     wh = np.array([(w, h) for h, w in shapes], np.float32)[None, None, None, :, None, :]
     off = rng.normal(0.0, 2.0, (1, S, H, L, P, 2)).astype(np.float32)
     loc = (ref[None, :, None, None, None, :] + off / wh).astype(np.float32)
@@ -125,7 +114,7 @@ def main(argv=None) -> int:
     t = [torch.from_numpy(a) for a in (value, loc, attw)]
     with torch.inference_mode():
         ref = Core()(*t).numpy()
-    rows = [("torch eager (ms_deform_attn)", median_ms(lambda: Core()(*t), args.reps), 0.0)]
+    fns, diffs = {"torch eager (ms_deform_attn)": lambda _: Core()(*t)}, {}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -136,33 +125,35 @@ def main(argv=None) -> int:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
         sess = ort.InferenceSession(str(onnx), so, providers=["CPUExecutionProvider"])
-        o = sess.run(None, feeds)[0]
-        rows.append(("ONNX Runtime (GridSample graph)", median_ms(lambda: sess.run(None, feeds), args.reps),
-                     float(np.abs(o - ref).max())))
+        fns["ONNX Runtime (GridSample graph)"] = lambda _: sess.run(None, feeds)[0]
         comp = ov.Core().compile_model(str(onnx), "CPU", {"INFERENCE_NUM_THREADS": args.threads,
                                                           "PERFORMANCE_HINT": "LATENCY"})
         req = comp.create_infer_request()
-        o = req.infer(feeds)[comp.outputs[0]]
-        rows.append(("OpenVINO (GridSample graph)", median_ms(lambda: req.infer(feeds), args.reps),
-                     float(np.abs(o - ref).max())))
+        fns["OpenVINO (GridSample graph)"] = lambda _: req.infer(feeds)[comp.outputs[0]]
 
         lib = build(tmp)
         out = np.empty((1, S, H, D), np.float32)
         sh = np.array(shapes, np.int64)
         starts = np.cumsum([0] + [h * w for h, w in shapes[:-1]]).astype(np.int64)
         ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-        call = lambda: lib.msda(ptr(value), ptr(sh), ptr(starts), ptr(loc), ptr(attw), ptr(out),  # noqa: E731
-                                *(ctypes.c_long(n) for n in (1, S, S, H, D, L, P)))
-        call()
-        rows.append((f"fused C++ kernel (channels-last, OpenMP {args.threads})", median_ms(call, args.reps),
-                     float(np.abs(out.reshape(ref.shape) - ref).max())))
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+        def fused(_):
+            lib.msda(ptr(value), ptr(sh), ptr(starts), ptr(loc), ptr(attw), ptr(out),
+                     *(ctypes.c_long(n) for n in (1, S, S, H, D, L, P)))
+            return out
+
+        fns[f"fused C++ kernel (channels-last, OpenMP {args.threads})"] = fused
+        for name, fn in list(fns.items())[1:]:
+            diffs[name] = float(np.abs(np.asarray(fn(None)).reshape(ref.shape) - ref).max())
+        timings = measure_interleaved(fns, [np.zeros(1)], min_rounds=args.rounds, gap_s=0.1)
+
     print(f"one encoder layer's deformable sampling, segclip-r50 at {args.size} px: {S} queries x {H} heads x "
-          f"{L} levels x {P} points, d={D}; {cpu}, {args.threads} threads, median of {args.reps}")
-    print(f"| implementation | ms per layer | x 6 layers | max abs diff vs torch |\n|---|---:|---:|---:|")
-    for name, ms, diff in rows:
-        print(f"| {name} | {ms:.2f} | {6 * ms:.1f} | {diff:.1e} |")
+          f"{L} levels x {P} points, d={D}; {cpu_model()} ({int8_isa()}), {args.threads} threads, "
+          f"p50 of {args.rounds} interleaved rounds")
+    print(f"| implementation | ms per layer | x {layers} layers | max abs diff vs torch |\n|---|---:|---:|---:|")
+    for name, timing in timings.items():
+        ms = timing.stats["p50_ms"]
+        print(f"| {name} | {ms:.2f} | {layers * ms:.1f} | {diffs.get(name, 0.0):.1e} |")
     return 0
 
 

@@ -280,3 +280,13 @@ def trained_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("parity") / "small_parity.pt"
     atomic_save(checkpoint_dict(model, LOVEDA_PALETTE, dataset="sample", train_config={"crop_size": PARITY_SIZE}), path)
     return path
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a segclip child process: SIGINT and SIGTERM at their defaults, whatever the suite
+    inherited (a shell without job control ignores SIGINT, some CI harnesses SIGTERM), so the interrupt
+    drills test segclip's handling, not the harness's."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)

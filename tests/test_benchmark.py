@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import default_signals
 
 
 SIZE = 64
@@ -167,10 +168,7 @@ def test_interrupt_keeps_finished_rows_and_names_the_rest(export_dir, sample_dat
     cmd = [sys.executable, "-m", "segclip", "benchmark", str(export_dir), "--backends", "torch,onnxruntime",
            "--batch", "1,2", "--reps", "2", "--warmup", "0", "--budget", "4", "--threads", "1", "--limit", "1",
            "--data", sample_data, "--out", str(out)]
-    # SIGINT back to its default in the child: a test run started in the background of a shell without job
-    # control (CI scripts, nohup ... &) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 240
         first = None

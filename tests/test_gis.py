@@ -95,7 +95,6 @@ def test_gsd_of_rasters_and_training_tiles(tmp_path):
     assert parse_gsd_mode("auto") == "auto" and parse_gsd_mode("OFF") == "off" and parse_gsd_mode("0.05") == 0.05
 
 
-
 @pytest.mark.parametrize("gsd", [0, -0.3, float("nan"), float("inf")])
 def test_a_signature_with_a_gsd_that_is_not_positive_is_refused(gsd):
     """A manifest or checkpoint saying GSD 0 is broken, not 'unknown' (which is only a missing entry)."""
@@ -105,6 +104,7 @@ def test_a_signature_with_a_gsd_that_is_not_positive_is_refused(gsd):
     with pytest.raises(SegclipError, match="ground sampling distance .* is not a positive number"):
         Signature(classes=("a", "b"), palette=((0, 0, 0), (255, 255, 255)), gsd=gsd)
     assert Signature(classes=("a", "b"), palette=((0, 0, 0), (255, 255, 255)), gsd=None).gsd is None
+
 
 @pytest.fixture(scope="module")
 def gsd_ckpt(trained_checkpoint, tmp_path_factory):

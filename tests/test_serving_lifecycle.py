@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import default_signals
 from segclip.errors import SegclipError
 from serving_fixtures import REPO_ROOT, SIZE, assert_gone, children, serve
 
@@ -106,7 +107,8 @@ def test_serve_cli_runs_until_sigterm_and_leaves_nothing(repo, server_env, image
                SEGCLIP_TRITON_ENV=str(server_env.path), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "segclip.cli", "serve", "--repo", str(repo), "--http-port", str(http),
            "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=default_signals)
     lines = []
     try:
         deadline = time.monotonic() + 180

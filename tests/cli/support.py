@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import LOVEDA_PALETTE, make_small_model
+from conftest import LOVEDA_PALETTE, default_signals, make_small_model
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64  # training crop / export size of the shared checkpoint (a multiple of 32)
@@ -64,16 +63,9 @@ def error_line(output: str, code: int, exit_code: int) -> str:
 def segclip_subprocess(args, cwd, timeout=300, **kw):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
-    # signals at their defaults whatever the suite inherited (a shell without job control ignores SIGINT,
-    # some CI harnesses SIGTERM): the drills test segclip's handling, not the harness's
-    kw.setdefault("preexec_fn", _default_signals)
+    kw.setdefault("preexec_fn", default_signals)
     return subprocess.Popen([sys.executable, "-m", "segclip", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def _default_signals():
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -100,11 +100,15 @@ def _export_args(ws, out):
 @pytest.fixture
 def old_export(cli_ws, tmp_path):
     """A finished export (hard links of the shared one) that an interrupted --force must not lose."""
-    d = tmp_path / "exp"
-    d.mkdir()
-    for p in cli_ws["export"].iterdir():
-        os.link(p, d / p.name)
+    d = _link_export(cli_ws, tmp_path / "exp")
     return d, _hashes(d)
+
+
+def _link_export(ws, d: Path) -> Path:
+    d.mkdir()
+    for p in ws["export"].iterdir():
+        os.link(p, d / p.name)
+    return d
 
 
 def test_export_kill9_keeps_old_export_and_next_run_cleans(cli_ws, tmp_path, old_export):
@@ -153,9 +157,7 @@ def test_export_sigterm_cleans_its_own_partial(cli_ws, tmp_path, old_export):
             break
         print(f"the signal came {delay:.2f} s after the staging folder, when the export had finished; again")
         shutil.rmtree(d)
-        d.mkdir()
-        for p in cli_ws["export"].iterdir():
-            os.link(p, d / p.name)
+        _link_export(cli_ws, d)
     assert not late, out
     assert proc.returncode == 128 + signal.SIGTERM, f"exit {proc.returncode}, SIGTERM {delay:.2f} s after staging:\n{out}"
     assert "Traceback" not in out and out.strip().splitlines()[-1] == "terminated (SIGTERM)", out
