@@ -36,6 +36,8 @@ An export directory holds ``manifest.json`` (schema ``format_version`` 1)::
                       "strongly_typed": true,
                       "msda": {"form": "plugin" | "gridsample", "onnx": ..., "plugin_version": ..., "reason": ...}}
                    | {"status": "not_built", "reason": ..., "trtexec": "trtexec.sh", "msda": {...}},
+        "onnx_int8_msda": {..., "file": "model_int8_msda.onnx", "openvino_extension": {"file": "libsegclip_ov_msda.so",
+                           "openvino": ..., "source_sha256": ..., "sha256": ...}}  # --int8 (segclip.runtime.ov_extension)
         "onnx_plugin": {..., "file": "model_plugin.onnx"}  # --trt: TensorRT-only graph (segclip.export.msda);
         "onnx_plugin_fp16": {..., "file": "model_plugin_fp16.onnx"}  # not in FORMATS: no runtime loads it
       },
@@ -84,17 +86,22 @@ class ArtifactFormat:
 # speed measurement and the benchmark's backends take their runtimes and artifact keys from it.
 # INT8: the symmetric Q/DQ graph (TensorRT explicit quantization; OpenVINO), the u8/s8 one ONNX Runtime runs
 # fastest on x86 (OpenVINO cannot compile it), and the symmetric one with FP16 elsewhere (INT8 + FP16
-# TensorRT engines only).  geodeep: the GIS tools' contract (segclip.export.geodeep).
+# TensorRT engines only).  onnx_int8_msda: the symmetric INT8 graph with each deformable-attention core as one
+# plugin node, run by segclip's OpenVINO kernel (segclip.runtime.ov_extension).  geodeep: the GIS tools'
+# contract (segclip.export.geodeep).
 FORMATS = {f.key: f for f in (
     ArtifactFormat("onnx", "model.onnx", "fp32", ("onnxruntime", "openvino"), "cpu+gpu", "onnx"),
     ArtifactFormat("onnx_fp16", "model_fp16.onnx", "fp16", ("onnxruntime", "openvino"), "cpu+gpu", "onnx"),
     ArtifactFormat("onnx_int8", "model_int8.onnx", "int8", ("onnxruntime", "openvino"), "cpu+gpu", "onnx"),
     ArtifactFormat("onnx_int8_cpu", "model_int8_cpu.onnx", "int8", ("onnxruntime",), "cpu", "onnx"),
+    ArtifactFormat("onnx_int8_msda", "model_int8_msda.onnx", "int8", ("openvino",), "cpu", "onnx"),
     ArtifactFormat("onnx_int8_fp16", "model_int8_fp16.onnx", "int8", (), "gpu", "onnx"),
     ArtifactFormat("tensorrt", "model.plan", None, ("tensorrt",), "gpu", "tensorrt"),
     ArtifactFormat("geodeep", "model_geodeep.onnx", "fp32", ("onnxruntime",), "cpu+gpu", "geodeep"),
 )}
 TRTEXEC_NAME = "trtexec.sh"
+# what ``segclip export --int8`` writes for CPUs (the TensorRT INT8 + FP16 graph needs --fp16 --trt too)
+INT8_KEYS = tuple(k for k, f in FORMATS.items() if f.precision == "int8" and "cpu" in f.devices)
 
 # artifact "status" values
 OK, FAILED, NOT_BUILT, PENDING = "ok", "failed", "not_built", "pending"
@@ -281,7 +288,7 @@ def tensorrt_unavailable_reason() -> Optional[str]:
     return None
 
 
-_FLAGS = {"onnx_fp16": " --fp16", "tensorrt": " --trt", "onnx_int8": " --int8", "onnx_int8_cpu": " --int8",
+_FLAGS = {"onnx_fp16": " --fp16", "tensorrt": " --trt", "onnx_int8": " --int8", "onnx_int8_cpu": " --int8", "onnx_int8_msda": " --int8",
           "onnx_int8_fp16": " --int8 --fp16 --trt", "geodeep": " --geodeep"}
 
 

@@ -198,14 +198,18 @@ def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, margin_checkp
 
     out, manifest, _, gate_seen = int8_export
     assert manifest["status"] == "ok"
-    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model_int8.onnx", "model_int8_cpu.onnx"]
+    from segclip.runtime import ov_extension
+
+    lib = [ov_extension.LIBRARY_NAME] if ov_extension.compiler() else []  # segclip's OpenVINO kernel, where g++ is
+    assert sorted(os.listdir(out)) == sorted(["manifest.json", "model.onnx", "model_int8.onnx", "model_int8_cpu.onnx",
+                                              "model_int8_msda.onnx", *lib])
     # independent check: torch on the gate's own images vs each INT8 artifact on ONNX Runtime
     images = np.stack(gate_seen[:N_GATE])
     with load_runner(margin_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
     assert not parity_problems(want)  # several classes with real boundaries per image, not a one-class model
     isa = cpu.int8_isa()
-    for fmt in ("onnx_int8", "onnx_int8_cpu"):
+    for fmt in ("onnx_int8", "onnx_int8_cpu", "onnx_int8_msda"):
         a = manifest["artifacts"][fmt]
         assert a["status"] == "ok" and a["precision"] == "int8"
         assert a["parity"]["threshold"] == FIXTURE_AGREEMENT and a["parity"]["miou_tolerance"] == 3
@@ -219,7 +223,16 @@ def test_int8_runs_on_onnxruntime_and_passes_the_gate(int8_export, margin_checkp
         # on the dequantized values -- the same class maps on a VNNI and an AVX2-only CPU
         level = q8.gate_optimization(rec)
         assert level == (None if fmt == "onnx_int8_cpu" else "basic")
-        with load_runner(out, format=fmt, providers="cpu", **({"optimization": level} if level else {})) as r:
+        if fmt == "onnx_int8_msda":  # the plugin graph: gated on ONNX Runtime through the plugin's CPU reference
+            from segclip.runtime.onnx_runner import OnnxRunner
+
+            # the same nodes quantized as model_int8.onnx, with onnx_int8's ranges; its cores are plugin nodes
+            assert rec["quantized_nodes"] == manifest["artifacts"]["onnx_int8"]["int8"]["quantized_nodes"]
+            assert rec["from"] == "model_int8.onnx" and a["plugin_nodes"] > 0 and "GridSample" not in a["ops"]
+            runner = OnnxRunner(out / a["file"], providers="cpu", optimization=level, reference_ops=True)
+        else:
+            runner = load_runner(out, format=fmt, providers="cpu", **({"optimization": level} if level else {}))
+        with runner as r:
             got = r.infer(images)["mask"]
         agree = float((got == want).mean())
         assert agree >= FIXTURE_AGREEMENT, (fmt, agree)
@@ -438,7 +451,8 @@ def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, margin_checkpoin
     with load_runner(margin_checkpoint, scores=False) as ref:
         want = ref.infer(images)["mask"]
     isa = cpu.int8_isa()
-    for fmt, need in (("onnx", 0.999), ("onnx_int8", FIXTURE_AGREEMENT)):
+    masks = {}
+    for fmt, need in (("onnx", 0.999), ("onnx_int8", FIXTURE_AGREEMENT), ("onnx_int8_msda", FIXTURE_AGREEMENT)):
         capsys.readouterr()
         with load_runner(out, format=fmt, runtime="openvino", threads=2) as r:
             assert r.backend == "openvino"
@@ -452,6 +466,9 @@ def test_openvino_runner_runs_fp32_and_int8_graphs(int8_export, margin_checkpoin
             pytest.skip(f"OpenVINO INT8 agreement needs a CPU whose 8-bit products do not saturate (VNNI, AMX, Arm); "
                         f"this one is {isa}: checked that the loader warns instead")
         assert float((got == want).mean()) >= need, fmt
+        masks[fmt] = got
+    # segclip's deformable-attention kernel in place of GridSample: the same INT8 graph otherwise
+    assert float((masks["onnx_int8_msda"] == masks["onnx_int8"]).mean()) >= 0.99
 
 
 def test_default_int8_gate_fails_exit_1_and_marks_failed(margin_checkpoint, int8_data, tmp_path, monkeypatch):
@@ -509,3 +526,26 @@ def test_profiles_of_the_int8_graphs_say_where_the_time_goes(int8_export):
     assert any(o["op"] in ("QLinearConv", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger") for o in ort8["ops"])
     g = int8_gemm_rate(2, n=256, reps=2)
     assert g["gops_best"] > 0 and g["reps"] == 2 and "MatMulInteger" in g["method"]
+
+
+def test_ranges_move_to_a_graph_of_the_same_nodes_and_refuse_a_stranger(int8_export, int8_data, tmp_path):
+    """``int8.transfer_ranges`` keys the calibrated ranges by node name, so the plugin graph gets the GridSample
+    graph's: every Conv/MatMul/Gemm must have its counterpart, or it refuses rather than quantize blind."""
+    from segclip.errors import SegclipError
+    from segclip.export import int8 as q8
+
+    out, _, calib_seen, _ = int8_export
+    model = onnx.load(str(out / "model.onnx"))
+    cache = tmp_path / "cache.json"
+    q8.quantize(model, "onnx_int8", np.stack(calib_seen[:N_CALIB]), cache=cache)
+    n = q8.transfer_ranges(model, model, cache, tmp_path / "same.json")
+    import json
+
+    assert n == len(json.loads(cache.read_text())["data"])  # every range finds its node
+    stranger = onnx.ModelProto()
+    stranger.CopyFrom(model)
+    node = next(x for x in stranger.graph.node if x.op_type == "MatMul")
+    node.name += "_renamed"
+    with pytest.raises(SegclipError, match="no counterpart") as e:
+        q8.transfer_ranges(model, stranger, cache, tmp_path / "stranger.json")
+    assert node.name in str(e.value) and "\n" not in str(e.value)

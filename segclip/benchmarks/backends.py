@@ -8,7 +8,7 @@ Every spec names where its runner comes from:
 
 * ``checkpoint``: the PyTorch reference (``SegCLIPInference``, the module that is exported);
 * ``artifact``: an artifact of the export directory (``manifest.json`` key: onnx, onnx_fp16,
-  onnx_int8, onnx_int8_cpu, tensorrt), through ``segclip.runtime.load_runner(export_dir, format=...)``
+  onnx_int8, onnx_int8_cpu, onnx_int8_msda, tensorrt), through ``segclip.runtime.load_runner(export_dir, format=...)``
   (``runtime="openvino"`` in the options for the OpenVINO rows);
 * ``triton``: a model URL on a Triton server (``grpc://`` or ``http://``).
 """
@@ -92,6 +92,9 @@ BACKENDS = {
     "openvino": BackendSpec("openvino", "artifact", artifact="onnx", options=_openvino_opts, probe=_openvino_probe),
     "openvino-int8": BackendSpec("openvino-int8", "artifact", artifact="onnx_int8", options=_openvino_opts,
                                  probe=_openvino_probe),
+    # the same INT8 graph with segclip's fused deformable-attention kernel instead of GridSample
+    "openvino-int8-msda": BackendSpec("openvino-int8-msda", "artifact", artifact="onnx_int8_msda", options=_openvino_opts,
+                                      probe=_openvino_probe),
     # torch.compile (inductor) FP32: what a PyTorch user would try instead of exporting
     "torch-compile": BackendSpec("torch-compile", "checkpoint", options=_torch_compile_opts, probe=_torch_compile_probe),
     "tensorrt": BackendSpec("tensorrt", "artifact", artifact="tensorrt", options=_trt_opts, probe=_trt_probe),
@@ -104,7 +107,7 @@ REFERENCE = "torch"
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "ort-fp16": "onnxruntime-fp16", "onnx-fp16": "onnxruntime-fp16",
            "onnx_fp16": "onnxruntime-fp16", "trt": "tensorrt", "pytorch": "torch", "triton": "triton-grpc",
            "ort-int8": "onnxruntime-int8", "onnx-int8": "onnxruntime-int8", "onnx_int8": "onnxruntime-int8",
-           "ov": "openvino", "ov-int8": "openvino-int8", "compile": "torch-compile"}
+           "ov": "openvino", "ov-int8": "openvino-int8", "ov-int8-msda": "openvino-int8-msda", "compile": "torch-compile"}
 
 
 def parse_backends(value) -> list:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 
-from segclip.contract import (artifact_problem, batch_profile, is_export_dir, manifest_signature, read_manifest, sha256_file,
+from segclip.contract import (INT8_KEYS, artifact_problem, batch_profile, is_export_dir, manifest_signature, read_manifest, sha256_file,
                               signature_from_checkpoint, tensorrt_unavailable_reason)
 from segclip.errors import GateFailed, SegclipError, one_line
 from segclip.inference.compare import miou, score
@@ -153,7 +153,7 @@ def _reusable(m: dict, checkpoint, *, fp16: bool, trt: bool, int8: bool, max_bat
     engine = arts.get("tensorrt") or {}
     return ((m.get("source") or {}).get("sha256") == sha256_file(checkpoint) and "onnx" in arts
             and (not fp16 or "onnx_fp16" in arts)
-            and (not int8 or ("onnx_int8" in arts and "onnx_int8_cpu" in arts))
+            and (not int8 or all(k in arts for k in INT8_KEYS))
             # a not-built engine is reused only where it still cannot be built
             and (not trt or bool(engine.get("file")) or (bool(engine) and tensorrt_unavailable_reason() is not None))
             and int(batch_profile(m).get("max", 0)) >= max_batch)
@@ -699,7 +699,7 @@ def run_benchmark(source, out=None, data=None, backends=None, batch=None, size=N
     set_threads(plan.threads)
     try:
         want_trt = "tensorrt" in plan.names and tensorrt_unavailable_reason() is None
-        int8 = any(BACKENDS[n].artifact in ("onnx_int8", "onnx_int8_cpu") for n in plan.names)
+        int8 = any(BACKENDS[n].artifact in INT8_KEYS for n in plan.names)
         sources = Sources(source, work_dir, fp16="onnxruntime-fp16" in plan.names, trt=want_trt, max_batch=max(plan.batches),
                           log=log, int8=int8)
         data_items = None

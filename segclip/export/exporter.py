@@ -2,7 +2,8 @@
 
 One method per format (Ultralytics style): ``export_onnx`` (and ``export_onnx_plugin``, the TensorRT
 plugin form), ``export_fp16`` (``export_fp16_plugin``), ``export_int8`` (one per flavour of
-``int8.FLAVOURS``), ``export_int8_fp16``, ``export_geodeep``, ``export_tensorrt``;
+``int8.FLAVOURS``), ``export_int8_fp16``, ``export_int8_msda`` (the INT8 graph for segclip's OpenVINO
+deformable-attention kernel), ``export_geodeep``, ``export_tensorrt``;
 a new format adds an ``export_<format>`` method, a line in ``run()`` and, when it can be run
 here, its runner in ``parity_candidates``.  ``parity`` runs the PyTorch runner and every artifact
 on the same images.  Constructing an ``Exporter`` only checks its arguments; all I/O (checkpoint,
@@ -28,7 +29,7 @@ from segclip.atomic import atomic_dir, check_not_being_written, holds_own
 from segclip.contract import (FAILED, FORMAT, FORMAT_VERSION, FORMATS, MANIFEST_NAME, NOT_BUILT, OK, PENDING, TRTEXEC_NAME,
                               scene_manifest, sha256_file, signature_from_checkpoint, tensorrt_unavailable_reason,
                               write_manifest)
-from segclip.errors import GateFailed, SegclipError
+from segclip.errors import GateFailed, SegclipError, one_line
 from segclip.export.int8 import FALLBACK_BUDGET
 from segclip.export.parity_images import parity_dataset, parity_images as load_parity_images, windows
 from segclip.parsers import parse_batch, parse_size, split_device
@@ -36,6 +37,7 @@ from segclip.signature import SCORES_NAME
 
 ONNX_NAME = FORMATS["onnx"].file
 ONNX_FP16_NAME = FORMATS["onnx_fp16"].file
+MSDA_INT8_KEY = "onnx_int8_msda"
 DEFAULT_SIZE = 512
 
 
@@ -314,6 +316,62 @@ class Exporter:
             self.log(f"{key}: 7-bit weights: this CPU ({record['isa']['isa']}, no VNNI) adds 8-bit products in 16-bit "
                      f"lanes that saturate (ONNX Runtime's reduce_range)")
 
+    def export_int8_msda(self, stage: Path, rows: list) -> None:
+        """``model_int8_msda.onnx``: ``model_int8.onnx`` (with the nodes its fallback kept in float) traced in the
+        plugin form of the deformable attention, which OpenVINO runs through segclip's kernel instead of 72
+        GridSamples (``segclip.runtime.ov_extension``).  Quantized with ``onnx_int8``'s calibrated ranges
+        (``int8.transfer_ranges``: ONNX Runtime cannot calibrate through the plugin op), gated on the CPU
+        reference of the plugin op like the other plugin graphs; the kernel's library is built next to it."""
+        import inspect
+        import json
+
+        from onnxruntime.quantization import quantize_static
+
+        from segclip.export import int8 as q8
+        from segclip.export import msda
+        from segclip.export import onnx_export as ox
+        from segclip.runtime import ov_extension
+
+        key, fname = MSDA_INT8_KEY, FORMATS[MSDA_INT8_KEY].file
+        row = next((r for r in rows if r["name"] == "onnx_int8"), None)
+        cache = stage / ".parity" / f"calibration_{self.calib_method}.json"
+        reason = ("model_int8.onnx, which it derives from, failed its parity gate" if row is None or row["status"] == FAILED
+                  else "onnxruntime < 1.31 has no calibration cache to quantize it with; pip install -U onnxruntime"
+                  if "calibration_cache_path" not in inspect.signature(quantize_static).parameters or not cache.is_file()
+                  else None)
+        if reason:
+            self.artifacts[key] = {"file": None, "format": "onnx", "precision": "int8", "status": NOT_BUILT, "reason": reason}
+            self.log(f"{key}: not built ({reason})")
+            return
+        t0 = time.perf_counter()
+        plugins = ((msda.PLUGIN_DOMAIN, msda.PLUGIN_NAME),)
+        twin32 = getattr(self, "twin_plugin32", None)  # --trt traced it already
+        if twin32 is None:
+            with msda.traced_in_plugin_form(self.module, "1"):
+                twin32, _ = ox.export_twin(self.module, self.twin_signature, self.opset, False, plugins=plugins)
+        mapped = stage / ".parity" / f"calibration_{self.calib_method}_msda.json"
+        q8.transfer_ranges(self.twin32, twin32, cache, mapped)
+        src = self.artifacts["onnx_int8"]["int8"]
+        exclude = [n["name"] for n in src["fallback_float_nodes"]]
+        twin = q8.quantize(twin32, "onnx_int8", self.int8_data.calib, self.calib_method, exclude=exclude, cache=mapped,
+                           reduce_range=src["weight_bits"] < 8)
+        try:
+            ext = ov_extension.write_library(stage, self.log)
+        except (SegclipError, ImportError) as e:  # the graph is still good: runners build the kernel where they run
+            ext = {"file": None, "status": NOT_BUILT, "reason": one_line(e)}
+            self.log(f"{key}: kernel library not built ({one_line(e)}); OpenVINO runners will build it where they run")
+        pub = twin if self.scores else ox.drop_output(twin, SCORES_NAME)
+        summary = q8.qdq_summary(pub)
+        info = {"ops": ox.check_graph(pub, fname, plugins), "plugin_nodes": len(msda.plugin_nodes(pub)),
+                "openvino_extension": ext,
+                "int8": {**src, "from": q8.INT8_NAME, "quantized_nodes": summary["quantized_nodes"],
+                         "float_nodes": summary["float_nodes"],
+                         "calibration": {**src["calibration"], "ranges": "onnx_int8's, by node name (int8.transfer_ranges)"}}}
+        self._write_onnx(stage, fname, pub, twin, key, "int8", info, t0,
+                         extra_meta={"int8_target": "openvino", "float_nodes": str(len(summary["float_nodes"])), "msda": "plugin",
+                                     "tensorrt_plugins": msda.PLUGIN_NAME, "plugin_version": "1",
+                                     "openvino_extension": json.dumps(ext)})
+
     def export_int8_fp16(self, stage: Path, images: np.ndarray) -> None:
         """``model_int8_fp16.onnx``: the TensorRT INT8 graph with FP16 elsewhere (``--int8 --fp16 --trt``)."""
         from segclip.export import int8 as q8
@@ -526,10 +584,9 @@ class Exporter:
         from segclip.export import int8 as q8
         from segclip.export.msda import PLUGIN_KEYS
 
-        if key in PLUGIN_KEYS.values():
-            return {"reference_ops": True}
+        opts = {"reference_ops": True} if key in PLUGIN_KEYS.values() or key == MSDA_INT8_KEY else {}
         level = q8.gate_optimization((self.artifacts.get(key) or {}).get("int8") or {})
-        return {"optimization": level} if level else {}
+        return {**opts, "optimization": level} if level else opts
 
     def _trt_runner(self, stage: Path, twin: bool, name: str = "tensorrt"):
         """The public engine, or (``twin``) the engine whose outputs include the scores when there is one."""
@@ -668,6 +725,8 @@ class Exporter:
             first = set(self.artifacts)
             if self.int8 and self.fp16 and self.trt:
                 self.export_int8_fp16(stage, self.int8_data.calib)
+            if self.int8:
+                self.export_int8_msda(stage, result["rows"])
             if self.trt:
                 self.export_tensorrt(stage)
             late = [k for k, a in self.artifacts.items() if k not in first and a["status"] == PENDING]

@@ -276,6 +276,34 @@ def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "m
     return out
 
 
+def transfer_ranges(src_model, dst_model, src_cache: Path, dst_cache: Path) -> int:
+    """Calibrated ranges of ``src_model`` (its calibration cache) re-keyed for ``dst_model``, a graph traced
+    from the same module with another form of some ops (the plugin form of the deformable attention):
+    each Conv/MatMul/Gemm of ``dst_model`` takes the ranges of the same-named node's inputs and outputs in
+    ``src_model`` -- node names follow the module path, tensor names shift with the traced ops around
+    them.  So the plugin graph is quantized with the ranges the GridSample graph was calibrated with, and
+    calibration never has to run an op ONNX Runtime lacks.  Returns the number of tensors written."""
+    import json
+
+    raw = json.loads(Path(src_cache).read_text())
+    data, out = raw["data"], {}
+    src_nodes = {n.name: n for n in src_model.graph.node}
+    weights = {t.name for t in dst_model.graph.initializer}
+    for n in dst_model.graph.node:
+        if n.op_type not in QUANT_OPS:
+            continue
+        m = src_nodes.get(n.name)
+        if m is None or m.op_type != n.op_type or len(m.input) != len(n.input) or len(m.output) != len(n.output):
+            raise SegclipError(f"INT8 ranges: node {n.name} ({n.op_type}) has no counterpart in the calibrated graph")
+        for a, b in list(zip(n.input, m.input)) + list(zip(n.output, m.output)):
+            if b in data:
+                out[a] = data[b]
+            elif a and a not in weights and (a in n.input):
+                raise SegclipError(f"INT8 ranges: {n.name}'s input {a} has no calibrated range ({b})")
+    Path(dst_cache).write_text(json.dumps({**raw, "data": out}))
+    return len(out)
+
+
 def float_inputs(model, names) -> None:
     """Feed the nodes kept in float (``names``) from the float tensors in front of their Q/DQ pairs, in place.
     ONNX Runtime quantizes an activation once for all its consumers, so a kept node whose input also feeds a

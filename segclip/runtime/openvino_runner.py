@@ -6,9 +6,13 @@ comes from the ONNX metadata like ``OnnxRunner``.  The model is compiled for the
 of each call (static shapes run fastest; one compile per batch size, kept; a batch smaller than one
 already compiled runs padded on it) with the precision hint
 pinned to f32, so an FP32 graph is not silently run in bf16 on CPUs that have it.
+
+A graph in the plugin form of the deformable attention (``model_int8_msda.onnx``) runs through segclip's
+OpenVINO kernel of that op (``segclip.runtime.ov_extension``); other TensorRT plugin ops are refused.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +20,8 @@ import numpy as np
 
 from segclip.errors import SegclipError, one_line
 from segclip.runtime.base import Runner
-from segclip.runtime.msda_plugin import META_PLUGINS, refusal
+from segclip.runtime import ov_extension
+from segclip.runtime.msda_plugin import META_PLUGINS, PLUGIN_NAME, refusal
 from segclip.contract import META_PRECISION
 from segclip.runtime.onnx_runner import corrupt_onnx_error, read_onnx_metadata, signature_from_onnx
 from segclip.signature import SCENE_NAME, Signature
@@ -35,8 +40,11 @@ class OpenVINORunner(Runner):
         if signature is None:
             signature = signature_from_onnx(self.path, meta)
         precision = precision or meta.get(META_PRECISION, "fp32")
-        if meta.get(META_PLUGINS):  # the TensorRT plugin graph: OpenVINO has no such op
-            raise refusal(self.path, "OpenVINO", [meta[META_PLUGINS]])
+        plugins = meta.get(META_PLUGINS)
+        if plugins and plugins != PLUGIN_NAME:  # a TensorRT plugin segclip has no OpenVINO kernel of
+            raise refusal(self.path, "OpenVINO", [plugins])
+        # the plugin form of the deformable attention: segclip's kernel, loaded (or built) when activated
+        self._extension = (ov_extension.read_record(meta) or {}) if plugins else None
         self.threads = threads
         self.ov_device = "CPU" if device in (None, "cpu") else str(device)
         super().__init__(signature, name=name or f"openvino-{precision}", precision=precision, artifact=self.path)
@@ -50,6 +58,16 @@ class OpenVINORunner(Runner):
         if self.ov_device not in self._core.available_devices:
             raise SegclipError(f"{self.name}: OpenVINO {ov.__version__} offers {self._core.available_devices}, "
                                f"not {self.ov_device}; use device='cpu'")
+        if self._extension is not None:
+            if self.ov_device != "CPU":
+                raise SegclipError(f"{self.path}: segclip's deformable-attention kernel runs on OpenVINO's CPU only; "
+                                   f"use device='cpu', or model_int8.onnx (--format onnx_int8) on {self.ov_device}")
+            lib = ov_extension.library_for(self.path, self._extension, log=lambda s: print(f"note: {s}", file=sys.stderr))
+            try:
+                self._core.add_extension(str(lib))
+            except Exception as e:
+                raise SegclipError(f"{lib}: OpenVINO {ov.__version__} cannot load it ({one_line(e)}); delete it and rerun "
+                                   f"(segclip rebuilds it), or use model_int8.onnx (--format onnx_int8)") from None
         try:
             self._model = self._core.read_model(str(self.path))
         except Exception as e:

@@ -1,0 +1,172 @@
+"""segclip's OpenVINO CPU kernel of TensorRT's ``MultiscaleDeformableAttnPlugin_TRT`` (``ov_msda.cpp``).
+
+Why: OpenVINO runs the GridSample form of the deformable attention as one GridSample per level and point
+(28-31% of segclip-r50's INT8 time, ``benchmarks/FAST_PATH.md``).  The same graph traced in the plugin
+form (``segclip.export.msda``: one plugin node per encoder layer, the contract of NVIDIA's kernel, with a
+CPU reference in ``segclip.runtime.msda_plugin``) runs on OpenVINO through this extension: an op with an
+``evaluate`` that OpenVINO's CPU plugin calls in its own threads, and an ONNX frontend conversion that
+maps the plugin node to it.  ``model_int8_msda.onnx`` (``contract.FORMATS``) is that graph quantized.
+
+The library is compiled here against the installed ``openvino`` wheel's headers (it ships them, and its
+CMake config says ``OV_THREAD=OV_THREAD_TBB_ADAPTIVE``), with the C++ compiler of ``$CXX`` or ``g++``;
+about 2 s.  OpenVINO does not promise a stable extension ABI across releases, so a library is tied to
+the OpenVINO version it was built against (``stamp``):
+
+* ``segclip export`` writes it next to the graph (``LIBRARY_NAME``) and records its stamp in the graph's
+  metadata (``META_EXTENSION``) and the manifest;
+* a runner loads that library when its stamp matches this machine, else builds one for the process in a
+  temporary folder (removed at exit), and says so; with no compiler it refuses in one line.
+
+Linux x86-64 (the kernel dispatches AVX-512 / AVX2 / baseline code at load time, so one build runs on any
+x86-64 CPU).
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from segclip.errors import SegclipError, one_line
+
+SOURCE = Path(__file__).with_name("ov_msda.cpp")
+LIBRARY_NAME = "libsegclip_ov_msda.so"
+META_EXTENSION = "segclip.openvino_extension"  # ONNX metadata: json of ``stamp()`` (+ the library's sha256)
+OP_NAME = "MultiscaleDeformableAttn"  # the OpenVINO op (opset "segclip") the plugin node becomes
+BUILD_TIMEOUT_S = 300
+_BUILT: dict = {}  # stamp key -> a library built for this process
+
+
+def source_sha256() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+
+def openvino_version() -> str:
+    import openvino
+
+    return str(openvino.__version__)
+
+
+def stamp() -> dict:
+    """What a library must have been built from to load here: this source, this OpenVINO."""
+    return {"file": LIBRARY_NAME, "op": OP_NAME, "openvino": openvino_version(), "source_sha256": source_sha256()}
+
+
+def matches(record: Optional[dict]) -> bool:
+    here = stamp()
+    return bool(record) and all(record.get(k) == here[k] for k in ("openvino", "source_sha256"))
+
+
+def compiler() -> Optional[str]:
+    """The C++ compiler: ``$CXX`` (a name on PATH or a path), else g++, else None."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx)
+    return shutil.which("g++")
+
+
+def _openvino_paths() -> tuple:
+    import openvino
+
+    root = Path(openvino.__file__).parent
+    include, libs = root / "include", root / "libs"
+    wanted = ("libopenvino.so", "libopenvino_onnx_frontend.so", "libtbb.so")
+    found = [sorted(libs.glob(name + "*")) for name in wanted]
+    if not (include / "openvino" / "op" / "op.hpp").is_file() or not all(found):
+        raise SegclipError(f"segclip's OpenVINO kernel: the openvino {openvino_version()} package at {root} has no C++ "
+                           f"headers or libraries to build against; pip install --force-reinstall openvino")
+    return include, libs, [f[0] for f in found]
+
+
+def build(dest: Path, log: Callable = lambda s: None) -> Path:
+    """Compile ``ov_msda.cpp`` into ``dest`` (a library path), atomically (a temporary name in the same
+    folder, then renamed).  Raises a one-line SegclipError when it cannot."""
+    if not sys.platform.startswith("linux"):
+        raise SegclipError(f"segclip's OpenVINO deformable-attention kernel is built on Linux only (this is {sys.platform}); "
+                           f"use model_int8.onnx (--format onnx_int8)")
+    cxx = compiler()
+    if cxx is None:
+        raise SegclipError("segclip's OpenVINO deformable-attention kernel needs a C++ compiler to build and none was found "
+                           "(g++, or $CXX); install g++ (apt install g++), or use model_int8.onnx (--format onnx_int8)")
+    include, libs, link = _openvino_paths()
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE",
+           "-D_GLIBCXX_USE_CXX11_ABI=1", f"-I{include}", str(SOURCE), "-o", tmp, *map(str, link), f"-Wl,-rpath,{libs}"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        if done.returncode != 0:
+            err = next((ln for ln in done.stderr.splitlines() if "error" in ln), done.stderr.strip()[-300:])
+            raise SegclipError(f"segclip's OpenVINO kernel did not compile with {cxx} against openvino "
+                               f"{openvino_version()}: {one_line(err, 300)}")
+        os.replace(tmp, dest)
+    except subprocess.TimeoutExpired:
+        raise SegclipError(f"segclip's OpenVINO kernel: {cxx} ran past {BUILD_TIMEOUT_S} s") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log(f"built segclip's OpenVINO deformable-attention kernel ({dest.name}, openvino {openvino_version()}, {Path(cxx).name})")
+    return dest
+
+
+def write_library(folder: Path, log: Callable = lambda s: None) -> dict:
+    """Build the library into ``folder`` (an export's staging folder) -> its record for the graph's
+    metadata and the manifest (``stamp`` plus the file's sha256)."""
+    from segclip.contract import sha256_file
+
+    path = build(Path(folder) / LIBRARY_NAME, log)
+    return {**stamp(), "sha256": sha256_file(path)}
+
+
+def read_record(meta: dict) -> Optional[dict]:
+    raw = meta.get(META_EXTENSION)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def library_for(onnx_path, record: Optional[dict], log: Callable = lambda s: None) -> Path:
+    """The extension library to load for the graph at ``onnx_path``: the one written next to it when its
+    ``record`` (from the graph's metadata) matches this machine's OpenVINO and segclip's source, else one
+    built for this process."""
+    path = Path(onnx_path).parent / ((record or {}).get("file") or LIBRARY_NAME)
+    if matches(record) and path.is_file():
+        return path
+    why = ("it has none next to it" if not path.is_file() else
+           f"its library was built against openvino {(record or {}).get('openvino')}, this machine has {openvino_version()}"
+           if (record or {}).get("openvino") != openvino_version() else "its library was built from another segclip version")
+    return _process_library(f"{Path(onnx_path).name}: {why}", log)
+
+
+def _process_library(why: str, log: Callable) -> Path:
+    key = (openvino_version(), source_sha256())
+    if key not in _BUILT:
+        folder = Path(tempfile.mkdtemp(prefix="segclip-ov-"))
+        atexit.register(shutil.rmtree, folder, True)
+        try:
+            _BUILT[key] = build(folder / LIBRARY_NAME)
+        except SegclipError as e:
+            raise SegclipError(f"{why}, and {e}") from None
+        log(f"{why}; built segclip's OpenVINO kernel for this process")
+    return _BUILT[key]
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> Optional[str]:
+    """None when this machine can load the kernel (openvino installed, Linux, a compiler or not needed), else why not."""
+    try:
+        openvino_version()
+    except ImportError:
+        return "openvino is not installed"
+    if not sys.platform.startswith("linux"):
+        return f"built on Linux only (this is {sys.platform})"
+    return None
