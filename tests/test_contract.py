@@ -78,10 +78,10 @@ def test_one_format_table_for_exporter_loader_and_benchmark():
     from segclip.export import exporter, geodeep, int8, tensorrt
 
     assert [f.file for f in FORMATS.values()] == [exporter.ONNX_NAME, exporter.ONNX_FP16_NAME, int8.INT8_NAME,
-                                                  int8.INT8_CPU_NAME, int8.INT8_FP16_NAME, tensorrt.ENGINE_NAME,
-                                                  geodeep.GEODEEP_NAME]
+                                                  int8.INT8_CPU_NAME, FORMATS[exporter.MSDA_INT8_KEY].file,
+                                                  int8.INT8_FP16_NAME, tensorrt.ENGINE_NAME, geodeep.GEODEEP_NAME]
     assert all(k == f.key for k, f in FORMATS.items()) and len({f.file for f in FORMATS.values()}) == len(FORMATS)
-    assert set(RUNNABLE) == {"onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "tensorrt"}
+    assert set(RUNNABLE) == {"onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "onnx_int8_msda", "tensorrt"}
     for spec in BACKENDS.values():  # every artifact row of the benchmark runs a format on a runtime the table lists
         if spec.source == "artifact":
             runtime = "openvino" if spec.name.startswith("openvino") else spec.name.split("-")[0]

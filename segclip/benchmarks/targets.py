@@ -22,7 +22,7 @@ from segclip.benchmarks.interleaved import GAP_S, compare_interleaved
 from segclip.benchmarks.timing import gemm_rate, random_batches, set_threads
 
 # the CPU paths of target 5: benchmark backend name -> what it runs (segclip.benchmarks.backends)
-INT8_PATHS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
+INT8_PATHS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "openvino-int8-msda")
 
 
 def verdict(measured, required, higher_is_better: bool, strict: bool = False) -> dict:
@@ -323,6 +323,7 @@ def int8_speed(s: Setup, sizes) -> dict:
         # where the INT8 paths spend their time: what is not INT8 GEMM is what stands between them and the limit
         x = random_batches(1, size, size, count=1)[0]
         profiles = {"openvino-int8": lambda: prof.ov_profile(d / "model_int8.onnx", x, threads=s.threads),
+                    "openvino-int8-msda": lambda: prof.ov_profile(d / "model_int8_msda.onnx", x, threads=s.threads),
                     "onnxruntime-int8": lambda: prof.ort_profile(d / "model_int8_cpu.onnx", x, threads=s.threads, iters=2)}
         res[size]["profiles"] = {}
         for name, run in profiles.items():
@@ -358,9 +359,11 @@ def int8_accuracy(s: Setup, ckpt: Path, data, size: int) -> dict:
         s.log(f"  INT8 gate failed: {e}")
     m = read_manifest(d)
     rows = {}
-    for k in ("onnx_int8", "onnx_int8_cpu"):
+    for k in ("onnx_int8", "onnx_int8_cpu", "onnx_int8_msda"):
         a = m["artifacts"][k]
-        p = a["parity"]
+        p = a.get("parity")
+        if not p:  # not built (its reason in the manifest)
+            continue
         rows[k] = {"pixel_agreement": p["pixel_agreement"], "miou": p["miou"],
                    "miou_delta_points": None if p["miou_delta"] is None else round(100 * p["miou_delta"], 3),
                    "per_class_iou_delta": p.get("per_class_iou_delta"), "status": a["status"],

@@ -163,7 +163,8 @@ def int8_section(res: dict) -> list:
               f"{i8.get('load_after')}.", ""]
     L += [f"INT8 graphs by `segclip export --int8` (ONNX Runtime `quantize_static`, QDQ, per-channel int8 weights, "
           f"{i8.get('calibration', '16 calibration images of a rendered sample set at the same size')}): `model_int8_cpu.onnx` "
-          f"(uint8 activations) for ONNX Runtime, `model_int8.onnx` (symmetric int8, the TensorRT graph) for OpenVINO. "
+          f"(uint8 activations) for ONNX Runtime, `model_int8.onnx` (symmetric int8, the TensorRT graph) for OpenVINO, and `model_int8_msda.onnx` (the same graph with "
+          f"segclip's deformable-attention kernel instead of GridSample) for OpenVINO-INT8-MSDA. "
           f"Same random-init `{res.get('preset', 'segclip-r50')}` as above (latency does not depend on training). "
           f"Interleaved rounds, {GAP_S} s idle before each call, batch 1, {res.get('threads')} threads; p50 ms (samples).", ""]
     for size, r in (i8.get("speed") or {}).items():
@@ -171,7 +172,7 @@ def int8_section(res: dict) -> list:
               "| path | p50 ms | speedup vs torch eager | file MB |", "|---|---:|---:|---:|"]
         fm = r["file_mb"]
         files = {"onnxruntime": fm.get("onnx"), "openvino": fm.get("onnx"), "onnxruntime-int8": fm.get("onnx_int8_cpu"),
-                 "openvino-int8": fm.get("onnx_int8")}
+                 "openvino-int8": fm.get("onnx_int8"), "openvino-int8-msda": fm.get("onnx_int8_msda")}
         for n, v in r["p50"].items():
             t = r["timing"][n]
             L.append(f"| {n} | {v:.1f} ({(t.get('clean') or t)['reps']}) | {r['speedup_vs_torch'].get(n, 0):.2f}x | "
