@@ -470,7 +470,8 @@ def _quickstart_into(stage: Path, out: Path, max_steps, seed, pretrained, device
 # the quickstart's INT8: calibrated on half the sample set's 16 val images, gated on the other half
 QUICKSTART_CALIB, QUICKSTART_GATE = 8, 8
 # its benchmark: the quick rows plus the CPU's INT8 and OpenVINO paths, so the fastest shows in the first table
-QUICKSTART_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "openvino", "openvino-int8")
+QUICKSTART_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "openvino", "openvino-int8",
+                      "openvino-int8-msda")
 
 
 def export_summary(manifest: dict, directory: Path) -> dict:

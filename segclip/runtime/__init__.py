@@ -9,7 +9,7 @@
   ``segclip.artifact`` = geodeep) -> ``GeoDeepRunner``; a file inside an export folder is held to its manifest entry;
 * a TensorRT engine ``.plan``/``.engine`` -> ``TensorRTRunner`` (``device``);
 * an export directory (has ``manifest.json``, see ``segclip.contract``) -> the artifact named by ``format``
-  (a key of ``contract.FORMATS``: "onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "tensorrt", "geodeep", ...);
+  (a key of ``contract.FORMATS``: "onnx", "onnx_fp16", "onnx_int8", "onnx_int8_cpu", "onnx_int8_msda", "tensorrt", "geodeep", ...);
   default: ``contract.choose_artifact``'s choice -- the fastest gated artifact and runtime measured on this
   CPU, else ``tensorrt`` when built and usable here, else ``onnx``, else ``onnx_fp16`` (``runner.choice``
   says which and why); the ONNX ones on OpenVINO with ``runtime="openvino"``;

@@ -36,7 +36,8 @@ graph valid ONNX.  From Python the registry is filled by ``trt.init_libnvinfer_p
 loads it itself).
 
 The reference below is written from that kernel, in numpy; it does not call segclip's own
-``ms_deform_attn`` (the GridSample form it is compared with).
+``ms_deform_attn`` (the GridSample form it is compared with).  segclip's OpenVINO kernel of the same
+op (``segclip.runtime.ov_extension``) is checked against it.
 """
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ x86-64 CPU).
 from __future__ import annotations
 
 import atexit
-import functools
 import hashlib
 import json
 import os
@@ -113,7 +112,8 @@ def build(dest: Path, log: Callable = lambda s: None) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log(f"built segclip's OpenVINO deformable-attention kernel ({dest.name}, openvino {openvino_version()}, {Path(cxx).name})")
+    log(f"built segclip's OpenVINO deformable-attention kernel ({dest.name}, openvino {openvino_version().split('-')[0]}, "
+        f"{Path(cxx).name})")
     return dest
 
 
@@ -158,15 +158,3 @@ def _process_library(why: str, log: Callable) -> Path:
             raise SegclipError(f"{why}, and {e}") from None
         log(f"{why}; built segclip's OpenVINO kernel for this process")
     return _BUILT[key]
-
-
-@functools.lru_cache(maxsize=None)
-def available() -> Optional[str]:
-    """None when this machine can load the kernel (openvino installed, Linux, a compiler or not needed), else why not."""
-    try:
-        openvino_version()
-    except ImportError:
-        return "openvino is not installed"
-    if not sys.platform.startswith("linux"):
-        return f"built on Linux only (this is {sys.platform})"
-    return None
