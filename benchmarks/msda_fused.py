@@ -9,8 +9,9 @@ encoder layer's sampling (segclip-r50 shapes at --size) four ways on this CPU, e
 
   torch eager | ONNX Runtime | OpenVINO (both on the ONNX export of the same op) | a fused C++ kernel
 
-The C++ kernel is an experiment compiled here with g++ -O3 -march=native -fopenmp; segclip does not
-ship it.  Usage: ``.venv/bin/python benchmarks/msda_fused.py --size 512 --threads 2``.
+The C++ kernel is an experiment compiled here with g++ -O3 -march=native -fopenmp; what segclip ships
+grew from it (segclip/runtime/ov_msda.cpp, an OpenVINO extension: model_int8_msda.onnx).
+Usage: ``.venv/bin/python benchmarks/msda_fused.py --size 512 --threads 2``.
 """
 from __future__ import annotations
 
