@@ -232,7 +232,7 @@ def test_ddp_ranks_skip_an_isolated_nan_step_together_and_stop_together_on_a_run
     root = generate_sample_dataset(tmp_path / "data", seed=0, num_train=4, num_val=2, size=64)
     script = tmp_path / "ddp_nan.py"
     script.write_text(textwrap.dedent(f"""
-        import sys, torch
+        import os, sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import segclip.engine.trainer as T
         from segclip.errors import SegclipError
@@ -260,8 +260,9 @@ def test_ddp_ranks_skip_an_isolated_nan_step_together_and_stop_together_on_a_run
             result = "FINISHED"
         except SegclipError as e:
             result = "STOP " + str(e)
-        # one file per rank: the two processes share stdout, where their lines can interleave
-        open({str(tmp_path)!r} + f"/rank{{torch.distributed.get_rank()}}.txt", "w").write(result)
+        # one file per rank (torchrun's RANK: a stopped run has torn its process group down): the two processes
+        # share stdout, where their lines can interleave
+        open({str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.txt", "w").write(result)
     """))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

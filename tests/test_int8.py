@@ -500,6 +500,10 @@ def test_default_int8_gate_fails_exit_1_and_marks_failed(margin_checkpoint, int8
         assert quantized, fname  # ... while the other layers are
     assert m["artifacts"]["onnx_int8_fp16"]["status"] in ("ok", "failed")  # gated like every artifact
     assert m["artifacts"]["onnx"]["status"] == "ok" and (out / "model_int8.onnx").is_file()
+    # nothing derives from a failed graph: the kernel's plugin-form graph is not built, and the manifest says why
+    msda = m["artifacts"]["onnx_int8_msda"]
+    assert msda["status"] == "not_built" and "model_int8.onnx" in msda["reason"]
+    assert not (out / "model_int8_msda.onnx").exists()
     # where u8 x s8 products saturate: 7-bit weights (|q| <= 64) for the CPU flavour, 8-bit for TensorRT's graphs
     for key, bits in (("onnx_int8_cpu", 7), ("onnx_int8", 8), ("onnx_int8_fp16", 8)):
         rec = m["artifacts"][key]["int8"]

@@ -185,7 +185,8 @@ def write_csv(items: list, path, columns: list) -> Path:
 # one colour per backend, the same in every run (tab10 order, then tab20's light shades); grey = unknown
 BACKEND_COLORS = {"torch": "#1f77b4", "onnxruntime": "#ff7f0e", "onnxruntime-fp16": "#2ca02c", "tensorrt": "#d62728",
                   "triton-grpc": "#9467bd", "triton-http": "#8c564b", "torch-compile": "#e377c2",
-                  "onnxruntime-int8": "#bcbd22", "openvino": "#17becf", "openvino-int8": "#aec7e8"}
+                  "onnxruntime-int8": "#bcbd22", "openvino": "#17becf", "openvino-int8": "#aec7e8",
+                  "openvino-int8-msda": "#ffbb78"}
 PROTOCOL_COLORS = {"grpc": BACKEND_COLORS["triton-grpc"], "http": BACKEND_COLORS["triton-http"]}
 BUSY_HATCH = "//"
 # value labels sit above their bar (and whisker) on a white box: readable over any colour or hatch

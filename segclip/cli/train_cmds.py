@@ -114,7 +114,16 @@ def run_training(dataset: str, data_root: str, preset: str, out: str, *, resume=
         ("--metadata-template", "metadata_templates", metadata_templates or None), ("--gsd", "gsd", gsd)) if v is not None}
     trainer = Trainer(train_ds, val_ds, out, m, t, dataset_name=dataset, device=device, resume=resume,
                       prompts=getattr(train_ds, "prompts", None), progress=progress, stop_after=stop_after, given=given)
-    return trainer, trainer.fit()
+    try:
+        return trainer, trainer.fit()
+    except BaseException:
+        # a stopped DDP run (the ranks stop together) tears its process group down before the error propagates: left
+        # to interpreter exit, gloo's threads sometimes abort the process ("terminate called without an active
+        # exception", SIGABRT) instead of the error's own exit status
+        from segclip.engine import distributed as D
+
+        D.cleanup()
+        raise
 
 
 @click.command()

@@ -336,9 +336,9 @@ class Exporter:
         row = next((r for r in rows if r["name"] == "onnx_int8"), None)
         cache = stage / ".parity" / f"calibration_{self.calib_method}.json"
         reason = ("model_int8.onnx, which it derives from, failed its parity gate" if row is None or row["status"] == FAILED
-                  else "onnxruntime < 1.31 has no calibration cache to quantize it with; pip install -U onnxruntime"
-                  if "calibration_cache_path" not in inspect.signature(quantize_static).parameters or not cache.is_file()
-                  else None)
+                  else "onnxruntime < 1.31 cannot quantize from calibrated ranges (calibration_cache_path); pip install -U onnxruntime"
+                  if "calibration_cache_path" not in inspect.signature(quantize_static).parameters
+                  else f"no calibration ranges of model_int8.onnx ({cache.name})" if not cache.is_file() else None)
         if reason:
             self.artifacts[key] = {"file": None, "format": "onnx", "precision": "int8", "status": NOT_BUILT, "reason": reason}
             self.log(f"{key}: not built ({reason})")
