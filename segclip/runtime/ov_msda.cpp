@@ -37,7 +37,9 @@ static constexpr const char* kPluginDomain = "trt.plugins";
 
 // One query: every head's D outputs.  lq: [M, L, P, 2] (x, y), wq: [M, L, P], out: [M, D].
 // DC > 0: D known at compile time (segclip's heads have D = 32), so each tap's row is a few vector FMAs.
-// Corners outside the level are skipped (measured: computing all four branch-free, weight 0, was 1.5x slower).
+// A point whose four corners are all inside its level (most of them) takes one fused loop over the four rows
+// (measured 1.2x faster than a loop per corner); at the edges, corners outside the level are skipped (computing
+// all four branch-free with weight 0 was 1.5x slower).  Prefetching the next point's rows bought nothing.
 template <int DC>
 SEGCLIP_CLONES static void msda_query(const float* value, const int64_t* hw, const int64_t* starts, const float* lq,
                                       const float* wq, float* out, int64_t M, int64_t D_, int64_t L, int64_t P) {
@@ -57,6 +59,16 @@ SEGCLIP_CLONES static void msda_query(const float* value, const int64_t* hw, con
                 const float a = wm[l * P + p];
                 const int64_t y0 = (int64_t)std::floor(y), x0 = (int64_t)std::floor(x);
                 const float fy = y - y0, fx = x - x0;
+                if (y0 >= 0 && x0 >= 0 && y0 + 1 < H && x0 + 1 < W) {  // all four corners inside: most points
+                    const int64_t MD = M * D;
+                    const float* r0 = vl + (y0 * W + x0) * MD;
+                    const float* r1 = r0 + W * MD;
+                    const float w00 = a * (1.f - fy) * (1.f - fx), w01 = a * (1.f - fy) * fx;
+                    const float w10 = a * fy * (1.f - fx), w11 = a * fy * fx;
+                    for (int64_t c = 0; c < D; ++c)
+                        acc[c] += w00 * r0[c] + w01 * r0[MD + c] + w10 * r1[c] + w11 * r1[MD + c];
+                    continue;
+                }
                 const float wy[2] = {1.f - fy, fy}, wx[2] = {1.f - fx, fx};
                 for (int j = 0; j < 2; ++j) {
                     const int64_t yy = y0 + j;
