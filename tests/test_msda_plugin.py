@@ -284,6 +284,12 @@ def test_openvino_kernel_library_is_rebuilt_or_refused_in_one_line(tmp_path, mon
         ov_extension.library_for(graph, old)
     msg = str(e.value)
     assert "2024.0.0" in msg and "g++" in msg and "--format onnx_int8" in msg and "\n" not in msg
+    # segclip doctor says it before anything is exported
+    from segclip.cli import main
+
+    out = CliRunner().invoke(main, ["doctor"]).output
+    line = next(ln for ln in out.splitlines() if ln.startswith("OpenVINO deformable-attention kernel"))
+    assert "install g++" in line and ov_extension.build_problem() in line
 
 
 def test_msda_plugin_needs_trt_one_line(tmp_path):

@@ -25,6 +25,13 @@ def doctor(gpu, out, model, train_steps, device):
         click.echo(f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}")
         for mod in ("tensorrt", "openvino"):
             click.echo(f"{mod}: {ga._version(mod) or 'not installed'}")
+        from segclip.cpu import int8_isa
+        from segclip.runtime import ov_extension
+
+        problem = ov_extension.build_problem()
+        click.echo(f"CPU INT8 instruction set: {int8_isa()}")
+        click.echo(f"OpenVINO deformable-attention kernel (model_int8_msda.onnx): "
+                   f"{'builds here with ' + ov_extension.compiler() if problem is None else problem}")
         click.echo("run `segclip doctor --gpu` on a GPU machine before using its engines")
         return
     from segclip.cli.train_cmds import run_training

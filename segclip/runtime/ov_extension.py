@@ -84,16 +84,31 @@ def _openvino_paths() -> tuple:
     return include, libs, [f[0] for f in found]
 
 
+def build_problem() -> Optional[str]:
+    """None when the kernel can be built here, else why not (one line, with what to do): Linux, the
+    openvino package with its headers, a C++ compiler.  ``segclip doctor`` prints it."""
+    if not sys.platform.startswith("linux"):
+        return (f"segclip's OpenVINO deformable-attention kernel is built on Linux only (this is {sys.platform}); "
+                f"use model_int8.onnx (--format onnx_int8)")
+    try:
+        _openvino_paths()
+    except ImportError:
+        return "the openvino package is not installed (pip install 'segclip[openvino]')"
+    except SegclipError as e:
+        return str(e)
+    if compiler() is None:
+        return ("segclip's OpenVINO deformable-attention kernel needs a C++ compiler to build and none was found "
+                "(g++, or $CXX); install g++ (apt install g++), or use model_int8.onnx (--format onnx_int8)")
+    return None
+
+
 def build(dest: Path, log: Callable = lambda s: None) -> Path:
     """Compile ``ov_msda.cpp`` into ``dest`` (a library path), atomically (a temporary name in the same
-    folder, then renamed).  Raises a one-line SegclipError when it cannot."""
-    if not sys.platform.startswith("linux"):
-        raise SegclipError(f"segclip's OpenVINO deformable-attention kernel is built on Linux only (this is {sys.platform}); "
-                           f"use model_int8.onnx (--format onnx_int8)")
+    folder, then renamed).  Raises a one-line SegclipError when it cannot (``build_problem``)."""
+    problem = build_problem()
+    if problem:
+        raise SegclipError(problem)
     cxx = compiler()
-    if cxx is None:
-        raise SegclipError("segclip's OpenVINO deformable-attention kernel needs a C++ compiler to build and none was found "
-                           "(g++, or $CXX); install g++ (apt install g++), or use model_int8.onnx (--format onnx_int8)")
     include, libs, link = _openvino_paths()
     dest = Path(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
