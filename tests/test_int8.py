@@ -553,3 +553,44 @@ def test_ranges_move_to_a_graph_of_the_same_nodes_and_refuse_a_stranger(int8_exp
     with pytest.raises(SegclipError, match="no counterpart") as e:
         q8.transfer_ranges(model, stranger, cache, tmp_path / "stranger.json")
     assert node.name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_choice_skips_a_kernel_graph_that_cannot_load_here(int8_export, tmp_path, monkeypatch, capsys):
+    """A speed record (from this CPU model, say on another box) ranks model_int8_msda.onnx fastest; where its
+    library was built for another OpenVINO and no compiler can rebuild it, the default is the next fastest,
+    with one line saying why -- not a runner that fails to load.  An explicit --format still gets the error."""
+    import json
+
+    from segclip.contract import SPEED, this_machine
+    from segclip.errors import SegclipError
+    from segclip.runtime import load_runner
+
+    from segclip.runtime import ov_extension
+
+    if ov_extension.build_problem():
+        pytest.skip(f"the export wrote no kernel library here: {ov_extension.build_problem()}")
+    src, _, _, _ = int8_export
+    d = tmp_path / "export"
+    shutil.copytree(src, d)
+    m = json.loads((d / "manifest.json").read_text())
+    rows = [("onnx_int8_msda", "openvino", 5.0), ("onnx_int8", "openvino", 8.0), ("onnx", "onnxruntime", 20.0)]
+    m[SPEED] = [{"machine": this_machine(), "measured": "2026-12-07T00:00:00Z", "window": [64, 64], "calls": 3,
+                 "rows": [{"artifact": a, "runtime": rt, "device": "cpu", "batch": 2, "ms": ms} for a, rt, ms in rows]}]
+    (d / "manifest.json").write_text(json.dumps(m))
+    assert load_runner(d).choice.format == "onnx_int8_msda"
+    m["artifacts"]["onnx_int8_msda"]["openvino_extension"]["openvino"] = "2024.0.0"
+    (d / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    capsys.readouterr()
+    runner = load_runner(d)
+    assert (runner.choice.format, runner.choice.runtime) == ("onnx_int8", "openvino")
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "model_int8_msda.onnx" in ln]
+    assert len(notes) == 1 and "left out of the default choice" in notes[0] and "g++" in notes[0]
+    monkeypatch.setattr(ov_extension, "_BUILT", {})
+    # the graph's own metadata still names the library it was built with, which matches: an explicit choice loads it
+    with load_runner(d, format="onnx_int8_msda", runtime="openvino") as r:
+        assert r.backend == "openvino"
+    with pytest.raises(SegclipError, match="g\\+\\+"):
+        (d / ov_extension.LIBRARY_NAME).unlink()
+        with load_runner(d, format="onnx_int8_msda", runtime="openvino"):
+            pass

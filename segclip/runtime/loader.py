@@ -1,9 +1,10 @@
 """``load_runner``: anything a user can point segclip at -> a ``Runner`` (see ``segclip.runtime``)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from segclip.contract import (FORMATS, ONNX_RUNTIMES, artifact_file, artifact_for_file, artifact_problem, check_artifact_unchanged, choose_artifact,
+from segclip.contract import (FORMATS, ONNX_RUNTIMES, RUNNABLE, artifact_file, artifact_for_file, artifact_problem, check_artifact_unchanged, choose_artifact,
                               is_export_dir, manifest_signature, read_manifest, resolve_source)
 from segclip.errors import SegclipError
 from segclip.parsers import check_options
@@ -17,7 +18,7 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     # measured on this machine, else the documented fallback order; the runner carries it (.choice)
     # an option only ONNX Runtime's runner takes (providers, ...) keeps the choice there: OpenVINO's would refuse it
     runtime = opts.get("runtime") or ("onnxruntime" if any(opts.get(k) is not None for k in _ORT_ONLY) else None)
-    choice = choose_artifact(m, d, format=format, runtime=runtime, device=_choice_device(opts))
+    choice = choose_artifact(m, d, format=format, runtime=runtime, device=_choice_device(opts), among=_loadable(m, d, format))
     format = choice.format
     if choice.how != "explicit" and format != "tensorrt":
         opts["runtime"] = choice.runtime
@@ -45,6 +46,25 @@ def runner_from_export_dir(directory, format: str | None = None, allow_failed: b
     return _chosen(made, choice)
 
 
+def _loadable(m: dict, d: Path, format) -> tuple:
+    """The artifacts the default choice may pick: not one whose OpenVINO kernel (``ov_extension``) can neither be
+    loaded nor built here -- a speed record from another machine may rank it fastest (said in one line)."""
+    if format is not None:
+        return RUNNABLE
+    keep = []
+    for key in RUNNABLE:
+        record = ((m.get("artifacts") or {}).get(key) or {}).get("openvino_extension")
+        if record is not None and artifact_problem(m, key, d) is None:
+            from segclip.runtime import ov_extension
+
+            why = ov_extension.loads_here(record, d)
+            if why:
+                print(f"note: {FORMATS[key].file} left out of the default choice: {why}", file=sys.stderr)
+                continue
+        keep.append(key)
+    return tuple(keep)
+
+
 _ORT_ONLY = ("providers", "device_id", "optimization", "memory_arena")  # OnnxRunner options OpenVINORunner lacks
 
 
@@ -64,8 +84,6 @@ def _warn_int8_isa(runner: Runner, entry: dict, manifest: dict, path: Path) -> N
     record = entry.get("int8")
     if entry.get("precision") != "int8" or not isinstance(record, dict) or runner._device() != "cpu":
         return
-    import sys
-
     from segclip.cpu import int8_warning
 
     ckpt = (manifest.get("source") or {}).get("checkpoint") or "CHECKPOINT"
@@ -135,8 +153,7 @@ def warn_if_failed(entry: dict, path) -> None:
     --allow-failed, or by segclip benchmark, which measures every artifact and flags it): its results
     may differ from PyTorch's."""
     if str(entry.get("status")) == "failed":
-        import sys
-
+    
         print(f"warning: {path}: this artifact failed its parity gate at export (see manifest.json); its results may "
               f"differ from PyTorch's (it runs only because failed artifacts were allowed)", file=sys.stderr)
 

@@ -141,6 +141,18 @@ def write_library(folder: Path, log: Callable = lambda s: None) -> dict:
     return {**stamp(), "sha256": sha256_file(path)}
 
 
+def loads_here(record: Optional[dict], folder) -> Optional[str]:
+    """None when a graph in ``folder`` whose library record (manifest ``openvino_extension``) is ``record``
+    gets its kernel on this machine -- its own library matches this OpenVINO, or one can be built --
+    else why not.  The default choice skips an artifact that would not load (``runtime.loader``)."""
+    try:
+        if matches(record) and (Path(folder) / record["file"]).is_file():
+            return None
+    except ImportError:
+        return "the openvino package is not installed"
+    return build_problem()
+
+
 def read_record(meta: dict) -> Optional[dict]:
     raw = meta.get(META_EXTENSION)
     try:
