@@ -235,13 +235,13 @@ def _one_node_graph(path, value, shapes, starts, loc, attw, index_type=np.int32)
     return path
 
 
-def _openvino_kernel(path, feeds):
+def _openvino_kernel(path, feeds, library=None):
     import openvino as ov
 
     from segclip.runtime import ov_extension
 
     core = ov.Core()
-    core.add_extension(str(ov_extension.library_for(path, None)))
+    core.add_extension(str(library or ov_extension.library_for(path, None)))
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
     return compiled(feeds)[compiled.outputs[0]]
 
@@ -262,6 +262,23 @@ def test_openvino_kernel_matches_the_reference(tmp_path, batch, d, index_type):
     got_nan = _openvino_kernel(path, {"value": value, "loc": nan_loc, "attw": attw})
     assert np.isfinite(got_nan).all()
     assert np.abs(got_nan - reference(value, shapes, starts, loc, no_weight)).max() < 1e-5
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_openvino_kernel_code_path_of_other_cpus_matches_the_reference(tmp_path, isa):
+    """The library dispatches AVX-512 / AVX2 / baseline code at load time; this CPU runs one of them.  The
+    other paths, built alone, run here too (an AVX2-only CPU's, an older one's) and must agree as well."""
+    pytest.importorskip("openvino")
+    from segclip.runtime import ov_extension
+
+    if ov_extension.build_problem():
+        pytest.skip(ov_extension.build_problem())
+    lib = ov_extension.build(tmp_path / f"lib_{isa}.so", isa=isa)
+    for d in (32, 4):
+        value, shapes, starts, loc, attw = _inputs(2, d=d, q=40, points=3, seed=d)
+        path = _one_node_graph(tmp_path / f"msda_{d}.onnx", value, shapes, starts, loc, attw)
+        got = _openvino_kernel(path, {"value": value, "loc": loc, "attw": attw}, library=lib)
+        assert np.abs(got - reference(value, shapes, starts, loc, attw)).max() < 1e-5, (isa, d)
 
 
 def test_openvino_kernel_library_is_rebuilt_or_refused_in_one_line(tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ LIBRARY_NAME = "libsegclip_ov_msda.so"
 META_EXTENSION = "segclip.openvino_extension"  # ONNX metadata: json of ``stamp()`` (+ the library's sha256)
 OP_NAME = "MultiscaleDeformableAttn"  # the OpenVINO op (opset "segclip") the plugin node becomes
 BUILD_TIMEOUT_S = 300
+ONE_ISA_FLAGS = {"avx2": ("-mavx2", "-mfma"), "baseline": ()}  # build(isa=...): one code path
 _BUILT: dict = {}  # stamp key -> a library built for this process
 
 
@@ -102,9 +103,11 @@ def build_problem() -> Optional[str]:
     return None
 
 
-def build(dest: Path, log: Callable = lambda s: None) -> Path:
+def build(dest: Path, log: Callable = lambda s: None, isa: Optional[str] = None) -> Path:
     """Compile ``ov_msda.cpp`` into ``dest`` (a library path), atomically (a temporary name in the same
-    folder, then renamed).  Raises a one-line SegclipError when it cannot (``build_problem``)."""
+    folder, then renamed).  Raises a one-line SegclipError when it cannot (``build_problem``).
+    ``isa``: None, every x86 path dispatched at load time; "avx2" or "baseline", that path alone (what
+    an AVX2-only or an older CPU runs, checked on any x86-64 machine by the tests)."""
     problem = build_problem()
     if problem:
         raise SegclipError(problem)
@@ -115,6 +118,8 @@ def build(dest: Path, log: Callable = lambda s: None) -> Path:
     os.close(fd)
     cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE",
            "-D_GLIBCXX_USE_CXX11_ABI=1", f"-I{include}", str(SOURCE), "-o", tmp, *map(str, link), f"-Wl,-rpath,{libs}"]
+    if isa is not None:
+        cmd[1:1] = ["-DSEGCLIP_ONE_ISA", *ONE_ISA_FLAGS[isa]]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if done.returncode != 0:

@@ -29,7 +29,8 @@ namespace segclip {
 static constexpr const char* kPluginName = "MultiscaleDeformableAttnPlugin_TRT";
 static constexpr const char* kPluginDomain = "trt.plugins";
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// SEGCLIP_ONE_ISA: one code path, the compiler flags' (the tests build the AVX2 and baseline paths this way)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SEGCLIP_ONE_ISA)
 #define SEGCLIP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SEGCLIP_CLONES
