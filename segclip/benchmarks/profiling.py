@@ -92,7 +92,7 @@ def ov_profile(onnx_path, images: np.ndarray, threads: Optional[int] = None, ite
     core = ov.Core()
     meta = read_onnx_metadata(onnx_path)
     if meta.get(META_PLUGINS):  # the plugin form: segclip's deformable-attention kernel (model_int8_msda.onnx)
-        core.add_extension(str(ov_extension.library_for(onnx_path, ov_extension.read_record(meta))))
+        ov_extension.add_to(core, onnx_path, ov_extension.read_record(meta))
     model = core.read_model(str(onnx_path))
     model.reshape({model.inputs[0].get_any_name(): list(images.shape)})
     cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True}

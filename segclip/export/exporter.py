@@ -322,10 +322,7 @@ class Exporter:
         GridSamples (``segclip.runtime.ov_extension``).  Quantized with ``onnx_int8``'s calibrated ranges
         (``int8.transfer_ranges``: ONNX Runtime cannot calibrate through the plugin op), gated on the CPU
         reference of the plugin op like the other plugin graphs; the kernel's library is built next to it."""
-        import inspect
         import json
-
-        from onnxruntime.quantization import quantize_static
 
         from segclip.export import int8 as q8
         from segclip.export import msda
@@ -337,7 +334,7 @@ class Exporter:
         cache = stage / ".parity" / f"calibration_{self.calib_method}.json"
         reason = ("model_int8.onnx, which it derives from, failed its parity gate" if row is None or row["status"] == FAILED
                   else "onnxruntime < 1.31 cannot quantize from calibrated ranges (calibration_cache_path); pip install -U onnxruntime"
-                  if "calibration_cache_path" not in inspect.signature(quantize_static).parameters
+                  if not q8.ranges_reusable()
                   else f"no calibration ranges of model_int8.onnx ({cache.name})" if not cache.is_file() else None)
         if reason:
             self.artifacts[key] = {"file": None, "format": "onnx", "precision": "int8", "status": NOT_BUILT, "reason": reason}

@@ -225,6 +225,17 @@ class CalibrationReader:
 
 
 # ---- quantization ------------------------------------------------------------------------------------
+def ranges_reusable() -> bool:
+    """Whether this ONNX Runtime quantizes from calibrated ranges saved earlier (``quantize_static``'s
+    ``calibration_cache_path``, onnxruntime >= 1.31): the other flavours reuse the first calibration, and the
+    plugin-form graph (``transfer_ranges``) can only be quantized that way."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
 def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "minmax",
              exclude: Sequence[str] = (), cache=None, scene_ids=None, reduce_range: bool = False):
     """FP32 ModelProto -> Q/DQ ModelProto of ``flavour`` (a ``FLAVOURS`` key), calibrated on ``calib_images``
@@ -254,10 +265,8 @@ def quantize(twin_fp32, flavour: str, calib_images: np.ndarray, method: str = "m
         extra = dict(spec["extra"])
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
-        import inspect
-
         cache_kw = {}  # onnxruntime >= 1.31; older ones calibrate each time
-        if cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        if cache is not None and ranges_reusable():
             cache_kw["calibration_cache_path"] = str(cache)
         root.setLevel(logging.ERROR)  # "consider pre-processing": onnxslim already simplified the graph
         try:
@@ -295,11 +304,12 @@ def transfer_ranges(src_model, dst_model, src_cache: Path, dst_cache: Path) -> i
         m = src_nodes.get(n.name)
         if m is None or m.op_type != n.op_type or len(m.input) != len(n.input) or len(m.output) != len(n.output):
             raise SegclipError(f"INT8 ranges: node {n.name} ({n.op_type}) has no counterpart in the calibrated graph")
-        for a, b in list(zip(n.input, m.input)) + list(zip(n.output, m.output)):
+        for a, b in zip(n.input, m.input):  # every activation input must have a range; weights need none
             if b in data:
                 out[a] = data[b]
-            elif a and a not in weights and (a in n.input):
+            elif a and a not in weights:
                 raise SegclipError(f"INT8 ranges: {n.name}'s input {a} has no calibrated range ({b})")
+        out.update({a: data[b] for a, b in zip(n.output, m.output) if b in data})  # outputs: where calibrated
     Path(dst_cache).write_text(json.dumps({**raw, "data": out}))
     return len(out)
 

@@ -153,7 +153,6 @@ def warn_if_failed(entry: dict, path) -> None:
     --allow-failed, or by segclip benchmark, which measures every artifact and flags it): its results
     may differ from PyTorch's."""
     if str(entry.get("status")) == "failed":
-    
         print(f"warning: {path}: this artifact failed its parity gate at export (see manifest.json); its results may "
               f"differ from PyTorch's (it runs only because failed artifacts were allowed)", file=sys.stderr)
 

@@ -62,12 +62,7 @@ class OpenVINORunner(Runner):
             if self.ov_device != "CPU":
                 raise SegclipError(f"{self.path}: segclip's deformable-attention kernel runs on OpenVINO's CPU only; "
                                    f"use device='cpu', or model_int8.onnx (--format onnx_int8) on {self.ov_device}")
-            lib = ov_extension.library_for(self.path, self._extension, log=lambda s: print(f"note: {s}", file=sys.stderr))
-            try:
-                self._core.add_extension(str(lib))
-            except Exception as e:
-                raise SegclipError(f"{lib}: OpenVINO {ov.__version__} cannot load it ({one_line(e)}); delete it and rerun "
-                                   f"(segclip rebuilds it), or use model_int8.onnx (--format onnx_int8)") from None
+            ov_extension.add_to(self._core, self.path, self._extension, log=lambda s: print(f"note: {s}", file=sys.stderr))
         try:
             self._model = self._core.read_model(str(self.path))
         except Exception as e:

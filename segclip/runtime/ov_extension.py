@@ -23,6 +23,7 @@ x86-64 CPU).
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ ONE_ISA_FLAGS = {"avx2": ("-mavx2", "-mfma"), "baseline": ()}  # build(isa=...):
 _BUILT: dict = {}  # stamp key -> a library built for this process
 
 
+@functools.lru_cache(maxsize=None)  # asked on every load; the source does not change under a running process
 def source_sha256() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
 
@@ -146,12 +148,18 @@ def write_library(folder: Path, log: Callable = lambda s: None) -> dict:
     return {**stamp(), "sha256": sha256_file(path)}
 
 
+def _own_library(folder, record: Optional[dict]) -> Optional[Path]:
+    """The library an export wrote in ``folder`` when its ``record`` matches this machine, else None."""
+    path = Path(folder) / ((record or {}).get("file") or LIBRARY_NAME)
+    return path if matches(record) and path.is_file() else None
+
+
 def loads_here(record: Optional[dict], folder) -> Optional[str]:
     """None when a graph in ``folder`` whose library record (manifest ``openvino_extension``) is ``record``
     gets its kernel on this machine -- its own library matches this OpenVINO, or one can be built --
     else why not.  The default choice skips an artifact that would not load (``runtime.loader``)."""
     try:
-        if matches(record) and (Path(folder) / record["file"]).is_file():
+        if _own_library(folder, record) is not None:
             return None
     except ImportError:
         return "the openvino package is not installed"
@@ -170,13 +178,26 @@ def library_for(onnx_path, record: Optional[dict], log: Callable = lambda s: Non
     """The extension library to load for the graph at ``onnx_path``: the one written next to it when its
     ``record`` (from the graph's metadata) matches this machine's OpenVINO and segclip's source, else one
     built for this process."""
+    own = _own_library(Path(onnx_path).parent, record)
+    if own is not None:
+        return own
     path = Path(onnx_path).parent / ((record or {}).get("file") or LIBRARY_NAME)
-    if matches(record) and path.is_file():
-        return path
     why = ("it has none next to it" if not path.is_file() else
            f"its library was built against openvino {(record or {}).get('openvino')}, this machine has {openvino_version()}"
            if (record or {}).get("openvino") != openvino_version() else "its library was built from another segclip version")
     return _process_library(f"{Path(onnx_path).name}: {why}", log)
+
+
+def add_to(core, onnx_path, record: Optional[dict], log: Callable = lambda s: None) -> Path:
+    """Load the kernel for the graph at ``onnx_path`` into the OpenVINO ``core`` (``library_for``) before the
+    graph is read: what segclip's OpenVINO runner and the per-layer profiler both do."""
+    lib = library_for(onnx_path, record, log)
+    try:
+        core.add_extension(str(lib))
+    except Exception as e:  # OpenVINO's own error types
+        raise SegclipError(f"{lib}: OpenVINO {openvino_version()} cannot load it ({one_line(e)}); delete it and rerun "
+                           f"(segclip rebuilds it), or use model_int8.onnx (--format onnx_int8)") from None
+    return lib
 
 
 def _process_library(why: str, log: Callable) -> Path:
